@@ -1,0 +1,39 @@
+"""Process-wide settings: where TuneLab keeps its data and caches.
+
+Everything TuneLab writes lives under one home folder (``TUNELAB_HOME``, default ``~/.tunelab``)
+so a user can see, back up or delete it as a unit. Converted base models go to a cache
+(``TUNELAB_CACHE``, default ``~/.cache/tunelab``) that many homes can share, since a conversion
+is the same wherever it is done. Paths below either are built only from ids the system made
+(run ids, content hashes, catalog names), never from user-supplied strings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """Root of everything TuneLab writes for a user: runs, registry."""
+    cache: Path
+    """Shared cache of converted base models."""
+
+    @property
+    def model_cache(self) -> Path:
+        """Base models converted to safetensors (e.g. the embedded GGUF default)."""
+        return self.cache / "models"
+
+    @property
+    def runs(self) -> Path:
+        """One folder per tuning run, named by a system-made run id."""
+        return self.home / "runs"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment on each call, so tests can point them elsewhere."""
+    home = Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".tunelab")
+    cache = Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
+    return Settings(home=home.expanduser().resolve(), cache=cache.expanduser().resolve())
