@@ -1,0 +1,35 @@
+"""The ``tunelab`` command line: verbs mapped to the same functions the API and SDK call.
+
+Sub-commands live one module per noun (``data``, ``tune``, ``predict``); this module only wires
+them together and sets up logging, so ``tunelab --help`` shows the whole surface.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.logging import RichHandler
+
+from tunelab.cli import data as data_cli
+
+app = typer.Typer(
+    name="tunelab",
+    help="Self-hosted tuning of open language models, shaped like Vertex AI model tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data_cli.app, name="data")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
+    )
+    # Library chatter that users of a CLI do not need to see.
+    for noisy in ("transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -1,0 +1,1 @@
+"""Datasets: JSONL formats, validation with line numbers, chat templating and batching."""
