@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import typer
+from rich.console import Console
 from rich.logging import RichHandler
 
 from tunelab.cli import data as data_cli
@@ -28,7 +29,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
+        # Logs go to stderr so that machine-readable output (--json) on stdout stays clean.
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)],
     )
     # Library chatter that users of a CLI do not need to see.
     for noisy in ("transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
