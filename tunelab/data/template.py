@@ -93,7 +93,9 @@ def _apply(tokenizer, messages, add_generation_prompt: bool) -> str:
     if not messages:
         # Some templates fail on an empty conversation; the empty prefix renders as "".
         try:
-            return tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=False) or ""
+            return (
+                tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=False) or ""
+            )
         except Exception:
             return ""
     return tokenizer.apply_chat_template(

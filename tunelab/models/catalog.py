@@ -18,10 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import get_settings
+from tunelab.config import DEFAULT_BASE_MODEL, get_settings
 from tunelab.models.embedded_gguf import EmbeddedGGUF, convert_gguf, is_converted
-
-DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 CATALOG: dict[str, EmbeddedGGUF] = {
     DEFAULT_BASE_MODEL: EmbeddedGGUF(
@@ -73,7 +71,9 @@ def resolve_model(ref: str) -> ResolvedModel:
             return ResolvedModel(ref=ref, path=path, source="hub")
     else:
         looked.append("Hugging Face hub: not a hub id (expected 'org/name')")
-    raise ModelNotFoundError(f"base model {ref!r} not found; looked in:\n  - " + "\n  - ".join(looked))
+    raise ModelNotFoundError(
+        f"base model {ref!r} not found; looked in:\n  - " + "\n  - ".join(looked)
+    )
 
 
 def check_model_folder(folder: Path) -> None:

@@ -67,7 +67,9 @@ def convert_gguf(source: Path, target: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("converting %s to safetensors in %s (once; later loads use the cache)", source, target)
+    logger.info(
+        "converting %s to safetensors in %s (once; later loads use the cache)", source, target
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -83,7 +85,9 @@ def convert_gguf(source: Path, target: Path) -> Path:
         config.dtype = "float32"
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         if getattr(config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors refuses shared storage
+            state.pop(
+                "lm_head.weight", None
+            )  # tied to embed_tokens; safetensors refuses shared storage
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(tmp)
         if model.generation_config is not None:
@@ -91,7 +95,9 @@ def convert_gguf(source: Path, target: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         stat = source.stat()
         (tmp / MARKER).write_text(
-            json.dumps({"source_name": source.name, "source_size": stat.st_size, "format": "safetensors"})
+            json.dumps(
+                {"source_name": source.name, "source_size": stat.st_size, "format": "safetensors"}
+            )
         )
         if target.exists():
             shutil.rmtree(target)

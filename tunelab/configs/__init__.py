@@ -1,0 +1,7 @@
+"""One typed config per job type. Each is the REST body, the CLI options, the SDK arguments and
+the stored job spec at once; each validates itself on creation and reports every problem at once
+(pydantic collects all field errors). Nothing here imports torch, so the SDK stays light."""
+
+from tunelab.configs.sft import RECOMMENDED_LEARNING_RATE, SFTConfig
+
+__all__ = ["RECOMMENDED_LEARNING_RATE", "SFTConfig"]

@@ -1,0 +1,89 @@
+"""Supervised tuning (LoRA) parameters, named after Vertex AI's where it has a name for them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tunelab.config import DEFAULT_BASE_MODEL
+
+RECOMMENDED_LEARNING_RATE = 1e-3
+"""The rate ``learning_rate_multiplier`` scales. LoRA tolerates rates about 10x those of full
+fine-tuning; on SmolLM2-135M with rank 8 on all linear layers, 1e-3 converged fastest without
+instability in our runs (2e-4, the common default for 7B models, needed ~3x the steps)."""
+
+DEFAULT_EPOCHS = 3
+
+
+class SFTConfig(BaseModel):
+    """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["sft"] = "sft"
+    base_model: str = Field(
+        DEFAULT_BASE_MODEL,
+        min_length=1,
+        max_length=512,
+        description="Catalog name, local model folder, or Hugging Face hub id.",
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=f"Passes over the training data (default {DEFAULT_EPOCHS}).",
+    )
+    train_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Optimizer steps; an alternative to epochs."
+    )
+    learning_rate_multiplier: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description=f"Multiplies the recommended learning rate ({RECOMMENDED_LEARNING_RATE:g}).",
+    )
+    adapter_size: Literal[1, 2, 4, 8, 16] = Field(8, description="LoRA rank, as Vertex names it.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    max_seq_length: int = Field(
+        1024,
+        ge=16,
+        le=131_072,
+        description="Longer examples are truncated (or dropped if no model turn is left).",
+    )
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order and adapter init.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of steps with linear warm-up."
+    )
+    eval_every_steps: int = Field(
+        20, ge=1, description="Evaluate on the validation set every N steps."
+    )
+    checkpoint_every_steps: int = Field(
+        20, ge=1, description="Write a resumable checkpoint every N steps."
+    )
+    early_stopping_patience: int | None = Field(
+        3,
+        ge=1,
+        description="Stop after this many evaluations without a better eval loss; null disables.",
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> SFTConfig:
+        if self.epochs is not None and self.train_steps is not None:
+            raise ValueError("give epochs or train_steps, not both")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return RECOMMENDED_LEARNING_RATE * self.learning_rate_multiplier
+
+    @property
+    def lora_alpha(self) -> int:
+        # alpha = 2 * rank keeps the update's scale (alpha / rank) fixed across adapter sizes.
+        return 2 * self.adapter_size
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.train_steps is not None:
+            return self.train_steps
+        per_epoch = -(-n_examples // self.batch_size)
+        return per_epoch * (self.epochs or DEFAULT_EPOCHS)

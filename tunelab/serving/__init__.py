@@ -1,0 +1,1 @@
+"""Serving: generation parameters and loading base models with tuned adapters."""

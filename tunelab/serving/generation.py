@@ -1,0 +1,78 @@
+"""Generating from a base model or a tuned adapter, with the prompt rendered exactly as in
+training (the tokenizer and chat template saved in the adapter bundle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from tunelab.bundle import read_manifest, read_tuning_config
+from tunelab.data.template import prompt_ids
+from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters; defaults are those of Vertex AI Studio's text playground."""
+
+    temperature: float = Field(0.2, ge=0, le=2, description="0 means greedy decoding.")
+    top_p: float = Field(0.8, gt=0, le=1)
+    top_k: int = Field(40, ge=0, le=1000, description="0 disables top-k filtering.")
+    max_output_tokens: int = Field(256, ge=1, le=8192)
+    seed: int | None = Field(None, description="Fixes sampling for reproducible outputs.")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    adapter_dir: Path | None
+
+
+def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = None) -> LoadedModel:
+    """A base model, optionally with a tuned adapter on top (then its own base is used)."""
+    if adapter_dir is not None:
+        read_manifest(adapter_dir)  # refuse folders that are not complete bundles
+        tuning = read_tuning_config(adapter_dir)
+        base = resolve_model(tuning["base_model"])
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_causal_lm(base.path), adapter_dir)
+        tokenizer = load_tokenizer(adapter_dir)
+        name = str(adapter_dir)
+    else:
+        base = resolve_model(base_ref or "")
+        model, tokenizer, name = load_causal_lm(base.path), load_tokenizer(base.path), base.ref
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, adapter_dir=adapter_dir)
+
+
+@torch.no_grad()
+def generate(loaded: LoadedModel, messages: list[dict[str, str]], params: GenerationParams) -> str:
+    tokenizer = loaded.tokenizer
+    ids = torch.tensor([prompt_ids(tokenizer, messages)])
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    sample = params.temperature > 0
+    out = loaded.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=params.max_output_tokens,
+        do_sample=sample,
+        temperature=params.temperature if sample else None,
+        top_p=params.top_p if sample else None,
+        top_k=(params.top_k or None) if sample else None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def as_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    """A plain prompt becomes one user turn, exactly as ``input_text`` does in training."""
+    return ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]

@@ -1,0 +1,1 @@
+"""Mechanics shared by the recipes: atomic checkpoints, metrics log, progress, early stopping."""
