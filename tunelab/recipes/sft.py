@@ -42,6 +42,7 @@ from tunelab.losses.lm import completion_loss
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
+from tunelab.training.early_stopping import record_eval
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
@@ -264,25 +265,19 @@ def evaluate(
 def _evaluate_and_track(model, decoder, head, val, config, pad_id, state, metrics, run_dir) -> None:
     result = evaluate(model, decoder, head, val, config.batch_size, pad_id)
     metrics.append({"step": state.step, **result})
-    if state.best_eval_loss is None or result["eval_loss"] < state.best_eval_loss:
-        state.best_eval_loss, state.best_step = result["eval_loss"], state.step
-        state.evals_without_improvement = 0
+    if record_eval(state, result["eval_loss"], config.early_stopping_patience):
         from safetensors.torch import save_file
 
-        with atomic_dir(run_dir / "best") as tmp:
+        with atomic_dir(run_dir / "best") as tmp:  # the adapter the bundle will hold
             save_file(trainable_state(model), tmp / "trainable.safetensors")
-    else:
-        state.evals_without_improvement += 1
-        patience = config.early_stopping_patience
-        if patience is not None and state.evals_without_improvement >= patience:
-            logger.info(
-                "early stopping at step %d: no better eval loss for %d evaluations (best %.4f at step %d)",
-                state.step,
-                patience,
-                state.best_eval_loss,
-                state.best_step,
-            )
-            state.stopped_early = True
+    elif state.stopped_early:
+        logger.info(
+            "early stopping at step %d: no better eval loss for %d evaluations (best %.4f at step %d)",
+            state.step,
+            config.early_stopping_patience,
+            state.best_eval_loss,
+            state.best_step,
+        )
 
 
 def _write_bundle(
