@@ -1,0 +1,5 @@
+"""``python -m tunelab`` runs the ``tunelab`` command line."""
+
+from tunelab.cli import app
+
+app()
