@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, load_supervised
 from tunelab.models import load_causal_lm, load_tokenizer
-from tunelab.recipes.sft import evaluate, train_sft
+from tunelab.recipes.sft import train_sft
+from tunelab.training.eval_loss import evaluate
 
 LABELS = ["red", "green", "blue", "yellow"]
 
@@ -51,7 +52,9 @@ def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, data)
     train, val = data
     result = train_sft(tiny_config(tiny_model_dir), train, tmp_path / "run", val)
 
-    rows = [json.loads(line) for line in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     eval_losses = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(train_losses) == 24 and len(eval_losses) == 3
@@ -90,7 +93,14 @@ def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir,
     tokenizer = load_tokenizer(result.adapter_dir)
     examples, _ = load_supervised(val, tokenizer, max_seq_length=1024)
     model = PeftModel.from_pretrained(load_causal_lm(tiny_model_dir), result.adapter_dir)
-    again = evaluate(model, model.get_decoder(), model.get_output_embeddings(), examples, 8, tokenizer.pad_token_id)
+    again = evaluate(
+        model,
+        model.get_decoder(),
+        model.get_output_embeddings(),
+        examples,
+        8,
+        tokenizer.pad_token_id,
+    )
     assert again["eval_loss"] == pytest.approx(result.best_eval_loss, rel=1e-5)
 
 
@@ -98,10 +108,18 @@ def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, data):
     """A learning rate high enough to make eval loss bounce, and a validation set whose labels
     disagree with training: the bundle is the best evaluated step's adapter, not the last."""
     train, _ = data
-    shifted = [{**r, "output_text": LABELS[(i + 1) % 4]} for i, r in enumerate(color_rows(16, 1000))]
+    shifted = [
+        {**r, "output_text": LABELS[(i + 1) % 4]} for i, r in enumerate(color_rows(16, 1000))
+    ]
     val = write_jsonl(tmp_path / "shifted.jsonl", shifted)
-    cfg = tiny_config(tiny_model_dir, train_steps=40, eval_every_steps=4, learning_rate_multiplier=40.0,
-                      early_stopping_patience=None, warmup_ratio=0.0)
+    cfg = tiny_config(
+        tiny_model_dir,
+        train_steps=40,
+        eval_every_steps=4,
+        learning_rate_multiplier=40.0,
+        early_stopping_patience=None,
+        warmup_ratio=0.0,
+    )
     result = train_sft(cfg, train, tmp_path / "run", val)
     best = load_file(tmp_path / "run" / "best" / "trainable.safetensors")
     saved = load_file(result.adapter_dir / "adapter_model.safetensors")
@@ -117,8 +135,14 @@ def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, data):
 
 def test_early_stopping_ends_the_run(tmp_path, tiny_model_dir, data):
     train, val = data
-    cfg = tiny_config(tiny_model_dir, train_steps=200, eval_every_steps=2, learning_rate_multiplier=80.0,
-                      early_stopping_patience=2, warmup_ratio=0.0)
+    cfg = tiny_config(
+        tiny_model_dir,
+        train_steps=200,
+        eval_every_steps=2,
+        learning_rate_multiplier=80.0,
+        early_stopping_patience=2,
+        warmup_ratio=0.0,
+    )
     result = train_sft(cfg, train, tmp_path / "run", val)
     assert result.stopped_early and result.steps < 200
 
@@ -147,6 +171,10 @@ def test_config_reports_every_problem_at_once():
 
     with pytest.raises(ValidationError) as err:
         SFTConfig(adapter_size=3, batch_size=0, learning_rate_multiplier=-1)
-    assert {e["loc"][0] for e in err.value.errors()} == {"adapter_size", "batch_size", "learning_rate_multiplier"}
+    assert {e["loc"][0] for e in err.value.errors()} == {
+        "adapter_size",
+        "batch_size",
+        "learning_rate_multiplier",
+    }
     with pytest.raises(ValidationError, match="epochs or train_steps"):
         SFTConfig(epochs=1, train_steps=5)

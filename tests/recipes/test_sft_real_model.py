@@ -15,7 +15,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ticket-routing"
 
 def exact_match(loaded, rows) -> float:
     greedy = GenerationParams(temperature=0, max_output_tokens=8)
-    hits = sum(generate(loaded, as_messages(r["input_text"]), greedy) == r["output_text"] for r in rows)
+    hits = sum(
+        generate(loaded, as_messages(r["input_text"]), greedy) == r["output_text"] for r in rows
+    )
     return hits / len(rows)
 
 
@@ -23,7 +25,9 @@ def exact_match(loaded, rows) -> float:
 def test_tuning_raises_heldout_exact_match(tmp_path):
     test_rows = [json.loads(x) for x in (EXAMPLES / "test.jsonl").read_text().splitlines()]
     config = SFTConfig(train_steps=40, eval_every_steps=20, checkpoint_every_steps=40)
-    result = train_sft(config, EXAMPLES / "train.jsonl", tmp_path / "run", EXAMPLES / "validation.jsonl")
+    result = train_sft(
+        config, EXAMPLES / "train.jsonl", tmp_path / "run", EXAMPLES / "validation.jsonl"
+    )
 
     base = exact_match(load_for_inference(base_ref=config.base_model), test_rows)
     tuned = exact_match(load_for_inference(adapter_dir=result.adapter_dir), test_rows)

@@ -20,7 +20,9 @@ STEPS = 120
 def long_rows(n):
     # Long prompts make each step slow enough (~0.1 s) to be caught mid-run.
     filler = " ".join(f"word{i}" for i in range(150))
-    return [{"input_text": f"{filler} item {i}", "output_text": ["yes", "no"][i % 2]} for i in range(n)]
+    return [
+        {"input_text": f"{filler} item {i}", "output_text": ["yes", "no"][i % 2]} for i in range(n)
+    ]
 
 
 def command(train, model_dir):
@@ -47,11 +49,15 @@ def adapter_of(home):
 
 def start_and_stop_midway(cmd, home, sig):
     env = {**os.environ, "TUNELAB_HOME": str(home)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     metrics = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list((home / "runs").glob("run-*/metrics.jsonl")) if (home / "runs").exists() else []
+        found = (
+            list((home / "runs").glob("run-*/metrics.jsonl")) if (home / "runs").exists() else []
+        )
         if found:
             metrics = found[0]
             steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]

@@ -43,6 +43,7 @@ from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
 from tunelab.training.early_stopping import record_eval
+from tunelab.training.eval_loss import evaluate
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
@@ -242,24 +243,6 @@ def _lora_model(base_path: Path, config: SFTConfig):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
-
-
-@torch.no_grad()
-def evaluate(
-    model, decoder, head, examples: list[Encoded], batch_size: int, pad_id: int
-) -> dict[str, float]:
-    """Eval loss (mean cross-entropy per model-turn token) and next-token accuracy."""
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    loss_sum, correct_sum, count = 0.0, 0, 0
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
-        hidden = decoder(input_ids=batch.input_ids).last_hidden_state
-        loss, correct, n = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
-        loss_sum += loss.item() * n
-        correct_sum += int(correct)
-        count += n
-    return {"eval_loss": loss_sum / max(1, count), "eval_accuracy": correct_sum / max(1, count)}
 
 
 def _evaluate_and_track(model, decoder, head, val, config, pad_id, state, metrics, run_dir) -> None:
