@@ -24,6 +24,15 @@ class Settings:
     cache: Path
     """Shared cache of converted base models."""
 
+    database_url: str = ""
+    """SQLAlchemy URL of the job store and registry; default SQLite in ``home``."""
+    artifacts_url: str = ""
+    """Where artifacts (datasets, adapters, reports) are stored: a folder or an fsspec URL."""
+    price_per_1k_tokens: float | None = None
+    """Optional price used to estimate a job's cost from its billable tokens."""
+    lease_seconds: float = 30.0
+    """How long a worker's claim on a job lasts without a heartbeat."""
+
     @property
     def model_cache(self) -> Path:
         """Base models converted to safetensors (e.g. the embedded GGUF default)."""
@@ -34,9 +43,23 @@ class Settings:
         """One folder per tuning run, named by a system-made run id."""
         return self.home / "runs"
 
+    @property
+    def work(self) -> Path:
+        """Jobs' working folders (checkpoints, metrics), one per job id."""
+        return self.home / "work"
+
 
 def get_settings() -> Settings:
     """Read settings from the environment on each call, so tests can point them elsewhere."""
     home = Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".tunelab")
     cache = Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
-    return Settings(home=home.expanduser().resolve(), cache=cache.expanduser().resolve())
+    home = home.expanduser().resolve()
+    price = os.environ.get("TUNELAB_PRICE_PER_1K_TOKENS")
+    return Settings(
+        home=home,
+        cache=cache.expanduser().resolve(),
+        database_url=os.environ.get("TUNELAB_DATABASE_URL") or f"sqlite:///{home / 'tunelab.db'}",
+        artifacts_url=os.environ.get("TUNELAB_ARTIFACTS_URL") or str(home / "artifacts"),
+        price_per_1k_tokens=float(price) if price else None,
+        lease_seconds=float(os.environ.get("TUNELAB_LEASE_SECONDS") or 30.0),
+    )

@@ -1,0 +1,1 @@
+"""Tuning jobs: the state machine, pipeline steps, the store and the worker."""

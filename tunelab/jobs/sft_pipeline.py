@@ -1,0 +1,177 @@
+"""The supervised-tuning pipeline: validate -> prepare -> train -> evaluate -> register -> deploy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from tunelab.bundle import read_manifest
+from tunelab.config import get_settings
+from tunelab.configs import SFTConfig
+from tunelab.data.validation import DatasetValidationError, validate_file
+from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.registry.datasets import get_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def _dataset_path(ctx: StepContext, role: str):
+    dataset_id = ctx.job.datasets.get(role)
+    if dataset_id is None:
+        return None
+    dataset = get_dataset(ctx.db, dataset_id)
+    return ctx.store.local_path(dataset.uri)
+
+
+def validate(ctx: StepContext) -> dict[str, Any]:
+    """Every dataset is read whole; any bad line fails the job with its line numbers."""
+    from tunelab.models import load_tokenizer, resolve_model
+
+    config = SFTConfig(**ctx.job.config)
+    tokenizer = load_tokenizer(resolve_model(config.base_model).path)
+    reports = {}
+    for role in ("train", "validation"):
+        path = _dataset_path(ctx, role)
+        if path is None:
+            continue
+        report = validate_file(
+            path, tokenizer, max_seq_length=config.max_seq_length, epochs=config.epochs or 1
+        )
+        report.path = f"{role} dataset ({ctx.job.datasets[role]})"
+        if not report.ok:
+            raise DatasetValidationError(report)
+        reports[role] = report.to_dict()
+        ctx.check_stop()
+    return {"reports": reports}
+
+
+def prepare(ctx: StepContext) -> dict[str, Any]:
+    """Resolve (and, once, convert) the base model so training starts from a local folder."""
+    from tunelab.models import resolve_model
+
+    base = resolve_model(SFTConfig(**ctx.job.config).base_model)
+    return {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+
+
+def train(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.recipes.sft import TrainingInterrupted, train_sft
+
+    config = SFTConfig(**ctx.job.config)
+    metrics_path = ctx.workdir / "metrics.jsonl"
+    last_sync = 0.0
+
+    def on_progress(p) -> None:
+        nonlocal last_sync
+        if p.phase != "training" or not p.total_steps:
+            ctx.report(p.phase, 0.05, None)
+            return
+        now = time.monotonic()
+        if now - last_sync >= 1.0 or p.step == p.total_steps:  # bound DB writes on fast steps
+            last_sync = now
+            ctx.report(
+                f"training step {p.step}/{p.total_steps}",
+                0.05 + 0.85 * p.step / p.total_steps,
+                p.eta_seconds,
+            )
+            ctx.on_metrics(metrics_path)
+
+    try:
+        result = train_sft(
+            config,
+            _dataset_path(ctx, "train"),
+            ctx.workdir,
+            _dataset_path(ctx, "validation"),
+            on_progress=on_progress,
+            should_stop=ctx.should_stop,
+        )
+    except TrainingInterrupted as exc:
+        raise StopRequested from exc
+    ctx.on_metrics(metrics_path)
+    stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
+    usage = dict(result.usage)
+    price = get_settings().price_per_1k_tokens
+    usage["estimated_cost"] = (
+        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
+    )
+    return {
+        "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "usage": usage,
+        "best_step": result.best_step,
+        "best_eval_loss": result.best_eval_loss,
+        "final_train_loss": result.final_train_loss,
+        "stopped_early": result.stopped_early,
+        "steps": result.steps,
+    }
+
+
+def evaluate(ctx: StepContext) -> dict[str, Any]:
+    """With a validation set: the tuned adapter's loss there (and, when available, the full
+    evaluation of tuned against base). Without one, the step is skipped."""
+    if "validation" not in ctx.job.datasets:
+        return {"skipped": "no validation dataset"}
+    trained = ctx.outputs["train"]
+    return {"eval_loss": trained.get("best_eval_loss"), "best_step": trained.get("best_step")}
+
+
+def register(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.registry.models import register_version
+
+    trained = ctx.outputs["train"]
+    adapter = trained["adapter"]
+    manifest = read_manifest(ctx.store.local_path(adapter["uri"]))
+    inputs = [("dataset", ctx.job.datasets["train"], "train")]
+    if "validation" in ctx.job.datasets:
+        inputs.append(("dataset", ctx.job.datasets["validation"], "validation"))
+    version = register_version(
+        ctx.db,
+        name=ctx.job.tuned_model_name,
+        method=ctx.job.method,
+        base_model=ctx.job.base_model,
+        adapter_uri=adapter["uri"],
+        adapter_sha256=adapter["sha256"],
+        adapter_size=adapter["size_bytes"],
+        config=ctx.job.config,
+        data_stats=ctx.outputs["validate"]["reports"],
+        metrics={
+            k: trained.get(k)
+            for k in ("best_eval_loss", "best_step", "final_train_loss", "steps", "stopped_early")
+        }
+        | {"evaluation": ctx.outputs.get("evaluate")},
+        source_job_id=ctx.job.id,
+        inputs=inputs,
+    )
+    logger.info(
+        "registered %s version %d (%s)", version.model_name, version.version, manifest.get("method")
+    )
+    return {"model_version_id": version.id, "name": version.model_name, "version": version.version}
+
+
+def deploy(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.registry.endpoints import deploy_version
+
+    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
+    return {"endpoint": endpoint.id}
+
+
+register_pipeline(
+    "sft",
+    [
+        ("validate", validate),
+        ("prepare", prepare),
+        ("train", train),
+        ("evaluate", evaluate),
+        ("register", register),
+        ("deploy", deploy),
+    ],
+    weights={
+        "validate": 0.02,
+        "prepare": 0.03,
+        "train": 0.85,
+        "evaluate": 0.06,
+        "register": 0.02,
+        "deploy": 0.02,
+    },
+)
+
+__all__ = ["StopRequested"]

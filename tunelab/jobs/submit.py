@@ -1,0 +1,56 @@
+"""Submitting a tuning job: the one function the CLI, the REST API and the SDK all call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tunelab.db import Database
+from tunelab.db.schema import TuningJob
+from tunelab.jobs import store
+from tunelab.jobs.pipeline import pipeline_for
+from tunelab.registry.artifacts import ArtifactStore
+from tunelab.registry.datasets import register_dataset
+
+
+def submit_job(
+    db: Database,
+    artifacts: ArtifactStore,
+    *,
+    config: BaseModel,
+    name: str,
+    datasets: dict[str, Path | str | None],
+    display_name: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[TuningJob, bool]:
+    """Register the datasets (paths, or ids of datasets already registered) and queue the job.
+
+    ``config`` is the method's typed config (its ``method`` field picks the pipeline).
+    Returns (job, created); with an idempotency key already used, the existing job.
+    """
+    if idempotency_key is not None:
+        existing = store.find_by_idempotency_key(db, idempotency_key)
+        if existing is not None:
+            return existing, False
+    method = config.method  # type: ignore[attr-defined]
+    pipeline = pipeline_for(method)
+    ids: dict[str, str | None] = {}
+    for role, ref in datasets.items():
+        if ref is None:
+            ids[role] = None
+        elif isinstance(ref, Path):
+            ids[role] = register_dataset(db, artifacts, ref).id
+        else:
+            ids[role] = ref
+    return store.create_job(
+        db,
+        display_name=display_name or name,
+        method=method,
+        base_model=config.base_model,  # type: ignore[attr-defined]
+        config=config.model_dump(mode="json"),
+        datasets=ids,
+        steps=pipeline.step_names,
+        tuned_model_name=name,
+        idempotency_key=idempotency_key,
+    )

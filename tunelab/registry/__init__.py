@@ -1,0 +1,1 @@
+"""Tuned models and their versions, datasets, artifacts and lineage."""

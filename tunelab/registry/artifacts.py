@@ -1,0 +1,117 @@
+"""The artifact store (Vertex's working directory): a local folder by default, any fsspec URL
+(s3://, gs://, memory://, …) otherwise. Keys are built from ids the system made; nothing a
+user typed ever becomes part of a path.
+
+Folders (adapter bundles, evaluation reports) are stored as a tree of files; their sha256 is
+that of a listing of ``relative path + file sha256`` lines, so it does not depend on mtimes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from tunelab.bundle import sha256_file
+from tunelab.config import get_settings
+from tunelab.training.atomic import fsync_tree
+
+SAFE_KEY = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+def tree_sha256(folder: Path) -> str:
+    lines = [
+        f"{p.relative_to(folder).as_posix()} {sha256_file(p)}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.is_local = "file" in protocols
+
+    def _path(self, key: str) -> str:
+        if not SAFE_KEY.match(key) or ".." in key.split("/"):
+            raise ValueError(f"artifact key {key!r} is not a system-made key")
+        return f"{self.root}/{key}"
+
+    def uri(self, key: str) -> str:
+        path = self._path(key)
+        return path if self.is_local else f"{self.fs.unstrip_protocol(path)}"
+
+    def put_file(self, local: Path, key: str) -> StoredArtifact:
+        target = self._path(key)
+        if self.is_local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=".upload-")
+            os.close(fd)
+            shutil.copyfile(local, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.put_file(str(local), target)
+        return StoredArtifact(self.uri(key), sha256_file(local), local.stat().st_size)
+
+    def put_dir(self, local: Path, key: str) -> StoredArtifact:
+        target = self._path(key)
+        digest = tree_sha256(local)
+        size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+        if self.is_local:
+            dest = Path(target)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".upload-"))
+            shutil.copytree(local, tmp, dirs_exist_ok=True)
+            fsync_tree(tmp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        else:
+            self.fs.put(str(local), target, recursive=True)
+        return StoredArtifact(self.uri(key), digest, size)
+
+    def local_path(self, uri: str) -> Path:
+        """A local path to read the artifact from: itself when local, else a cached download."""
+        if self.is_local:
+            return Path(uri)
+        cache = (
+            get_settings().home / "artifact-cache" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+        )
+        if not cache.exists():
+            tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
+            self.fs.get(uri, str(tmp / "x"), recursive=True)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / "x", cache)
+        return cache
+
+    def delete(self, uri: str) -> None:
+        if self.is_local:
+            path = Path(uri)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif self.fs.exists(uri):
+            self.fs.rm(uri, recursive=True)
+
+
+def open_artifact_store(url: str | None = None) -> ArtifactStore:
+    return ArtifactStore(url or get_settings().artifacts_url)
