@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,9 +43,17 @@ def run_to_completion(cmd, home):
 
 
 def adapter_of(home):
-    index = json.loads((home / "tuned_models.json").read_text())
-    run = home / "runs" / index["resume-test"]["run_id"]
-    return load_file(run / "adapter" / "adapter_model.safetensors"), run
+    """The registered adapter of the tuned model, through the registry of that home."""
+    env = {**os.environ, "TUNELAB_HOME": str(home)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "models", "show", "resume-test", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    adapter = Path(json.loads(shown.stdout)["adapter_uri"])
+    return load_file(adapter / "adapter_model.safetensors"), adapter
 
 
 def start_and_stop_midway(cmd, home, sig):
@@ -55,9 +64,7 @@ def start_and_stop_midway(cmd, home, sig):
     deadline = time.monotonic() + 300
     metrics = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = (
-            list((home / "runs").glob("run-*/metrics.jsonl")) if (home / "runs").exists() else []
-        )
+        found = list(home.glob("work/job-*/metrics.jsonl"))
         if found:
             metrics = found[0]
             steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]
@@ -86,13 +93,13 @@ def test_stopped_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, unint
     write_jsonl(tmp_path / "train.jsonl", long_rows(40))
     code = start_and_stop_midway(cmd, home, sig)
     assert code == (-9 if sig == signal.SIGKILL else 130)
-    ckpts = list(home.glob("runs/run-*/checkpoints/step-*"))
+    ckpts = list(home.glob("work/job-*/checkpoints/step-*"))
     assert ckpts, "no checkpoint survived the stop"
 
     run_to_completion(cmd, home)
-    resumed, run = adapter_of(home)
+    resumed, adapter = adapter_of(home)
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6)
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (adapter / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one row per step, no replays

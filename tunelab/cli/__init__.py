@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tunelab.cli import data as data_cli
+from tunelab.cli import jobs as jobs_cli
+from tunelab.cli import models as models_cli
 from tunelab.cli import tune as tune_cli
+from tunelab.cli.evaluate import evaluate_cmd
 from tunelab.cli.predict import predict
 
 app = typer.Typer(
@@ -25,7 +28,11 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(tune_cli.app, name="tune")
+app.add_typer(jobs_cli.app, name="jobs")
+app.add_typer(models_cli.app, name="models")
+app.command("worker")(jobs_cli.worker)
 app.command("predict")(predict)
+app.command("eval")(evaluate_cmd)
 
 
 @app.callback()
@@ -49,5 +56,5 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load
-    for noisy in ("transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
+    for noisy in ("alembic", "transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
@@ -27,9 +25,8 @@ def predict(
     """Generate a response, formatted exactly as the model was trained."""
     from pydantic import ValidationError
 
-    from tunelab import runs
-    from tunelab.bundle import MANIFEST
     from tunelab.models import ModelNotFoundError
+    from tunelab.services import open_services, resolve_model_ref
     from tunelab.serving.generation import (
         GenerationParams,
         as_messages,
@@ -48,11 +45,10 @@ def predict(
     except ValidationError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    adapter = runs.adapter_for_name(model)
-    if adapter is None and (Path(model) / MANIFEST).is_file():
-        adapter = Path(model)
+    services = open_services()
+    base_ref, adapter = resolve_model_ref(services, model)
     try:
-        loaded = load_for_inference(base_ref=None if adapter else model, adapter_dir=adapter)
+        loaded = load_for_inference(base_ref=base_ref, adapter_dir=adapter)
     except ModelNotFoundError as exc:
         err.print(f"[red]error:[/] no tuned model named {model!r}, and {exc}")
         raise typer.Exit(1) from None

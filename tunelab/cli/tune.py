@@ -1,21 +1,19 @@
-"""``tunelab tune sft``: tune a model in one command, with a progress bar, resumable."""
+"""``tunelab tune sft``: tune a model in one command. It submits a tuning job and runs it in
+this process (no separate worker needed), showing the job's progress; interrupted, the same
+command finds the same job (by an idempotency key made from the command's inputs) and resumes it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import threading
+import uuid
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tunelab.config import DEFAULT_BASE_MODEL
 
@@ -26,7 +24,7 @@ console = Console(stderr=True)
 @app.command("sft")
 def sft(
     train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
-    name: str = typer.Option(..., "--name", min=1, help="Name of the tuned model."),
+    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
     ),
@@ -47,21 +45,20 @@ def sft(
     early_stopping_patience: int | None = typer.Option(
         3, "--early-stopping-patience", help="0 disables."
     ),
+    detach: bool = typer.Option(
+        False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
+    ),
     restart: bool = typer.Option(
-        False, "--restart", help="Discard an earlier run of this command and start over."
+        False, "--restart", help="Tune again even if this command already ran."
     ),
 ) -> None:
-    """Supervised tuning of a LoRA adapter. Interrupted runs resume when the same command is run again."""
-    import shutil
-
+    """Supervised tuning of a LoRA adapter, as a job. Run the same command again to resume."""
     from pydantic import ValidationError
 
-    from tunelab import runs
     from tunelab.bundle import sha256_file
     from tunelab.configs import SFTConfig
-    from tunelab.data.validation import DatasetValidationError
-    from tunelab.models import ModelNotFoundError
-    from tunelab.recipes.sft import TrainingInterrupted, train_sft
+    from tunelab.jobs.submit import submit_job
+    from tunelab.services import open_services
 
     try:
         config = SFTConfig(
@@ -78,93 +75,139 @@ def sft(
             early_stopping_patience=early_stopping_patience or None,
         )
     except ValidationError as exc:
-        _fail(_config_errors(exc))
+        fail(config_errors(exc))
     if not 1 <= len(name) <= 128:
-        _fail("--name must be 1 to 128 characters")
+        fail("--name must be 1 to 128 characters")
 
-    shas = [sha256_file(train), sha256_file(validation) if validation else None]
-    rid = runs.run_id(name, config.model_dump(), shas)
-    rdir = runs.run_dir(rid)
+    # The same command (name, parameters, dataset bytes) maps to the same job.
+    key_src = json.dumps(
+        {
+            "name": name,
+            "config": config.model_dump(mode="json"),
+            "data": [sha256_file(train), sha256_file(validation) if validation else None],
+        },
+        sort_keys=True,
+    )
+    key = "cli-" + hashlib.sha256(key_src.encode()).hexdigest()[:32]
     if restart:
-        shutil.rmtree(rdir, ignore_errors=True)
-    if runs.is_complete(rdir):
-        runs.record_tuned_model(name, rid)
+        key += "-" + uuid.uuid4().hex[:8]
+    services = open_services()
+    job, created = submit_job(
+        services.db,
+        services.artifacts,
+        config=config,
+        name=name,
+        datasets={"train": train, "validation": validation},
+        idempotency_key=key,
+    )
+    console.print(f"{'submitted' if created else 'found'} tuning job {job.id} ({job.state})")
+    if detach:
+        print(job.id)
+        return
+    run_in_process(services, job.id)
+
+
+def run_in_process(services, job_id: str) -> None:
+    """Run a job here with a worker of our own, drawing its progress; Ctrl-C checkpoints and
+    requeues it (a second Ctrl-C aborts at once)."""
+    from tunelab.jobs import store
+    from tunelab.jobs.states import TERMINAL
+    from tunelab.jobs.worker import Worker
+
+    job = store.get_job(services.db, job_id)
+    if job.state == "SUCCEEDED":
         console.print(
-            f"[green]already tuned[/]: {name} -> {rdir / 'adapter'} (use --restart to tune again)"
+            f"[green]already tuned[/]: {job.tuned_model_name} version {job.tuned_model_version} "
+            "(use --restart to tune again)"
         )
         return
-    resuming = (rdir / "checkpoints").exists()
-    console.print(f"{'resuming' if resuming else 'starting'} run {rid} in {rdir}")
+    if job.state in TERMINAL:
+        show_error(job)
+        fail(f"job {job.id} is {job.state}; use --restart to tune again")
+    worker = Worker(services.db, services.artifacts)
 
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):  # first Ctrl-C: checkpoint and stop; second: stop now
-        if stop.is_set():
+    def on_sigint(signum, frame):
+        if worker.shutdown.is_set():
             raise KeyboardInterrupt
-        stop.set()
+        worker.shutdown.set()
         console.print(
-            "[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)[/]"
+            "[yellow]stopping after this step with a checkpoint (Ctrl-C again to abort)[/]"
         )
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigint)
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(worker.run_job(job_id)), daemon=True)
     bar = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description:<28}"),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
         console=console,
     )
-    task = bar.add_task("loading", total=None, info="")
-
-    def on_progress(p) -> None:
-        info = []
-        if p.train_loss is not None:
-            info.append(f"loss {p.train_loss:.3f}")
-        if p.eval_loss is not None:
-            info.append(f"best eval {p.eval_loss:.3f}")
-        if p.tokens_per_second:
-            info.append(f"{p.tokens_per_second:.0f} tok/s")
-        bar.update(
-            task,
-            description=p.phase,
-            completed=p.step,
-            total=p.total_steps or None,
-            info="  ".join(info) or p.message,
-        )
-
     try:
         with bar:
-            result = train_sft(
-                config, train, rdir, validation, on_progress=on_progress, should_stop=stop.is_set
-            )
-    except DatasetValidationError as exc:
-        _fail(str(exc))
-    except ModelNotFoundError as exc:
-        _fail(str(exc))
-    except TrainingInterrupted as exc:
-        console.print(f"[yellow]{exc}[/]")
-        raise typer.Exit(130) from None
+            task = bar.add_task("starting", total=100, info="")
+            runner.start()
+            while runner.is_alive():
+                runner.join(0.5)
+                j = store.get_job(services.db, job_id)
+                eta = f"ETA {j.eta_seconds:.0f}s" if j.eta_seconds else ""
+                metrics = (
+                    store.metrics_of(services.db, job_id)[-1:]
+                    if j.step and "training" in j.step
+                    else []
+                )
+                loss = (
+                    f"loss {metrics[0]['train_loss']:.3f}"
+                    if metrics and "train_loss" in metrics[0]
+                    else ""
+                )
+                bar.update(
+                    task,
+                    description=j.step or j.state.lower(),
+                    completed=100 * j.progress,
+                    info="  ".join(x for x in (loss, eta) if x),
+                )
     finally:
         signal.signal(signal.SIGINT, previous)
-    runs.record_tuned_model(name, rid)
-    console.print(f"[green]tuned model {name!r}[/] -> {result.adapter_dir}")
-    console.print(
-        f"steps {result.steps}"
-        + (
-            f", best eval loss {result.best_eval_loss:.4f} at step {result.best_step}"
-            if result.best_step
-            else ""
+    if not outcome or outcome[0] is None:
+        holder = store.get_job(services.db, job_id)
+        fail(f"job {job_id} is {holder.state} and held by another worker ({holder.worker_id})")
+    job = store.get_job(services.db, job_id)
+    if job.state == "SUCCEEDED":
+        usage = job.usage or {}
+        console.print(
+            f"[green]tuned model {job.tuned_model_name!r} version {job.tuned_model_version}[/] "
+            f"(job {job.id}, endpoint {job.endpoint})"
         )
-        + (" (stopped early)" if result.stopped_early else "")
-        + f", {result.usage['trained_tokens']} tokens trained in {result.usage['train_seconds']:.0f}s"
-    )
-    console.print(f'try it: tunelab predict --model {name} "..."')
+        console.print(
+            f"{usage.get('trained_tokens', 0)} tokens trained in {usage.get('train_seconds', 0):.0f}s"
+        )
+        console.print(f'try it: tunelab predict --model {job.tuned_model_name} "..."')
+        return
+    if job.state == "QUEUED":
+        console.print(
+            f"[yellow]job {job.id} stopped with a checkpoint; run the same command again to resume[/]"
+        )
+        raise typer.Exit(130)
+    show_error(job)
+    fail(f"job {job.id} ended {job.state}")
 
 
-def _config_errors(exc) -> str:
+def show_error(job) -> None:
+    if job.error:
+        console.print(f"[red]{job.error['code']}[/]: {job.error['message']}", highlight=False)
+        for err in (job.error.get("details") or {}).get("errors", [])[:50]:
+            if isinstance(err, dict) and "line" in err:
+                console.print(
+                    f"  line {err['line']}: {err.get('field') or ''} {err['message']}",
+                    highlight=False,
+                )
+
+
+def config_errors(exc) -> str:
     lines = [
         f"  --{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
         for e in exc.errors()
@@ -172,6 +215,6 @@ def _config_errors(exc) -> str:
     return "invalid tuning parameters:\n" + "\n".join(lines)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(1)

@@ -5,3 +5,12 @@ the stored job spec at once; each validates itself on creation and reports every
 from tunelab.configs.sft import RECOMMENDED_LEARNING_RATE, SFTConfig
 
 __all__ = ["RECOMMENDED_LEARNING_RATE", "SFTConfig"]
+
+CONFIGS = {"sft": SFTConfig}
+"""Method name -> its typed config. Later methods (rlhf, dpo) add themselves here."""
+
+
+def config_class(method: str):
+    if method not in CONFIGS:
+        raise KeyError(f"unknown tuning method {method!r} (known: {', '.join(sorted(CONFIGS))})")
+    return CONFIGS[method]

@@ -1,9 +1,9 @@
 """What a user may name as a model to evaluate, and loading it.
 
-A reference is, in this order: the name of a tuned model (the name -> run index of
-:mod:`tunelab.runs`, to become the registry), an adapter bundle folder (it has ``manifest.json``),
-or a base model (catalog name, local folder or hub id, see :func:`tunelab.models.resolve_model`).
-``tunelab predict`` resolves ``--model`` the same way.
+A reference is resolved as ``tunelab predict`` resolves ``--model``
+(:func:`tunelab.services.resolve_model_ref`), in this order: a registered tuned model (``name``
+or ``name@version``), an adapter bundle folder (it has ``manifest.json``), or a base model
+(catalog name, local folder or hub id, see :func:`tunelab.models.resolve_model`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tunelab import runs
-from tunelab.bundle import MANIFEST, read_manifest
+from tunelab.bundle import read_manifest
 from tunelab.models import load_tokenizer, resolve_model
 from tunelab.serving.generation import LoadedModel, load_for_inference
 
@@ -28,12 +27,9 @@ class ModelRef:
     """The base model's folder, for a base reference (an adapter names its own base)."""
 
     @property
-    def tokenizer_dir(self) -> Path:
-        """Where the tokenizer and chat template the model is prompted with live."""
+    def path(self) -> Path:
+        """The adapter bundle or base model folder: where the tokenizer and template live."""
         return self.adapter_dir if self.adapter_dir is not None else self.base_path  # type: ignore[return-value]
-
-    def describe(self) -> str:
-        return f"{self.ref} ({self.kind}: {self.adapter_dir or self.base_path})"
 
 
 def resolve_model_ref(ref: str) -> ModelRef:
@@ -42,24 +38,28 @@ def resolve_model_ref(ref: str) -> ModelRef:
     Raises :class:`tunelab.models.ModelNotFoundError` when it names nothing, and
     :class:`tunelab.bundle.NotABundleError` for an incomplete adapter folder.
     """
-    adapter = runs.adapter_for_name(ref)
+    from tunelab.services import open_services
+    from tunelab.services import resolve_model_ref as resolve_in_registry
+
+    base_ref, adapter = resolve_in_registry(open_services(), ref)
     if adapter is not None:
-        return ModelRef(ref, "tuned", adapter, None)
-    if (Path(ref) / MANIFEST).is_file():
-        read_manifest(Path(ref))
-        return ModelRef(ref, "adapter", Path(ref), None)
-    return ModelRef(ref, "base", None, resolve_model(ref).path)
+        read_manifest(adapter)  # refuse a folder that is not a complete bundle
+        is_folder = Path(ref).expanduser().resolve() == Path(adapter).resolve()
+        return ModelRef(ref, "adapter" if is_folder else "tuned", Path(adapter), None)
+    return ModelRef(ref, "base", None, resolve_model(base_ref or ref).path)
 
 
 def load_model_ref(ref: str | ModelRef) -> LoadedModel:
     """Load a tuned model, adapter folder or base model for generation (in eval mode)."""
     resolved = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref)
     if resolved.adapter_dir is not None:
-        return load_for_inference(adapter_dir=resolved.adapter_dir)
-    loaded = load_for_inference(base_ref=str(resolved.base_path))  # resolved once, not again
+        loaded = load_for_inference(adapter_dir=resolved.adapter_dir)
+    else:
+        loaded = load_for_inference(base_ref=str(resolved.base_path))  # resolved once, not again
     loaded.name = resolved.ref
     return loaded
 
 
 def load_ref_tokenizer(ref: ModelRef):
-    return load_tokenizer(ref.tokenizer_dir)
+    """The tokenizer and chat template the model is prompted with, without its weights."""
+    return load_tokenizer(ref.path)

@@ -1,6 +1,6 @@
 """Evaluation tasks: which metrics each reports, and inferring the task from the data.
 
-The metrics follow Vertex AI's model evaluation: classification reports F1 and accuracy,
+Inference runs on the whole file, before any sampling. The metrics follow Vertex AI's model evaluation: classification reports F1 and accuracy,
 summarization ROUGE-L, question answering exact match, and open generation BLEU and ROUGE-L.
 Every task also reports exact match, and the loss and perplexity of the references.
 
@@ -8,8 +8,8 @@ Inference looks only at the references and the prompts, never at a model's outpu
 file always gets the same task (:func:`infer_task`, rules in order):
 
 1. **classification**: the references are short labels (at most 3 words on average, 5 at most)
-   taking few distinct values: at most 20 distinct with each seen at least twice, or at most one
-   distinct value per 5 examples; and at least 2 of them.
+   taking few distinct values: at most 20, each seen twice on average, or at most one per 5
+   examples; and at least 2 of them.
 2. **qa**: most prompts mention a "question" or "context", and the references are short (at most
    10 words on average).
 3. **summarization**: the references are at least 8 words on average and at most half as long
@@ -91,7 +91,7 @@ def infer_task(prompts: Sequence[str], references: Sequence[str]) -> tuple[TaskN
     distinct = len(counts)
 
     short = mean_ref <= MAX_LABEL_WORDS_MEAN and max(ref_words) <= MAX_LABEL_WORDS
-    few = (distinct <= MAX_LABELS and min(counts.values()) >= 2) or distinct <= 0.2 * n
+    few = (distinct <= MAX_LABELS and 2 * distinct <= n) or 5 * distinct <= n
     if short and few and distinct >= 2:
         return "classification", (
             f"the {n} references take {distinct} distinct values "

@@ -138,21 +138,23 @@ def transition(
     job_id: str,
     target: JobState,
     *,
-    worker_id: str | None = None,
+    by_worker: str | None = None,
+    release: bool = False,
     message: str | None = None,
     **fields: Any,
 ) -> TuningJob:
     """Move a job to ``target`` if that is legal from its current state; set ``fields`` too.
 
-    With ``worker_id``, the change only happens while that worker still holds the job: a worker
-    that lost its lease cannot overwrite what the job's new worker did.
+    With ``by_worker``, the change only happens while that worker still holds the job: a worker
+    that lost its lease cannot overwrite what the job's new worker did. ``release`` gives up the
+    lease (the job goes back to no worker).
     """
     with db.session() as s:
         job = s.get(TuningJob, job_id, with_for_update=not db.is_sqlite)
         if job is None:
             raise JobNotFound(f"no tuning job {job_id!r}")
-        if worker_id is not None and job.worker_id != worker_id:
-            raise LeaseLost(f"job {job_id} is no longer held by worker {worker_id}")
+        if by_worker is not None and job.worker_id != by_worker:
+            raise LeaseLost(f"job {job_id} is no longer held by worker {by_worker}")
         check_transition(job_id, job.state, target)
         previous = job.state
         job.state = target
@@ -160,7 +162,10 @@ def transition(
             setattr(job, key, value)
         if target in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
             job.ended_at = utcnow()
-            job.worker_id, job.lease_expires_at, job.requested_action = None, None, None
+            release = True
+            job.requested_action = None
+        if release:
+            job.worker_id, job.lease_expires_at = None, None
         s.add(
             JobEvent(
                 job_id=job_id,

@@ -12,6 +12,7 @@ from tunelab.jobs import store
 from tunelab.jobs.pipeline import pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.registry.datasets import register_dataset
+from tunelab.registry.models import add_lineage
 
 
 def submit_job(
@@ -43,7 +44,7 @@ def submit_job(
             ids[role] = register_dataset(db, artifacts, ref).id
         else:
             ids[role] = ref
-    return store.create_job(
+    job, created = store.create_job(
         db,
         display_name=display_name or name,
         method=method,
@@ -54,3 +55,8 @@ def submit_job(
         tuned_model_name=name,
         idempotency_key=idempotency_key,
     )
+    if created:
+        for role, dataset_id in ids.items():
+            if dataset_id is not None:
+                add_lineage(db, ("dataset", dataset_id), ("job", job.id), role)
+    return job, created

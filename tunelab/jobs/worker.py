@@ -94,7 +94,7 @@ class Worker:
             return self._finish(job.id, S.CANCELLED, message="cancelled")
         pipeline = pipeline_for(job.method)
         store.transition(
-            self.db, job.id, S.RUNNING, worker_id=self.id, message=f"running on {self.id}"
+            self.db, job.id, S.RUNNING, by_worker=self.id, message=f"running on {self.id}"
         )
         workdir = get_settings().work / job.id
         workdir.mkdir(parents=True, exist_ok=True)
@@ -165,16 +165,14 @@ class Worker:
                 S.PAUSED,
                 message="paused after a checkpoint",
                 requested_action=None,
-                worker_id=None,
-                lease_expires_at=None,
+                release=True,
             )
         # SIGTERM: give the job back to the queue, with its checkpoint.
         return self._finish(
             job_id,
             S.QUEUED,
             message=f"worker {self.id} shutting down; requeued",
-            worker_id=None,
-            lease_expires_at=None,
+            release=True,
         )
 
     def _failed(self, job: TuningJob, exc: Exception) -> RunOutcome:
@@ -194,8 +192,7 @@ class Worker:
                 S.QUEUED,
                 message=f"transient error, retrying: {error.message}",
                 attempts=attempts,
-                worker_id=None,
-                lease_expires_at=None,
+                release=True,
             )
         logger.error("job %s failed: %s", job.id, error.message)
         store.set_step_state(
@@ -215,7 +212,7 @@ class Worker:
 
     def _finish(self, job_id: str, state: JobState, message: str, **fields) -> RunOutcome:
         try:
-            store.transition(self.db, job_id, state, worker_id=self.id, message=message, **fields)
+            store.transition(self.db, job_id, state, by_worker=self.id, message=message, **fields)
         except store.LeaseLost:
             return RunOutcome(job_id, "LEASE_LOST")
         return RunOutcome(job_id, str(state))

@@ -1,0 +1,118 @@
+"""``tunelab models ...``: the registry of tuned models."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli.tune import fail
+
+app = typer.Typer(help="Tuned models in the registry.", no_args_is_help=True)
+out = Console()
+
+
+@app.command("list")
+def list_() -> None:
+    from tunelab.registry.models import list_models
+    from tunelab.services import open_services
+
+    table = Table("name", "versions", "latest", "method", "base model")
+    for m in list_models(open_services().db):
+        table.add_row(m.name, str(m.versions), str(m.latest_version), m.method, m.base_model)
+    out.print(table)
+
+
+@app.command("show")
+def show(
+    name: str,
+    version: int | None = typer.Option(None, "--version"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A version (the latest by default) with its config, data statistics and metrics."""
+    from tunelab.jobs.views import version_view
+    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
+    from tunelab.services import open_services
+
+    services = open_services()
+    try:
+        v = get_version(services.db, name, version)
+    except ModelNotRegistered as exc:
+        fail(str(exc))
+    view = version_view(v) | {"adapter_uri": adapter_artifact(services.db, v).uri}
+    if as_json:
+        print(json.dumps(view, indent=2, default=str))
+        return
+    out.print(
+        f"[bold]{v.model_name}[/] version {v.version} ({v.method} on {v.base_model}), job {v.source_job_id}"
+    )
+    out.print(f"adapter: {view['adapter_uri']} sha256 {v.adapter_sha256[:16]}…")
+    for key in ("metrics", "evaluation"):
+        if view[key]:
+            out.print(f"{key}: {json.dumps(view[key], default=str)[:800]}")
+
+
+@app.command("delete")
+def delete(
+    name: str, version: int | None = typer.Option(None, "--version", help="Only this version.")
+) -> None:
+    from tunelab.registry.models import ModelNotRegistered, delete_version
+    from tunelab.services import open_services
+
+    services = open_services()
+    try:
+        removed = delete_version(services.db, services.artifacts, name, version)
+    except ModelNotRegistered as exc:
+        fail(str(exc))
+    out.print(f"deleted {name} version(s) {removed}")
+
+
+@app.command("lineage")
+def lineage(
+    name: str,
+    version: int | None = typer.Option(None, "--version"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What made a model version (datasets, job, config), and what was made from its datasets."""
+    from tunelab.registry.models import ModelNotRegistered, downstream, get_version, upstream
+    from tunelab.services import open_services
+
+    db = open_services().db
+    try:
+        v = get_version(db, name, version)
+    except ModelNotRegistered as exc:
+        fail(str(exc))
+    ups = [
+        {
+            "from": f"{e.src_kind}:{e.src_id}",
+            "to": f"{e.dst_kind}:{e.dst_id}",
+            "relation": e.relation,
+        }
+        for e in upstream(db, "model_version", v.id)
+    ]
+    datasets = {e["from"].split(":", 1)[1] for e in ups if e["from"].startswith("dataset:")}
+    downs = [
+        {
+            "from": f"{e.src_kind}:{e.src_id}",
+            "to": f"{e.dst_kind}:{e.dst_id}",
+            "relation": e.relation,
+        }
+        for d in sorted(datasets)
+        for e in downstream(db, "dataset", d)
+    ]
+    if as_json:
+        print(
+            json.dumps(
+                {"model_version": v.id, "upstream": ups, "from_same_datasets": downs}, indent=2
+            )
+        )
+        return
+    out.print(f"[bold]{v.model_name}@{v.version}[/] ({v.id}) was made from:")
+    for e in ups:
+        out.print(f"  {e['from']} --{e['relation']}--> {e['to']}")
+    out.print("made from the same datasets:")
+    for e in downs:
+        if e["to"].startswith("model_version:"):
+            out.print(f"  {e['from']} --{e['relation']}--> {e['to']}")
