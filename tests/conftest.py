@@ -62,3 +62,45 @@ def write_jsonl(path, rows):
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty database: SQLite in a file, or a new database on the PostgreSQL server
+    that .ci/run starts (skipped locally without one; a failure in CI, where it is required)."""
+    import os
+    import uuid
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tunelab.db'}"
+        return
+    server = os.environ.get("TUNELAB_TEST_POSTGRES_URL")
+    if not server:
+        if os.environ.get("TUNELAB_REQUIRE_POSTGRES"):
+            pytest.fail("TUNELAB_REQUIRE_POSTGRES is set but TUNELAB_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL server: set TUNELAB_TEST_POSTGRES_URL (scripts/start_postgres.sh)")
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    from tunelab.db.engine import _open
+
+    db = _open.pop(server.rsplit("/", 1)[0] + "/" + name, None)
+    if db is not None:
+        db.engine.dispose()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def services(db_url, tmp_path, monkeypatch):
+    """Database and artifact store for a test, wired through settings as every face does."""
+    from tunelab.services import open_services
+
+    monkeypatch.setenv("TUNELAB_DATABASE_URL", db_url)
+    monkeypatch.setenv("TUNELAB_ARTIFACTS_URL", str(tmp_path / "artifacts"))
+    return open_services()
