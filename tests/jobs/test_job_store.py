@@ -24,8 +24,14 @@ def rows(n=20):
 
 def new_job(services, tmp_path, key=None, name="m"):
     train = write_jsonl(tmp_path / "train.jsonl", rows())
-    return submit_job(services.db, services.artifacts, config=SFTConfig(train_steps=2), name=name,
-                      datasets={"train": train}, idempotency_key=key)
+    return submit_job(
+        services.db,
+        services.artifacts,
+        config=SFTConfig(train_steps=2),
+        name=name,
+        datasets={"train": train},
+        idempotency_key=key,
+    )
 
 
 def test_every_illegal_transition_is_refused():
@@ -36,7 +42,9 @@ def test_every_illegal_transition_is_refused():
             else:
                 with pytest.raises(IllegalTransition):
                     check_transition("j", source, target)
-    assert not TRANSITIONS[S.SUCCEEDED] and not TRANSITIONS[S.CANCELLED] and not TRANSITIONS[S.FAILED]
+    assert (
+        not TRANSITIONS[S.SUCCEEDED] and not TRANSITIONS[S.CANCELLED] and not TRANSITIONS[S.FAILED]
+    )
 
 
 def test_store_refuses_illegal_transitions(services, tmp_path):
@@ -58,11 +66,24 @@ def test_job_resource_and_idempotency(services, tmp_path):
     assert other.id != job.id
     assert job.state == S.QUEUED and job.method == "sft" and job.config["train_steps"] == 2
     assert [s.name for s in store.steps_of(services.db, job.id)] == [
-        "validate", "prepare", "train", "evaluate", "register", "deploy"]
+        "validate",
+        "prepare",
+        "train",
+        "evaluate",
+        "register",
+        "deploy",
+    ]
     assert job.datasets["train"].startswith("ds-")
     with pytest.raises(ValueError, match="128"):
-        store.create_job(services.db, display_name="x" * 129, method="sft", base_model="b", config={},
-                         datasets={}, steps=[])
+        store.create_job(
+            services.db,
+            display_name="x" * 129,
+            method="sft",
+            base_model="b",
+            config={},
+            datasets={},
+            steps=[],
+        )
 
 
 def _submit_many(args):
@@ -81,8 +102,13 @@ def _submit_many(args):
 
     def one(i):
         try:
-            job, _ = submit_job(services.db, services.artifacts, config=SFTConfig(train_steps=2),
-                                name=f"m{i}", datasets={"train": Path(train)})
+            job, _ = submit_job(
+                services.db,
+                services.artifacts,
+                config=SFTConfig(train_steps=2),
+                name=f"m{i}",
+                datasets={"train": Path(train)},
+            )
             ids.append(job.id)
         except Exception as exc:  # noqa: BLE001 - collected and asserted on
             errors.append(repr(exc))
@@ -99,8 +125,10 @@ def test_fifty_concurrent_submissions(services, db_url, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows())
     ctx = mp.get_context("fork")
     with ctx.Pool(10) as pool:
-        results = pool.map(_submit_many, [(db_url, str(tmp_path / "artifacts"), str(train), 5, 5 * k)
-                                          for k in range(10)])
+        results = pool.map(
+            _submit_many,
+            [(db_url, str(tmp_path / "artifacts"), str(train), 5, 5 * k) for k in range(10)],
+        )
     ids = [i for r in results for i in r[0]]
     errors = [e for r in results for e in r[1]]
     assert errors == []
@@ -117,8 +145,11 @@ def test_claim_is_exclusive_and_leases_expire(services, tmp_path):
     assert beat.held
     # The worker dies: its lease runs out without a heartbeat.
     with services.db.session() as s:
-        s.execute(update(TuningJob).where(TuningJob.id == job.id)
-                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        s.execute(
+            update(TuningJob)
+            .where(TuningJob.id == job.id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
     second = store.claim(services.db, "host:2:b", lease_seconds=60)
     assert second.id == job.id and second.worker_id == "host:2:b"
     assert not store.heartbeat(services.db, job.id, "host:1:a", 60).held  # the old worker learns it

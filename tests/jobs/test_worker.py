@@ -25,17 +25,30 @@ from tunelab.registry.models import adapter_artifact, get_version
 
 def long_rows(n):
     filler = " ".join(f"word{i}" for i in range(150))
-    return [{"input_text": f"{filler} item {i}", "output_text": ["yes", "no"][i % 2]} for i in range(n)]
+    return [
+        {"input_text": f"{filler} item {i}", "output_text": ["yes", "no"][i % 2]} for i in range(n)
+    ]
 
 
 def config(model_dir, steps):
-    return SFTConfig(base_model=str(model_dir), train_steps=steps, batch_size=4, checkpoint_every_steps=10,
-                     learning_rate_multiplier=5, seed=3)
+    return SFTConfig(
+        base_model=str(model_dir),
+        train_steps=steps,
+        batch_size=4,
+        checkpoint_every_steps=10,
+        learning_rate_multiplier=5,
+        seed=3,
+    )
 
 
 def start_worker(home_env, *args):
-    return subprocess.Popen([sys.executable, "-m", "tunelab.cli", "worker", *args], env=home_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "worker", *args],
+        env=home_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout=300, what="condition"):
@@ -67,15 +80,26 @@ def env(services, tunelab_home, monkeypatch):
     return {**os.environ}
 
 
-def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(services, env, tunelab_home, tmp_path,
-                                                                      tiny_model_dir):
+def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(
+    services, env, tunelab_home, tmp_path, tiny_model_dir
+):
     train = write_jsonl(tmp_path / "train.jsonl", long_rows(40))
-    reference, _ = submit_job(services.db, services.artifacts, config=config(tiny_model_dir, 120),
-                              name="reference", datasets={"train": train})
+    reference, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=config(tiny_model_dir, 120),
+        name="reference",
+        datasets={"train": train},
+    )
     assert Worker(services.db, services.artifacts).run_job(reference.id).state == "SUCCEEDED"
 
-    job, _ = submit_job(services.db, services.artifacts, config=config(tiny_model_dir, 120), name="killed",
-                        datasets={"train": train})
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=config(tiny_model_dir, 120),
+        name="killed",
+        datasets={"train": train},
+    )
     first = start_worker(env)
     wait_for(lambda: trained_steps(tunelab_home, job.id) >= 25, what="training to pass step 25")
     first.send_signal(signal.SIGKILL)
@@ -95,12 +119,18 @@ def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(services, e
     assert steps == list(range(1, 121))
 
 
-def test_sigterm_requeues_cancel_is_fast_pause_and_resume_continue(services, env, tunelab_home, tmp_path,
-                                                                    tiny_model_dir):
+def test_sigterm_requeues_cancel_is_fast_pause_and_resume_continue(
+    services, env, tunelab_home, tmp_path, tiny_model_dir
+):
     train = write_jsonl(tmp_path / "train.jsonl", long_rows(40))
     # SIGTERM: checkpoint, give the job back to the queue, exit cleanly.
-    job, _ = submit_job(services.db, services.artifacts, config=config(tiny_model_dir, 100_000), name="long",
-                        datasets={"train": train})
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=config(tiny_model_dir, 100_000),
+        name="long",
+        datasets={"train": train},
+    )
     worker = start_worker(env)
     wait_for(lambda: trained_steps(tunelab_home, job.id) >= 5, what="training to start")
     worker.send_signal(signal.SIGTERM)
@@ -111,23 +141,44 @@ def test_sigterm_requeues_cancel_is_fast_pause_and_resume_continue(services, env
 
     # Cancel a running job: it stops within seconds.
     worker = start_worker(env)
-    wait_for(lambda: store.get_job(services.db, job.id).state == "RUNNING"
-             and trained_steps(tunelab_home, job.id) >= 15, what="training to continue")
+    wait_for(
+        lambda: (
+            store.get_job(services.db, job.id).state == "RUNNING"
+            and trained_steps(tunelab_home, job.id) >= 15
+        ),
+        what="training to continue",
+    )
     asked = time.monotonic()
     store.request_cancel(services.db, job.id)
-    wait_for(lambda: store.get_job(services.db, job.id).state == "CANCELLED", timeout=60, what="cancel")
+    wait_for(
+        lambda: store.get_job(services.db, job.id).state == "CANCELLED", timeout=60, what="cancel"
+    )
     assert time.monotonic() - asked < 10
 
     # Pause keeps the checkpoint; resume continues from it to the end.
-    paused_job, _ = submit_job(services.db, services.artifacts, config=config(tiny_model_dir, 120),
-                               name="paused", datasets={"train": train})
-    wait_for(lambda: trained_steps(tunelab_home, paused_job.id) >= 25, what="training to pass step 25")
+    paused_job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=config(tiny_model_dir, 120),
+        name="paused",
+        datasets={"train": train},
+    )
+    wait_for(
+        lambda: trained_steps(tunelab_home, paused_job.id) >= 25, what="training to pass step 25"
+    )
     store.request_pause(services.db, paused_job.id)
-    wait_for(lambda: store.get_job(services.db, paused_job.id).state == "PAUSED", timeout=60, what="pause")
+    wait_for(
+        lambda: store.get_job(services.db, paused_job.id).state == "PAUSED",
+        timeout=60,
+        what="pause",
+    )
     at_pause = trained_steps(tunelab_home, paused_job.id)
     assert 25 <= at_pause < 120
     store.resume(services.db, paused_job.id)
-    wait_for(lambda: store.get_job(services.db, paused_job.id).state == "SUCCEEDED", what="resumed job to finish")
+    wait_for(
+        lambda: store.get_job(services.db, paused_job.id).state == "SUCCEEDED",
+        what="resumed job to finish",
+    )
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0
     steps = [r["step"] for r in store.metrics_of(services.db, paused_job.id) if "train_loss" in r]

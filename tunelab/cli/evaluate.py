@@ -56,7 +56,9 @@ def evaluate_cmd(
     max_output_tokens: int | None = typer.Option(
         None, "--max-output-tokens", help="Default: twice the longest reference, plus 16."
     ),
-    seed: int = typer.Option(0, "--seed", help="Sampling of the set, bootstrap, generation."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the sampled set, the bootstrap, and sampled decoding."
+    ),
     max_seq_length: int = typer.Option(1024, "--max-seq-length", min=1),
     output: Path | None = typer.Option(
         None,
@@ -81,7 +83,9 @@ def evaluate_cmd(
         _fail(f"--task must be one of {', '.join(TASK_NAMES)}, not {task!r}")
     if len(set(model)) != len(model):
         _fail("each --model must be different")
-    values = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    values = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+    if temperature > 0:
+        values["seed"] = seed
     if max_output_tokens is not None:
         values["max_output_tokens"] = max_output_tokens
     try:
@@ -97,9 +101,11 @@ def evaluate_cmd(
         TimeRemainingColumn(),
         console=err,
     )
-    tasks = {ref: bar.add_task(f"{ref}: waiting", total=None) for ref in model}
+    tasks = {ref: bar.add_task(f"{ref}: waiting", total=None, start=False) for ref in model}
 
     def on_progress(p) -> None:
+        if p.phase == "loading":
+            bar.start_task(tasks[p.model])  # elapsed time and ETA per model
         # One bar per model covers generation then the reference loss: 2 units per example.
         done = p.done if p.phase != "scoring" else p.total + p.done
         bar.update(

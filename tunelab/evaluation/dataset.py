@@ -102,5 +102,5 @@ def read_eval_set(
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(examples), max_examples, replace=False))
         chosen = [examples[i] for i in keep]
-        log.info("sampled %d of %d examples (seed %d)", max_examples, len(examples), seed)
+        log.debug("sampled %d of %d examples (seed %d)", max_examples, len(examples), seed)
     return EvalSet(path=path, examples=chosen, population=examples, validation=report)

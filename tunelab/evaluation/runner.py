@@ -254,7 +254,15 @@ def evaluate_models(
         discover_labels([e.reference for e in population]) if task == "classification" else None
     )
     params = _generation_params(params, tokenizer, references)
-    log.info("task %s (%s); %d examples; %s", task, reason, len(examples), params.model_dump())
+    log.info(
+        "evaluating %d model(s) on %d of %d examples; task %s (%s); %s",
+        len(refs),
+        len(examples),
+        data.available,
+        task,
+        reason,
+        params.model_dump(),
+    )
 
     scored: list[dict[str, Scored]] = []
     outputs: list[list[str]] = []
@@ -414,11 +422,6 @@ def _generation_params(
 
 def _warnings(data, n: int) -> list[str]:
     out = []
-    if data.sampled:
-        out.append(
-            f"evaluated a sample of {n} of the {data.available} examples (fixed seed); "
-            "ask for all of them to evaluate every one"
-        )
     for reason, count in data.validation.dropped.items():
         out.append(f"{count} example(s) left out: {reason}")
     if data.validation.truncated:
