@@ -1,0 +1,1 @@
+"""The HTTP face: REST resources, Vertex-style prediction and an OpenAI-compatible API."""

@@ -1,0 +1,54 @@
+"""The FastAPI application: every route but /health behind an API key, JSON errors, body limits.
+
+``create_app`` takes the services (database, artifact store) and, optionally, the inference
+pool, so tests and ``tunelab serve`` build the same app.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from tunelab import __version__
+from tunelab.api.deps import require_key
+from tunelab.api.errors import install_error_handlers
+from tunelab.api.limits import BodyLimitMiddleware
+from tunelab.api.routes import datasets, endpoints, health, jobs, tuned_models
+from tunelab.services import Services
+
+DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
+"""JSON request bodies (prompts, job specs)."""
+DEFAULT_UPLOAD_LIMIT = 1024 * 1024 * 1024
+"""Dataset uploads."""
+
+
+def create_app(
+    services: Services,
+    inference=None,
+    *,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+) -> FastAPI:
+    app = FastAPI(
+        title="TuneLab",
+        version=__version__,
+        description="Self-hosted tuning and serving of open models, shaped like Vertex AI.",
+    )
+    app.state.services = services
+    app.state.inference = inference
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=body_limit,
+        upload_limit=upload_limit,
+        upload_prefix="/v1/datasets",
+    )
+    app.include_router(health.router)
+    secured = [Depends(require_key)]
+    for module in (datasets, jobs, tuned_models, endpoints):
+        app.include_router(module.router, dependencies=secured)
+    if inference is not None:
+        from tunelab.api.routes import openai_compat, predict
+
+        app.include_router(predict.router, dependencies=secured)
+        app.include_router(openai_compat.router, dependencies=secured)
+    return app

@@ -1,0 +1,85 @@
+"""Datasets: upload (streamed to disk, size-limited), list, get, validate."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from tunelab.api.deps import ServicesDep
+from tunelab.api.errors import ApiError
+from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.registry.datasets import get_dataset, list_datasets, register_dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def dataset_view(d) -> dict:
+    return {
+        "id": d.id,
+        "sha256": d.sha256,
+        "filename": d.filename,
+        "size_bytes": d.size_bytes,
+        "create_time": d.created_at,
+    }
+
+
+@router.post("", status_code=201)
+async def upload(file: UploadFile, services: ServicesDep) -> dict:
+    """Store a JSONL file; the same bytes always give the same dataset id."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.jsonl"  # never the client's filename as a path
+        with open(path, "wb") as out:
+            await run_in_threadpool(shutil.copyfileobj, file.file, out, 1 << 20)
+        dataset = await run_in_threadpool(register_dataset, services.db, services.artifacts, path)
+    view = dataset_view(dataset)
+    if file.filename:
+        view["filename"] = file.filename[:255]
+    return view
+
+
+@router.get("")
+def list_(services: ServicesDep) -> dict:
+    return {"datasets": [dataset_view(d) for d in list_datasets(services.db)]}
+
+
+def _get(services, dataset_id: str):
+    dataset = get_dataset(services.db, dataset_id)
+    if dataset is None:
+        raise ApiError(404, "not_found", f"no dataset {dataset_id!r}")
+    return dataset
+
+
+@router.get("/{dataset_id}")
+def get(dataset_id: str, services: ServicesDep) -> dict:
+    return dataset_view(_get(services, dataset_id))
+
+
+@router.get("/{dataset_id}/validation")
+def validate(
+    dataset_id: str,
+    services: ServicesDep,
+    base_model: str = Query(DEFAULT_BASE_MODEL, max_length=512),
+    max_seq_length: int = Query(1024, ge=16, le=131072),
+    epochs: int = Query(1, ge=1, le=1000),
+) -> dict:
+    """The validation report: every bad line with its number, then token statistics."""
+    from tunelab.data.validation import validate_file
+    from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
+
+    dataset = _get(services, dataset_id)
+    try:
+        tokenizer = load_tokenizer(resolve_model(base_model).path)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
+    report = validate_file(
+        services.artifacts.local_path(dataset.uri),
+        tokenizer,
+        max_seq_length=max_seq_length,
+        epochs=epochs,
+    )
+    report.path = dataset.filename
+    return report.to_dict()

@@ -1,0 +1,46 @@
+"""Endpoints: list, deploy a tuned model version, undeploy."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tunelab.api.deps import ServicesDep
+from tunelab.api.errors import ApiError
+from tunelab.api.schemas import DeployRequest, UndeployRequest
+from tunelab.registry.endpoints import deploy_version, deployed_version, list_endpoints, undeploy
+from tunelab.registry.models import ModelNotRegistered, get_version
+
+router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
+
+
+def endpoint_view(services, e) -> dict:
+    v = deployed_version(services.db, e.id)
+    return {
+        "id": e.id,
+        "display_name": e.display_name,
+        "base_model": e.base_model,
+        "deployed_model": f"{v.model_name}@{v.version}" if v else None,
+        "create_time": e.created_at,
+    }
+
+
+@router.get("")
+def list_(services: ServicesDep) -> dict:
+    return {"endpoints": [endpoint_view(services, e) for e in list_endpoints(services.db)]}
+
+
+@router.post("", status_code=201)
+def deploy(body: DeployRequest, services: ServicesDep) -> dict:
+    try:
+        version = get_version(services.db, body.model)
+    except (ModelNotRegistered, ValueError) as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return endpoint_view(services, deploy_version(services.db, version.id))
+
+
+@router.post("/{endpoint_id}:undeploy")
+def undeploy_(endpoint_id: str, body: UndeployRequest, services: ServicesDep) -> dict:
+    removed = undeploy(services.db, endpoint_id, body.model_version_id)
+    if not removed:
+        raise ApiError(404, "not_found", f"nothing deployed on endpoint {endpoint_id!r} matches")
+    return {"undeployed": removed}

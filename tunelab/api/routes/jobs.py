@@ -1,0 +1,115 @@
+"""Tuning jobs: create, list, get, cancel, pause, resume, events, metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from pydantic import ValidationError
+
+from tunelab.api.deps import ServicesDep
+from tunelab.api.errors import ApiError
+from tunelab.api.schemas import TuningJobCreate
+from tunelab.configs import config_class
+from tunelab.jobs import store
+from tunelab.jobs.states import IllegalTransition
+from tunelab.jobs.submit import submit_job
+from tunelab.jobs.views import job_view
+from tunelab.registry.datasets import get_dataset
+
+router = APIRouter(prefix="/v1/tuningJobs", tags=["tuning jobs"])
+
+
+@router.post("", status_code=201)
+def create(body: TuningJobCreate, services: ServicesDep) -> dict:
+    try:
+        config = config_class(body.method)(**body.config)
+    except KeyError as exc:
+        raise ApiError(422, "invalid_request", str(exc.args[0]), {"field": "method"}) from None
+    except ValidationError as exc:
+        errors = [
+            {"field": "config." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False)
+        ]
+        raise ApiError(
+            422, "invalid_config", f"{len(errors)} invalid tuning parameter(s)", {"errors": errors}
+        ) from None
+    for role in ("train_dataset", "validation_dataset"):
+        ref = getattr(body, role)
+        if ref is not None and get_dataset(services.db, ref) is None:
+            raise ApiError(
+                404, "not_found", f"{role}: no dataset {ref!r} (upload it with POST /v1/datasets)"
+            )
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=config,
+        name=body.tuned_model_display_name,
+        datasets={"train": body.train_dataset, "validation": body.validation_dataset},
+        idempotency_key=body.idempotency_key,
+    )
+    return job_view(services.db, job)
+
+
+@router.get("")
+def list_(
+    services: ServicesDep,
+    state: str | None = Query(None, max_length=16),
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict:
+    return {
+        "tuning_jobs": [
+            job_view(services.db, j) for j in store.list_jobs(services.db, state, limit)
+        ]
+    }
+
+
+def _job(services, job_id: str):
+    try:
+        return store.get_job(services.db, job_id)
+    except store.JobNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@router.get("/{job_id}")
+def get(job_id: str, services: ServicesDep) -> dict:
+    return job_view(services.db, _job(services, job_id))
+
+
+def _act(services, job_id: str, action) -> dict:
+    _job(services, job_id)
+    try:
+        job = action(services.db, job_id)
+    except IllegalTransition as exc:
+        raise ApiError(409, "illegal_state", str(exc), {"state": exc.current}) from None
+    return job_view(services.db, job)
+
+
+@router.post("/{job_id}:cancel")
+def cancel(job_id: str, services: ServicesDep) -> dict:
+    return _act(services, job_id, store.request_cancel)
+
+
+@router.post("/{job_id}:pause")
+def pause(job_id: str, services: ServicesDep) -> dict:
+    return _act(services, job_id, store.request_pause)
+
+
+@router.post("/{job_id}:resume")
+def resume(job_id: str, services: ServicesDep) -> dict:
+    return _act(services, job_id, store.resume)
+
+
+@router.get("/{job_id}/events")
+def events(job_id: str, services: ServicesDep, after: int = Query(0, ge=0)) -> dict:
+    _job(services, job_id)
+    return {
+        "events": [
+            {"id": e.id, "time": e.time, "kind": e.kind, "message": e.message, "data": e.data}
+            for e in store.events_of(services.db, job_id, after_id=after)
+        ]
+    }
+
+
+@router.get("/{job_id}/metrics")
+def metrics(job_id: str, services: ServicesDep) -> dict:
+    _job(services, job_id)
+    return {"metrics": store.metrics_of(services.db, job_id)}

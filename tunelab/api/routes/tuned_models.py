@@ -1,0 +1,66 @@
+"""The registry of tuned models: list, get (with versions), delete, lineage."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from tunelab.api.deps import ServicesDep
+from tunelab.api.errors import ApiError
+from tunelab.jobs.views import version_view
+from tunelab.registry.models import (
+    ModelNotRegistered,
+    delete_version,
+    downstream,
+    get_version,
+    get_versions,
+    list_models,
+    upstream,
+)
+
+router = APIRouter(prefix="/v1/tunedModels", tags=["tuned models"])
+
+
+@router.get("")
+def list_(services: ServicesDep) -> dict:
+    return {"tuned_models": [m.__dict__ for m in list_models(services.db)]}
+
+
+@router.get("/{name}")
+def get(name: str, services: ServicesDep) -> dict:
+    try:
+        versions = get_versions(services.db, name)
+    except ModelNotRegistered as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return {"name": name, "versions": [version_view(v) for v in versions]}
+
+
+@router.delete("/{name}")
+def delete(name: str, services: ServicesDep, version: int | None = Query(None, ge=1)) -> dict:
+    try:
+        removed = delete_version(services.db, services.artifacts, name, version)
+    except ModelNotRegistered as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return {"deleted_versions": removed}
+
+
+@router.get("/{name}/lineage")
+def lineage(name: str, services: ServicesDep, version: int | None = Query(None, ge=1)) -> dict:
+    try:
+        v = get_version(services.db, name, version)
+    except ModelNotRegistered as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+    def edge(e) -> dict:
+        return {
+            "from": {"kind": e.src_kind, "id": e.src_id},
+            "to": {"kind": e.dst_kind, "id": e.dst_id},
+            "relation": e.relation,
+        }
+
+    ups = upstream(services.db, "model_version", v.id)
+    datasets = sorted({e.src_id for e in ups if e.src_kind == "dataset"})
+    return {
+        "model_version": version_view(v),
+        "upstream": [edge(e) for e in ups],
+        "datasets": {d: [edge(e) for e in downstream(services.db, "dataset", d)] for d in datasets},
+    }

@@ -1,0 +1,37 @@
+"""Request bodies (and their limits). Responses are the views in tunelab.jobs.views, shared
+with the CLI's --json output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TuningJobCreate(BaseModel):
+    """Create a tuning job. ``config`` is the method's typed config (SFTConfig for ``sft``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("sft", max_length=32)
+    tuned_model_display_name: str = Field(..., min_length=1, max_length=128)
+    train_dataset: str = Field(
+        ..., min_length=1, max_length=40, description="Dataset id from POST /v1/datasets."
+    )
+    validation_dataset: str | None = Field(None, max_length=40)
+    config: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        ..., min_length=1, max_length=140, description="Tuned model name or name@version."
+    )
+
+
+class UndeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_version_id: str | None = Field(None, max_length=40)
