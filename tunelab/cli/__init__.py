@@ -14,10 +14,12 @@ from rich.logging import RichHandler
 
 from tunelab.cli import data as data_cli
 from tunelab.cli import jobs as jobs_cli
+from tunelab.cli import keys as keys_cli
 from tunelab.cli import models as models_cli
 from tunelab.cli import tune as tune_cli
 from tunelab.cli.evaluate import evaluate_cmd
 from tunelab.cli.predict import predict
+from tunelab.cli.serve import serve
 
 app = typer.Typer(
     name="tunelab",
@@ -31,6 +33,8 @@ app.add_typer(tune_cli.app, name="tune")
 app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(models_cli.app, name="models")
 app.command("worker")(jobs_cli.worker)
+app.add_typer(keys_cli.app, name="keys")
+app.command("serve")(serve)
 app.command("predict")(predict)
 app.command("eval")(evaluate_cmd)
 
