@@ -7,3 +7,10 @@ The package is laid out along the path of the data (see DESIGN.md):
 """
 
 __version__ = "0.1.0"
+
+
+def init(url: str | None = None, api_key: str | None = None) -> None:
+    """Connect the SDK to a TuneLab server (see :mod:`tunelab.sdk`)."""
+    from tunelab.sdk.client import init as _init
+
+    _init(url=url, api_key=api_key)

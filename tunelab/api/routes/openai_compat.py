@@ -184,7 +184,8 @@ async def completions(body: CompletionRequest, request: Request):
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
-    results = [await asyncio.wrap_future(target.engine.submit(request_for(p))) for p in prompts]
+    futures = [target.engine.submit(request_for(p)) for p in prompts]  # all batched together
+    results = [await asyncio.wrap_future(f) for f in futures]
     choices, index = [], 0
     for result in results:
         for text, finish in zip(result.texts, result.finish_reasons, strict=True):
