@@ -56,14 +56,6 @@ def tiny_model_dir(tmp_path_factory, default_model_dir):
     return folder
 
 
-def write_jsonl(path, rows):
-    """Write dicts as JSON lines (used by tests that build small datasets)."""
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A fresh, empty database: SQLite in a file, or a new database on the PostgreSQL server
@@ -78,7 +70,9 @@ def db_url(request, tmp_path):
     if not server:
         if os.environ.get("TUNELAB_REQUIRE_POSTGRES"):
             pytest.fail("TUNELAB_REQUIRE_POSTGRES is set but TUNELAB_TEST_POSTGRES_URL is not")
-        pytest.skip("no PostgreSQL server: set TUNELAB_TEST_POSTGRES_URL (scripts/start_postgres.sh)")
+        pytest.skip(
+            "no PostgreSQL server: set TUNELAB_TEST_POSTGRES_URL (scripts/start_postgres.sh)"
+        )
     import sqlalchemy as sa
 
     name = "t_" + uuid.uuid4().hex[:12]

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import write_jsonl
+from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.jobs import store

@@ -6,8 +6,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conftest import write_jsonl
 from sqlalchemy import update
+from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.db.schema import TuningJob, utcnow

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
 from safetensors.torch import load_file
+from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.jobs import store

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from conftest import write_jsonl
 from peft import PeftModel
 from safetensors.torch import load_file
+from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, load_supervised

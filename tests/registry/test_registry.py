@@ -4,7 +4,7 @@ removes an artifact another version still uses."""
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.jobs import store

@@ -10,10 +10,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunelab.api.errors import error_body
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     def __init__(
         self, app: ASGIApp, default_limit: int, upload_limit: int, upload_prefix: str
@@ -39,28 +35,32 @@ class BodyLimitMiddleware:
             await self._reject(send, limit)
             return
         seen = 0
-        started = False
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            # Over the limit mid-stream: answer 413 ourselves and tell the app the client left.
+            # (Raising here would be caught by the framework's body parser and turned into a 400.)
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge
+                    rejected = True
+                    await self._reject(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not rejected:  # the app's own answer after a 413 is dropped
+                await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send, limit)
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:

@@ -1,0 +1,30 @@
+"""A real TuneLab server on loopback for the API tests: uvicorn in a background thread of the
+test process, on a free port, over the same services the test inspects."""
+
+import httpx
+import pytest
+from support import LiveServer
+
+
+@pytest.fixture
+def api_key(services):
+    from tunelab.auth import create_key
+
+    return create_key(services.db, "tests").secret
+
+
+@pytest.fixture
+def live(services):
+    """The REST server without inference (fast to start)."""
+    from tunelab.api.app import create_app
+
+    with LiveServer(create_app(services)) as server:
+        yield server
+
+
+@pytest.fixture
+def http(live, api_key):
+    with httpx.Client(
+        base_url=live.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
+    ) as client:
+        yield client

@@ -1,0 +1,57 @@
+"""Helpers shared by tests (not fixtures): dataset writing, a live server, stand-ins."""
+
+import json
+import socket
+import threading
+import time
+
+import uvicorn
+
+
+def write_jsonl(path, rows):
+    """Write dicts as JSON lines (used by tests that build small datasets)."""
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class StubPool:
+    def target(self, name):
+        raise AssertionError("auth must refuse before any model is resolved")
+
+    endpoint_target = target
+
+    def model_names(self):
+        raise AssertionError("auth must refuse before listing models")
+
+    def close(self):
+        pass
