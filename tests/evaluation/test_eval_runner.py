@@ -195,7 +195,27 @@ def test_unknown_model_and_duplicates_are_refused(tmp_path, color_data):
         evaluate_models(["a", "a"], color_data[2])
 
 
-def test_adapter_folder_resolves_as_an_adapter(tiny_adapter, tiny_model_dir):
+def test_model_references_resolve_like_predict(tiny_adapter, tiny_model_dir):
+    """A registered tuned model (by name or name@version), an adapter folder, a base model."""
+    from tunelab.registry.models import register_version
+    from tunelab.services import open_services
+
+    register_version(
+        open_services().db,
+        name="colors",
+        method="sft",
+        base_model=str(tiny_model_dir),
+        adapter_uri=str(tiny_adapter),
+        adapter_sha256="0" * 64,
+        adapter_size=1,
+        config={},
+        data_stats=None,
+        metrics=None,
+        source_job_id=None,
+    )
+    for name in ("colors", "colors@1"):
+        ref = resolve_model_ref(name)
+        assert (ref.kind, ref.adapter_dir) == ("tuned", tiny_adapter)
     assert resolve_model_ref(str(tiny_adapter)).kind == "adapter"
     ref = resolve_model_ref(str(tiny_model_dir))
     assert (ref.kind, ref.path) == ("base", tiny_model_dir.resolve())

@@ -49,6 +49,8 @@ def default_report_dir(report: EvalReport) -> Path:
 def save_report(report: EvalReport, folder: Path) -> list[Path]:
     """Write the report's files into ``folder`` (created if needed); return their paths."""
     folder = Path(folder)
+    (folder / REPORT).unlink(missing_ok=True)  # until rewritten, the folder is incomplete
+    (folder / PER_CLASS_PLOT).unlink(missing_ok=True)  # stale if the task changed
     written = []
     lines = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in report.examples)
     write_bytes(folder / PREDICTIONS, lines.encode())
