@@ -15,6 +15,9 @@ from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
 
+EVAL_MAX_EXAMPLES = 200
+"""A validation set larger than this is evaluated on a seeded sample (generation is the slow part)."""
+
 
 def _dataset_path(ctx: StepContext, role: str):
     dataset_id = ctx.job.datasets.get(role)
@@ -106,16 +109,48 @@ def train(ctx: StepContext) -> dict[str, Any]:
 
 
 def evaluate(ctx: StepContext) -> dict[str, Any]:
-    """With a validation set: the tuned adapter's loss there (and, when available, the full
-    evaluation of tuned against base). Without one, the step is skipped."""
+    """With a validation set, as Vertex does after tuning: the tuned model against its base on
+    the validation examples (task metrics with bootstrap intervals, loss and perplexity), the
+    report stored as an artifact and its summary on the model version. Without one: skipped."""
     if "validation" not in ctx.job.datasets:
         return {"skipped": "no validation dataset"}
+    from tunelab.evaluation.report import save_report
+    from tunelab.evaluation.runner import evaluate_models
+
     trained = ctx.outputs["train"]
-    return {"eval_loss": trained.get("best_eval_loss"), "best_step": trained.get("best_step")}
+    adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
+
+    def on_progress(p) -> None:
+        ctx.check_stop()
+        done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
+        ctx.report(
+            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model", 0.9 + 0.06 * done, None
+        )
+
+    report = evaluate_models(
+        [ctx.job.base_model, str(adapter_dir)],
+        _dataset_path(ctx, "validation"),
+        max_examples=EVAL_MAX_EXAMPLES,
+        progress=on_progress,
+    )
+    folder = ctx.workdir / "evaluation"
+    save_report(report, folder)
+    stored = ctx.store.put_dir(folder, f"jobs/{ctx.job.id}/evaluation")
+    summary = report.to_dict()
+    # Name the two columns by role, not by the (long, local) paths they were loaded from.
+    summary["models"][0]["ref"], summary["models"][1]["ref"] = "base", "tuned"
+    summary["differences"] = {"tuned": next(iter(summary["differences"].values()))}
+    summary["baseline"] = "base"
+    return {
+        "report": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "evaluation": summary,
+        "eval_loss": trained.get("best_eval_loss"),
+        "best_step": trained.get("best_step"),
+    }
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.models import register_version
+    from tunelab.registry.models import register_version, set_evaluation
 
     trained = ctx.outputs["train"]
     adapter = trained["adapter"]
@@ -136,11 +171,15 @@ def register(ctx: StepContext) -> dict[str, Any]:
         metrics={
             k: trained.get(k)
             for k in ("best_eval_loss", "best_step", "final_train_loss", "steps", "stopped_early")
-        }
-        | {"evaluation": ctx.outputs.get("evaluate")},
+        },
         source_job_id=ctx.job.id,
         inputs=inputs,
     )
+    evaluation = ctx.outputs.get("evaluate", {})
+    if evaluation.get("evaluation"):
+        set_evaluation(
+            ctx.db, version.id, evaluation["evaluation"] | {"report": evaluation["report"]}
+        )
     logger.info(
         "registered %s version %d (%s)", version.model_name, version.version, manifest.get("method")
     )
