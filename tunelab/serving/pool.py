@@ -46,7 +46,9 @@ class InferencePool:
 
                 path = resolve_model(base_ref).path
                 logger.info("loading base model %s for serving", base_ref)
-                self._engines[base_ref] = Engine(path, load_tokenizer(path), **self.engine_options)
+                self._engines[base_ref] = Engine(
+                    path, load_tokenizer(path), base_ref=base_ref, **self.engine_options
+                )
             return self._engines[base_ref]
 
     def target(self, name: str) -> Target:
