@@ -28,3 +28,9 @@ def http(live, api_key):
         base_url=live.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
     ) as client:
         yield client
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """The API tests exercise HTTP, not the database: SQLite only (the store tests cover both)."""
+    return f"sqlite:///{tmp_path / 'tunelab.db'}"

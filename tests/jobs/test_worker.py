@@ -51,7 +51,7 @@ def start_worker(home_env, *args):
     )
 
 
-def wait_for(predicate, timeout=300, what="condition"):
+def wait_for(predicate, timeout=900, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -72,6 +72,13 @@ def trained_steps(home, job_id):
 def adapter_weights(services, name):
     version = get_version(services.db, name)
     return load_file(Path(adapter_artifact(services.db, version).uri) / "adapter_model.safetensors")
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """Worker processes on SQLite; the PostgreSQL claim and lease logic is covered by the store
+    tests, which run on both (two minutes of process tests per backend is CI time better spent)."""
+    return f"sqlite:///{tmp_path / 'tunelab.db'}"
 
 
 @pytest.fixture
