@@ -14,6 +14,7 @@ from tunelab.api.errors import install_error_handlers
 from tunelab.api.limits import BodyLimitMiddleware
 from tunelab.api.routes import datasets, endpoints, health, jobs, tuned_models
 from tunelab.services import Services
+from tunelab.studio import mount_studio
 
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 """JSON request bodies (prompts, job specs)."""
@@ -51,4 +52,5 @@ def create_app(
 
         app.include_router(predict.router, dependencies=secured)
         app.include_router(openai_compat.router, dependencies=secured)
+    mount_studio(app)  # public page and assets; every API call they make needs a key
     return app

@@ -1,0 +1,76 @@
+// The Studio shell: login, hash routing, and the page modules.
+import { getKey, setKey, clearKey, verifyKey } from "./api.js";
+import { h, clear, toast } from "./dom.js";
+import { renderJobs } from "./page-jobs.js";
+import { renderJob } from "./page-job.js";
+import { renderModels } from "./page-models.js";
+import { renderPlayground } from "./page-playground.js";
+import { renderCreate } from "./page-create.js";
+
+const main = document.getElementById("main");
+let cleanup = null; // the current page's teardown (stops its polling)
+
+const ROUTES = [
+  [/^#\/jobs\/([\w.-]+)$/, (m) => renderJob(main, m[1]), "jobs"],
+  [/^#\/jobs$/, () => renderJobs(main), "jobs"],
+  [/^#\/models$/, () => renderModels(main), "models"],
+  [/^#\/playground(?:\?model=(.*))?$/, (m) => renderPlayground(main, m[1] && decodeURIComponent(m[1])), "playground"],
+  [/^#\/create$/, () => renderCreate(main), "create"],
+];
+
+function renderLogin(message) {
+  document.getElementById("topbar").hidden = true;
+  document.body.dataset.page = "login";
+  const input = h("input", { type: "password", id: "api-key", name: "api-key", placeholder: "tl-…", autocomplete: "current-password", required: true });
+  const error = h("p", { class: "alert bad", id: "login-error", hidden: !message }, message || "");
+  const button = h("button", { type: "submit", id: "login-submit" }, "Log in");
+  const form = h("form", { class: "card login", id: "login-form", onsubmit: async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    error.hidden = true;
+    try {
+      await verifyKey(input.value.trim());
+      setKey(input.value.trim());
+      if (!location.hash || location.hash === "#/login") location.hash = "#/jobs";
+      route();
+    } catch (err) {
+      error.textContent = err.status === 401 ? "That API key was refused." : `Could not check the key: ${err.message}`;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  } },
+    h("h1", {}, "TuneLab Studio"),
+    h("p", { class: "muted" }, "Log in with an API key. Create one on the server with ", h("code", {}, "tunelab keys create"), "."),
+    h("label", { for: "api-key" }, "API key"), input, error, button);
+  clear(main, form);
+  input.focus();
+}
+
+function route() {
+  if (cleanup) { cleanup(); cleanup = null; }
+  if (!getKey()) return renderLogin();
+  document.getElementById("topbar").hidden = false;
+  const hash = location.hash || "#/jobs";
+  for (const [pattern, render, page] of ROUTES) {
+    const m = hash.match(pattern);
+    if (!m) continue;
+    document.body.dataset.page = page;
+    for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
+    cleanup = render(m) || null;
+    return;
+  }
+  location.hash = "#/jobs";
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("tunelab:logout", (e) => {
+  if (cleanup) { cleanup(); cleanup = null; }
+  renderLogin(e.detail);
+});
+document.getElementById("logout").addEventListener("click", () => {
+  clearKey();
+  toast("Logged out");
+  route();
+});
+route();

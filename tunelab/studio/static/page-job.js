@@ -1,0 +1,139 @@
+// One tuning job: state, progress and ETA, live loss and eval curves, pipeline steps with their
+// artifacts, usage and cost, the error on failure, evaluation results, cancel / pause / resume.
+import { api } from "./api.js";
+import { h, clear, badge, duration, when, fmt, progressBar, errorBox, toast } from "./dom.js";
+import { drawChart } from "./chart.js";
+import { kvTable, evaluationTable, usageRows, pageHeader } from "./widgets.js";
+
+const ACTIVE = ["QUEUED", "PENDING", "RUNNING", "CANCELLING"];
+
+function artifactLine(name, a) {
+  return h("div", { class: "artifact" }, h("strong", {}, name), " ", h("code", { class: "path" }, a.uri),
+    a.sha256 ? h("div", { class: "muted small" }, `sha256 ${a.sha256}`, a.size_bytes != null ? ` · ${fmt(a.size_bytes)} bytes` : "") : null);
+}
+
+function outputsCell(outputs) {
+  const parts = [];
+  for (const [key, value] of Object.entries(outputs || {})) {
+    if (["usage", "evaluation"].includes(key)) continue; // shown in their own sections
+    if (value && typeof value === "object" && value.uri) parts.push(artifactLine(key, value));
+    else if (key === "reports") {
+      for (const [role, r] of Object.entries(value)) parts.push(h("div", {}, h("strong", {}, `${role} data`),
+        ` ${fmt(r.usable_examples)} examples · ${fmt(r.total_tokens)} tokens · sha256 ${String(r.sha256).slice(0, 16)}…`));
+    } else if (value === null || typeof value !== "object") parts.push(h("div", {}, h("strong", {}, key), ` ${fmt(value)}`));
+    else parts.push(h("details", {}, h("summary", {}, key), h("pre", {}, JSON.stringify(value, null, 2))));
+  }
+  return parts.length ? parts : h("span", { class: "muted" }, "—");
+}
+
+function errorSection(error) {
+  const details = error.details || {};
+  const lines = Array.isArray(details.errors) ? details.errors : [];
+  return h("div", { class: "card error-card", id: "job-error" },
+    h("h2", {}, "Error"),
+    h("p", {}, h("span", { class: "badge bad" }, error.code), " ", error.message),
+    lines.length ? h("table", { class: "grid" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Line"), h("th", {}, "Field"), h("th", {}, "Problem"))),
+      h("tbody", {}, lines.map((e) => h("tr", {}, h("td", {}, fmt(e.line ?? (e.loc || []).join(".") ?? "—")), h("td", {}, e.field ?? "—"), h("td", {}, e.message ?? e.msg ?? JSON.stringify(e)))))) : null,
+    Object.keys(details).length ? h("details", {}, h("summary", {}, "Details"), h("pre", {}, JSON.stringify(details, null, 2))) : null);
+}
+
+export function renderJob(main, jobId) {
+  const canvas = h("canvas", { class: "chart", id: "loss-chart", "aria-label": "Training and evaluation loss" });
+  const accCanvas = h("canvas", { class: "chart small-chart", id: "accuracy-chart", "aria-label": "Accuracy" });
+  const head = h("div", {}), summary = h("div", { class: "card" }), pipeline = h("div", { class: "card" });
+  const usage = h("div", { class: "card" }), errorSlot = h("div", {}), evalSlot = h("div", { class: "card" });
+  const events = h("div", { class: "card" });
+  clear(main, head, errorSlot,
+    h("div", { class: "columns" },
+      h("div", { class: "col-wide" },
+        h("div", { class: "card" }, h("h2", {}, "Loss"), canvas, h("h3", {}, "Accuracy (next token)"), accCanvas),
+        pipeline, evalSlot),
+      h("div", { class: "col-narrow" }, summary, usage, events)));
+  let timer = null, stopped = false, lastEvent = 0;
+  const log = [];
+
+  async function act(action) {
+    try {
+      await api(`/v1/tuningJobs/${jobId}:${action}`, { method: "POST" });
+      toast(`${action} requested`);
+    } catch (err) {
+      toast(err.message, "bad");
+    }
+    refresh();
+  }
+
+  async function refresh() {
+    clearTimeout(timer);
+    let job;
+    try {
+      job = await api(`/v1/tuningJobs/${jobId}`);
+    } catch (err) {
+      clear(head, pageHeader("Tuning job"), errorBox(err));
+      return;
+    }
+    const running = ACTIVE.includes(job.state);
+    const pausable = ["QUEUED", "PENDING", "RUNNING"].includes(job.state) && !job.requested_action;
+    clear(head,
+      pageHeader(job.display_name,
+        h("button", { id: "job-pause", disabled: !pausable, onclick: () => act("pause") }, "Pause"),
+        h("button", { id: "job-resume", disabled: job.state !== "PAUSED", onclick: () => act("resume") }, "Resume"),
+        h("button", { id: "job-cancel", class: "danger", disabled: !["QUEUED", "PENDING", "RUNNING", "PAUSED"].includes(job.state) || job.requested_action === "cancel", onclick: () => act("cancel") }, "Cancel")),
+      h("div", { class: "status-line" }, badge(job.state), h("span", { id: "job-step" }, job.step || ""),
+        h("div", { class: "grow" }, progressBar(job.progress)),
+        h("span", { id: "job-eta" }, running && job.eta_seconds != null ? `ETA ${duration(job.eta_seconds)}` : "")));
+    document.getElementById("main").dataset.jobState = job.state;
+    clear(summary, h("h2", {}, "Job"), kvTable([
+      ["ID", h("code", {}, job.id)],
+      ["Method", job.method],
+      ["Base model", h("span", { class: "path" }, job.base_model)],
+      ["Training data", job.datasets.train],
+      job.datasets.validation ? ["Validation data", job.datasets.validation] : null,
+      ["Created", when(job.create_time)],
+      ["Started", when(job.start_time)],
+      ["Ended", when(job.end_time)],
+      ["Attempts", fmt(job.attempts)],
+      ["Tuned model", job.tuned_model ? h("span", {}, h("a", { href: "#/models" }, job.tuned_model), " · ",
+        h("a", { href: `#/playground?model=${encodeURIComponent(job.tuned_model_name)}`, id: "try-in-playground" }, "try it")) : "—"],
+      ["Endpoint", job.endpoint || "—"],
+    ]), h("details", {}, h("summary", {}, "Hyperparameters"), kvTable(Object.entries(job.config).map(([k, v]) => [k, fmt(v)]))));
+    clear(usage, h("h2", {}, "Usage"), job.usage ? kvTable(usageRows(job.usage), { id: "job-usage" }) : h("p", { class: "muted" }, "Reported when training ends."));
+    clear(errorSlot, job.error ? errorSection(job.error) : null);
+    clear(pipeline, h("h2", {}, "Pipeline"), h("table", { class: "grid", id: "pipeline" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "State"), h("th", {}, "Time"), h("th", {}, "Outputs and artifacts"))),
+      h("tbody", {}, job.pipeline.map((s) => h("tr", { dataset: { step: s.name } },
+        h("td", {}, s.name), h("td", {}, badge(s.state)),
+        h("td", { class: "small" }, s.start_time && s.end_time ? duration((new Date(s.end_time) - new Date(s.start_time)) / 1000) : s.start_time ? "running" : "—"),
+        h("td", { class: "outputs" }, outputsCell(s.outputs)))))));
+
+    try {
+      const { metrics } = await api(`/v1/tuningJobs/${jobId}/metrics`);
+      const pts = (key) => metrics.filter((r) => r[key] != null).map((r) => [r.step, r[key]]);
+      drawChart(canvas, [
+        { name: "train loss", color: "#2563eb", points: pts("train_loss") },
+        { name: "eval loss", color: "#dc2626", points: pts("eval_loss"), style: pts("eval_loss").length > 1 ? "line" : "points" },
+      ], { xLabel: "step", yLabel: "loss", empty: running ? "Waiting for the first training step…" : "No metrics recorded" });
+      drawChart(accCanvas, [
+        { name: "train accuracy", color: "#059669", points: pts("train_accuracy") },
+        { name: "eval accuracy", color: "#d97706", points: pts("eval_accuracy") },
+      ], { xLabel: "step", yLabel: "accuracy", empty: "—" });
+    } catch (err) { /* the job view above already shows what went wrong */ }
+
+    const evalStep = job.pipeline.find((s) => s.name === "evaluate");
+    const evaluation = evalStep && evalStep.outputs && evalStep.outputs.evaluation;
+    clear(evalSlot, h("h2", {}, "Evaluation: base against tuned"),
+      evaluation ? evaluationTable(evaluation) : h("p", { class: "muted" },
+        evalStep && evalStep.outputs && evalStep.outputs.skipped ? `Skipped: ${evalStep.outputs.skipped}.` : "Runs after training when a validation set is given."));
+
+    try {
+      const { events: fresh } = await api(`/v1/tuningJobs/${jobId}/events?after=${lastEvent}`);
+      for (const e of fresh) { log.push(e); lastEvent = Math.max(lastEvent, e.id); }
+      clear(events, h("h2", {}, "Events"), h("ol", { class: "events" },
+        log.slice(-40).reverse().map((e) => h("li", {}, h("span", { class: "muted small" }, when(e.time)), " ", h("strong", {}, e.kind), " ", e.message || ""))));
+    } catch (err) { /* shown on next refresh */ }
+
+    if (!stopped && (running || job.state === "PAUSED")) timer = setTimeout(refresh, 2000);
+  }
+  refresh();
+  return () => { stopped = true; clearTimeout(timer); };
+}

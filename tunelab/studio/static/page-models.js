@@ -1,0 +1,74 @@
+// The registry: tuned models with their versions, lineage (dataset -> job -> model), metrics and
+// base-vs-tuned evaluation, and deploy / undeploy.
+import { api } from "./api.js";
+import { h, clear, when, fmt, errorBox, toast } from "./dom.js";
+import { kvTable, evaluationTable, pageHeader } from "./widgets.js";
+
+function lineageView(lineage, version) {
+  const datasets = Object.keys(lineage.datasets || {});
+  const byRelation = {};
+  for (const e of lineage.upstream || []) if (e.from.kind === "dataset") byRelation[e.from.id] = e.relation;
+  return h("div", { class: "lineage", dataset: { testid: "lineage" } },
+    h("div", { class: "node" }, h("small", {}, "datasets"), datasets.length ? datasets.map((d) => h("div", {}, h("code", {}, d), byRelation[d] ? ` (${byRelation[d]})` : "")) : "—"),
+    h("span", { class: "arrow" }, "→"),
+    h("div", { class: "node" }, h("small", {}, "tuning job"), version.source_job ? h("a", { href: `#/jobs/${version.source_job}` }, version.source_job) : "—"),
+    h("span", { class: "arrow" }, "→"),
+    h("div", { class: "node" }, h("small", {}, "model version"), h("code", {}, `${version.name}@${version.version}`)));
+}
+
+export function renderModels(main) {
+  const list = h("div", { id: "models-list" });
+  clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create" }, "Create tuned model")), list);
+  let stopped = false;
+
+  async function load() {
+    try {
+      const [{ tuned_models: models }, { endpoints }] = await Promise.all([api("/v1/tunedModels"), api("/v1/endpoints")]);
+      if (stopped) return;
+      if (!models.length) return clear(list, h("div", { class: "card muted" }, "No tuned models yet. ", h("a", { href: "#/create" }, "Create one.")));
+      const deployedOn = {};
+      for (const e of endpoints) if (e.deployed_model) deployedOn[e.deployed_model] = e;
+      const cards = [];
+      for (const m of models) {
+        const detail = await api(`/v1/tunedModels/${encodeURIComponent(m.name)}`);
+        const versions = await Promise.all(detail.versions.map(async (v) => ({
+          v, lineage: await api(`/v1/tunedModels/${encodeURIComponent(m.name)}/lineage?version=${v.version}`).catch(() => null),
+        })));
+        cards.push(h("section", { class: "card model", dataset: { model: m.name } },
+          h("div", { class: "model-head" }, h("h2", {}, m.name),
+            h("span", { class: "muted" }, `${m.method} · base ${m.base_model} · ${m.versions} version${m.versions === 1 ? "" : "s"}`),
+            h("a", { class: "button ghost", href: `#/playground?model=${encodeURIComponent(m.name)}` }, "Open in playground")),
+          versions.reverse().map(({ v, lineage }) => {
+            const ref = `${v.name}@${v.version}`;
+            const endpoint = deployedOn[ref];
+            return h("div", { class: "version", dataset: { version: ref } },
+              h("div", { class: "version-head" },
+                h("h3", {}, `Version ${v.version}`),
+                endpoint ? h("span", { class: "badge ok" }, `deployed on ${endpoint.id}`) : h("span", { class: "badge muted" }, "not deployed"),
+                endpoint
+                  ? h("button", { class: "undeploy", onclick: async () => {
+                      try { await api(`/v1/endpoints/${endpoint.id}:undeploy`, { method: "POST", json: { model_version_id: v.id } }); toast(`${ref} undeployed`); } catch (err) { toast(err.message, "bad"); }
+                      load();
+                    } }, "Undeploy")
+                  : h("button", { class: "deploy", onclick: async () => {
+                      try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
+                      load();
+                    } }, "Deploy")),
+              h("div", { class: "columns" },
+                h("div", { class: "col-narrow" }, kvTable([
+                  ["Created", when(v.create_time)],
+                  ["Base model", h("span", { class: "path" }, v.base_model)],
+                  ["Adapter sha256", h("code", { class: "small" }, v.adapter_sha256)],
+                  ...Object.entries(v.metrics || {}).map(([k, x]) => [k, fmt(x)]),
+                ])),
+                h("div", { class: "col-wide" }, lineage ? lineageView(lineage, v) : null, evaluationTable(v.evaluation))));
+          })));
+      }
+      clear(list, cards);
+    } catch (err) {
+      clear(list, errorBox(err));
+    }
+  }
+  load();
+  return () => { stopped = true; };
+}

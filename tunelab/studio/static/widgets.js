@@ -1,0 +1,46 @@
+// Pieces shared by several pages: key/value tables, the base-vs-tuned evaluation table.
+import { h, fmt } from "./dom.js";
+
+export function kvTable(rows, attrs = {}) {
+  return h("table", { class: "kv", ...attrs },
+    h("tbody", {}, rows.filter(Boolean).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))));
+}
+
+const interval = (m) => (m ? h("span", {}, fmt(m.value), h("small", { class: "muted" }, ` [${fmt(m.low, 3)}, ${fmt(m.high, 3)}]`)) : "—");
+
+/** Base against tuned on the validation set: each metric with its 95% bootstrap interval. */
+export function evaluationTable(evaluation) {
+  if (!evaluation || !evaluation.models) return h("p", { class: "muted" }, "No evaluation: give a validation set to compare the tuned model with its base.");
+  const [base, tuned] = [evaluation.models[0], evaluation.models[evaluation.models.length - 1]];
+  const diff = (evaluation.differences && evaluation.differences.tuned) || {};
+  const conf = evaluation.bootstrap ? Math.round(evaluation.bootstrap.confidence * 100) : 95;
+  return h("div", { class: "evaluation", dataset: { testid: "evaluation" } },
+    h("p", { class: "muted" },
+      `Task: ${evaluation.task || "?"}${evaluation.task_inferred ? " (inferred)" : ""} · ${evaluation.n_examples} examples · `,
+      `headline ${evaluation.headline_metric} · ${conf}% bootstrap intervals`),
+    h("table", { class: "grid" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Metric"), h("th", {}, "Base"), h("th", {}, "Tuned"), h("th", {}, "Tuned − base"))),
+      h("tbody", {}, (evaluation.metrics || []).map((name) => {
+        const d = diff[name];
+        return h("tr", { class: name === evaluation.headline_metric ? "headline" : "" },
+          h("td", {}, name), h("td", {}, interval(base.metrics[name])), h("td", {}, interval(tuned.metrics[name])),
+          h("td", { class: d && d.excludes_zero ? (d.value > 0 === !["loss", "perplexity"].includes(name) ? "good" : "worse") : "" },
+            interval(d), d && d.excludes_zero ? " *" : ""));
+      }))),
+    h("p", { class: "muted small" }, "* the interval excludes zero: the difference is unlikely to be noise."));
+}
+
+export function usageRows(usage) {
+  if (!usage) return [];
+  return [
+    ["Trained tokens", fmt(usage.trained_tokens)],
+    ["Billable tokens", fmt(usage.billable_tokens)],
+    ["Training time", usage.train_seconds != null ? `${fmt(usage.train_seconds, 3)} s` : "—"],
+    ["Wall time", usage.wall_seconds != null ? `${fmt(usage.wall_seconds, 3)} s` : "—"],
+    ["CPU time", usage.cpu_seconds != null ? `${fmt(usage.cpu_seconds, 3)} s` : "—"],
+    ["Peak memory", usage.peak_rss_mb != null ? `${fmt(usage.peak_rss_mb, 4)} MB` : "—"],
+    ["Estimated cost", usage.estimated_cost != null ? `${usage.estimated_cost}` : "not set (TUNELAB_PRICE_PER_1K_TOKENS)"],
+  ];
+}
+
+export const pageHeader = (title, ...extra) => h("div", { class: "page-header" }, h("h1", {}, title), h("div", { class: "actions" }, extra));
