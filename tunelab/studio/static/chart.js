@@ -11,11 +11,21 @@ function niceTicks(lo, hi, count = 5) {
   return ticks;
 }
 
+const drawn = new Map(); // canvas -> its last arguments, to redraw sharply on resize
+
+window.addEventListener("resize", () => {
+  for (const [canvas, args] of drawn) {
+    if (!canvas.isConnected) drawn.delete(canvas);
+    else drawChart(canvas, ...args);
+  }
+});
+
 /**
  * series: [{name, color, points: [[x, y], ...], style: "line" | "points"}]
  * options: {xLabel, yLabel, empty}
  */
 export function drawChart(canvas, series, { xLabel = "", yLabel = "", empty = "No data yet" } = {}) {
+  drawn.set(canvas, [series, { xLabel, yLabel, empty }]);
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600, height = canvas.clientHeight || 260;
   canvas.width = Math.round(width * ratio);

@@ -121,6 +121,7 @@ export function renderCreate(main) {
       h("p", { class: "hint" }, "The server reads only uploaded files: it cannot open a path on your machine, and reading paths on the server would expose its files. ",
         "Upload the file here, or with ", h("code", {}, "curl -F file=@train.jsonl …/v1/datasets"), " and paste its id."),
       info, report);
+    block.report = report;
     block.refresh = () => {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
@@ -147,7 +148,7 @@ export function renderCreate(main) {
     blocks[role].refresh();
   }
 
-  const blocks = { train: datasetBlock("train", "Training data", false), validation: datasetBlock("validation", "Validation data (optional)", true) };
+  const blocks = { train: datasetBlock("train", "2 · Training data", false), validation: datasetBlock("validation", "3 · Validation data (optional)", true) };
 
   function renderParams() {
     clear(params, FIELDS[state.method].map(([field, label, kind, value, hint]) => {
@@ -212,7 +213,7 @@ export function renderCreate(main) {
   function revalidate() {
     clearTimeout(revalidateTimer);
     revalidateTimer = setTimeout(() => {
-      for (const role of ["train", "validation"]) if (state.data[role]) withBusy(document.getElementById(`${role}-report`), () => validate(role));
+      for (const role of ["train", "validation"]) if (state.data[role] && !state.closed) withBusy(blocks[role].report, () => validate(role));
     }, 400);
   }
 
@@ -287,5 +288,5 @@ export function renderCreate(main) {
         if (state.method === method) setMethod();
       });
   }
-  return () => clearTimeout(revalidateTimer);
+  return () => { state.closed = true; clearTimeout(revalidateTimer); };
 }

@@ -1,0 +1,301 @@
+"""The Studio in a real headless Chromium (Debian's ``chromium``, which scripts/install.sh
+installs), driven by Playwright against the real server on loopback: a tiny base model, a worker
+thread running the jobs the wizard submits, the inference pool answering the playground.
+
+Screenshots of every page at laptop (1280 px) and wide (1920 px) widths go to
+``test-artifacts/studio/``. Without /usr/bin/chromium (or Playwright) the tests skip, unless
+``TUNELAB_REQUIRE_BROWSER=1`` (CI), where they fail instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import LiveServer, write_jsonl
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "studio"
+WIDTHS = (1280, 1920)
+LABELS = ["red", "green", "blue", "yellow"]
+
+
+def _missing_browser(reason: str):
+    if os.environ.get("TUNELAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"TUNELAB_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(f"{reason}: install it with scripts/install.sh (Debian's chromium package)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _missing_browser(f"{CHROMIUM} is missing")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing_browser("the playwright package is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """The Studio exercises the browser and HTTP, not the database: SQLite only."""
+    return f"sqlite:///{tmp_path / 'tunelab.db'}"
+
+
+@pytest.fixture
+def studio(services, tiny_model_dir):
+    """The real app (API + Studio) with an inference pool and a worker thread, on loopback."""
+    from tunelab.api.app import create_app
+    from tunelab.auth import create_key
+    from tunelab.jobs.worker import Worker
+    from tunelab.serving.pool import InferencePool
+
+    key = create_key(services.db, "studio-tests").secret
+    pool = InferencePool(services)
+    worker = Worker(services.db, services.artifacts)
+    thread = threading.Thread(target=worker.run_forever, kwargs={"poll_seconds": 0.2}, daemon=True)
+    thread.start()
+    with LiveServer(create_app(services, inference=pool)) as server:
+        yield server, key, str(tiny_model_dir)
+    worker.shutdown.set()
+    thread.join(30)
+    pool.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": WIDTHS[0], "height": 900})
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page
+    context.close()
+
+
+def shoot(page, name: str) -> None:
+    """Screenshots of the current page at both widths (charts redraw on resize)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": WIDTHS[0], "height": 900})
+
+
+def log_in(page, url: str, key: str) -> None:
+    page.goto(url + "/")
+    page.fill("#api-key", key)
+    page.click("#login-submit")
+    page.wait_for_selector("#topbar:not([hidden])")
+
+
+def jobs_count(url: str, key: str) -> int:
+    r = httpx.get(f"{url}/v1/tuningJobs", headers={"Authorization": f"Bearer {key}"})
+    r.raise_for_status()
+    return len(r.json()["tuning_jobs"])
+
+
+def rows(n: int, seed: int = 0) -> list[dict]:
+    return [
+        {
+            "input_text": f"item {i}: the {LABELS[(i + seed) % 4]} one",
+            "output_text": LABELS[(i + seed) % 4],
+        }
+        for i in range(n)
+    ]
+
+
+def run_snippet(argv: list[str], key: str) -> str:
+    env = {**os.environ, "TUNELAB_API_KEY": key}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
+    server, key, tiny = studio
+    url = server.url
+
+    # Login: nothing but the login form without a key; a wrong key is refused.
+    page.goto(url + "/")
+    page.wait_for_selector("#login-form")
+    assert page.is_hidden("#topbar")
+    shoot(page, "login")
+    page.fill("#api-key", "tl-wrong.key")
+    page.click("#login-submit")
+    page.wait_for_selector("#login-error:not([hidden])")
+    assert "refused" in page.text_content("#login-error")
+    page.fill("#api-key", key)
+    page.click("#login-submit")
+    page.wait_for_selector("#jobs-table")
+
+    # Wizard on the tiny model: upload, see the validation report, submit.
+    train = write_jsonl(tmp_path / "train.jsonl", rows(32))
+    validation = write_jsonl(tmp_path / "validation.jsonl", rows(8, seed=1))
+    page.click("#nav a[data-page=create]")
+    page.wait_for_selector("#create-form")
+    page.fill("#display-name", "studio-colors")
+    page.fill("#base-model", tiny)
+    page.set_input_files("#train-file", str(train))
+    page.wait_for_selector("#train-report .report.ok")
+    assert "32 usable examples" in page.text_content("#train-report")
+    page.set_input_files("#validation-file", str(validation))
+    page.wait_for_selector("#validation-report .report.ok")
+    page.fill("#param-train_steps", "16")
+    page.fill("#param-batch_size", "4")
+    page.fill("#param-learning_rate_multiplier", "10")
+    page.fill("#param-eval_every_steps", "2")
+    page.fill("#param-checkpoint_every_steps", "4")
+    assert "16 steps" in page.text_content("#steps-estimate")
+    page.wait_for_selector("#submit-job:not([disabled])")
+    shoot(page, "create")
+    page.click("#submit-job")
+
+    # The job page: live state until SUCCEEDED, then the loss curve and the pipeline.
+    page.wait_for_url("**/#/jobs/job-*")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        state = page.get_attribute("#main", "data-job-state")
+        if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        page.wait_for_timeout(500)
+    error = page.text_content("#job-error") if page.query_selector("#job-error") else ""
+    assert state == "SUCCEEDED", error
+    page.wait_for_function("document.querySelector('#loss-chart').dataset.points >= 8")
+    drawn = page.evaluate(
+        """() => { const c = document.querySelector('#loss-chart');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let ink = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) ink++;
+                   return ink; }"""
+    )
+    assert drawn > 1000  # the curve, axes and legend are on the canvas
+    assert page.is_disabled("#job-cancel") and page.is_disabled("#job-resume")
+    for step in ("validate", "prepare", "train", "evaluate", "register", "deploy"):
+        assert page.text_content(f"#pipeline tr[data-step={step}]").count("SUCCEEDED") == 1
+    assert "sha256" in page.text_content("#pipeline tr[data-step=train]")
+    assert "Billable tokens" in page.text_content("#job-usage")
+    page.wait_for_selector("[data-testid=evaluation]")
+    shoot(page, "job")
+
+    page.click("#nav a[data-page=jobs]")
+    page.wait_for_selector("#jobs-table tr[data-job] >> text=SUCCEEDED")
+    shoot(page, "jobs")
+
+    page.click("#nav a[data-page=models]")
+    page.wait_for_selector("[data-model=studio-colors] [data-testid=lineage]")
+    assert "deployed on" in page.text_content("[data-version='studio-colors@1']")
+    shoot(page, "models")
+
+    # Playground: the tuned model, a streamed completion, side by side with its base.
+    page.goto(url + "/#/playground")
+    page.wait_for_selector("#model-select option[value=studio-colors]", state="attached")
+    page.select_option("#model-select", "studio-colors")
+    page.fill("#param-temperature", "0")
+    page.fill("#param-max_tokens", "8")
+    page.fill("#prompt", "item 3: the yellow one")
+    page.check("#compare")
+    page.click("#send")
+    page.wait_for_selector("#output-main[data-done=true]", timeout=300_000)
+    page.wait_for_selector("#output-base[data-done=true]", timeout=300_000)
+    assert not page.query_selector("#outputs .alert.bad"), page.text_content("#outputs")
+    assert "chunks" in page.text_content("#output-main-status")
+    streamed = page.text_content("#output-main-text")
+    both = streamed + page.text_content("#output-base-text")
+    assert both, "neither model streamed any text"
+
+    # View code: each snippet is for this prompt and these parameters, and each works.
+    page.click("#view-code")
+    page.wait_for_selector("#snippet-curl", state="attached")
+    snippets = {k: page.text_content(f"#snippet-{k}") for k in ("python", "openai", "curl")}
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page.click(".tab[data-tab=curl]")
+    page.click("#copy-curl")
+    page.wait_for_selector("#toast.show")
+    assert "copied" in page.text_content("#toast")
+    assert page.evaluate("navigator.clipboard.readText()") == snippets["curl"]
+    shoot(page, "playground")
+
+    answer = json.loads(run_snippet(["bash", "-c", snippets["curl"]], key))
+    assert answer["choices"][0]["message"]["content"] == streamed  # greedy: same text
+    assert run_snippet([sys.executable, "-c", snippets["openai"]], key) == streamed + "\n"
+    assert run_snippet([sys.executable, "-c", snippets["python"]], key) == streamed + "\n"
+
+    # Log out: back to the login form, and the key is gone from the session.
+    page.click("#logout")
+    page.wait_for_selector("#login-form")
+    assert page.evaluate("sessionStorage.getItem('tunelab.apiKey')") is None
+    assert page.errors == []
+
+
+def test_bad_dataset_shows_line_errors_and_submits_nothing(studio, page, tmp_path):
+    server, key, tiny = studio
+    good = json.dumps({"input_text": "a", "output_text": "b"})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([good, "{not json", json.dumps({"input_text": "x"}), good]) + "\n")
+    before = jobs_count(server.url, key)
+
+    log_in(page, server.url, key)
+    page.goto(server.url + "/#/create")
+    page.wait_for_selector("#create-form")
+    page.fill("#display-name", "never-made")
+    page.fill("#base-model", tiny)
+    page.set_input_files("#train-file", str(bad))
+    page.wait_for_selector("#train-report .report.has-errors")
+    lines = page.eval_on_selector_all(
+        "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
+    )
+    assert lines == ["2", "3"]
+    report = page.text_content("#train-report")
+    assert "line 2" in report and "line 3" in report and "2 errors" in report
+    assert page.is_disabled("#submit-job")
+    assert "errors" in page.text_content("#submit-reason")
+    page.press("#display-name", "Enter")  # submitting the form another way does nothing either
+    page.wait_for_timeout(500)
+    shoot(page, "create-errors")
+    assert jobs_count(server.url, key) == before
+    assert page.errors == []
+
+
+def test_every_api_call_needs_the_key_but_the_page_is_public(studio):
+    server, _, _ = studio
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "TuneLab Studio" in page.text
+    assert httpx.get(server.url + "/studio/app.js").status_code == 200
+    assert httpx.get(server.url + "/v1/tuningJobs").status_code == 401
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+
+
+def _static() -> Path:
+    from tunelab.studio import STATIC
+
+    return STATIC
+
+
+def test_assets_ship_in_the_package_and_load_nothing_remote():
+    files = {p.name for p in _static().iterdir()}
+    assert {"index.html", "styles.css", "app.js", "api.js", "chart.js"} <= files
+    for path in _static().iterdir():
+        text = path.read_text()
+        for marker in ("https://", "http://", "//cdn", "@import url("):
+            assert marker not in text, f"{path.name} refers to a remote resource ({marker})"
