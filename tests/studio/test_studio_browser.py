@@ -221,8 +221,7 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     assert not page.query_selector("#outputs .alert.bad"), page.text_content("#outputs")
     assert "chunks" in page.text_content("#output-main-status")
     streamed = page.text_content("#output-main-text")
-    both = streamed + page.text_content("#output-base-text")
-    assert both, "neither model streamed any text"
+    assert streamed.strip(), "the tuned model streamed nothing"
 
     # View code: each snippet is for this prompt and these parameters, and each works.
     page.click("#view-code")
