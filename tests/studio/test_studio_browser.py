@@ -204,8 +204,15 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
 
     page.click("#nav a[data-page=models]")
     page.wait_for_selector("[data-model=studio-colors] [data-testid=lineage]")
-    assert "deployed on" in page.text_content("[data-version='studio-colors@1']")
+    version = "[data-version='studio-colors@1']"
+    assert "deployed on" in page.text_content(version)
     shoot(page, "models")
+    page.click(f"{version} button.undeploy")
+    page.wait_for_selector(f"{version} button.deploy")
+    assert "not deployed" in page.text_content(version)
+    page.click(f"{version} button.deploy")
+    page.wait_for_selector(f"{version} button.undeploy")
+    assert "deployed on" in page.text_content(version)
 
     # Playground: the tuned model, a streamed completion, side by side with its base.
     page.goto(url + "/#/playground")
@@ -298,3 +305,45 @@ def test_assets_ship_in_the_package_and_load_nothing_remote():
         text = path.read_text()
         for marker in ("https://", "http://", "//cdn", "@import url("):
             assert marker not in text, f"{path.name} refers to a remote resource ({marker})"
+
+
+def wait_state(page, states: tuple[str, ...], timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = page.get_attribute("#main", "data-job-state")
+        if state in states:
+            return state
+        page.wait_for_timeout(300)
+    raise AssertionError(f"job stayed {state}, expected one of {states}")
+
+
+def test_job_page_pause_resume_and_cancel(studio, page, tmp_path):
+    server, key, tiny = studio
+    headers = {"Authorization": f"Bearer {key}"}
+    train = write_jsonl(tmp_path / "long.jsonl", rows(32))
+    with open(train, "rb") as f:
+        dataset = httpx.post(f"{server.url}/v1/datasets", headers=headers, files={"file": f}).json()
+    job = httpx.post(
+        f"{server.url}/v1/tuningJobs",
+        headers=headers,
+        json={
+            "tuned_model_display_name": "long-run",
+            "train_dataset": dataset["id"],
+            "config": {"base_model": tiny, "train_steps": 5000, "checkpoint_every_steps": 5},
+        },
+    ).json()
+
+    log_in(page, server.url, key)
+    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    wait_state(page, ("RUNNING",))
+    page.wait_for_function("document.querySelector('#loss-chart').dataset.points > 0")
+    assert page.is_disabled("#job-resume") and page.is_enabled("#job-pause")
+    page.click("#job-pause")
+    wait_state(page, ("PAUSED",))
+    assert page.is_enabled("#job-resume") and page.is_disabled("#job-pause")
+    page.click("#job-resume")
+    wait_state(page, ("QUEUED", "PENDING", "RUNNING"))
+    page.click("#job-cancel")
+    wait_state(page, ("CANCELLED",))
+    assert page.is_disabled("#job-cancel") and page.is_disabled("#job-pause")
+    assert page.errors == []

@@ -84,6 +84,13 @@ class InferencePool:
             return self.target(f"{version.model_name}@{version.version}")
         return self.target(endpoint)
 
+    def embedding_target(self, name: str):
+        """An embedding model (tuned, base or endpoint) that ``name`` names, else None; encoders
+        are cached apart from the generative engines (tunelab.embeddings.serving)."""
+        from tunelab.embeddings.serving import embedding_target
+
+        return embedding_target(self, name)
+
     def model_names(self) -> list[tuple[str, str]]:
         """(name, owner) for /v1/models: the base models and every tuned model."""
         from tunelab.models.catalog import CATALOG

@@ -28,6 +28,9 @@ class Instance(BaseModel):
     content: str | None = Field(None, max_length=1_000_000, description="Alias of prompt.")
     messages: list[Message] | None = Field(None, max_length=1000)
     context: str | None = Field(None, max_length=1_000_000, description="System instruction.")
+    # Embedding models (tunelab/api/routes/embeddings.py): Vertex's task type and document title.
+    task_type: str | None = Field(None, max_length=32)
+    title: str | None = Field(None, max_length=100_000)
 
 
 class Parameters(BaseModel):
@@ -39,6 +42,9 @@ class Parameters(BaseModel):
     candidateCount: int = Field(1, ge=1, le=8)
     stopSequences: list[str] = Field(default_factory=list, max_length=16)
     seed: int | None = None
+    # Embedding models only: truncate vectors to this size; refuse over-long inputs if false.
+    outputDimensionality: int | None = Field(None, ge=1, le=8192)
+    autoTruncate: bool = True
 
 
 class PredictRequest(BaseModel):
@@ -84,6 +90,12 @@ async def predict(endpoint: str, body: PredictRequest, request: Request) -> dict
     from tunelab.serving.pool import ModelNotAvailable
 
     pool = request.app.state.inference
+    # An embedding model answers with vectors, not text (tunelab/api/routes/embeddings.py).
+    embedding = await asyncio.to_thread(pool.embedding_target, endpoint)
+    if embedding is not None:
+        from tunelab.api.routes.embeddings import vertex_predictions
+
+        return await vertex_predictions(embedding, body.instances, body.parameters)
     try:
         target = await asyncio.to_thread(pool.endpoint_target, endpoint)
     except ModelNotAvailable as exc:

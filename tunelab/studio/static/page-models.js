@@ -54,14 +54,14 @@ export function renderModels(main) {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),
-              h("div", { class: "columns" },
-                h("div", { class: "col-narrow" }, kvTable([
+              h("div", { class: "version-body" },
+                h("div", {}, kvTable([
                   ["Created", when(v.create_time)],
                   ["Base model", h("span", { class: "path" }, v.base_model)],
                   ["Adapter sha256", h("code", { class: "small" }, v.adapter_sha256)],
                   ...Object.entries(v.metrics || {}).map(([k, x]) => [k, fmt(x)]),
                 ])),
-                h("div", { class: "col-wide" }, lineage ? lineageView(lineage, v) : null, evaluationTable(v.evaluation))));
+                h("div", {}, lineage ? lineageView(lineage, v) : null, evaluationTable(v.evaluation))));
           })));
       }
       clear(list, cards);
