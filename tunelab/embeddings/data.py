@@ -293,6 +293,8 @@ def _read_labels(
             if cid not in corpus:
                 err(number, "unknown_corpus_id", "corpus-id", f"{cid[:80]!r} is not in the corpus")
                 bad = True
+            if bad:  # a bad line is reported once, not again as a duplicate of a later fix
+                continue
             if (qid, cid) in first_line:
                 err(
                     number,
@@ -302,8 +304,7 @@ def _read_labels(
                 )
                 continue
             first_line[(qid, cid)] = number
-            if not bad:
-                labels.setdefault(qid, {})[cid] = float(score)
+            labels.setdefault(qid, {})[cid] = float(score)
     hashes[name] = digest.hexdigest()
     if not header_seen:
         err(0, "empty_file", None, "no header and no labels")
