@@ -2,12 +2,14 @@
 the stored job spec at once; each validates itself on creation and reports every problem at once
 (pydantic collects all field errors). Nothing here imports torch, so the SDK stays light."""
 
+from tunelab.configs.dpo import DPOConfig
 from tunelab.configs.embedding import EmbeddingConfig
+from tunelab.configs.rlhf import RewardModelConfig, RLHFConfig
 from tunelab.configs.sft import RECOMMENDED_LEARNING_RATE, SFTConfig
 
-__all__ = ["RECOMMENDED_LEARNING_RATE", "SFTConfig"]
+__all__ = ["DPOConfig", "RECOMMENDED_LEARNING_RATE", "RLHFConfig", "RewardModelConfig", "SFTConfig"]
 
-CONFIGS = {"sft": SFTConfig}
+CONFIGS = {"sft": SFTConfig, "rlhf": RLHFConfig, "dpo": DPOConfig}
 """Method name -> its typed config. Later methods (rlhf, dpo) add themselves here."""
 CONFIGS["embedding"] = EmbeddingConfig
 

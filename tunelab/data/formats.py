@@ -337,3 +337,6 @@ CONTENTS = Format(
 
 FORMATS: dict[str, tuple[Format, ...]] = {"supervised": (TEXT, MESSAGES, CONTENTS)}
 """Parsers by kind of data. A new kind (``preference``, ``prompt``) adds its own tuple here."""
+
+# Preference pairs and prompts (RLHF, DPO) add the kinds "preference" and "prompt" to FORMATS.
+import tunelab.data.preference  # noqa: E402, F401

@@ -1,0 +1,100 @@
+"""DPO parameters: preference tuning without a reward model (Rafailov et al. 2023).
+
+    tunelab tune dpo --preference examples/preference/preference.jsonl \
+        --validation examples/preference/heldout_pairs.jsonl --name concise-dpo
+
+Named like Vertex AI's preference tuning (``beta``, ``epochs``, ``learning_rate_multiplier``,
+``adapter_size``), with supervised tuning's extras (batch size, steps, seed).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tunelab.config import DEFAULT_BASE_MODEL
+
+RECOMMENDED_DPO_LEARNING_RATE = 1e-4
+"""The rate ``learning_rate_multiplier`` scales. DPO papers use 5e-7 to 5e-6 for full
+fine-tuning; a LoRA adapter takes rates ~10-100x higher. On SmolLM2-135M with rank 8, 1e-4 raised
+held-out reward accuracy steadily; 1e-3 (supervised tuning's rate) drove the chosen answers'
+log-probabilities down along with the rejected ones, the known failure of DPO at high rates."""
+
+DEFAULT_EPOCHS = 1
+
+
+class DPOConfig(BaseModel):
+    """Direct preference optimisation of a LoRA adapter, optionally starting from a supervised
+    adapter (``init_adapter``).
+
+    The reference policy is the policy at step 0: the base model, or the supervised adapter the
+    run starts from. Its log-probabilities are computed once before training (as TRL's
+    ``precompute_ref_log_probs``), so no second copy of the weights and no reference forward
+    pass per step are needed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["dpo"] = "dpo"
+    base_model: str = Field(
+        DEFAULT_BASE_MODEL,
+        min_length=1,
+        max_length=512,
+        description="Catalog name, local model folder, or Hugging Face hub id.",
+    )
+    init_adapter: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="Start from this tuned model (registered name, name@version) or adapter "
+        "bundle folder; it is also the reference. Its base must be base_model.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="Strength of the KL constraint to the reference (higher: stay closer).",
+    )
+    epochs: int | None = Field(
+        None, ge=1, le=1000, description=f"Passes over the pairs (default {DEFAULT_EPOCHS})."
+    )
+    train_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Optimizer steps; an alternative to epochs."
+    )
+    learning_rate_multiplier: float = Field(
+        1.0, gt=0, le=100, description=f"Multiplies {RECOMMENDED_DPO_LEARNING_RATE:g}."
+    )
+    adapter_size: Literal[1, 2, 4, 8, 16] = Field(
+        8, description="LoRA rank (with init_adapter, that adapter's rank is kept)."
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="Preference pairs per step.")
+    prompt_sequence_length: int = Field(
+        512, ge=8, le=131_072, description="Prompts are cut to their last N tokens."
+    )
+    target_sequence_length: int = Field(
+        512, ge=1, le=131_072, description="Candidates are cut to their first N tokens."
+    )
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    eval_every_steps: int = Field(20, ge=1, description="Evaluate on validation pairs every N.")
+    checkpoint_every_steps: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> DPOConfig:
+        if self.epochs is not None and self.train_steps is not None:
+            raise ValueError("give epochs or train_steps, not both")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return RECOMMENDED_DPO_LEARNING_RATE * self.learning_rate_multiplier
+
+    @property
+    def lora_alpha(self) -> int:
+        return 2 * self.adapter_size
+
+    def total_steps(self, n_pairs: int) -> int:
+        if self.train_steps is not None:
+            return self.train_steps
+        return -(-n_pairs // self.batch_size) * (self.epochs or DEFAULT_EPOCHS)

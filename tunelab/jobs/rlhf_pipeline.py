@@ -1,0 +1,340 @@
+"""The RLHF pipeline: validate -> reward_model -> reinforcement_learning -> evaluate -> register
+-> deploy.
+
+Datasets by role: ``preference`` (pairs), ``prompts``, and optionally ``eval`` (held-out prompts).
+Each training stage works in its own folder under the job's workdir (``reward_model/``,
+``reinforcement_learning/``) with its own checkpoints, so a job stopped or killed in either
+stage resumes there: stages that SUCCEEDED are skipped by the worker, and the reward model's
+bundle reaches the next stage through the artifact store (its step outputs hold the reference).
+
+Registration makes two model versions with lineage preference data -> reward model -> policy:
+``<name>-reward`` (method ``reward_model``) from the preference dataset, then ``<name>`` (method
+``rlhf``) from the prompts and that reward-model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tunelab.config import get_settings
+from tunelab.configs.rlhf import RLHFConfig
+from tunelab.data.validation import DatasetValidationError
+from tunelab.jobs.errors import PermanentError
+from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.registry.datasets import get_dataset
+from tunelab.training.atomic import write_bytes
+from tunelab.training.metrics import MetricsLog
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("reward_model", "reinforcement_learning")
+
+
+def _dataset_path(ctx: StepContext, role: str) -> Path | None:
+    dataset_id = ctx.job.datasets.get(role)
+    if dataset_id is None:
+        return None
+    return ctx.store.local_path(get_dataset(ctx.db, dataset_id).uri)
+
+
+def _required(ctx: StepContext, role: str) -> Path:
+    path = _dataset_path(ctx, role)
+    if path is None:
+        raise PermanentError(
+            "missing_dataset",
+            f"an RLHF job needs a {role!r} dataset (has: {', '.join(ctx.job.datasets) or 'none'})",
+        )
+    return path
+
+
+def validate(ctx: StepContext) -> dict[str, Any]:
+    """Every dataset is read whole; any bad line fails the job with its line numbers."""
+    from tunelab.data.preference import validate_preference_file, validate_prompt_file
+    from tunelab.models import load_tokenizer, resolve_model
+
+    config = RLHFConfig(**ctx.job.config)
+    tokenizer = load_tokenizer(resolve_model(config.base_model).path)
+    prompt_kw = dict(
+        prompt_sequence_length=config.prompt_sequence_length, instruction=config.instruction
+    )
+    checks = {
+        "preference": lambda p: validate_preference_file(
+            p, tokenizer, target_sequence_length=config.target_sequence_length, **prompt_kw
+        ),
+        "prompts": lambda p: validate_prompt_file(p, tokenizer, **prompt_kw),
+        "eval": lambda p: validate_prompt_file(p, tokenizer, **prompt_kw),
+    }
+    reports = {}
+    for role, check in checks.items():
+        path = _dataset_path(ctx, role) if role == "eval" else _required(ctx, role)
+        if path is None:
+            continue
+        report = check(path)
+        report.path = f"{role} dataset ({ctx.job.datasets[role]})"
+        if not report.ok:
+            raise DatasetValidationError(report)
+        reports[role] = report.to_dict()
+        ctx.check_stop()
+    return {"reports": reports}
+
+
+def reward_model(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.recipes.reward_model import train_reward_model
+    from tunelab.recipes.sft import TrainingInterrupted
+
+    config = RLHFConfig(**ctx.job.config)
+    try:
+        result = train_reward_model(
+            config.reward_model(),
+            _required(ctx, "preference"),
+            ctx.workdir / "reward_model",
+            on_progress=_progress(ctx, "reward model", 0.02, 0.25),
+            should_stop=ctx.should_stop,
+        )
+    except TrainingInterrupted as exc:
+        raise StopRequested from exc
+    _sync_metrics(ctx, config)
+    stored = ctx.store.put_dir(result.bundle_dir, f"jobs/{ctx.job.id}/reward_model")
+    return {
+        "reward_model": {
+            "uri": stored.uri,
+            "sha256": stored.sha256,
+            "size_bytes": stored.size_bytes,
+        },
+        "pairwise_accuracy": result.pairwise_accuracy,
+        "eval_pairs": result.eval_pairs,
+        "final_train_loss": result.final_train_loss,
+        "steps": result.steps,
+        "usage": result.usage,
+    }
+
+
+def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.jobs import store
+    from tunelab.recipes.rlhf import train_policy
+    from tunelab.recipes.sft import TrainingInterrupted
+
+    config = RLHFConfig(**ctx.job.config)
+    reward = ctx.outputs["reward_model"]
+    try:
+        result = train_policy(
+            config,
+            _required(ctx, "prompts"),
+            ctx.store.local_path(reward["reward_model"]["uri"]),
+            ctx.workdir / "reinforcement_learning",
+            on_progress=_progress(ctx, "policy (RLOO)", 0.27, 0.60),
+            should_stop=ctx.should_stop,
+        )
+    except TrainingInterrupted as exc:
+        raise StopRequested from exc
+    _sync_metrics(ctx, config)
+    stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
+    usage = _usage(reward["usage"], result.usage)
+    store.update_job(ctx.db, ctx.job.id, usage=usage)  # the worker records usage of "train" only
+    return {
+        "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "usage": usage,
+        "steps": result.steps,
+        "last": result.last,
+    }
+
+
+def evaluate(ctx: StepContext) -> dict[str, Any]:
+    """With evaluation prompts: tuned against base under the reward model (mean reward, win
+    rate, answer length). Without them, the step is skipped."""
+    from tunelab.recipes.rlhf import evaluate_policy
+
+    eval_path = _dataset_path(ctx, "eval")
+    if eval_path is None:
+        return {"skipped": "no evaluation prompts"}
+    ctx.report("evaluating: tuned vs base under the reward model", 0.88, None)
+    return evaluate_policy(
+        ctx.store.local_path(ctx.outputs["reinforcement_learning"]["adapter"]["uri"]),
+        ctx.store.local_path(ctx.outputs["reward_model"]["reward_model"]["uri"]),
+        eval_path,
+    )
+
+
+def register(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.registry.models import register_version
+
+    job, reward, policy = (
+        ctx.job,
+        ctx.outputs["reward_model"],
+        ctx.outputs["reinforcement_learning"],
+    )
+    reports = ctx.outputs["validate"]["reports"]
+    config = RLHFConfig(**job.config)
+    rm_version = _registered_reward_model(ctx)
+    if rm_version is None:
+        rm_version = register_version(
+            ctx.db,
+            name=reward_model_name(job.tuned_model_name),
+            method="reward_model",
+            base_model=job.base_model,
+            adapter_uri=reward["reward_model"]["uri"],
+            adapter_sha256=reward["reward_model"]["sha256"],
+            adapter_size=reward["reward_model"]["size_bytes"],
+            config=config.reward_model().model_dump(mode="json"),
+            data_stats={"preference": reports["preference"]},
+            metrics={k: reward.get(k) for k in ("pairwise_accuracy", "eval_pairs", "steps")},
+            # Not the job's "source" version (that is the policy, which the job returns), but
+            # made by it: the edge below records that.
+            source_job_id=None,
+            inputs=[
+                ("job", job.id, "produced"),
+                ("dataset", job.datasets["preference"], "preference"),
+            ],
+        )
+    inputs = [
+        ("dataset", job.datasets["prompts"], "prompts"),
+        ("model_version", rm_version.id, "reward_model"),
+    ]
+    if "eval" in job.datasets:
+        inputs.append(("dataset", job.datasets["eval"], "eval"))
+    evaluation = ctx.outputs.get("evaluate") or {}
+    version = register_version(
+        ctx.db,
+        name=job.tuned_model_name,
+        method=job.method,
+        base_model=job.base_model,
+        adapter_uri=policy["adapter"]["uri"],
+        adapter_sha256=policy["adapter"]["sha256"],
+        adapter_size=policy["adapter"]["size_bytes"],
+        config=job.config,
+        data_stats=reports,
+        metrics={"steps": policy["steps"], "last_step": policy["last"]}
+        | {"reward_model_pairwise_accuracy": reward.get("pairwise_accuracy")}
+        | {"evaluation": {k: v for k, v in evaluation.items() if k != "examples"}},
+        source_job_id=job.id,
+        inputs=inputs,
+    )
+    logger.info(
+        "registered %s version %d (reward model %s version %d)",
+        version.model_name,
+        version.version,
+        rm_version.model_name,
+        rm_version.version,
+    )
+    return {
+        "model_version_id": version.id,
+        "name": version.model_name,
+        "version": version.version,
+        "reward_model_version_id": rm_version.id,
+        "reward_model": f"{rm_version.model_name}@{rm_version.version}",
+    }
+
+
+def deploy(ctx: StepContext) -> dict[str, Any]:
+    from tunelab.registry.endpoints import deploy_version
+
+    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
+    return {"endpoint": endpoint.id}
+
+
+def reward_model_name(name: str) -> str:
+    return f"{name[:121]}-reward"  # names are at most 128 characters
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _registered_reward_model(ctx: StepContext):
+    """The reward-model version this job registered before (a retried register step), if any."""
+    from tunelab.db.schema import LineageEdge, ModelVersion
+
+    with ctx.db.session() as s:
+        return s.scalar(
+            select(ModelVersion)
+            .join(LineageEdge, LineageEdge.dst_id == ModelVersion.id)
+            .where(
+                LineageEdge.src_kind == "job",
+                LineageEdge.src_id == ctx.job.id,
+                LineageEdge.dst_kind == "model_version",
+                ModelVersion.method == "reward_model",
+            )
+        )
+
+
+def _progress(ctx: StepContext, what: str, start: float, share: float):
+    """A recipe's progress callback: job progress, and metrics mirrored at most once a second."""
+    config = RLHFConfig(**ctx.job.config)
+    last_sync = 0.0
+
+    def on_progress(p) -> None:
+        nonlocal last_sync
+        if p.phase != "training" or not p.total_steps:
+            ctx.report(f"{what}: {p.phase}", start, None)
+            return
+        now = time.monotonic()
+        if now - last_sync >= 1.0 or p.step == p.total_steps:
+            last_sync = now
+            ctx.report(
+                f"training {what} {p.step}/{p.total_steps}",
+                start + share * p.step / p.total_steps,
+                p.eta_seconds,
+            )
+            _sync_metrics(ctx, config)
+
+    return on_progress
+
+
+def _sync_metrics(ctx: StepContext, config: RLHFConfig) -> None:
+    """Mirror both stages' metrics into the job as one series: reward-model steps 1..N, then
+    policy steps N+1..N+M (each row says its ``stage`` and ``stage_step``)."""
+    rows = []
+    offset = 0
+    for stage, steps in zip(
+        STAGES,
+        (config.reward_model_train_steps, config.reinforcement_learning_train_steps),
+        strict=True,
+    ):
+        for row in MetricsLog(ctx.workdir / stage / "metrics.jsonl").rows():
+            rows.append(
+                {**row, "stage": stage, "stage_step": row["step"], "step": row["step"] + offset}
+            )
+        offset += steps
+    combined = ctx.workdir / "metrics.jsonl"
+    write_bytes(combined, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    ctx.on_metrics(combined)
+
+
+def _usage(*stages: dict[str, Any]) -> dict[str, Any]:
+    total = {
+        key: round(sum(s.get(key, 0) for s in stages), 3)
+        for key in ("trained_tokens", "train_seconds", "wall_seconds", "cpu_seconds")
+    }
+    total["trained_tokens"] = int(total["trained_tokens"])
+    total["peak_rss_mb"] = max(s.get("peak_rss_mb", 0) for s in stages)
+    price = get_settings().price_per_1k_tokens
+    total["estimated_cost"] = (
+        round(total["trained_tokens"] / 1000 * price, 6) if price is not None else None
+    )
+    return total
+
+
+register_pipeline(
+    "rlhf",
+    [
+        ("validate", validate),
+        ("reward_model", reward_model),
+        ("reinforcement_learning", reinforcement_learning),
+        ("evaluate", evaluate),
+        ("register", register),
+        ("deploy", deploy),
+    ],
+    weights={
+        "validate": 0.02,
+        "reward_model": 0.25,
+        "reinforcement_learning": 0.60,
+        "evaluate": 0.09,
+        "register": 0.02,
+        "deploy": 0.02,
+    },
+)
