@@ -95,7 +95,17 @@ def is_embedding_model(ref: str) -> bool:
     if ref in EMBEDDING_CATALOG:
         return True
     folder = Path(ref).expanduser()
-    return folder.is_dir() and (is_embedding_bundle(folder) or (folder / "modules.json").is_file())
+    if not folder.is_dir():
+        return False
+    if is_embedding_bundle(folder) or (folder / "modules.json").is_file():
+        return True
+    try:  # a bare Hugging Face encoder: BertModel, XLMRobertaModel, ... (no task head)
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError):
+        return False
+    return bool(architectures) and all(
+        a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures
+    )
 
 
 def read_pooling(folder: Path, tokenizer_max: int | None = None) -> PoolingSpec:
