@@ -54,6 +54,41 @@ const TASKS = {
   extractive_qa: ["Extractive question answering", "100+ examples", 100, 500],
 };
 
+/**
+ * Preference pairs (DPO) checked in the browser, line by line, as tunelab.data.preference does:
+ * the server's validation report reads supervised data only. Token counts come from the job's
+ * validate step, which checks the file again with the base model's tokenizer.
+ */
+export function checkPreferenceText(text) {
+  const errors = [];
+  let lines = 0, examples = 0;
+  text.split("\n").forEach((raw, i) => {
+    if (!raw.trim()) return;
+    lines += 1;
+    const line = i + 1;
+    let obj;
+    try { obj = JSON.parse(raw); } catch (e) { errors.push({ line, code: "invalid_json", field: null, message: `invalid JSON: ${e.message}` }); return; }
+    if (!obj || typeof obj !== "object" || Array.isArray(obj)) { errors.push({ line, code: "not_an_object", field: null, message: "each line must be a JSON object" }); return; }
+    const before = errors.length;
+    const hasPrompt = typeof obj.input_text === "string" || Array.isArray(obj.messages);
+    if (!hasPrompt) errors.push({ line, code: "missing_field", field: "input_text", message: "give input_text or messages (the prompt)" });
+    for (const f of ["candidate_0", "candidate_1"]) {
+      if (!(f in obj)) errors.push({ line, code: "missing_field", field: f, message: "missing required field" });
+      else if (typeof obj[f] !== "string" || !obj[f].trim()) errors.push({ line, code: "wrong_type", field: f, message: "must be a non-empty string" });
+    }
+    if (!("choice" in obj)) errors.push({ line, code: "missing_field", field: "choice", message: "missing required field" });
+    else if (obj.choice !== 0 && obj.choice !== 1) errors.push({ line, code: "invalid_choice", field: "choice", message: `must be 0 or 1 (the preferred candidate), got ${JSON.stringify(obj.choice)}` });
+    if (typeof obj.candidate_0 === "string" && obj.candidate_0.trim() === String(obj.candidate_1 ?? "").trim())
+      errors.push({ line, code: "identical_candidates", field: "candidate_1", message: "the two candidates are the same text" });
+    if (errors.length === before) examples += 1;
+  });
+  return {
+    lines, examples, usable_examples: examples, error_count: errors.length, errors: errors.slice(0, 1000), ok: errors.length === 0 && examples > 0,
+    formats: { preference: examples }, warnings: ["Checked in the browser: token statistics are computed by the job's validate step."],
+    dropped: {}, truncated: 0, total_tokens: null, trained_tokens: null, billable_tokens: null, min_tokens: null,
+  };
+}
+
 function reportView(report) {
   const bad = report.error_count > 0;
   return h("div", { class: `report ${bad ? "has-errors" : "ok"}`, dataset: { errors: String(report.error_count) } },
@@ -102,7 +137,7 @@ export function renderCreate(main) {
       form.append("file", file.files[0]);
       await withBusy(report, async () => {
         const ds = await api("/v1/datasets", { method: "POST", body: form });
-        state.data[role] = { id: ds.id, filename: ds.filename, report: null };
+        state.data[role] = { id: ds.id, filename: ds.filename, report: null, file: file.files[0] };
         idInput.value = ds.id;
         await validate(role);
       });
@@ -139,6 +174,12 @@ export function renderCreate(main) {
   async function validate(role) {
     const d = state.data[role];
     if (!d) return;
+    if (state.method !== "sft") {
+      d.report = d.file ? checkPreferenceText(await d.file.text()) : null;
+      if (!d.file) clear(blocks[role].report, h("p", { class: "muted" }, "Checked by the job's validate step when it starts (upload the file here to see its errors now)."));
+      blocks[role].refresh();
+      return;
+    }
     const q = new URLSearchParams({ base_model: base.value.trim() || DEFAULT_BASE });
     const seq = document.getElementById("param-max_seq_length");
     if (seq && seq.value) q.set("max_seq_length", seq.value);
@@ -199,10 +240,10 @@ export function renderCreate(main) {
     const train = state.data.train, val = state.data.validation;
     if (state.busy) problems.push("checking the data");
     else if (!train) problems.push("upload training data");
-    else if (!train.report) problems.push("training data not checked yet");
-    else if (!train.report.ok) problems.push("the training data has errors");
+    else if (!train.report && (state.method === "sft" || train.file)) problems.push("training data not checked yet");
+    else if (train.report && !train.report.ok) problems.push("the training data has errors");
     if (val && !state.busy && val.report && !val.report.ok) problems.push("the validation data has errors");
-    if (val && !val.report && !state.busy) problems.push("validation data not checked yet");
+    if (val && !val.report && !state.busy && (state.method === "sft" || val.file)) problems.push("validation data not checked yet");
     if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
     submitBtn.disabled = problems.length > 0;
     reason.textContent = problems.length ? `Cannot start yet: ${problems.join("; ")}.` : "Ready.";
@@ -220,8 +261,11 @@ export function renderCreate(main) {
   function setMethod() {
     state.method = methodSelect.value;
     const [, label, about] = METHODS.find(([id]) => id === state.method);
-    clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, ` ${label} is not available on this server yet.`));
+    const why = state.method === "rlhf" && state.unsupportedWhy ? ` ${state.unsupportedWhy}` : ` ${label} is not available on this server yet.`;
+    clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, why));
     renderParams();
+    for (const role of ["train", "validation"]) if (state.data[role]) { state.data[role].report = null; clear(blocks[role].report); }
+    revalidate();
     update();
   }
 
@@ -282,9 +326,14 @@ export function renderCreate(main) {
       .catch((err) => err)
       .then((err) => {
         state.supported[method] = !(err && err.status === 422 && err.details && err.details.field === "method");
+        if (method === "rlhf" && state.supported.rlhf) {
+          state.supported.rlhf = false; // its preference + prompts datasets have no field in POST /v1/tuningJobs yet
+          state.unsupportedWhy = "RLHF needs a preference dataset and a prompts dataset, which POST /v1/tuningJobs does not take yet: use `tunelab tune rlhf`.";
+        }
         const option = [...methodSelect.options].find((o) => o.value === method);
         option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
         option.disabled = !state.supported[method];
+        if (!state.supported[method]) option.title = state.unsupportedWhy || "not available on this server";
         if (state.method === method) setMethod();
       });
   }
