@@ -280,6 +280,50 @@ def test_bad_dataset_shows_line_errors_and_submits_nothing(studio, page, tmp_pat
     page.wait_for_timeout(500)
     shoot(page, "create-errors")
     assert jobs_count(server.url, key) == before
+
+    # A key that stops working (revoked, wrong) sends the user back to the login form.
+    page.evaluate("sessionStorage.setItem('tunelab.apiKey', 'tl-revoked.key')")
+    page.goto(server.url + "/#/jobs")
+    page.wait_for_selector("#login-form")
+    assert "log in again" in page.text_content("#login-error")
+    assert page.errors == []
+
+
+def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
+    """DPO pairs are checked line by line before submitting; RLHF, whose datasets the REST body
+    cannot name yet, is offered disabled with the reason."""
+    server, key, tiny = studio
+    pair = {"input_text": "2 + 2?", "candidate_0": "4", "candidate_1": "5", "choice": 0}
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(
+        "\n".join(
+            [json.dumps(pair), json.dumps({**pair, "choice": 2}), json.dumps({"input_text": "x"})]
+        )
+        + "\n"
+    )
+    good = write_jsonl(tmp_path / "good-pairs.jsonl", [pair] * 20)
+    log_in(page, server.url, key)
+    page.goto(server.url + "/#/create")
+    page.wait_for_selector("#method option[value=rlhf][data-supported]", state="attached")
+    page.wait_for_selector("#method option[value=dpo][data-supported]", state="attached")
+    assert page.is_disabled("#method option[value=rlhf]")
+    if page.get_attribute("#method option[value=dpo]", "data-supported") != "true":
+        assert "not available" in page.text_content("#method option[value=dpo]")
+        return
+    page.select_option("#method", "dpo")
+    page.fill("#display-name", "dpo-model")
+    page.fill("#base-model", tiny)
+    assert page.query_selector("#param-beta") and not page.query_selector("#param-max_seq_length")
+    page.set_input_files("#train-file", str(bad))
+    page.wait_for_selector("#train-report .report.has-errors")
+    lines = page.eval_on_selector_all(
+        "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
+    )
+    assert lines == ["2", "3", "3", "3"]  # choice; then candidate_0, candidate_1, choice missing
+    assert page.is_disabled("#submit-job")
+    page.set_input_files("#train-file", str(good))
+    page.wait_for_selector("#train-report .report.ok")
+    page.wait_for_selector("#submit-job:not([disabled])")
     assert page.errors == []
 
 

@@ -333,6 +333,7 @@ export function renderCreate(main) {
         const option = [...methodSelect.options].find((o) => o.value === method);
         option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
         option.disabled = !state.supported[method];
+        option.dataset.supported = String(state.supported[method]);
         if (!state.supported[method]) option.title = state.unsupportedWhy || "not available on this server";
         if (state.method === method) setMethod();
       });
