@@ -126,3 +126,7 @@ def show_evaluation(services, name: str) -> None:
         for metric, v in metrics.items():
             table.add_row(metric, f"{v['base']:.3f}", f"{v['tuned']:.3f}", f"{v['delta']:+.3f}")
         console.print(table)
+    console.print(
+        f'embed with it: POST /v1/embeddings {{"model": "{name}", "input": [...]}} '
+        "or the SDK's TextEmbeddingModel.from_pretrained(name).get_embeddings([...])"
+    )
