@@ -22,7 +22,8 @@ export function renderJobs(main) {
         h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.display_name), h("div", { class: "muted small" }, j.id)),
         h("td", {}, j.method),
         h("td", { class: "path" }, j.base_model),
-        h("td", {}, badge(j.state), j.step ? h("div", { class: "muted small" }, j.step) : null),
+        h("td", {}, badge(j.state), j.step ? h("div", { class: "muted small" }, j.step) : null,
+          j.error ? h("div", { class: "small error-text" }, `${j.error.code}: ${j.error.message}`) : null),
         h("td", {}, progressBar(j.progress)),
         h("td", {}, ["RUNNING", "PENDING"].includes(j.state) ? duration(j.eta_seconds) : "—"),
         h("td", {}, when(j.create_time)))) :
