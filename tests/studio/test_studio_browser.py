@@ -89,6 +89,8 @@ def page(browser):
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.requests = []
+    page.on("request", lambda r: page.requests.append(r.url))
     yield page
     context.close()
 
@@ -253,6 +255,8 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     page.wait_for_selector("#login-form")
     assert page.evaluate("sessionStorage.getItem('tunelab.apiKey')") is None
     assert page.errors == []
+    remote = [u for u in page.requests if not u.startswith((url + "/", "data:"))]
+    assert remote == [], "the Studio must load everything from its own server"
 
 
 def test_bad_dataset_shows_line_errors_and_submits_nothing(studio, page, tmp_path):
