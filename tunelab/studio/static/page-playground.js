@@ -103,8 +103,10 @@ export function renderPlayground(main, preselect) {
   async function load() {
     try {
       const [{ data }, { tuned_models: tuned }] = await Promise.all([api("/v1/models"), api("/v1/tunedModels")]);
-      tunedBase = Object.fromEntries(tuned.map((m) => [m.name, m.base_model]));
-      const bases = data.filter((m) => !(m.id in tunedBase)).map((m) => m.id);
+      // Text models only: embedding models (and the bases they were tuned from) do not chat.
+      const embedding = new Set(tuned.filter((m) => m.method === "embedding").flatMap((m) => [m.name, m.base_model]));
+      tunedBase = Object.fromEntries(tuned.filter((m) => m.method !== "embedding").map((m) => [m.name, m.base_model]));
+      const bases = data.filter((m) => !(m.id in tunedBase) && !embedding.has(m.id)).map((m) => m.id);
       for (const b of Object.values(tunedBase)) if (!bases.includes(b)) bases.push(b);
       clear(select,
         h("optgroup", { label: "Tuned models" }, Object.keys(tunedBase).map((n) => h("option", { value: n }, n))),
