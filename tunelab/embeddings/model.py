@@ -158,6 +158,7 @@ class Encoder:
     ) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.dimensions, self.ref = dimensions, ref
+        self.last_token_count = 0
 
     @property
     def hidden_size(self) -> int:
@@ -179,6 +180,7 @@ class Encoder:
     def forward(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         """(B,) texts -> (B, D) unit vectors, with gradients (the training path)."""
         batch = self.tokenize(texts, max_length)
+        self.last_token_count = int(batch["attention_mask"].sum())  # for usage statistics
         hidden = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state  # (B, T, C)

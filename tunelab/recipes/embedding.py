@@ -134,7 +134,9 @@ def train_embedding(
             group["lr"] = lr
 
         q = encoder.forward([data.queries[qid] for qid, _ in batch], config.max_seq_length)
+        tokens = encoder.last_token_count
         p = encoder.forward([data.passage(cid) for _, cid in batch], config.max_seq_length)
+        tokens += encoder.last_token_count
         # (B, B): passage j is also relevant to query i (same query twice, or a shared passage)
         also_relevant = torch.tensor(
             [[data.train[qi].get(cj, 0) > 0 for _, cj in batch] for qi, _ in batch]
@@ -147,7 +149,7 @@ def train_embedding(
 
         elapsed = time.perf_counter() - step_start
         state.step += 1
-        state.tokens_seen += len(batch) * 2
+        state.tokens_seen += tokens
         state.train_seconds += elapsed
         last_loss = loss.item()
         # in-batch accuracy: how often the query's own passage scored highest in the batch
@@ -180,6 +182,7 @@ def train_embedding(
     on_progress(Progress("saving", state.step, total_steps, message="writing the adapter bundle"))
     usage = {
         "trained_pairs": state.step * batch_size,
+        "trained_tokens": state.tokens_seen,
         "train_seconds": round(state.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
