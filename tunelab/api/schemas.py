@@ -15,12 +15,25 @@ class TuningJobCreate(BaseModel):
 
     method: str = Field("sft", max_length=32)
     tuned_model_display_name: str = Field(..., min_length=1, max_length=128)
-    train_dataset: str = Field(
-        ..., min_length=1, max_length=40, description="Dataset id from POST /v1/datasets."
+    train_dataset: str | None = Field(
+        None, min_length=1, max_length=40, description="Dataset id from POST /v1/datasets."
     )
     validation_dataset: str | None = Field(None, max_length=40)
+    datasets: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Other dataset roles by id, e.g. {'preference': 'ds-…', 'prompts': 'ds-…'} for RLHF.",
+    )
     config: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+    def dataset_roles(self) -> dict[str, str]:
+        roles = dict(self.datasets)
+        if self.train_dataset:
+            roles["train"] = self.train_dataset
+        if self.validation_dataset:
+            roles["validation"] = self.validation_dataset
+        return roles
 
 
 class DeployRequest(BaseModel):

@@ -43,7 +43,9 @@ def serve(
     if worker:
         background = Worker(services.db, services.artifacts)
         threading.Thread(target=background.run_forever, name="tunelab-worker", daemon=True).start()
-    console.print(f"TuneLab serving on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
+    console.print(
+        f"TuneLab serving on http://{host}:{port}  (Studio: http://{host}:{port}/, OpenAPI: /docs)"
+    )
     console.print("every route but /health needs an API key: create one with `tunelab keys create`")
     if worker:
         console.print(f"worker {background.id} runs queued tuning jobs in this process")

@@ -32,18 +32,27 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         raise ApiError(
             422, "invalid_config", f"{len(errors)} invalid tuning parameter(s)", {"errors": errors}
         ) from None
-    for role in ("train_dataset", "validation_dataset"):
-        ref = getattr(body, role)
-        if ref is not None and get_dataset(services.db, ref) is None:
+    roles = body.dataset_roles()
+    if not roles:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "give train_dataset (or datasets by role)",
+            {"field": "train_dataset"},
+        )
+    for role, ref in roles.items():
+        if len(ref) > 40 or get_dataset(services.db, ref) is None:
             raise ApiError(
-                404, "not_found", f"{role}: no dataset {ref!r} (upload it with POST /v1/datasets)"
+                404,
+                "not_found",
+                f"{role} dataset: no dataset {ref[:40]!r} (upload it with POST /v1/datasets)",
             )
     job, _ = submit_job(
         services.db,
         services.artifacts,
         config=config,
         name=body.tuned_model_display_name,
-        datasets={"train": body.train_dataset, "validation": body.validation_dataset},
+        datasets=roles,
         idempotency_key=body.idempotency_key,
     )
     return job_view(services.db, job)
