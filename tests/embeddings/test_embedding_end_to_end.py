@@ -79,6 +79,10 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
 
         with pytest.raises(NotFoundError):
             client.embeddings.create(model="no-such-model", input="x")
+        with pytest.raises(NotFoundError, match="embedding model"):  # not loaded as a chat model
+            client.chat.completions.create(
+                model="tiny-emb", messages=[{"role": "user", "content": "x"}]
+            )
 
         headers = {"Authorization": f"Bearer {api_key}"}
         raw = httpx.post(

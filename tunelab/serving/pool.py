@@ -60,6 +60,10 @@ class InferencePool:
             version = get_version(self.services.db, name)
         except (ModelNotRegistered, ValueError):
             version = None
+        if version is not None and version.method == "embedding":
+            raise ModelNotAvailable(
+                f"{name!r} is an embedding model: use /v1/embeddings or :predict"
+            )
         if version is not None:
             folder = self.services.artifacts.local_path(
                 adapter_artifact(self.services.db, version).uri
