@@ -6,7 +6,7 @@ Requests from any thread go into a queue; one engine thread owns the model and r
     admit   take waiting requests while the batch has room (up to ``max_batch_size`` rows; a
             request asking for n candidates takes n rows), load their adapters (pinned while in
             use), and prefill their prompts in one forward pass: left-padded, with an attention
-            mask and per-row position ids, each row naming its adapter (PEFT ``adapter_names``)
+            mask and per-row position ids, each row with its own adapter (``adapters.py``)
     merge   their KV cache joins the running batch's cache, left-padded to a common length
     decode  one forward pass for the whole batch, one token per row: the token each row drew
             last step goes in, logits for the next come out; each row samples with its own
@@ -21,8 +21,9 @@ was applied at each row's own positions, and the attention mask hides the padded
 Thread model: only the engine thread touches torch (under ``torch.inference_mode``). Callers
 get a ``concurrent.futures.Future`` (``submit``), a blocking iterator of text deltas
 (``stream``), or the asyncio equivalents (``agenerate``, ``astream``), whose deltas reach the
-event loop through ``call_soon_threadsafe``. Cancelling the future, closing the stream or
-cancelling the asyncio task frees the request's rows at the next step.
+event loop through ``call_soon_threadsafe``, so nothing blocks it. Bad requests (wrong base
+model, prompt too long...) raise at once in the caller's thread. Cancelling the future, closing
+the stream or cancelling the asyncio task frees the request's rows at the next step.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,6 @@ import torch
 from tunelab.data.template import prompt_ids as render_prompt_ids
 from tunelab.models import load_causal_lm
 from tunelab.serving.adapters import (
-    BASE,
     AdapterCache,
     AdapterCacheFull,
     AdapterError,
@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AdapterError",
+    "AsyncTextStream",
     "Engine",
     "EngineClosedError",
     "GenerationRequest",
@@ -98,6 +99,9 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     """Tokens drawn over all candidates, the end-of-sequence token included."""
+    token_ids: list[list[int]] = field(default_factory=list)
+    """Per candidate, the tokens drawn (end-of-sequence excluded; a stop sequence's tokens
+    included, since it need not end on a token boundary)."""
 
 
 _END = object()
@@ -120,6 +124,7 @@ class _Job:
         self.sink = sink
         self.texts: list[str] = [""] * self.n
         self.reasons: list[str] = [""] * self.n
+        self.token_ids: list[list[int]] = [[] for _ in range(self.n)]
         self.completion_tokens = 0
         self.remaining = self.n
         self._cancelled = threading.Event()
@@ -189,7 +194,6 @@ class _Row:
     job: _Job
     index: int
     adapter_key: str | None
-    adapter_name: str
     sampling: RowSampling
     generator: torch.Generator
     max_new: int
@@ -237,6 +241,38 @@ class TextStream:
             self.close()
 
 
+class AsyncTextStream:
+    """Text deltas of one request for asyncio: ``async for delta in stream``. ``result`` is the
+    request's future (done once the iteration has ended); ``close()`` cancels the request."""
+
+    def __init__(self, job: _Job, items: asyncio.Queue):
+        self._job = job
+        self._items = items
+        self.result: Future[GenerationResult] = job.future
+
+    def __aiter__(self) -> AsyncTextStream:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            item = await self._items.get()
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        if not self._job.future.done():
+            self._job.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
 class Engine:
     """One base model in memory serving many LoRA adapters, with continuous batching.
 
@@ -264,11 +300,12 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window_ms / 1000
-        base = load_causal_lm(self.model_dir, dtype=dtype)
+        base = load_causal_lm(self.model_dir, dtype=dtype).eval()
+        self.model = base
         self.adapters = AdapterCache(base, max_adapters=max_adapters, max_bytes=max_adapter_bytes)
-        self.model = self.adapters.model
         self._config = config = base.config
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 30))
+        self.vocab_size = int(config.vocab_size)
         eos = {tokenizer.eos_token_id, getattr(base.generation_config, "eos_token_id", None)}
         self.eos_ids = frozenset(
             i for e in eos for i in (e if isinstance(e, list | tuple) else [e]) if i is not None
@@ -284,7 +321,16 @@ class Engine:
         self._closing = False
         self._submit_lock = threading.Lock()
         self._drain = True
-        self.stats = {"requests": 0, "prefills": 0, "steps": 0, "row_steps": 0}
+        self.stats = {
+            "requests": 0,
+            "prefills": 0,
+            "prefill_seconds": 0.0,
+            "steps": 0,
+            "row_steps": 0,
+            "step_seconds": 0.0,
+        }
+        """Counters since start: requests prefilled, prefill passes, decode steps, rows decoded
+        over all steps (row_steps / steps is the mean batch size), seconds in each."""
         self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
         self._thread.start()
 
@@ -293,7 +339,9 @@ class Engine:
         """Queue a request; the future resolves to its result (or raises its error)."""
         return self._enqueue(request, sink=None).future
 
-    def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, timeout: float | None = None
+    ) -> GenerationResult:
         """``submit`` and wait."""
         return self.submit(request).result(timeout)
 
@@ -310,25 +358,18 @@ class Engine:
         cancels the request."""
         return await asyncio.wrap_future(self.submit(request))
 
-    async def astream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """``stream`` for asyncio: an async iterator of text deltas. Leaving the iteration early
-        (client gone, task cancelled) cancels the request."""
+    def astream(self, request: GenerationRequest) -> AsyncTextStream:
+        """``stream`` for asyncio (call it on the event loop): an async iterator of text deltas.
+        Errors in the request raise here, before any delta; cancelling the task that iterates
+        it (a client that went away) or ``close()`` cancels the request."""
         if request.candidate_count != 1:
             raise ValueError("streaming serves one candidate per request")
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
-        job = self._enqueue(request, sink=lambda item: loop.call_soon_threadsafe(items.put_nowait, item))
-        try:
-            while True:
-                item = await items.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not job.future.done():
-                job.cancel()
+        job = self._enqueue(
+            request, sink=lambda item: loop.call_soon_threadsafe(items.put_nowait, item)
+        )
+        return AsyncTextStream(job, items)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting requests; with ``drain`` finish those already accepted, otherwise fail
@@ -358,6 +399,8 @@ class Engine:
             prompt = [int(t) for t in request.prompt_ids]
         if not prompt:
             raise ValueError("the prompt is empty")
+        if not all(0 <= t < self.vocab_size for t in prompt):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         if len(prompt) >= self.max_positions:
             raise ValueError(
                 f"the prompt has {len(prompt)} tokens; this model reads at most "
@@ -415,21 +458,21 @@ class Engine:
             if job is not None:
                 self._waiting.append(job)
 
-    def _take_admissible(self) -> list[tuple[_Job, str | None, str]]:
+    def _take_admissible(self) -> list[tuple[_Job, str | None]]:
         """Waiting jobs that fit in the batch, first come first served, adapters loaded and
         pinned (one pin per row)."""
-        taken: list[tuple[_Job, str | None, str]] = []
+        taken: list[tuple[_Job, str | None]] = []
         room = self.max_batch_size - len(self._rows)
         while self._waiting and room >= self._waiting[0].n:
             job = self._waiting[0]
             if job.cancelled:
                 self._waiting.popleft()
                 continue
-            key, name = None, BASE
+            key = None
             if job.request.adapter is not None:
                 key, folder = job.request.adapter
                 try:
-                    name = self.adapters.ensure(key, Path(folder))
+                    self.adapters.ensure(key, Path(folder))
                 except AdapterCacheFull:
                     break  # every loaded adapter is in use: retry when rows finish
                 except Exception as exc:
@@ -439,18 +482,36 @@ class Engine:
                 for _ in range(job.n):
                     self.adapters.pin(key)
             self._waiting.popleft()
-            taken.append((job, key, name))
+            taken.append((job, key))
             room -= job.n
         return taken
 
-    def _start_jobs(self, taken: list[tuple[_Job, str | None, str]]) -> None:
-        """Prefill newly admitted prompts (one forward pass), draw their first tokens and merge
-        their rows into the running batch."""
+    def _start_jobs(self, taken: list[tuple[_Job, str | None]]) -> None:
+        """Prefill newly admitted prompts, draw their first tokens and merge their rows into the
+        running batch. A failure fails these requests only; the running batch goes on."""
         if not taken:
             return
+        taken.sort(key=lambda t: t[1] or "")  # rows of one adapter side by side: cheaper LoRA
+        try:
+            rows, cache, mask = self._prefill(taken)
+        except Exception as exc:
+            logger.exception("prefill failed; failing the %d request(s) it was for", len(taken))
+            for job, key in taken:
+                if key is not None:
+                    for _ in range(job.n):
+                        self.adapters.unpin(key)
+                job.fail(exc)
+            return
+        self._merge(rows, cache, mask)
+        self._drop_finished()
+        logger.debug("admitted %d request(s); batch has %d rows", len(taken), len(self._rows))
+
+    def _prefill(self, taken: list[tuple[_Job, str | None]]):
+        """One forward pass over the new prompts (left-padded); returns their rows (one per
+        candidate, first token drawn), their KV cache and attention mask."""
         from transformers import DynamicCache
 
-        jobs = [job for job, _, _ in taken]
+        jobs = [job for job, _ in taken]
         width = max(len(job.prompt) for job in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)  # (G, T)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)  # (G, T)
@@ -458,64 +519,54 @@ class Engine:
             ids[g, width - len(job.prompt) :] = torch.tensor(job.prompt)
             mask[g, width - len(job.prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (G, T): 0.. on real tokens
-        cache = DynamicCache(config=self._config)
-        try:
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                adapter_names=[name for _, _, name in taken],
-            )
-        except Exception as exc:
-            logger.exception("prefill failed")
-            for job, key, _ in taken:
-                for _ in range(job.n):
-                    if key is not None:
-                        self.adapters.unpin(key)
-                job.fail(exc)
-            return
+        start = time.perf_counter()
+        self.adapters.select([key for _, key in taken])
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(config=self._config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.stats["prefills"] += 1
+        self.stats["prefill_seconds"] += time.perf_counter() - start
         self.stats["requests"] += len(jobs)
-
-        # One row per candidate: the prompt's cache is shared by copying its row.
-        source = [g for g, job in enumerate(jobs) for _ in range(job.n)]
-        index = torch.tensor(source)
-        cache = _cache_from([(k[index], v[index]) for k, v in _layers(out.past_key_values)])
-        mask = mask[index]
+        logits = out.logits[:, -1, :]  # (G, V)
+        cache = out.past_key_values
+        if any(job.n > 1 for job in jobs):
+            # One row per candidate: a prompt's cache row is copied for each of its candidates.
+            index = torch.tensor([g for g, job in enumerate(jobs) for _ in range(job.n)])
+            cache = _cache_from([(k[index], v[index]) for k, v in _layers(cache)])
+            mask, logits = mask[index], logits[index]  # (R, T), (R, V)
         rows = []
-        for job, key, name in taken:
+        for job, key in taken:
             p = job.request.params
             for c in range(job.n):
-                seed = None if p.seed is None else p.seed + c
                 rows.append(
                     _Row(
                         job=job,
                         index=c,
                         adapter_key=key,
-                        adapter_name=name,
                         sampling=RowSampling(p.temperature, p.top_k, p.top_p),
-                        generator=make_generator(seed),
+                        generator=make_generator(None if p.seed is None else p.seed + c),
                         max_new=min(p.max_output_tokens, self.max_positions - len(job.prompt)),
                         detok=_Detokenizer(self._decode),
                         pos=len(job.prompt),
                     )
                 )
-        logits = out.logits[:, -1, :][index]  # (R, V)
         tokens = sample_batch(logits, [r.sampling for r in rows], [r.generator for r in rows])
         for row, token in zip(rows, tokens, strict=True):
             self._accept(row, token)
-        self._merge(rows, cache, mask)
-        self._drop_finished()
-        logger.debug("admitted %d request(s); batch has %d rows", len(jobs), len(self._rows))
+        return rows, cache, mask
 
     def _decode_step(self) -> None:
         rows = self._rows
         inputs = torch.tensor([[r.next_token] for r in rows])  # (B, 1)
         positions = torch.tensor([[r.pos] for r in rows])  # (B, 1)
         mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+        start = time.perf_counter()
+        self.adapters.select([r.adapter_key for r in rows])
         out = self.model(
             input_ids=inputs,
             attention_mask=mask,  # (B, L + 1)
@@ -523,14 +574,16 @@ class Engine:
             past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=1,
-            adapter_names=[r.adapter_name for r in rows],
         )
         self._cache, self._mask = out.past_key_values, mask
         self.stats["steps"] += 1
+        self.stats["step_seconds"] += time.perf_counter() - start
         self.stats["row_steps"] += len(rows)
         for r in rows:
             r.pos += 1
-        tokens = sample_batch(out.logits[:, -1, :], [r.sampling for r in rows], [r.generator for r in rows])
+        tokens = sample_batch(
+            out.logits[:, -1, :], [r.sampling for r in rows], [r.generator for r in rows]
+        )
         for row, token in zip(rows, tokens, strict=True):
             if row.job.cancelled:
                 row.done = True
@@ -553,7 +606,9 @@ class Engine:
             row.text += delta
             if self._trim_stop(row, len(delta)):
                 return self._finish(row, "stop", "")
-            self._emit(row, safe=len(row.text) - _held_back(row.text, row.job.request.stop_sequences))
+            self._emit(
+                row, safe=len(row.text) - _held_back(row.text, row.job.request.stop_sequences)
+            )
 
     def _trim_stop(self, row: _Row, new_chars: int) -> bool:
         """Cut the text at the first stop sequence that the new characters complete."""
@@ -578,6 +633,7 @@ class Engine:
         row.done = True
         job = row.job
         job.texts[row.index], job.reasons[row.index] = row.text, reason
+        job.token_ids[row.index] = row.detok.ids
         job.remaining -= 1
         if job.remaining == 0 and not job.cancelled:
             result = GenerationResult(
@@ -585,6 +641,7 @@ class Engine:
                 finish_reasons=job.reasons,
                 prompt_tokens=len(job.prompt),
                 completion_tokens=job.completion_tokens,
+                token_ids=job.token_ids,
             )
             try:
                 job.future.set_result(result)
@@ -605,7 +662,10 @@ class Engine:
         width = max(self._mask.shape[1], mask.shape[1])
         self._cache = _cache_from(
             [
-                (torch.cat([_pad_left(k0, width), _pad_left(k1, width)]), torch.cat([_pad_left(v0, width), _pad_left(v1, width)]))
+                (
+                    torch.cat([_pad_left(k0, width), _pad_left(k1, width)]),
+                    torch.cat([_pad_left(v0, width), _pad_left(v1, width)]),
+                )
                 for (k0, v0), (k1, v1) in zip(_layers(self._cache), _layers(cache), strict=True)
             ]
         )
