@@ -120,6 +120,7 @@ def train_dpo(
     # and kept in the run folder so a resumed run reads them back.
     reference_path = run_dir / REFERENCE_FILE
     reference = _load_reference(reference_path, len(train), len(val))
+    reference_start = time.perf_counter()
     if reference is None:
         on_progress(Progress("preparing", message="reference log-probabilities"))
         needed = sorted({i for step in range(total_steps) for i in batch_at(step)})
@@ -129,6 +130,7 @@ def train_dpo(
         }
         reference["train"][needed] = answer_logprobs(model, [train[i] for i in needed], pad_id)
         write_bytes(reference_path, save({k: v.contiguous() for k, v in reference.items()}))
+    reference_seconds = time.perf_counter() - reference_start
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -218,6 +220,7 @@ def train_dpo(
         "trained_tokens": state.tokens_seen,
         "billable_tokens": round(report.total_tokens * total_steps / steps_per_epoch),
         "train_seconds": round(state.train_seconds, 3),
+        "reference_seconds": round(reference_seconds, 3),  # this process's share (0 on resume)
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
