@@ -25,4 +25,4 @@ def test_dpo_raises_the_heldout_margin(tmp_path):
     )
     assert ev["eval_logp_margin"] > ev["eval_reference_logp_margin"] + 1.0
     assert ev["eval_reward_accuracy"] >= 0.9
-    assert ev["eval_loss"] < 0.6
+    assert ev["eval_loss"] < 0.65  # log 2 = 0.693 at the start
