@@ -354,11 +354,30 @@ def spawn(name: str, args, tmp: Path) -> dict:
     command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     command += ["--rank", str(args.rank), "--data", args.data, "--validation", args.validation]
     print(f"... {name}", flush=True)
+    busy, children, start = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     with open(log, "w") as out:
         code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0:
         sys.exit(f"{name} failed (exit {code}):\n{log.read_text()[-4000:]}")
-    return json.loads(result.read_text())
+    # CPU time that other processes took from this machine while the worker ran: the shared
+    # machine's noise, shown next to each run rather than guessed at.
+    others = (busy_cpu_seconds() - busy) - (children_cpu_seconds() - children)
+    elapsed = time.perf_counter() - start
+    return {**json.loads(result.read_text()), "others_busy": others / (elapsed * os.cpu_count())}
+
+
+def busy_cpu_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -402,7 +421,7 @@ def report(results: dict, parent_peaks: list[float]) -> None:
     print()
     header = (
         f"{'run':<14}{'steps':>6}{'tokens':>8}{'pad %':>7}{'train s':>9}{'tokens/s':>10}"
-        f"{'TuneLab x':>11}{'eval loss':>11}{'wall s':>8}{'peak RSS':>10}"
+        f"{'TuneLab x':>11}{'eval loss':>11}{'wall s':>8}{'peak RSS':>10}{'others':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -413,9 +432,13 @@ def report(results: dict, parent_peaks: list[float]) -> None:
         print(
             f"{name:<14}{r['steps']:>6}{r['tokens']:>8}{pad:>7}{r['train_seconds']:>9.1f}"
             f"{rate[name]:>10.1f}{rate['tunelab'] / rate[name]:>10.2f}x{r['eval_loss']:>11.4f}"
-            f"{r['wall_seconds']:>8.1f}{r['peak_rss_mb']:>7.0f} MB"
+            f"{r['wall_seconds']:>8.1f}{r['peak_rss_mb']:>7.0f} MB{100 * r['others_busy']:>7.0f}%"
         )
     print(f"{'base model':<14}{'':>59}{ref['base_eval_loss']:>11.4f}")
+    print(
+        "others: share of the machine's cores that other processes used while the run's worker "
+        "was alive (0% = the run had the machine to itself)"
+    )
 
     print()
     defaults = results["trl-defaults"]["defaults"]
