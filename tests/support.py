@@ -15,6 +15,12 @@ def write_jsonl(path, rows):
     return path
 
 
+def write_lines(path, lines):
+    """Write text lines (for TSV and deliberately malformed files)."""
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ and small corpus / queries / labels files."""
 import json
 
 import pytest
+from support import write_lines
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +30,6 @@ def tiny_encoder_dir(tmp_path_factory):
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
     return folder
-
-
-def write_lines(path, lines):
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import write_lines
+from support import write_lines
 
 from tunelab.embeddings.data import (
     EmbeddingDataError,
