@@ -67,11 +67,11 @@ def register_pipeline(
 
 
 def pipeline_for(method: str) -> PipelineDef:
-    if not PIPELINES:
-        import tunelab.jobs.sft_pipeline  # noqa: F401  (registers itself)
+    # Each method's module registers itself on import (imports are cached: this is cheap).
     import tunelab.jobs.dpo_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.embedding_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.rlhf_pipeline  # noqa: F401  (registers itself)
+    import tunelab.jobs.sft_pipeline  # noqa: F401  (registers itself)
     if method not in PIPELINES:
         raise ValueError(
             f"unknown tuning method {method!r} (known: {', '.join(sorted(PIPELINES))})"
