@@ -358,7 +358,12 @@ def spawn(name: str, args, tmp: Path) -> dict:
     slug = name.replace("/", "-")
     result, log = tmp / f"{slug}.json", tmp / f"{slug}.log"
     command = [sys.executable, __file__, "--worker", name, "--result", str(result)]
-    command += ["--work", str(tmp), "--reward-model", str(tmp / "rm" / "reward_model")]
+    command += [
+        "--work",
+        str(tmp),
+        "--reward-model",
+        args.reward_model_dir or str(tmp / "rm" / "reward_model"),
+    ]
     for flag in ("reward_steps", "rl_steps", "dpo_steps", "batch_size", "prompts_per_step"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--samples-per-prompt", str(args.samples_per_prompt)]
@@ -399,6 +404,10 @@ def main() -> None:
     parser.add_argument("--target-length", type=int, default=32)
     parser.add_argument("--base", default="smollm2-135m-instruct", help="base model")
     parser.add_argument("--only", nargs="*", choices=RUNS, help="run only these")
+    parser.add_argument(
+        "--reward-model-dir",
+        help="an existing reward-model bundle for the RL runs (skips training one)",
+    )
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -429,7 +438,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name in runs:
-            if name.startswith("rl/") and "reward/tunelab" not in results:
+            if (
+                name.startswith("rl/")
+                and not args.reward_model_dir
+                and "reward/tunelab" not in results
+            ):
                 results["reward/tunelab"] = spawn("reward/tunelab", args, Path(tmp))
             if name not in results:
                 results[name] = spawn(name, args, Path(tmp))

@@ -240,7 +240,10 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     page.click(".tab[data-tab=curl]")
     page.click("#copy-curl")
-    page.wait_for_selector("#toast.show")
+    # Wait for the copy's own toast: an earlier one (the redeploy above) may still be showing.
+    page.wait_for_function(
+        "/copied|Copy failed/.test(document.querySelector('#toast.show')?.textContent || '')"
+    )
     assert "copied" in page.text_content("#toast")
     assert page.evaluate("navigator.clipboard.readText()") == snippets["curl"]
     shoot(page, "playground")
