@@ -208,3 +208,65 @@ def test_job_lifecycle_over_rest(http, services, tmp_path, tiny_model_dir):
     )
     assert http.delete("/v1/tunedModels/rest-model").json()["deleted_versions"] == [1]
     assert http.get("/v1/tunedModels/rest-model").status_code == 404
+
+
+def _upload(http, path):
+    return http.post("/v1/datasets", files={"file": (path.name, path.read_bytes())}).json()["id"]
+
+
+def test_validation_reads_preference_pairs_and_prompts(http, tmp_path, tiny_model_dir):
+    pair = {"input_text": "2 + 2?", "candidate_0": "4", "candidate_1": "5", "choice": 0}
+    good = _upload(http, write_jsonl(tmp_path / "pairs.jsonl", [pair] * 20))
+    bad = _upload(
+        http,
+        write_jsonl(
+            tmp_path / "bad-pairs.jsonl",
+            [pair, {**pair, "choice": 2}, {"input_text": "x"}, {**pair, "candidate_1": "4"}],
+        ),
+    )
+    prompts = _upload(
+        http,
+        write_jsonl(tmp_path / "prompts.jsonl", [{"input_text": f"Q {i}?"} for i in range(20)]),
+    )
+    base = {"base_model": str(tiny_model_dir)}
+
+    def report(dataset_id, **params):
+        response = http.get(f"/v1/datasets/{dataset_id}/validation", params=base | params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    ok = report(good, kind="preference", target_sequence_length=8)
+    assert ok["ok"] and ok["errors"] == [] and ok["usable_examples"] == 20
+    assert ok["formats"] == {"preference_text": 20} and ok["total_tokens"] > 0
+
+    wrong = report(bad, kind="preference")
+    assert not wrong["ok"] and wrong["examples"] == 1
+    assert [(e["line"], e["field"]) for e in wrong["errors"]] == [
+        (2, "choice"),
+        (3, "candidate_0"),
+        (3, "candidate_1"),
+        (3, "choice"),
+        (4, "candidate_1"),
+    ]
+    assert wrong["errors"][0]["code"] == "invalid_choice"
+    assert wrong["errors"][-1]["code"] == "identical_candidates"
+    # Read as supervised data (the default kind), every line is wrong (0: no usable example).
+    assert {e["line"] for e in report(bad)["errors"]} == {0, 1, 2, 3, 4}
+
+    read = report(prompts, kind="prompts", prompt_sequence_length=16)
+    assert read["ok"] and read["usable_examples"] == 20 and read["formats"] == {"prompt_text": 20}
+    assert read["max_tokens"] > 0
+    assert [
+        e["line"] for e in report(good, kind="prompts")["errors"]
+    ] == []  # input_text is a prompt
+    no_prompt = report(bad, kind="prompts", instruction="Answer briefly.")
+    assert no_prompt["ok"]  # every line has input_text; candidates are ignored
+
+
+def test_validation_refuses_an_unknown_kind(http, tmp_path):
+    dataset = _upload(http, write_jsonl(tmp_path / "p.jsonl", [{"input_text": "x"}]))
+    response = http.get(f"/v1/datasets/{dataset}/validation", params={"kind": "pairs"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["details"]["field"] == "kind"
+    assert "'pairs'" in error["message"] and "supervised, preference, prompts" in error["message"]

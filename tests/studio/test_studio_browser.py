@@ -302,8 +302,7 @@ def test_bad_dataset_shows_line_errors_and_submits_nothing(studio, page, tmp_pat
 
 
 def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
-    """DPO pairs are checked line by line before submitting; RLHF, whose datasets the REST body
-    cannot name yet, is offered disabled with the reason."""
+    """DPO pairs are checked by the server (kind=preference) line by line before submitting."""
     server, key, tiny = studio
     pair = {"input_text": "2 + 2?", "candidate_0": "4", "candidate_1": "5", "choice": 0}
     bad = tmp_path / "pairs.jsonl"
@@ -316,9 +315,7 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     good = write_jsonl(tmp_path / "good-pairs.jsonl", [pair] * 20)
     log_in(page, server.url, key)
     page.goto(server.url + "/#/create")
-    page.wait_for_selector("#method option[value=rlhf][data-supported]", state="attached")
     page.wait_for_selector("#method option[value=dpo][data-supported]", state="attached")
-    assert page.is_disabled("#method option[value=rlhf]")
     if page.get_attribute("#method option[value=dpo]", "data-supported") != "true":
         assert "not available" in page.text_content("#method option[value=dpo]")
         return
@@ -327,7 +324,7 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     page.fill("#base-model", tiny)
     assert page.query_selector("#param-beta") and not page.query_selector("#param-max_seq_length")
     page.set_input_files("#train-file", str(bad))
-    page.wait_for_selector("#train-report .report.has-errors")
+    page.wait_for_selector("#train-report .report.has-errors[data-kind=preference]")
     lines = page.eval_on_selector_all(
         "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
     )
@@ -335,6 +332,143 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     assert page.is_disabled("#submit-job")
     page.set_input_files("#train-file", str(good))
     page.wait_for_selector("#train-report .report.ok")
+    assert "20 usable pairs" in page.text_content("#train-report")
+    page.wait_for_selector("#submit-job:not([disabled])")
+    assert page.errors == []
+
+
+def pairs(n: int) -> list[dict]:
+    """Preferred: the bare answer; rejected: the answer padded with filler (as the recipes'
+    tests do), the preferred one alternating between the candidates."""
+    out = []
+    for i in range(n):
+        short, long = f"It is {i}.", f"It is {i}. Well, that is a long story, as you know."
+        out.append(
+            {
+                "input_text": f"Question {i}?",
+                "candidate_0": short if i % 2 else long,
+                "candidate_1": long if i % 2 else short,
+                "choice": 0 if i % 2 else 1,
+            }
+        )
+    return out
+
+
+def prompts(n: int, word: str = "Q") -> list[dict]:
+    return [{"input_text": f"{word} {i}?"} for i in range(n)]
+
+
+def open_rlhf_wizard(page, url: str, key: str, tiny: str, name: str) -> None:
+    log_in(page, url, key)
+    page.goto(url + "/#/create")
+    page.wait_for_selector("#method option[value=rlhf][data-supported=true]", state="attached")
+    page.select_option("#method", "rlhf")
+    page.wait_for_selector("#preference-file")
+    assert not page.query_selector("#train-file")  # RLHF's datasets go by their own roles
+    page.fill("#display-name", name)
+    page.fill("#base-model", tiny)
+
+
+def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
+    """RLHF from the wizard on the tiny model: three datasets checked by the server with their
+    kind, RLHFConfig's defaults in the form, a job created with the datasets by role."""
+    server, key, tiny = studio
+    open_rlhf_wizard(page, server.url, key, tiny, "studio-concise")
+    defaults = {
+        "reward_model_train_steps": "50",
+        "reward_model_learning_rate_multiplier": "1.0",
+        "reinforcement_learning_train_steps": "40",
+        "reinforcement_learning_rate_multiplier": "1.0",
+        "kl_coeff": "0.1",
+        "prompt_sequence_length": "512",
+        "target_sequence_length": "64",
+        "instruction": "",
+    }
+    for field, value in defaults.items():
+        assert page.input_value(f"#param-{field}") == value, field
+        assert page.text_content(f"#param-{field} + small").strip(), f"{field} has no guidance"
+
+    small = {
+        "reward_model_train_steps": "2",
+        "reinforcement_learning_train_steps": "2",
+        "prompt_sequence_length": "64",
+        "target_sequence_length": "16",
+        "instruction": "Answer briefly.",
+    }
+    for field, value in small.items():
+        page.fill(f"#param-{field}", value)
+    page.click("#create-form details summary")
+    page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
+    files = {
+        "preference": write_jsonl(tmp_path / "pairs.jsonl", pairs(32)),
+        "prompts": write_jsonl(tmp_path / "prompts.jsonl", prompts(8)),
+        "eval": write_jsonl(tmp_path / "eval.jsonl", prompts(4, "Held")),
+    }
+    for role, path in files.items():
+        page.set_input_files(f"#{role}-file", str(path))
+        page.wait_for_selector(f"#{role}-report .report.ok")
+    assert "32 usable pairs" in page.text_content("#preference-report")
+    assert "8 usable prompts" in page.text_content("#prompts-report")
+    assert "4 usable prompts" in page.text_content("#eval-report")
+    assert page.get_attribute("#prompts-report .report", "data-kind") == "prompts"
+    assert "2 steps of 2 read" in page.text_content("#prompts-estimate")
+    page.wait_for_selector("#submit-job:not([disabled])")
+    shoot(page, "create-rlhf")
+    page.click("#submit-job")
+
+    page.wait_for_url("**/#/jobs/job-*")
+    state = wait_state(page, ("SUCCEEDED", "FAILED", "CANCELLED"), timeout=300)
+    error = page.text_content("#job-error") if page.query_selector("#job-error") else ""
+    assert state == "SUCCEEDED", error
+    steps = ["validate", "reward_model", "reinforcement_learning", "evaluate", "register", "deploy"]
+    for step in steps:
+        assert "SUCCEEDED" in page.text_content(f"#pipeline tr[data-step={step}]"), step
+
+    job_id = page.url.rsplit("/", 1)[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    job = httpx.get(f"{server.url}/v1/tuningJobs/{job_id}", headers=headers).json()
+    assert job["method"] == "rlhf" and set(job["datasets"]) == {"preference", "prompts", "eval"}
+    assert job["config"]["reward_model_train_steps"] == 2
+    assert job["config"]["reinforcement_learning_train_steps"] == 2
+    assert job["config"]["instruction"] == "Answer briefly."
+    assert job["config"]["samples_per_prompt"] == 2
+    assert job["tuned_model"] == "studio-concise@1"
+    assert "Preference pairs" in page.text_content("#main")
+    page.wait_for_selector("[data-testid=evaluation]")
+    assert "Mean reward (base → tuned)" in page.text_content("[data-testid=evaluation]")
+    shoot(page, "job-rlhf")
+    assert page.errors == []
+
+
+def test_wizard_rlhf_bad_preference_line_submits_nothing(studio, page, tmp_path):
+    server, key, tiny = studio
+    rows = pairs(20)
+    rows[6] = {**rows[6], "choice": "first"}
+    bad = write_jsonl(tmp_path / "bad-pairs.jsonl", rows)
+    before = jobs_count(server.url, key)
+    open_rlhf_wizard(page, server.url, key, tiny, "never-made-rlhf")
+    page.set_input_files("#prompts-file", str(write_jsonl(tmp_path / "p.jsonl", prompts(20))))
+    page.wait_for_selector("#prompts-report .report.ok")
+    page.set_input_files("#preference-file", str(bad))
+    page.wait_for_selector("#preference-report .report.has-errors")
+    lines = page.eval_on_selector_all(
+        "#preference-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
+    )
+    assert lines == ["7"]
+    report = page.text_content("#preference-report")
+    assert "line 7" in report and "1 error" in report and "choice" in report
+    page.wait_for_function(
+        "document.querySelector('#submit-reason').textContent.includes('errors in the preference')"
+    )
+    assert page.is_disabled("#submit-job")
+    page.press("#display-name", "Enter")  # submitting the form another way does nothing either
+    page.wait_for_timeout(500)
+    shoot(page, "create-rlhf-errors")
+    assert jobs_count(server.url, key) == before
+
+    # The same file fixed: the report clears and the job could be submitted.
+    page.set_input_files("#preference-file", str(write_jsonl(tmp_path / "ok.jsonl", pairs(20))))
+    page.wait_for_selector("#preference-report .report.ok")
     page.wait_for_selector("#submit-job:not([disabled])")
     assert page.errors == []
 

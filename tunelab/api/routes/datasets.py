@@ -1,4 +1,5 @@
-"""Datasets: upload (streamed to disk, size-limited), list, get, validate."""
+"""Datasets: upload (streamed to disk, size-limited), list, get, validate (as supervised data,
+preference pairs or prompts)."""
 
 from __future__ import annotations
 
@@ -58,28 +59,50 @@ def get(dataset_id: str, services: ServicesDep) -> dict:
     return dataset_view(_get(services, dataset_id))
 
 
+KINDS = ("supervised", "preference", "prompts")
+"""What a dataset is read as: supervised examples (SFT), preference pairs (RLHF's reward model,
+DPO), or prompts (RLHF's reinforcement learning and evaluation prompts)."""
+
+
 @router.get("/{dataset_id}/validation")
 def validate(
     dataset_id: str,
     services: ServicesDep,
+    kind: str = Query("supervised", max_length=32, description=" | ".join(KINDS)),
     base_model: str = Query(DEFAULT_BASE_MODEL, max_length=512),
-    max_seq_length: int = Query(1024, ge=16, le=131072),
-    epochs: int = Query(1, ge=1, le=1000),
+    max_seq_length: int = Query(1024, ge=16, le=131072, description="supervised only"),
+    epochs: int = Query(1, ge=1, le=1000, description="supervised only"),
+    prompt_sequence_length: int = Query(512, ge=8, le=131072, description="preference, prompts"),
+    target_sequence_length: int = Query(512, ge=1, le=131072, description="preference only"),
+    instruction: str | None = Query(None, max_length=10_000, description="preference, prompts"),
 ) -> dict:
-    """The validation report: every bad line with its number, then token statistics."""
+    """The validation report: every bad line with its number, then token statistics. ``kind``
+    says how the file is read; the limits that apply are those of the method that reads it."""
+    from tunelab.data.preference import validate_preference_file, validate_prompt_file
     from tunelab.data.validation import validate_file
     from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
 
+    if kind not in KINDS:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"kind: unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}",
+            {"field": "kind"},
+        )
     dataset = _get(services, dataset_id)
     try:
         tokenizer = load_tokenizer(resolve_model(base_model).path)
     except ModelNotFoundError as exc:
         raise ApiError(404, "model_not_found", str(exc)) from None
-    report = validate_file(
-        services.artifacts.local_path(dataset.uri),
-        tokenizer,
-        max_seq_length=max_seq_length,
-        epochs=epochs,
-    )
+    path = services.artifacts.local_path(dataset.uri)
+    prompt_kw = dict(prompt_sequence_length=prompt_sequence_length, instruction=instruction)
+    if kind == "preference":
+        report = validate_preference_file(
+            path, tokenizer, target_sequence_length=target_sequence_length, **prompt_kw
+        )
+    elif kind == "prompts":
+        report = validate_prompt_file(path, tokenizer, **prompt_kw)
+    else:
+        report = validate_file(path, tokenizer, max_seq_length=max_seq_length, epochs=epochs)
     report.path = dataset.filename
     return report.to_dict()

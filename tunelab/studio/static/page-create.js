@@ -7,11 +7,34 @@ import { pageHeader } from "./widgets.js";
 const DEFAULT_BASE = "smollm2-135m-instruct";
 const METHODS = [
   ["sft", "Supervised tuning", "Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model learns to answer like the outputs."],
-  ["rlhf", "RLHF", "Preference pairs (prompt, chosen, rejected): a reward model, then reinforcement learning with a KL penalty."],
+  ["rlhf", "RLHF", "Preference pairs (prompt, two candidates, choice) train a reward model; then reinforcement learning on prompts earns its reward, with a KL penalty to the base model."],
   ["dpo", "DPO", "Preference pairs (prompt, chosen, rejected), optimised directly without a reward model."],
 ];
 
-// [name, label, kind, default (SFTConfig's; "" = the server's default), hint]
+// The datasets each method takes, by the role POST /v1/tuningJobs names them with:
+// [role, title, noun, optional, kind (the `kind` of GET /v1/datasets/{id}/validation)]
+const DATASETS = {
+  sft: [
+    ["train", "Training data", "training data", false, "supervised"],
+    ["validation", "Validation data (optional)", "validation data", true, "supervised"],
+  ],
+  dpo: [
+    ["train", "Preference pairs", "training data", false, "preference"],
+    ["validation", "Validation pairs (optional)", "validation data", true, "preference"],
+  ],
+  rlhf: [
+    ["preference", "Preference pairs", "preference pairs", false, "preference"],
+    ["prompts", "Prompts", "prompts", false, "prompts"],
+    ["eval", "Evaluation prompts (optional)", "evaluation prompts", true, "prompts"],
+  ],
+};
+const KIND = {
+  supervised: { noun: "examples", format: '{"input_text", "output_text"}, or chat {"messages": [...]} / {"contents": [...]}', checks: ["max_seq_length", "epochs"] },
+  preference: { noun: "pairs", format: '{"input_text" or "messages", "candidate_0", "candidate_1", "choice": 0 | 1}', checks: ["prompt_sequence_length", "target_sequence_length", "instruction"] },
+  prompts: { noun: "prompts", format: '{"input_text"} or {"messages": [... a user turn last]}', checks: ["prompt_sequence_length", "instruction"] },
+};
+
+// [name, label, kind, default (the config's; "" = the server's default), hint]
 const COMMON_STEPS = [
   ["epochs", "Epochs", "int", "", "Passes over the training data (server default 3). Give epochs or steps, not both."],
   ["train_steps", "Train steps", "int", "", "Optimizer steps; an alternative to epochs."],
@@ -39,14 +62,22 @@ const FIELDS = {
     ["target_sequence_length", "Target sequence length", "int", "", ""],
     ["seed", "Seed", "int", "", ""],
   ],
+  // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
-    ["reward_model_train_steps", "Reward model train steps", "int", "", ""],
-    ["reinforcement_learning_train_steps", "Reinforcement learning train steps", "int", "", ""],
-    ["kl_coeff", "KL coefficient", "float", "", "Penalty for moving away from the base model."],
-    ["prompt_sequence_length", "Prompt sequence length", "int", "", ""],
-    ["target_sequence_length", "Target sequence length", "int", "", ""],
+    ["reward_model_train_steps", "Reward model train steps", "int", "50", "Steps of 8 pairs. Vertex recommends 100-500; a small model learns a clear preference in 10-20."],
+    ["reward_model_learning_rate_multiplier", "Reward model learning rate multiplier", "float", "1.0", "× the reward model's recommended rate 1e-3."],
+    ["reinforcement_learning_train_steps", "Reinforcement learning train steps", "int", "40", "Policy steps, each scoring 4 sampled answers to each of 4 prompts. Vertex recommends 100-500."],
+    ["reinforcement_learning_rate_multiplier", "Reinforcement learning rate multiplier", "float", "1.0", "× the policy's recommended rate 5e-4."],
+    ["kl_coeff", "KL coefficient", "float", "0.1", "Penalty for moving away from the base model: higher stays closer, 0 turns it off."],
+    ["prompt_sequence_length", "Prompt sequence length", "int", "512", "Prompts are cut to their last N tokens."],
+    ["target_sequence_length", "Target sequence length", "int", "64", "Most tokens of an answer: samples stop there, candidates are cut to it."],
+    ["instruction", "Instruction", "text", "", "Optional: put before the first user turn of every prompt, e.g. “Answer in one sentence.”"],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "8", "Of both the reward model and the policy."],
+    ["seed", "Seed", "int", "42", "Seeds data order, initialisation and sampling."],
   ],
 };
+// Knobs of RLHFConfig the form leaves to the extra config, for the guidance's arithmetic.
+const RLHF_DEFAULTS = { reward_model_batch_size: 8, prompts_per_step: 4 };
 
 const TASKS = {
   classification: ["Classification", "100+ examples", 100, 500],
@@ -54,65 +85,35 @@ const TASKS = {
   extractive_qa: ["Extractive question answering", "100+ examples", 100, 500],
 };
 
-/**
- * Preference pairs (DPO) checked in the browser, line by line, as tunelab.data.preference does:
- * the server's validation report reads supervised data only. Token counts come from the job's
- * validate step, which checks the file again with the base model's tokenizer.
- */
-export function checkPreferenceText(text) {
-  const errors = [];
-  let lines = 0, examples = 0;
-  text.split("\n").forEach((raw, i) => {
-    if (!raw.trim()) return;
-    lines += 1;
-    const line = i + 1;
-    let obj;
-    try { obj = JSON.parse(raw); } catch (e) { errors.push({ line, code: "invalid_json", field: null, message: `invalid JSON: ${e.message}` }); return; }
-    if (!obj || typeof obj !== "object" || Array.isArray(obj)) { errors.push({ line, code: "not_an_object", field: null, message: "each line must be a JSON object" }); return; }
-    const before = errors.length;
-    const hasPrompt = typeof obj.input_text === "string" || Array.isArray(obj.messages);
-    if (!hasPrompt) errors.push({ line, code: "missing_field", field: "input_text", message: "give input_text or messages (the prompt)" });
-    for (const f of ["candidate_0", "candidate_1"]) {
-      if (!(f in obj)) errors.push({ line, code: "missing_field", field: f, message: "missing required field" });
-      else if (typeof obj[f] !== "string" || !obj[f].trim()) errors.push({ line, code: "wrong_type", field: f, message: "must be a non-empty string" });
-    }
-    if (!("choice" in obj)) errors.push({ line, code: "missing_field", field: "choice", message: "missing required field" });
-    else if (obj.choice !== 0 && obj.choice !== 1) errors.push({ line, code: "invalid_choice", field: "choice", message: `must be 0 or 1 (the preferred candidate), got ${JSON.stringify(obj.choice)}` });
-    if (typeof obj.candidate_0 === "string" && obj.candidate_0.trim() === String(obj.candidate_1 ?? "").trim())
-      errors.push({ line, code: "identical_candidates", field: "candidate_1", message: "the two candidates are the same text" });
-    if (errors.length === before) examples += 1;
-  });
-  return {
-    lines, examples, usable_examples: examples, error_count: errors.length, errors: errors.slice(0, 1000), ok: errors.length === 0 && examples > 0,
-    formats: { preference: examples }, warnings: ["Checked in the browser: token statistics are computed by the job's validate step."],
-    dropped: {}, truncated: 0, total_tokens: null, trained_tokens: null, billable_tokens: null, min_tokens: null,
-  };
-}
-
-function reportView(report) {
+function reportView(report, kind) {
   const bad = report.error_count > 0;
-  return h("div", { class: `report ${bad ? "has-errors" : "ok"}`, dataset: { errors: String(report.error_count) } },
+  const noun = KIND[kind].noun;
+  const tokenRows = kind === "prompts" ? [["Total tokens", report.total_tokens]] : [
+    ["Total tokens", report.total_tokens], ["Trained tokens (model turns)", report.trained_tokens], ["Billable tokens", report.billable_tokens]];
+  return h("div", { class: `report ${bad ? "has-errors" : "ok"}`, dataset: { errors: String(report.error_count), kind } },
     bad
       ? h("div", { class: "alert bad" }, h("strong", {}, `${report.error_count} error${report.error_count === 1 ? "" : "s"}`),
           ": fix these lines and upload the file again. Nothing is submitted while the data has errors.")
-      : h("div", { class: "alert ok" }, h("strong", {}, "Valid"), `: ${fmt(report.usable_examples)} usable examples.`),
+      : h("div", { class: "alert ok" }, h("strong", {}, "Valid"), `: ${fmt(report.usable_examples)} usable ${noun}.`),
     bad ? h("table", { class: "grid errors" },
       h("thead", {}, h("tr", {}, h("th", {}, "Line"), h("th", {}, "Field"), h("th", {}, "Problem"))),
       h("tbody", {}, report.errors.map((e) => h("tr", { dataset: { line: String(e.line) } },
         h("td", {}, `line ${e.line}`), h("td", {}, e.field || "—"), h("td", {}, `${e.message} (${e.code})`))))) : null,
     (report.warnings || []).map((w) => h("div", { class: "alert warn" }, w)),
     h("table", { class: "kv stats" }, h("tbody", {}, [
-      ["Lines", report.lines], ["Examples", report.examples], ["Usable examples", report.usable_examples],
+      ["Lines", report.lines], ["Examples", report.examples], [`Usable ${noun}`, report.usable_examples],
       ["Formats", Object.entries(report.formats || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "—"],
-      ["Total tokens", report.total_tokens], ["Trained tokens (model turns)", report.trained_tokens],
-      ["Billable tokens", report.billable_tokens],
+      ...tokenRows,
       ["Tokens per example", report.min_tokens == null ? "—" : `min ${report.min_tokens} · mean ${fmt(report.mean_tokens, 3)} · max ${report.max_tokens}`],
       ["Truncated", report.truncated], ["Dropped", Object.entries(report.dropped || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "0"],
     ].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "number" ? fmt(v) : v))))));
 }
 
+/** A hyperparameter's current value in the form ("" when absent or empty). */
+const paramValue = (field) => (document.getElementById(`param-${field}`)?.value || "").trim();
+
 export function renderCreate(main) {
-  const state = { method: "sft", supported: { sft: true }, data: { train: null, validation: null }, busy: 0 };
+  const state = { method: "sft", supported: { sft: true }, data: {}, busy: 0 };
   const submitBtn = h("button", { id: "submit-job", type: "submit", disabled: true }, "Start tuning");
   const reason = h("span", { class: "muted small", id: "submit-reason" });
   const formError = h("div", { id: "form-error" });
@@ -121,23 +122,32 @@ export function renderCreate(main) {
   const datalist = h("datalist", { id: "base-models" });
   const methodSelect = h("select", { id: "method" }, METHODS.map(([id, label]) => h("option", { value: id }, label)));
   const methodNote = h("p", { class: "muted small", id: "method-note" });
+  const dataCards = h("div", { id: "datasets" });
+  const paramsLegend = h("legend", {});
   const params = h("div", { class: "params", id: "hyperparameters" });
   const guidance = h("div", { class: "guidance", id: "guidance" });
+  const taskLabel = h("label", { for: "task" }, "Task");
   const task = h("select", { id: "task" }, Object.entries(TASKS).map(([k, [label]]) => h("option", { value: k }, label)));
+  const evalNote = h("p", { class: "muted small", id: "eval-note" });
   const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}' });
 
-  function datasetBlock(role, title, optional) {
+  const roles = () => DATASETS[state.method];
+  const kindOf = (role) => (roles().find(([r]) => r === role) || [])[4];
+
+  function datasetBlock(role, optional) {
     const file = h("input", { type: "file", id: `${role}-file`, accept: ".jsonl,.json,application/jsonl,text/plain" });
     const idInput = h("input", { id: `${role}-dataset-id`, placeholder: "ds-…", maxlength: "40" });
     const report = h("div", { id: `${role}-report` });
     const info = h("div", { class: "muted small", id: `${role}-dataset` });
+    const legend = h("legend", {});
+    const format = h("p", { class: "hint" });
     file.addEventListener("change", async () => {
       if (!file.files.length) return;
       const form = new FormData();
       form.append("file", file.files[0]);
       await withBusy(report, async () => {
         const ds = await api("/v1/datasets", { method: "POST", body: form });
-        state.data[role] = { id: ds.id, filename: ds.filename, report: null, file: file.files[0] };
+        state.data[role] = { id: ds.id, filename: ds.filename, report: null };
         idInput.value = ds.id;
         await validate(role);
       });
@@ -150,20 +160,27 @@ export function renderCreate(main) {
     const clearBtn = optional ? h("button", { type: "button", class: "ghost", onclick: () => {
       state.data[role] = null; file.value = ""; idInput.value = ""; clear(report); clear(info); update();
     } }, "Remove") : null;
-    const block = h("fieldset", { class: "card" }, h("legend", {}, title),
+    const block = h("fieldset", { class: "card", dataset: { role } }, legend, format,
       h("label", { for: `${role}-file` }, "Upload a JSONL file"), file,
       h("div", { class: "or" }, h("label", { for: `${role}-dataset-id` }, "or a dataset already uploaded"), h("div", { class: "param-row" }, idInput, useId, clearBtn)),
       h("p", { class: "hint" }, "The server reads only uploaded files: it cannot open a path on your machine, and reading paths on the server would expose its files. ",
-        "Upload the file here, or with ", h("code", {}, "curl -F file=@train.jsonl …/v1/datasets"), " and paste its id."),
+        "Upload the file here, or with ", h("code", {}, `curl -F file=@${role}.jsonl …/v1/datasets`), " and paste its id."),
       info, report);
     block.report = report;
+    block.show = (number, title, kind) => {
+      clear(legend, `${number} · ${title}`);
+      clear(format, "One JSON object a line: ", h("code", {}, KIND[kind].format));
+    };
     block.refresh = () => {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
-      if (d && d.report) clear(report, reportView(d.report));
+      if (d && d.report) clear(report, reportView(d.report, kindOf(role)));
     };
     return block;
   }
+
+  const blocks = {};
+  const blockOf = (role, optional) => (blocks[role] ||= datasetBlock(role, optional));
 
   async function withBusy(slot, fn) {
     state.busy += 1; update();
@@ -171,33 +188,29 @@ export function renderCreate(main) {
     try { await fn(); } catch (err) { clear(slot, errorBox(err)); } finally { state.busy -= 1; update(); }
   }
 
+  /** The server's report on a role's dataset, read as that role's kind with the form's limits. */
   async function validate(role) {
     const d = state.data[role];
-    if (!d) return;
-    if (state.method !== "sft") {
-      d.report = d.file ? checkPreferenceText(await d.file.text()) : null;
-      if (!d.file) clear(blocks[role].report, h("p", { class: "muted" }, "Checked by the job's validate step when it starts (upload the file here to see its errors now)."));
-      blocks[role].refresh();
-      return;
-    }
-    const q = new URLSearchParams({ base_model: base.value.trim() || DEFAULT_BASE });
-    const seq = document.getElementById("param-max_seq_length");
-    if (seq && seq.value) q.set("max_seq_length", seq.value);
-    const epochs = document.getElementById("param-epochs");
-    if (epochs && epochs.value) q.set("epochs", epochs.value);
-    d.report = await api(`/v1/datasets/${d.id}/validation?${q}`);
+    const kind = kindOf(role);
+    if (!d || !kind) return;
+    const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE });
+    for (const field of KIND[kind].checks) if (paramValue(field)) q.set(field, paramValue(field));
+    const ticket = (d.ticket = (d.ticket || 0) + 1);
+    const report = await api(`/v1/datasets/${d.id}/validation?${q}`);
+    if (state.data[role] !== d || d.ticket !== ticket || kindOf(role) !== kind) return; // a newer check is on its way
+    d.report = report;
     blocks[role].refresh();
   }
-
-  const blocks = { train: datasetBlock("train", "2 · Training data", false), validation: datasetBlock("validation", "3 · Validation data (optional)", true) };
 
   function renderParams() {
     clear(params, FIELDS[state.method].map(([field, label, kind, value, hint]) => {
       const input = kind.startsWith("select:")
         ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o || "server default")))
-        : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "server default" });
+        : kind === "text"
+          ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
+          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "server default" });
       input.addEventListener("input", update);
-      if (["max_seq_length", "epochs"].includes(field)) input.addEventListener("change", revalidate);
+      if (Object.values(KIND).some((k) => k.checks.includes(field))) input.addEventListener("change", revalidate);
       return h("div", { class: "param" }, h("label", { for: `param-${field}` }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
     }));
   }
@@ -205,23 +218,23 @@ export function renderCreate(main) {
   function config() {
     const out = { base_model: base.value.trim() };
     for (const [field, , kind] of FIELDS[state.method]) {
-      const raw = document.getElementById(`param-${field}`).value.trim();
+      const raw = paramValue(field);
       if (raw === "") { if (field === "early_stopping_patience") out[field] = null; continue; }
-      out[field] = kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
+      out[field] = kind === "text" ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
     }
     if (extra.value.trim()) Object.assign(out, JSON.parse(extra.value));
     return out;
   }
 
-  function renderGuidance() {
+  function stepsGuidance() {
     const [label, examples, lo, hi] = TASKS[task.value];
     const r = state.data.train && state.data.train.report;
     const lines = [h("p", {}, h("strong", {}, label), `: Vertex recommends ${examples} and ${lo}-${hi} training steps. `,
       "Every task needs at least 16 examples; 100 to 500 are recommended. More, varied examples beat more epochs.")];
     if (r && r.ok) {
-      const bs = Number(document.getElementById("param-batch_size")?.value) || 8;
-      const stepsInput = document.getElementById("param-train_steps")?.value;
-      const epochs = Number(document.getElementById("param-epochs")?.value) || 3;
+      const bs = Number(paramValue("batch_size")) || 8;
+      const stepsInput = paramValue("train_steps");
+      const epochs = Number(paramValue("epochs")) || 3;
       const perEpoch = Math.ceil(r.usable_examples / bs);
       const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
       lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable examples → ${perEpoch} steps per epoch at batch size ${bs}; `,
@@ -229,7 +242,34 @@ export function renderCreate(main) {
       if (r.usable_examples < 16) lines.push(h("p", { class: "alert warn" }, "Fewer than 16 examples: Vertex would refuse this dataset."));
       if (steps < lo || steps > hi) lines.push(h("p", { class: "alert warn" }, `${steps} steps is outside the recommended ${lo}-${hi} for this task.`));
     }
-    clear(guidance, lines);
+    return lines;
+  }
+
+  /** How many times each stage of RLHF reads its data, from the reports and the step counts. */
+  function rlhfGuidance() {
+    let c = {};
+    try { c = { ...RLHF_DEFAULTS, ...config() }; } catch (_) { c = { ...RLHF_DEFAULTS }; }
+    const lines = [h("p", {}, h("strong", {}, "RLHF"), ": stage 1 trains a reward model to score the preferred candidate higher; ",
+      "stage 2 samples answers to the prompts and tunes the model to earn more reward, held near the base model by the KL coefficient.")];
+    const passes = (role, perStep, steps, noun) => {
+      const r = state.data[role] && state.data[role].report;
+      if (!r || !r.ok || !r.usable_examples || !steps) return;
+      const seen = perStep * steps;
+      lines.push(h("p", { id: `${role}-estimate` }, `${r.usable_examples} usable ${noun} → ${steps} steps of ${perStep} read `,
+        h("strong", {}, `${fmt(seen)} ${noun}`), `, about ${fmt(seen / r.usable_examples, 2)} passes.`));
+    };
+    passes("preference", c.reward_model_batch_size, c.reward_model_train_steps, "pairs");
+    passes("prompts", c.prompts_per_step, c.reinforcement_learning_train_steps, "prompts");
+    return lines;
+  }
+
+  function renderGuidance() {
+    const rlhf = state.method === "rlhf";
+    taskLabel.hidden = task.hidden = rlhf;
+    clear(guidance, rlhf ? rlhfGuidance() : stepsGuidance());
+    clear(evalNote, rlhf
+      ? "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate)."
+      : "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.");
   }
 
   function update() {
@@ -237,13 +277,13 @@ export function renderCreate(main) {
     if (!state.supported[state.method]) problems.push("this server does not offer this method");
     if (!name.value.trim()) problems.push("give the tuned model a name");
     if (!base.value.trim()) problems.push("choose a base model");
-    const train = state.data.train, val = state.data.validation;
     if (state.busy) problems.push("checking the data");
-    else if (!train) problems.push("upload training data");
-    else if (!train.report && (state.method === "sft" || train.file)) problems.push("training data not checked yet");
-    else if (train.report && !train.report.ok) problems.push("the training data has errors");
-    if (val && !state.busy && val.report && !val.report.ok) problems.push("the validation data has errors");
-    if (val && !val.report && !state.busy && (state.method === "sft" || val.file)) problems.push("validation data not checked yet");
+    for (const [role, , noun, optional] of roles()) {
+      const d = state.data[role];
+      if (!d) { if (!optional) problems.push(`upload the ${noun}`); continue; }
+      if (d.report && !d.report.ok) problems.push(`errors in the ${noun}`);
+      else if (!d.report && !state.busy) problems.push(`the ${noun} not checked yet`);
+    }
     if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
     submitBtn.disabled = problems.length > 0;
     reason.textContent = problems.length ? `Cannot start yet: ${problems.join("; ")}.` : "Ready.";
@@ -254,17 +294,22 @@ export function renderCreate(main) {
   function revalidate() {
     clearTimeout(revalidateTimer);
     revalidateTimer = setTimeout(() => {
-      for (const role of ["train", "validation"]) if (state.data[role] && !state.closed) withBusy(blocks[role].report, () => validate(role));
+      for (const [role] of roles()) if (state.data[role] && !state.closed) withBusy(blocks[role].report, () => validate(role));
     }, 400);
   }
 
   function setMethod() {
     state.method = methodSelect.value;
     const [, label, about] = METHODS.find(([id]) => id === state.method);
-    const why = state.method === "rlhf" && state.unsupportedWhy ? ` ${state.unsupportedWhy}` : ` ${label} is not available on this server yet.`;
-    clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, why));
+    clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, ` ${label} is not available on this server yet.`));
+    clear(dataCards, roles().map(([role, title, , optional, kind], i) => {
+      const block = blockOf(role, optional);
+      block.show(i + 2, title, kind);
+      if (state.data[role]) { state.data[role].report = null; clear(block.report); }
+      return block;
+    }));
+    clear(paramsLegend, `${roles().length + 2} · Hyperparameters`);
     renderParams();
-    for (const role of ["train", "validation"]) if (state.data[role]) { state.data[role].report = null; clear(blocks[role].report); }
     revalidate();
     update();
   }
@@ -278,11 +323,10 @@ export function renderCreate(main) {
       const body = {
         method: state.method,
         tuned_model_display_name: name.value.trim(),
-        train_dataset: state.data.train.id,
+        datasets: Object.fromEntries(roles().filter(([role]) => state.data[role]).map(([role]) => [role, state.data[role].id])),
         config: config(),
         idempotency_key: `studio-${crypto.getRandomValues(new Uint32Array(4)).join("-")}`,
       };
-      if (state.data.validation) body.validation_dataset = state.data.validation.id;
       const job = await api("/v1/tuningJobs", { method: "POST", json: body });
       toast(`Tuning job ${job.id} created`);
       location.hash = `#/jobs/${job.id}`;
@@ -299,13 +343,12 @@ export function renderCreate(main) {
           h("label", { for: "display-name" }, "Tuned model name"), name,
           h("label", { for: "base-model" }, "Base model"), base, datalist,
           h("small", { class: "muted" }, "A catalog name, a model folder on the server, or a Hugging Face hub id.")),
-        blocks.train, blocks.validation,
-        h("fieldset", { class: "card" }, h("legend", {}, "4 · Hyperparameters"), params,
+        dataCards,
+        h("fieldset", { class: "card" }, paramsLegend, params,
           h("details", {}, h("summary", {}, "Extra config (JSON)"), extra,
             h("small", { class: "muted" }, "Merged into the config as given; for parameters this form does not show.")))),
       h("div", { class: "col-narrow" },
-        h("div", { class: "card sticky" }, h("h2", {}, "Guidance"), h("label", { for: "task" }, "Task"), task, guidance,
-          h("p", { class: "muted small" }, "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base."),
+        h("div", { class: "card sticky" }, h("h2", {}, "Guidance"), taskLabel, task, guidance, evalNote,
           formError, h("div", { class: "actions" }, submitBtn), reason))));
   clear(main, pageHeader("Create tuned model"), form);
 
@@ -326,15 +369,11 @@ export function renderCreate(main) {
       .catch((err) => err)
       .then((err) => {
         state.supported[method] = !(err && err.status === 422 && err.details && err.details.field === "method");
-        if (method === "rlhf" && state.supported.rlhf) {
-          state.supported.rlhf = false; // its preference + prompts datasets have no field in POST /v1/tuningJobs yet
-          state.unsupportedWhy = "RLHF needs a preference dataset and a prompts dataset, which POST /v1/tuningJobs does not take yet: use `tunelab tune rlhf`.";
-        }
         const option = [...methodSelect.options].find((o) => o.value === method);
         option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
         option.disabled = !state.supported[method];
         option.dataset.supported = String(state.supported[method]);
-        if (!state.supported[method]) option.title = state.unsupportedWhy || "not available on this server";
+        if (!state.supported[method]) option.title = "not available on this server";
         if (state.method === method) setMethod();
       });
   }

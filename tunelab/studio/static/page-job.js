@@ -6,6 +6,7 @@ import { drawChart } from "./chart.js";
 import { kvTable, evaluationTable, usageRows, pageHeader } from "./widgets.js";
 
 const ACTIVE = ["QUEUED", "PENDING", "RUNNING", "CANCELLING"];
+const DATA_LABEL = { train: "Training data", validation: "Validation data", preference: "Preference pairs", prompts: "Prompts", eval: "Evaluation prompts" };
 
 function artifactLine(name, a) {
   return h("div", { class: "artifact" }, h("strong", {}, name), " ", h("code", { class: "path" }, a.uri),
@@ -24,6 +25,17 @@ function outputsCell(outputs) {
     else parts.push(h("details", {}, h("summary", {}, key), h("pre", {}, JSON.stringify(value, null, 2))));
   }
   return parts.length ? parts : h("span", { class: "muted" }, "—");
+}
+
+/** RLHF's evaluation: base and tuned answers to the evaluation prompts, scored by the reward model. */
+function rewardTable(o) {
+  const pct = (x) => (x == null ? "—" : `${fmt(100 * x, 3)}%`);
+  return h("div", { dataset: { testid: "evaluation" } }, kvTable([
+    ["Evaluation prompts", fmt(o.prompts)],
+    ["Mean reward (base → tuned)", `${fmt(o.mean_reward_base)} → ${fmt(o.mean_reward_tuned)}`],
+    ["Tuned wins · ties", `${pct(o.win_rate)} · ${pct(o.tie_rate)}`],
+    ["Mean answer length (base → tuned)", `${fmt(o.mean_length_base, 3)} → ${fmt(o.mean_length_tuned, 3)} tokens`],
+  ]), h("p", { class: "muted small" }, "Scored by the reward model this job trained."));
 }
 
 function errorSection(error) {
@@ -87,8 +99,7 @@ export function renderJob(main, jobId) {
       ["ID", h("code", {}, job.id)],
       ["Method", job.method],
       ["Base model", h("span", { class: "path" }, job.base_model)],
-      ["Training data", job.datasets.train],
-      job.datasets.validation ? ["Validation data", job.datasets.validation] : null,
+      ...Object.entries(job.datasets).map(([role, id]) => [DATA_LABEL[role] || `${role[0].toUpperCase()}${role.slice(1)} data`, id]),
       ["Created", when(job.create_time)],
       ["Started", when(job.start_time)],
       ["Ended", when(job.end_time)],
@@ -120,10 +131,12 @@ export function renderJob(main, jobId) {
     } catch (err) { /* the job view above already shows what went wrong */ }
 
     const evalStep = job.pipeline.find((s) => s.name === "evaluate");
-    const evaluation = evalStep && evalStep.outputs && evalStep.outputs.evaluation;
+    const outputs = (evalStep && evalStep.outputs) || {};
     clear(evalSlot, h("h2", {}, "Evaluation: base against tuned"),
-      evaluation ? evaluationTable(evaluation) : h("p", { class: "muted" },
-        evalStep && evalStep.outputs && evalStep.outputs.skipped ? `Skipped: ${evalStep.outputs.skipped}.` : "Runs after training when a validation set is given."));
+      outputs.evaluation ? evaluationTable(outputs.evaluation)
+        : outputs.mean_reward_tuned != null ? rewardTable(outputs)
+        : h("p", { class: "muted" }, outputs.skipped ? `Skipped: ${outputs.skipped}.`
+          : `Runs after training when ${job.method === "rlhf" ? "evaluation prompts are" : "a validation set is"} given.`));
 
     try {
       const { events: fresh } = await api(`/v1/tuningJobs/${jobId}/events?after=${lastEvent}`);
