@@ -21,8 +21,13 @@ LABELS = ["red", "green", "blue", "yellow"]
 
 
 def rows(n, seed):
-    return [{"input_text": f"item {i}: the {LABELS[(i + seed) % 4]} one", "output_text": LABELS[(i + seed) % 4]}
-            for i in range(n)]
+    return [
+        {
+            "input_text": f"item {i}: the {LABELS[(i + seed) % 4]} one",
+            "output_text": LABELS[(i + seed) % 4],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -30,9 +35,15 @@ def served(services, api_key, tmp_path, tiny_model_dir):
     """A server with three tuned adapters on the tiny base model and a worker thread."""
     for k in range(3):
         train = write_jsonl(tmp_path / f"t{k}.jsonl", rows(24, k))
-        job, _ = submit_job(services.db, services.artifacts, name=f"tuned-{k}", datasets={"train": train},
-                            config=SFTConfig(base_model=str(tiny_model_dir), train_steps=6, seed=k,
-                                             learning_rate_multiplier=10))
+        job, _ = submit_job(
+            services.db,
+            services.artifacts,
+            name=f"tuned-{k}",
+            datasets={"train": train},
+            config=SFTConfig(
+                base_model=str(tiny_model_dir), train_steps=6, seed=k, learning_rate_multiplier=10
+            ),
+        )
         assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
     pool = InferencePool(services)
     worker = Worker(services.db, services.artifacts)
@@ -53,30 +64,51 @@ def test_openai_client_chat_completions_streaming_models(served):
     ids = {m.id for m in client.models.list().data}
     assert {"tuned-0", "tuned-1", "tuned-2"} <= ids
 
-    chat = client.chat.completions.create(model="tuned-0", messages=[{"role": "user", "content": "item 1: the"}],
-                                          temperature=0, max_tokens=8)
+    chat = client.chat.completions.create(
+        model="tuned-0",
+        messages=[{"role": "user", "content": "item 1: the"}],
+        temperature=0,
+        max_tokens=8,
+    )
     text = chat.choices[0].message.content
     assert isinstance(text, str) and chat.usage.completion_tokens >= 1
     assert chat.choices[0].finish_reason in ("stop", "length")
 
-    streamed = client.chat.completions.create(model="tuned-0", messages=[{"role": "user", "content": "item 1: the"}],
-                                              temperature=0, max_tokens=8, stream=True)
+    streamed = client.chat.completions.create(
+        model="tuned-0",
+        messages=[{"role": "user", "content": "item 1: the"}],
+        temperature=0,
+        max_tokens=8,
+        stream=True,
+    )
     pieces = [c.choices[0].delta.content or "" for c in streamed]
     assert "".join(pieces) == text  # greedy: streaming gives the same text
 
-    completion = client.completions.create(model=base, prompt="item 2: the", temperature=0, max_tokens=6)
+    completion = client.completions.create(
+        model=base, prompt="item 2: the", temperature=0, max_tokens=6
+    )
     assert isinstance(completion.choices[0].text, str)
-    stream = client.completions.create(model=base, prompt="item 2: the", temperature=0, max_tokens=6, stream=True)
+    stream = client.completions.create(
+        model=base, prompt="item 2: the", temperature=0, max_tokens=6, stream=True
+    )
     assert "".join(c.choices[0].text for c in stream) == completion.choices[0].text
 
-    two = client.chat.completions.create(model="tuned-1", messages=[{"role": "user", "content": "x"}],
-                                         temperature=0.9, max_tokens=4, n=2, seed=1)
+    two = client.chat.completions.create(
+        model="tuned-1",
+        messages=[{"role": "user", "content": "x"}],
+        temperature=0.9,
+        max_tokens=4,
+        n=2,
+        seed=1,
+    )
     assert len(two.choices) == 2
 
     from openai import NotFoundError
 
     with pytest.raises(NotFoundError):
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_vertex_predict_and_sdk_end_to_end(served, tmp_path):
@@ -87,8 +119,14 @@ def test_vertex_predict_and_sdk_end_to_end(served, tmp_path):
     server, key, base = served
     tunelab.init(url=server.url, api_key=key)
     train = write_jsonl(tmp_path / "sdk.jsonl", rows(24, 3))
-    job = sft.train(source_model=base, train_dataset=str(train), tuned_model_display_name="sdk-model",
-                    train_steps=4, learning_rate_multiplier=10.0, adapter_size=4)
+    job = sft.train(
+        source_model=base,
+        train_dataset=str(train),
+        tuned_model_display_name="sdk-model",
+        train_steps=4,
+        learning_rate_multiplier=10.0,
+        adapter_size=4,
+    )
     deadline = time.monotonic() + 300
     while not job.has_ended and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -98,20 +136,34 @@ def test_vertex_predict_and_sdk_end_to_end(served, tmp_path):
 
     model = TextGenerationModel.from_pretrained(base).get_tuned_model(job.tuned_model_name)
     response = model.predict("item 5: the", temperature=0, max_output_tokens=6, top_p=0.9, top_k=10)
-    again = TextGenerationModel(job.tuned_model_endpoint_name).predict("item 5: the", temperature=0,
-                                                                       max_output_tokens=6)
+    again = TextGenerationModel(job.tuned_model_endpoint_name).predict(
+        "item 5: the", temperature=0, max_output_tokens=6
+    )
     assert response.text == again.text  # by name or by endpoint: the same deployed adapter
 
-    chat = ChatModel.from_pretrained(base).get_tuned_model("sdk-model").start_chat(context="Be brief.")
+    chat = (
+        ChatModel.from_pretrained(base).get_tuned_model("sdk-model").start_chat(context="Be brief.")
+    )
     first = chat.send_message("item 1: the", temperature=0, max_output_tokens=4)
     chat.send_message("and item 2?", temperature=0, max_output_tokens=4)
     assert len(chat.history) == 4 and chat.history[1]["content"] == first.text
 
-    raw = httpx.post(f"{server.url}/v1/endpoints/{job.tuned_model_endpoint_name}:predict",
-                     headers={"Authorization": f"Bearer {key}"},
-                     json={"instances": [{"prompt": "item 5: the"}, {"messages": [{"author": "user", "content": "hi"}]}],
-                           "parameters": {"temperature": 0, "maxOutputTokens": 6, "candidateCount": 2,
-                                          "stopSequences": ["\n"]}}).json()
+    raw = httpx.post(
+        f"{server.url}/v1/endpoints/{job.tuned_model_endpoint_name}:predict",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "instances": [
+                {"prompt": "item 5: the"},
+                {"messages": [{"author": "user", "content": "hi"}]},
+            ],
+            "parameters": {
+                "temperature": 0,
+                "maxOutputTokens": 6,
+                "candidateCount": 2,
+                "stopSequences": ["\n"],
+            },
+        },
+    ).json()
     assert raw["predictions"][0]["content"] == response.text.split("\n")[0]
     assert len(raw["predictions"][1]["candidates"]) == 2
     assert raw["metadata"]["tokenMetadata"]["outputTokenCount"]["totalTokens"] > 0
@@ -124,9 +176,15 @@ def test_concurrent_mixed_adapters_match_each_alone(served):
     prompts = [f"item {i}: the" for i in range(4)]
 
     def ask(model, prompt):
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 12}
-        return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=120).json()[
-            "choices"][0]["message"]["content"]
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": 12,
+        }
+        return httpx.post(
+            f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=120
+        ).json()["choices"][0]["message"]["content"]
 
     alone = {(m, p): ask(m, p) for m in models for p in prompts}
     with ThreadPoolExecutor(16) as pool:
@@ -147,10 +205,19 @@ def test_load_32_concurrent_clients_zero_errors(served):
             n = 0
             while time.monotonic() < stop_at and n < 20:
                 n += 1
-                r = c.post("/v1/chat/completions", json={"model": f"tuned-{i % 3}", "max_tokens": 8,
-                                                         "messages": [{"role": "user", "content": f"client {i}"}]})
+                r = c.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": f"tuned-{i % 3}",
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"client {i}"}],
+                    },
+                )
                 with lock:
-                    if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None:
+                    if (
+                        r.status_code == 200
+                        and r.json()["choices"][0]["message"]["content"] is not None
+                    ):
                         results["ok"] += 1
                     else:
                         results["errors"].append((r.status_code, r.text[:200]))

@@ -15,16 +15,28 @@ LABELS = ["red", "green", "blue", "yellow"]
 
 
 def rows(n, offset=0):
-    return [{"input_text": f"item {i + offset}: the {LABELS[i % 4]} one", "output_text": LABELS[i % 4]}
-            for i in range(n)]
+    return [
+        {"input_text": f"item {i + offset}: the {LABELS[i % 4]} one", "output_text": LABELS[i % 4]}
+        for i in range(n)
+    ]
 
 
 def test_job_with_validation_set_stores_evaluation(services, tmp_path, tiny_model_dir):
     train = write_jsonl(tmp_path / "train.jsonl", rows(32))
     val = write_jsonl(tmp_path / "val.jsonl", rows(12, offset=500))
-    cfg = SFTConfig(base_model=str(tiny_model_dir), train_steps=8, eval_every_steps=4, learning_rate_multiplier=10)
-    job, _ = submit_job(services.db, services.artifacts, config=cfg, name="evaluated",
-                        datasets={"train": train, "validation": val})
+    cfg = SFTConfig(
+        base_model=str(tiny_model_dir),
+        train_steps=8,
+        eval_every_steps=4,
+        learning_rate_multiplier=10,
+    )
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=cfg,
+        name="evaluated",
+        datasets={"train": train, "validation": val},
+    )
     assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
 
     evaluation = get_version(services.db, "evaluated").evaluation

@@ -24,9 +24,16 @@ def test_job_through_an_object_store(db_url, tmp_path, tiny_model_dir, monkeypat
 
     store = ArtifactStore("memory://tunelab-test-bucket")
     services = Services(db=open_database(db_url), artifacts=store)
-    train = write_jsonl(tmp_path / "train.jsonl", [{"input_text": f"q{i}", "output_text": "a"} for i in range(20)])
-    job, _ = submit_job(services.db, store, config=SFTConfig(base_model=str(tiny_model_dir), train_steps=2),
-                        name="remote", datasets={"train": train})
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"input_text": f"q{i}", "output_text": "a"} for i in range(20)]
+    )
+    job, _ = submit_job(
+        services.db,
+        store,
+        config=SFTConfig(base_model=str(tiny_model_dir), train_steps=2),
+        name="remote",
+        datasets={"train": train},
+    )
     assert Worker(services.db, store).run_job(job.id).state == "SUCCEEDED"
     artifact = adapter_artifact(services.db, get_version(services.db, "remote"))
     assert artifact.uri.startswith("memory://")

@@ -72,6 +72,7 @@ def pipeline_for(method: str) -> PipelineDef:
     import tunelab.jobs.embedding_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.rlhf_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.sft_pipeline  # noqa: F401  (registers itself)
+
     if method not in PIPELINES:
         raise ValueError(
             f"unknown tuning method {method!r} (known: {', '.join(sorted(PIPELINES))})"
