@@ -19,7 +19,8 @@ Same for both sides of a stage: base model (SmolLM2-135M-Instruct), the pairs an
 ``examples/preference/``, LoRA rank/alpha/targets with no dropout, batch size, steps, learning
 rate with linear warm-up and decay, AdamW without weight decay, clipping at 1.0, seed, sequence
 limits; RL: prompts per step, samples per prompt, KL coefficient 0.1, temperature 1, no top-k/p.
-TRL runs with its defaults otherwise (activation checkpointing as it sets it) and
+TRL runs with its defaults otherwise (activation checkpointing as it sets it), except
+``bf16=False`` (its bf16 default is emulated on this CPU, ~30x slower than fp32), and
 ``save_strategy="no"`` (no checkpoints, which favours TRL: ours write theirs every 10 steps).
 
 Measured per run: wall seconds of the whole run (model loading and data preparation included),
@@ -98,6 +99,10 @@ def trl_args(cls, tmp: str, steps: int, lr: float, warmup: int, batch: int, seed
     return cls(
         output_dir=tmp,
         use_cpu=True,  # without it, TRL's default bf16=True refuses to start on a CPU
+        # and with it, bf16 autocast runs emulated on a CPU without native bf16 (no
+        # AVX512-BF16/AMX, as here): ~150 s a step of SFT (bench_sft.py's trl-defaults run).
+        # fp32, as TuneLab trains, is the fair and the faster peer.
+        bf16=False,
         report_to="none",
         save_strategy="no",
         max_steps=steps,
