@@ -21,6 +21,23 @@ def write_lines(path, lines):
     return path
 
 
+def preference_rows(n: int, offset: int = 0) -> list[dict]:
+    """Preference pairs with a checkable preference. Preferred: the bare answer; rejected: the
+    answer padded with filler; the preferred one alternates between the candidates."""
+    rows = []
+    for i in range(offset, offset + n):
+        short, long = f"It is {i}.", f"It is {i}. Well, that is a long story, as you know."
+        rows.append(
+            {
+                "input_text": f"Question {i}?",
+                "candidate_0": short if i % 2 else long,
+                "candidate_1": long if i % 2 else short,
+                "choice": 0 if i % 2 else 1,
+            }
+        )
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import write_jsonl
-from test_reward_model import preference_rows
+from support import preference_rows, write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.configs.dpo import DPOConfig

@@ -2,8 +2,7 @@
 REST API send), starting from a registered supervised model whose version enters the lineage."""
 
 import pytest
-from support import write_jsonl
-from test_reward_model import preference_rows
+from support import preference_rows, write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.configs.dpo import DPOConfig

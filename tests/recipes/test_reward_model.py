@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import write_jsonl
+from support import preference_rows, write_jsonl
 
 from tunelab.configs.rlhf import RewardModelConfig
 from tunelab.data.preference import load_preference
@@ -18,22 +18,6 @@ from tunelab.recipes.reward_model import (
     train_reward_model,
 )
 from tunelab.recipes.sft import TrainingInterrupted
-
-
-def preference_rows(n, offset=0):
-    """Preferred: the bare answer. Rejected: the answer padded with filler."""
-    rows = []
-    for i in range(offset, offset + n):
-        short, long = f"It is {i}.", f"It is {i}. Well, that is a long story, as you know."
-        rows.append(
-            {
-                "input_text": f"Question {i}?",
-                "candidate_0": short if i % 2 else long,
-                "candidate_1": long if i % 2 else short,
-                "choice": 0 if i % 2 else 1,
-            }
-        )
-    return rows
 
 
 def rm_config(model_dir, **overrides):

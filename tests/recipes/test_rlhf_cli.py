@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-from support import write_jsonl
-from test_reward_model import preference_rows
+from support import preference_rows, write_jsonl
 
 
 def tunelab(*args, home):

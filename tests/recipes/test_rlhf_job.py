@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import write_jsonl
-from test_reward_model import preference_rows
+from support import preference_rows, write_jsonl
 
 from tunelab.config import get_settings
 from tunelab.configs.rlhf import RLHFConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import LiveServer, write_jsonl
+from support import LiveServer, preference_rows, write_jsonl
 
 pytestmark = pytest.mark.browser
 
@@ -337,23 +337,6 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     assert page.errors == []
 
 
-def pairs(n: int) -> list[dict]:
-    """Preferred: the bare answer; rejected: the answer padded with filler (as the recipes'
-    tests do), the preferred one alternating between the candidates."""
-    out = []
-    for i in range(n):
-        short, long = f"It is {i}.", f"It is {i}. Well, that is a long story, as you know."
-        out.append(
-            {
-                "input_text": f"Question {i}?",
-                "candidate_0": short if i % 2 else long,
-                "candidate_1": long if i % 2 else short,
-                "choice": 0 if i % 2 else 1,
-            }
-        )
-    return out
-
-
 def prompts(n: int, word: str = "Q") -> list[dict]:
     return [{"input_text": f"{word} {i}?"} for i in range(n)]
 
@@ -400,7 +383,7 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     page.click("#create-form details summary")
     page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
     files = {
-        "preference": write_jsonl(tmp_path / "pairs.jsonl", pairs(32)),
+        "preference": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32)),
         "prompts": write_jsonl(tmp_path / "prompts.jsonl", prompts(8)),
         "eval": write_jsonl(tmp_path / "eval.jsonl", prompts(4, "Held")),
     }
@@ -442,7 +425,7 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
 
 def test_wizard_rlhf_bad_preference_line_submits_nothing(studio, page, tmp_path):
     server, key, tiny = studio
-    rows = pairs(20)
+    rows = preference_rows(20)
     rows[6] = {**rows[6], "choice": "first"}
     bad = write_jsonl(tmp_path / "bad-pairs.jsonl", rows)
     before = jobs_count(server.url, key)
@@ -467,7 +450,9 @@ def test_wizard_rlhf_bad_preference_line_submits_nothing(studio, page, tmp_path)
     assert jobs_count(server.url, key) == before
 
     # The same file fixed: the report clears and the job could be submitted.
-    page.set_input_files("#preference-file", str(write_jsonl(tmp_path / "ok.jsonl", pairs(20))))
+    page.set_input_files(
+        "#preference-file", str(write_jsonl(tmp_path / "ok.jsonl", preference_rows(20)))
+    )
     page.wait_for_selector("#preference-report .report.ok")
     page.wait_for_selector("#submit-job:not([disabled])")
     assert page.errors == []
