@@ -357,15 +357,26 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     kind, RLHFConfig's defaults in the form, a job created with the datasets by role."""
     server, key, tiny = studio
     open_rlhf_wizard(page, server.url, key, tiny, "studio-concise")
+    # The form copies RLHFConfig's defaults (the Studio has no schema endpoint to read them
+    # from): read them from the config itself, so the two cannot drift apart unnoticed.
+    from tunelab.configs.rlhf import RLHFConfig
+
+    fields = [
+        "reward_model_train_steps",
+        "reward_model_learning_rate_multiplier",
+        "reinforcement_learning_train_steps",
+        "reinforcement_learning_rate_multiplier",
+        "kl_coeff",
+        "prompt_sequence_length",
+        "target_sequence_length",
+        "instruction",
+        "adapter_size",
+        "seed",
+    ]
+    config_defaults = RLHFConfig.model_fields
     defaults = {
-        "reward_model_train_steps": "50",
-        "reward_model_learning_rate_multiplier": "1.0",
-        "reinforcement_learning_train_steps": "40",
-        "reinforcement_learning_rate_multiplier": "1.0",
-        "kl_coeff": "0.1",
-        "prompt_sequence_length": "512",
-        "target_sequence_length": "64",
-        "instruction": "",
+        f: "" if config_defaults[f].default is None else str(config_defaults[f].default)
+        for f in fields
     }
     for field, value in defaults.items():
         assert page.input_value(f"#param-{field}") == value, field
