@@ -28,6 +28,26 @@ def default_model_dir():
 
 
 @pytest.fixture(scope="session")
+def ticket_router(tmp_path_factory):
+    """The real default model tuned on the shipped ticket-routing example (minutes on CPU), once
+    per session: the supervised-tuning and the evaluation demonstrations both judge this run."""
+    from pathlib import Path
+
+    from tunelab.configs import SFTConfig
+    from tunelab.recipes.sft import train_sft
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "ticket-routing"
+    config = SFTConfig(train_steps=40, eval_every_steps=20, checkpoint_every_steps=40)
+    result = train_sft(
+        config,
+        examples / "train.jsonl",
+        tmp_path_factory.mktemp("ticket-router"),
+        examples / "validation.jsonl",
+    )
+    return config, result
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir):
     """A tiny randomly initialised Llama of the default model's architecture, with the real
     tokenizer and chat template: trains in well under a second per step on CPU."""

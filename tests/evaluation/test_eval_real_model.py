@@ -6,20 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.configs import SFTConfig
 from tunelab.evaluation.report import save_report
 from tunelab.evaluation.runner import evaluate_models
-from tunelab.recipes.sft import train_sft
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ticket-routing"
 
 
 @pytest.mark.slow
-def test_tuned_model_is_ahead_of_the_base_with_the_interval_excluding_zero(tmp_path):
-    config = SFTConfig(train_steps=40, eval_every_steps=20, checkpoint_every_steps=40)
-    result = train_sft(
-        config, EXAMPLES / "train.jsonl", tmp_path / "run", EXAMPLES / "validation.jsonl"
-    )
+def test_tuned_model_is_ahead_of_the_base_with_the_interval_excluding_zero(ticket_router, tmp_path):
+    config, result = ticket_router  # tune sft on the example data (tests/conftest.py)
     tuned = str(result.adapter_dir)
     report = evaluate_models([config.base_model, tuned], EXAMPLES / "test.jsonl")
 

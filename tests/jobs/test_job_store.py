@@ -2,6 +2,7 @@
 concurrent submissions, atomic claims and lease expiry, registry versions and lineage."""
 
 import multiprocessing as mp
+import signal
 import threading
 from datetime import timedelta
 
@@ -16,6 +17,14 @@ from tunelab.jobs.states import TRANSITIONS, IllegalTransition, JobState, check_
 from tunelab.jobs.submit import submit_job
 
 S = JobState
+
+
+def fork_pool(processes):
+    """A pool of forked children with SIGTERM back at its default: a child inherits the test
+    process's handlers, and one that ignored SIGTERM would hang the pool's terminate()."""
+    return mp.get_context("fork").Pool(
+        processes, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)
+    )
 
 
 def rows(n=20):
@@ -123,8 +132,7 @@ def _submit_many(args):
 
 def test_fifty_concurrent_submissions(services, db_url, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows())
-    ctx = mp.get_context("fork")
-    with ctx.Pool(10) as pool:
+    with fork_pool(10) as pool:
         results = pool.map(
             _submit_many,
             [(db_url, str(tmp_path / "artifacts"), str(train), 5, 5 * k) for k in range(10)],
@@ -178,7 +186,7 @@ def _claim_all(args):
 def test_racing_claims_take_each_job_exactly_once(services, db_url, tmp_path):
     for i in range(30):
         new_job(services, tmp_path, name=f"m{i}")
-    with mp.get_context("fork").Pool(4) as pool:
+    with fork_pool(4) as pool:
         claimed = pool.map(_claim_all, [(db_url, f"host:{k}:w") for k in range(4)])
     flat = [j for c in claimed for j in c]
     assert len(flat) == 30 and len(set(flat)) == 30

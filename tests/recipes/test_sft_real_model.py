@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.configs import SFTConfig
-from tunelab.recipes.sft import train_sft
 from tunelab.serving.generation import GenerationParams, as_messages, generate, load_for_inference
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ticket-routing"
@@ -22,12 +20,9 @@ def exact_match(loaded, rows) -> float:
 
 
 @pytest.mark.slow
-def test_tuning_raises_heldout_exact_match(tmp_path):
+def test_tuning_raises_heldout_exact_match(ticket_router):
     test_rows = [json.loads(x) for x in (EXAMPLES / "test.jsonl").read_text().splitlines()]
-    config = SFTConfig(train_steps=40, eval_every_steps=20, checkpoint_every_steps=40)
-    result = train_sft(
-        config, EXAMPLES / "train.jsonl", tmp_path / "run", EXAMPLES / "validation.jsonl"
-    )
+    config, result = ticket_router  # tune sft on the example data (tests/conftest.py)
 
     base = exact_match(load_for_inference(base_ref=config.base_model), test_rows)
     tuned = exact_match(load_for_inference(adapter_dir=result.adapter_dir), test_rows)

@@ -134,8 +134,9 @@ def run_in_process(services, job_id: str) -> None:
             "[yellow]stopping after this step with a checkpoint (Ctrl-C again to abort)[/]"
         )
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGTERM, on_sigint)
+    # Both handlers are put back afterwards: a SIGTERM handler left behind would outlive the
+    # command (in the server, or in a process forked later) and turn every SIGTERM into a no-op.
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     outcome: list = []
     runner = threading.Thread(target=lambda: outcome.append(worker.run_job(job_id)), daemon=True)
     bar = Progress(
@@ -171,7 +172,8 @@ def run_in_process(services, job_id: str) -> None:
                     info="  ".join(x for x in (loss, eta) if x),
                 )
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not outcome or outcome[0] is None:
         holder = store.get_job(services.db, job_id)
         fail(f"job {job_id} is {holder.state} and held by another worker ({holder.worker_id})")
