@@ -12,7 +12,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ticket-routing"
 
 
 def exact_match(loaded, rows) -> float:
-    greedy = GenerationParams(temperature=0, max_output_tokens=8)
+    # An exact match is a label's tokens then the end of the turn: one token more than the
+    # longest label decides every example, and bounds what the rambling base model generates.
+    longest = max(len(loaded.tokenizer(r["output_text"]).input_ids) for r in rows)
+    greedy = GenerationParams(temperature=0, max_output_tokens=longest + 1)
     hits = sum(
         generate(loaded, as_messages(r["input_text"]), greedy) == r["output_text"] for r in rows
     )

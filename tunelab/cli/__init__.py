@@ -7,6 +7,7 @@ them together and sets up logging, so ``tunelab --help`` shows the whole surface
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 from rich.console import Console
@@ -59,8 +60,9 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
     warnings.filterwarnings(
         "ignore", category=FutureWarning
     )  # deprecations inside peft/transformers
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load
+    # No "Loading weights" bars on every model load. Through the environment, read when
+    # transformers is first imported, so that commands that never load a model (jobs, models,
+    # keys, --help) do not import it: that alone takes seconds.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("alembic", "transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -23,8 +23,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.data.validation import DEFAULT_MAX_SEQ_LENGTH, ValidationReport, validate_file
-from tunelab.models import DEFAULT_BASE_MODEL, ModelNotFoundError, load_tokenizer, resolve_model
 
 app = typer.Typer(help="Validate and inspect datasets.", no_args_is_help=True)
 
@@ -47,6 +47,10 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check every line of a dataset and count its tokens. Exit code 1 if there are errors."""
+    # Imported here, not at the top: it pulls in torch, and every other command (`tunelab jobs
+    # list`, `--help`) should answer without paying for that.
+    from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
+
     out = Console(highlight=False)
     try:
         tokenizer = load_tokenizer(resolve_model(base).path)
