@@ -1,0 +1,111 @@
+"""Where a `tune sft` training step spends its time on this CPU: the step of
+tunelab.recipes.sft.train_sft (LoRA forward, completion loss, backward, clipping, AdamW), timed
+after warm-up and then under torch.profiler, ops sorted by their own CPU time.
+
+    python bench/profile_sft_step.py [--steps 10] [--profile-steps 5] \
+        [--data examples/ticket-routing-chat/train.jsonl]
+
+It prints tokens/s of the bare loop (no metrics, checkpoints or evaluation), the share of the
+time in matrix multiplies and their GFLOP/s, and the upper bound on tokens/s if everything but
+the matrix multiplies took no time at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from tunelab.configs.sft import SFTConfig
+from tunelab.data.batching import collate, epoch_batches
+from tunelab.data.validation import load_supervised
+from tunelab.losses.lm import completion_loss
+from tunelab.models import load_tokenizer, resolve_model
+from tunelab.recipes.sft import _lora_model
+
+WARMUP_STEPS = 3
+"""oneDNN picks and caches kernels on the first steps (the first is ~10x slower)."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
+    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument("--data", default="examples/ticket-routing-chat/train.jsonl")
+    args = parser.parse_args()
+
+    config = SFTConfig()
+    base = resolve_model(config.base_model)
+    tokenizer = load_tokenizer(base.path)
+    train, _ = load_supervised(Path(args.data), tokenizer, max_seq_length=config.max_seq_length)
+    model = _lora_model(base.path, config)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    lengths = [len(e.input_ids) for e in train]
+    batches = [
+        collate([train[i] for i in batch], tokenizer.pad_token_id)
+        for epoch in range(4)
+        for batch in epoch_batches(lengths, config.batch_size, config.seed, epoch)
+    ]
+    needed = WARMUP_STEPS + args.steps + args.profile_steps
+    if len(batches) < needed:
+        raise SystemExit(f"{args.data} gives {len(batches)} batches; {needed} are needed")
+    model.train()
+
+    def step(batch) -> None:  # the loop body of train_sft
+        hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
+        loss, _, _ = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:WARMUP_STEPS]:
+        step(batch)
+    timed = batches[WARMUP_STEPS : WARMUP_STEPS + args.steps]
+    start = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    seconds = time.perf_counter() - start
+    tokens = sum(b.tokens for b in timed)
+    print(
+        f"{torch.get_num_threads()} threads; bare loop: {tokens / seconds:.1f} tokens/s "
+        f"({args.steps} steps after {WARMUP_STEPS} of warm-up)"
+    )
+
+    profiled = batches[WARMUP_STEPS + args.steps : needed]
+    # Times from the profiler, FLOPs from a separate pass: the profiler's own FLOP counting
+    # (with_flops) slows every op down about 2.5x and would distort the split.
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in profiled:
+            step(batch)
+    with FlopCounterMode(display=False) as counter:
+        for batch in profiled:
+            step(batch)
+    ops = prof.key_averages()
+    total = sum(op.self_cpu_time_total for op in ops)
+    mm_names = ("mm", "addmm", "bmm")
+    mm_time = sum(
+        op.self_cpu_time_total for op in ops if op.key in [f"aten::{n}" for n in mm_names]
+    )
+    by_op = counter.get_flop_counts()["Global"]
+    mm_flops = sum(n for op, n in by_op.items() if str(op).split(".")[-1] in mm_names)
+    p_tokens = sum(b.tokens for b in profiled)
+    print(ops.table(sort_by="self_cpu_time_total", row_limit=15))
+    print(
+        f"matrix multiplies: {100 * mm_time / total:.0f}% of the step time, "
+        f"{mm_flops / (mm_time / 1e6) / 1e9:.0f} GFLOP/s while they run"
+    )
+    print(
+        f"ceiling with everything else free: {p_tokens / (mm_time / 1e6):.0f} tokens/s "
+        f"(profiled: {p_tokens / (total / 1e6):.0f} tokens/s under the profiler)"
+    )
+
+
+if __name__ == "__main__":
+    main()
