@@ -3,6 +3,7 @@ version lands in the registry with lineage and base-vs-tuned metrics, and the tu
 ``/v1/embeddings`` (official openai client), Vertex-style ``:predict`` and the SDK."""
 
 import json
+import signal
 
 import httpx
 import pytest
@@ -31,8 +32,12 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
     for role, path in small_data.items():
         args += [f"--{role.replace('_', '-')}", str(path)]
     args += ["--train-steps", "4", "--batch-size", "4", "--output-dimensionality", "16"]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    # The in-process run puts back the signal handlers it replaced (a SIGTERM handler left
+    # behind once made forked children ignore terminate()).
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     assert "ndcg@10" in result.output and "base" in result.output
 
     from tunelab.jobs import store
