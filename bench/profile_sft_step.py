@@ -28,7 +28,7 @@ from tunelab.models import load_tokenizer, resolve_model
 from tunelab.recipes.sft import _lora_model
 
 WARMUP_STEPS = 3
-"""oneDNN picks and caches kernels on the first steps (the first is ~10x slower)."""
+"""Untimed first steps: allocations and kernel choices for the first shapes happen there."""
 
 
 def main() -> None:
@@ -89,10 +89,8 @@ def main() -> None:
             step(batch)
     ops = prof.key_averages()
     total = sum(op.self_cpu_time_total for op in ops)
-    mm_names = ("mm", "addmm", "bmm")
-    mm_time = sum(
-        op.self_cpu_time_total for op in ops if op.key in [f"aten::{n}" for n in mm_names]
-    )
+    mm_names = {"mm", "addmm", "bmm"}
+    mm_time = sum(op.self_cpu_time_total for op in ops if op.key.removeprefix("aten::") in mm_names)
     by_op = counter.get_flop_counts()["Global"]
     mm_flops = sum(n for op, n in by_op.items() if str(op).split(".")[-1] in mm_names)
     p_tokens = sum(b.tokens for b in profiled)

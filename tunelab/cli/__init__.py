@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import typer
 from rich.console import Console
@@ -64,5 +65,15 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
     # transformers is first imported, so that commands that never load a model (jobs, models,
     # keys, --help) do not import it: that alone takes seconds.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Run from inside another program that had already imported them, the variable comes too
+    # late: switch the bars off in the loaded modules instead.
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     for noisy in ("alembic", "transformers", "peft", "urllib3", "filelock", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
