@@ -105,13 +105,13 @@ def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir,
 
 
 def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, data):
-    """A learning rate high enough to make eval loss bounce, and a validation set whose labels
-    disagree with training: the bundle is the best evaluated step's adapter, not the last."""
+    """A high learning rate and a validation set whose answers training never shows: as the
+    adapter commits to the training labels, eval loss rises after its first evaluations. The
+    bundle is the best evaluated step's adapter, not the last."""
     train, _ = data
-    shifted = [
-        {**r, "output_text": LABELS[(i + 1) % 4]} for i, r in enumerate(color_rows(16, 1000))
-    ]
-    val = write_jsonl(tmp_path / "shifted.jsonl", shifted)
+    unseen = ["purple", "orange", "silver", "black"]
+    other = [{**r, "output_text": unseen[i % 4]} for i, r in enumerate(color_rows(16, 1000))]
+    val = write_jsonl(tmp_path / "unseen.jsonl", other)
     cfg = tiny_config(
         tiny_model_dir,
         train_steps=40,

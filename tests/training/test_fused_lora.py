@@ -1,0 +1,113 @@
+"""The fused LoRA training forward computes exactly what PEFT's does: same loss, same gradients
+for every adapter weight, same adapter on disk, and generation still works after fusing."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from tunelab.data.batching import collate
+from tunelab.data.formats import parse_record
+from tunelab.data.template import encode
+from tunelab.losses.lm import completion_loss
+from tunelab.models import load_causal_lm
+from tunelab.recipes.sft import LORA_TARGETS
+from tunelab.training.fused_lora import fuse_lora_for_training
+
+
+def lora_model(model_dir, dropout=0.0):
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=LORA_TARGETS)
+    model = get_peft_model(load_causal_lm(model_dir), config)
+    with torch.no_grad():  # PEFT starts B at zero, which would hide any error in the LoRA path
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture
+def batch(tokenizer):
+    rows = [
+        {"input_text": "What colour is the sky on a clear day?", "output_text": "blue"},
+        {"input_text": "Name it.", "output_text": "a fairly long answer of several tokens"},
+        {"input_text": "Two plus two equals", "output_text": "four"},
+    ]
+    encoded = [encode(tokenizer, parse_record(row, i + 1), 256) for i, row in enumerate(rows)]
+    return collate(encoded, tokenizer.pad_token_id)  # right-padded to the longest
+
+
+def loss_and_grads(model, batch):
+    loss = train_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grads
+
+
+def train_loss(model, batch):
+    model.train()
+    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+    head = model.get_output_embeddings()
+    return completion_loss(hidden, head, batch.input_ids, batch.loss_mask)[0]
+
+
+def test_same_loss_and_gradients_as_peft(tiny_model_dir, batch):
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+
+    ref_loss, ref_grads = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(fused, batch)
+
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    assert len(grads) == 2 * 7 * 2  # A and B of 7 layers in each of 2 blocks
+    for name, ref in ref_grads.items():
+        assert ref.abs().max() > 0, name
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_steps_match_peft_and_the_saved_adapter_reloads(tmp_path, tiny_model_dir, batch):
+    models = [lora_model(tiny_model_dir), lora_model(tiny_model_dir)]
+    assert fuse_lora_for_training(models[1])
+    for model in models:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        for _ in range(3):
+            train_loss(model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    peft_state = {n: p for n, p in models[0].named_parameters() if p.requires_grad}
+    for name, param in models[1].named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, peft_state[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    # the fused model saves a plain PEFT adapter: PEFT's own forward on it gives the same logits
+    models[1].save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    reloaded = PeftModel.from_pretrained(load_causal_lm(tiny_model_dir), tmp_path / "adapter")
+    models[1].eval()
+    with torch.no_grad():
+        expected = reloaded(input_ids=batch.input_ids).logits
+        got = models[1](input_ids=batch.input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_with_a_cache_after_fusing(tiny_model_dir, batch):
+    reference = lora_model(tiny_model_dir).eval()
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    fused.eval()
+    prompt = batch.input_ids[:1, :8]
+    with torch.no_grad():
+        expected = reference.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+        got = fused.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, expected)
+
+
+def test_unsupported_models_are_left_to_peft(tiny_model_dir):
+    model = lora_model(tiny_model_dir, dropout=0.1)
+    attention = model.get_decoder().layers[0].self_attn
+    assert not fuse_lora_for_training(model)
+    assert "forward" not in vars(attention)  # PEFT's own forward is untouched
