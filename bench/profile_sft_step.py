@@ -5,9 +5,11 @@ after warm-up and then under torch.profiler, ops sorted by their own CPU time.
     python bench/profile_sft_step.py [--steps 10] [--profile-steps 5] \
         [--data examples/ticket-routing-chat/train.jsonl]
 
-It prints tokens/s of the bare loop (no metrics, checkpoints or evaluation), the share of the
-time in matrix multiplies and their GFLOP/s, and the upper bound on tokens/s if everything but
-the matrix multiplies took no time at all.
+It prints tokens/s of the bare loop (no metrics, checkpoints or evaluation) for train_sft's
+model (PEFT LoRA switched to tunelab.training.fused_lora, fused AdamW) and, step by step in
+turn on the same batches, for plain PEFT LoRA with torch's default AdamW, the setup before the
+fused path; then, for train_sft's model, the share of the time in matrix multiplies, their
+GFLOP/s, and the upper bound on tokens/s if everything but the matrix multiplies took no time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tunelab.data.batching import collate, epoch_batches
 from tunelab.data.validation import load_supervised
 from tunelab.losses.lm import completion_loss
 from tunelab.models import load_tokenizer, resolve_model
-from tunelab.recipes.sft import _lora_model
+from tunelab.recipes.sft import _adamw, _lora_model
+from tunelab.training.fused_lora import fuse_lora_for_training
 
 WARMUP_STEPS = 3
 """Untimed first steps: allocations and kernel choices for the first shapes happen there."""
@@ -42,10 +45,17 @@ def main() -> None:
     base = resolve_model(config.base_model)
     tokenizer = load_tokenizer(base.path)
     train, _ = load_supervised(Path(args.data), tokenizer, max_seq_length=config.max_seq_length)
-    model = _lora_model(base.path, config)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    setups = {}
+    for name in ("fused", "peft"):
+        model = _lora_model(base.path, config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if name == "fused":
+            assert fuse_lora_for_training(model), "the default model should take the fused path"
+            optimizer = _adamw(params, config.learning_rate)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        model.train()
+        setups[name] = (model, params, optimizer)
     lengths = [len(e.input_ids) for e in train]
     batches = [
         collate([train[i] for i in batch], tokenizer.pad_token_id)
@@ -55,10 +65,11 @@ def main() -> None:
     needed = WARMUP_STEPS + args.steps + args.profile_steps
     if len(batches) < needed:
         raise SystemExit(f"{args.data} gives {len(batches)} batches; {needed} are needed")
-    model.train()
 
-    def step(batch) -> None:  # the loop body of train_sft
-        hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
+    def step(batch, name: str = "fused") -> None:  # the loop body of train_sft
+        model, params, optimizer = setups[name]
+        hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
+        head = model.get_output_embeddings()
         loss, _, _ = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -66,16 +77,21 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     for batch in batches[:WARMUP_STEPS]:
-        step(batch)
+        for name in setups:
+            step(batch, name)
     timed = batches[WARMUP_STEPS : WARMUP_STEPS + args.steps]
-    start = time.perf_counter()
-    for batch in timed:
-        step(batch)
-    seconds = time.perf_counter() - start
+    seconds = dict.fromkeys(setups, 0.0)
+    for batch in timed:  # alternate, so that both see the same machine load
+        for name in setups:
+            start = time.perf_counter()
+            step(batch, name)
+            seconds[name] += time.perf_counter() - start
     tokens = sum(b.tokens for b in timed)
+    rates = {name: tokens / s for name, s in seconds.items()}
     print(
-        f"{torch.get_num_threads()} threads; bare loop: {tokens / seconds:.1f} tokens/s "
-        f"({args.steps} steps after {WARMUP_STEPS} of warm-up)"
+        f"{torch.get_num_threads()} threads; bare loop ({args.steps} steps after {WARMUP_STEPS} "
+        f"of warm-up): train_sft {rates['fused']:.1f} tokens/s, plain PEFT LoRA "
+        f"{rates['peft']:.1f} tokens/s ({rates['fused'] / rates['peft']:.2f}x)"
     )
 
     profiled = batches[WARMUP_STEPS + args.steps : needed]
