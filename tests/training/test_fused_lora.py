@@ -111,3 +111,16 @@ def test_unsupported_models_are_left_to_peft(tiny_model_dir):
     attention = model.get_decoder().layers[0].self_attn
     assert not fuse_lora_for_training(model)
     assert "forward" not in vars(attention)  # PEFT's own forward is untouched
+
+
+def test_a_disabled_adapter_gives_the_base_model(tiny_model_dir, batch):
+    fused = lora_model(tiny_model_dir).eval()
+    assert fuse_lora_for_training(fused)
+    base = load_causal_lm(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected = base(input_ids=batch.input_ids).logits
+        with fused.disable_adapter():
+            got = fused(input_ids=batch.input_ids).logits
+        adapted = fused(input_ids=batch.input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(adapted, expected, atol=1e-2)  # and back on afterwards

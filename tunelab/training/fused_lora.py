@@ -19,8 +19,9 @@ where a 135M model's matmuls are small, that overhead is a third of the step
   one pass, straight from the fused q|k|v output.
 
 Parameters stay where PEFT put them (``...q_proj.lora_A.default.weight``...), so checkpoints,
-``save_pretrained`` and every loader are unchanged; only ``forward`` of the attention and MLP
-and norm modules is replaced, and only when there is no KV cache (generation falls back to PEFT's path).
+``save_pretrained`` and every loader are unchanged. Only ``forward`` of the attention, MLP and
+norm modules is replaced, and PEFT's path still runs whenever a KV cache is in use (generation)
+or the adapter is disabled or merged.
 :func:`fuse_lora_for_training` returns False, changing nothing, for any model it does not
 recognise (other architectures, dropout, biases on LoRA, missing targets).
 """
@@ -158,6 +159,12 @@ class _FusedGroup:
         self.b = [layer.lora_B["default"].weight for layer in layers]
         self.scaling = float(layers[0].scaling["default"])
         self.outs = [base.weight.shape[0] for base in bases]
+        self.layers = list(layers)
+
+    def bypassed(self) -> bool:
+        """PEFT is asked to skip or has merged the adapter (``with model.disable_adapter():``,
+        ``merge_adapter()``): its own forward knows how, so the fused one steps aside."""
+        return any(layer.disable_adapters or layer.merged for layer in self.layers)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., sum out_i): the layers' outputs side by side."""
@@ -184,7 +191,8 @@ class _FusedAttentionForward:
         )
 
     def __call__(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
-        if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+        cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
+        if cached or self.qkv.bypassed():
             return self.original(hidden_states, position_embeddings, attention_mask, **kwargs)
         attn = self.attn
         input_shape = hidden_states.shape[:-1]
@@ -215,10 +223,13 @@ class _FusedMLPForward:
 
     def __init__(self, mlp: torch.nn.Module):
         self.mlp = mlp
+        self.original = mlp.forward
         self.gate_up = _FusedGroup([getattr(mlp, name) for name in MLP_IN])
         self.down = _FusedGroup([mlp.down_proj])
 
     def __call__(self, x):
+        if self.gate_up.bypassed():
+            return self.original(x)
         gate, up = self.gate_up(x).split(self.gate_up.outs, dim=-1)
         return self.down(self.mlp.act_fn(gate) * up)
 
