@@ -13,6 +13,7 @@ from tunelab.data.template import encode
 from tunelab.losses.lm import completion_loss
 from tunelab.models import load_causal_lm
 from tunelab.recipes.sft import LORA_TARGETS
+from tunelab.training import fused_lora
 from tunelab.training.fused_lora import fuse_lora_for_training
 
 
@@ -53,7 +54,11 @@ def train_loss(model, batch):
     return completion_loss(hidden, head, batch.input_ids, batch.loss_mask)[0]
 
 
-def test_same_loss_and_gradients_as_peft(tiny_model_dir, batch):
+@pytest.mark.parametrize("fused_rms_norm", [True, False], ids=["fused-rmsnorm", "plain-rmsnorm"])
+def test_same_loss_and_gradients_as_peft(tiny_model_dir, batch, fused_rms_norm, monkeypatch):
+    if fused_rms_norm and not fused_lora._HAS_FUSED_RMS_NORM:
+        pytest.skip("this torch has no aten._fused_rms_norm")
+    monkeypatch.setattr(fused_lora, "_HAS_FUSED_RMS_NORM", fused_rms_norm)
     reference = lora_model(tiny_model_dir)
     fused = copy.deepcopy(reference)
     assert fuse_lora_for_training(fused)
