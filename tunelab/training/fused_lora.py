@@ -242,6 +242,16 @@ class _FusedMLPForward:
         return self.down(self.mlp.act_fn(gate) * up)
 
 
+class _FusedNormForward:
+    """Replaces ``LlamaRMSNorm.forward`` (frozen weight) with :class:`_RMSNorm`."""
+
+    def __init__(self, norm: torch.nn.Module):
+        self.weight, self.eps = norm.weight, norm.variance_epsilon
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _RMSNorm.apply(x, self.weight, self.eps)
+
+
 def fuse_lora_for_training(peft_model: torch.nn.Module) -> bool:
     """Switch a PEFT LoRA model on a Llama-style decoder to the fused forward, in place.
 
@@ -261,14 +271,6 @@ def fuse_lora_for_training(peft_model: torch.nn.Module) -> bool:
     return True
 
 
-class _FusedNormForward:
-    def __init__(self, norm: torch.nn.Module):
-        self.weight, self.eps = norm.weight, norm.variance_epsilon
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _RMSNorm.apply(x, self.weight, self.eps)
-
-
 def _norms(decoder: torch.nn.Module) -> list[torch.nn.Module]:
     pairs = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in decoder.layers]
     return [norm for pair in pairs for norm in pair] + [decoder.norm]
@@ -282,7 +284,8 @@ def _unsupported(peft_model: torch.nn.Module) -> str | None:
         return "not exactly one adapter"
     if config.lora_dropout or config.bias != "none" or config.use_dora or config.use_rslora:
         return "dropout, bias, DoRA or rsLoRA"
-    layers = getattr(peft_model.get_decoder(), "layers", None)
+    decoder = peft_model.get_decoder()
+    layers = getattr(decoder, "layers", None)
     if not layers:
         return "no decoder layers"
     if any(p.dtype != torch.float32 for p in peft_model.parameters()):
@@ -300,7 +303,7 @@ def _unsupported(peft_model: torch.nn.Module) -> str | None:
                     return f"{name} has no LoRA adapter"
                 if linear.merged or getattr(linear, "fan_in_fan_out", False):
                     return f"{name} is merged or fan-in-fan-out"
-    for norm in _norms(peft_model.get_decoder()):
+    for norm in _norms(decoder):
         if type(norm).__name__ != "LlamaRMSNorm" or norm.weight.requires_grad:
             return f"{type(norm).__name__} is not a frozen LlamaRMSNorm"
     return None
