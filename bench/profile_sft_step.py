@@ -2,13 +2,14 @@
 tunelab.recipes.sft.train_sft (LoRA forward, completion loss, backward, clipping, AdamW), timed
 after warm-up and then under torch.profiler, ops sorted by their own CPU time.
 
-    python bench/profile_sft_step.py [--steps 10] [--profile-steps 5] \
+    python bench/profile_sft_step.py [--steps 10] [--profile-steps 5] [--precision auto] \
         [--data examples/ticket-routing-chat/train.jsonl]
 
 It prints tokens/s of the bare loop (no metrics, checkpoints or evaluation) for train_sft's
 model (PEFT LoRA switched to tunelab.training.fused_lora, fused AdamW) and, step by step in
 turn on the same batches, for plain PEFT LoRA with torch's default AdamW, the setup before the
-fused path; then, for train_sft's model, the share of the time in matrix multiplies, their
+fused path (and train_sft's model in fp32 too, when its precision is bf16); then, for
+train_sft's model, the share of the time in matrix multiplies, their
 GFLOP/s, and the upper bound on tokens/s if everything but the matrix multiplies took no time.
 """
 
@@ -29,6 +30,7 @@ from tunelab.losses.lm import completion_loss
 from tunelab.models import load_tokenizer, resolve_model
 from tunelab.recipes.sft import _adamw, _lora_model
 from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.precision import resolve_precision
 
 WARMUP_STEPS = 3
 """Untimed first steps: allocations and kernel choices for the first shapes happen there."""
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--data", default="examples/ticket-routing-chat/train.jsonl")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
     config = SFTConfig()
@@ -46,11 +49,15 @@ def main() -> None:
     tokenizer = load_tokenizer(base.path)
     train, _ = load_supervised(Path(args.data), tokenizer, max_seq_length=config.max_seq_length)
     setups = {}
-    for name in ("fused", "peft"):
+    precision = resolve_precision(args.precision, 576)
+    dtypes = {"fused": torch.bfloat16 if precision == "bf16" else torch.float32}
+    if precision == "bf16":
+        dtypes["fused-fp32"] = torch.float32
+    for name in [*dtypes, "peft"]:
         model = _lora_model(base.path, config)
         params = [p for p in model.parameters() if p.requires_grad]
-        if name == "fused":
-            assert fuse_lora_for_training(model), "the default model should take the fused path"
+        if name in dtypes:
+            assert fuse_lora_for_training(model, dtypes[name]), "the default model should fuse"
             optimizer = _adamw(params, config.learning_rate)
         else:
             optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -90,9 +97,14 @@ def main() -> None:
     rates = {name: tokens / s for name, s in seconds.items()}
     print(
         f"{torch.get_num_threads()} threads; bare loop ({args.steps} steps after {WARMUP_STEPS} "
-        f"of warm-up): train_sft {rates['fused']:.1f} tokens/s, plain PEFT LoRA "
-        f"{rates['peft']:.1f} tokens/s ({rates['fused'] / rates['peft']:.2f}x)"
+        f"of warm-up): train_sft ({precision}) {rates['fused']:.1f} tokens/s, plain PEFT LoRA "
+        f"(fp32) {rates['peft']:.1f} tokens/s ({rates['fused'] / rates['peft']:.2f}x)"
     )
+    if "fused-fp32" in rates:
+        print(
+            f"  train_sft with --precision fp32: {rates['fused-fp32']:.1f} tokens/s "
+            f"(bf16 is {rates['fused'] / rates['fused-fp32']:.2f}x)"
+        )
 
     profiled = batches[WARMUP_STEPS + args.steps : needed]
     # Times from the profiler, FLOPs from a separate pass: the profiler's own FLOP counting

@@ -129,3 +129,44 @@ def test_a_disabled_adapter_gives_the_base_model(tiny_model_dir, batch):
         adapted = fused(input_ids=batch.input_ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(adapted, expected, atol=1e-2)  # and back on afterwards
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm())
+
+
+def test_bf16_mixed_precision_tracks_fp32(tiny_model_dir, batch):
+    """bf16 rounds, so it cannot match exactly: the loss within 1% and every adapter gradient
+    within a few percent of PEFT's fp32 ones, returned in fp32 for the optimizer; an error in
+    the bf16 path (a lost LoRA term, a wrong cast) is off by far more."""
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused, torch.bfloat16)
+    ref_loss, ref_grads = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(fused, batch)
+
+    assert loss == pytest.approx(ref_loss, rel=1e-2)
+    assert grads.keys() == ref_grads.keys()
+    for name, ref in ref_grads.items():
+        assert grads[name].dtype == torch.float32, name
+        assert relative_error(grads[name], ref) < 0.05, name
+    # the residual stream stays fp32 while the blocks compute in bf16
+    fused.train()
+    hidden = fused.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+    assert hidden.dtype == torch.float32
+
+
+def test_bf16_training_leaves_evaluation_and_generation_in_fp32(tiny_model_dir, batch):
+    reference = lora_model(tiny_model_dir).eval()
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused, torch.bfloat16)
+    train_loss(fused, batch).backward()  # a bf16 training step first
+    fused.eval()
+    with torch.no_grad():
+        expected = reference(input_ids=batch.input_ids).logits
+        got = fused(input_ids=batch.input_ids).logits
+        prompt = batch.input_ids[:1, :8]
+        generated = fused.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+        expected_generated = reference.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # exact: fp32 in eval mode
+    assert torch.equal(generated, expected_generated)

@@ -45,6 +45,11 @@ def sft(
     early_stopping_patience: int | None = typer.Option(
         3, "--early-stopping-patience", help="0 disables."
     ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto, fp32 or bf16 (mixed precision). auto takes bf16 where it is clearly faster.",
+    ),
     detach: bool = typer.Option(
         False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
     ),
@@ -73,6 +78,7 @@ def sft(
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             early_stopping_patience=early_stopping_patience or None,
+            precision=precision,
         )
     except ValidationError as exc:
         fail(config_errors(exc))

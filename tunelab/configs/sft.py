@@ -61,6 +61,14 @@ class SFTConfig(BaseModel):
     checkpoint_every_steps: int = Field(
         20, ge=1, description="Write a resumable checkpoint every N steps."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description=(
+            "Training compute format: bf16 mixed precision (frozen weights and activations in "
+            "bf16; adapter, gradients, optimizer and loss in fp32) or fp32. auto measures which "
+            "is faster on this machine and takes bf16 only when it clearly is."
+        ),
+    )
     early_stopping_patience: int | None = Field(
         3,
         ge=1,

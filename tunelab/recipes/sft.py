@@ -49,6 +49,7 @@ from tunelab.training.early_stopping import record_eval
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
+from tunelab.training.precision import resolve_precision
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,6 @@ def train_sft(
         )
 
     model = _lora_model(base.path, config)
-    fuse_lora_for_training(model)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(params, config.learning_rate)
@@ -119,6 +119,13 @@ def train_sft(
     metrics.truncate_after(state.step)
     if state.step and not (run_dir / "best").exists():
         state.best_eval_loss, state.best_step = None, None  # best adapter lost with its folder
+    if "precision" not in state.extra:  # chosen once per run: a resumed run computes the same
+        state.extra["precision"] = resolve_precision(config.precision, model.config.hidden_size)
+    bf16 = state.extra["precision"] == "bf16"
+    fused = fuse_lora_for_training(model, torch.bfloat16 if bf16 else torch.float32)
+    # Models the fused path does not cover train through PEFT's forward, in bf16 by autocast.
+    autocast_bf16 = bf16 and not fused
+    device_type = params[0].device.type
 
     def learning_rate(step: int) -> float:
         """Linear warm-up, then linear decay to zero: a pure function of the step, so resuming
@@ -151,8 +158,11 @@ def train_sft(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
-        loss, correct, n_targets = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
+            loss, correct, n_targets = completion_loss(
+                hidden, head, batch.input_ids, batch.loss_mask
+            )
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -214,6 +224,7 @@ def train_sft(
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": state.extra["precision"],
     }
     adapter_dir = run_dir / "adapter"
     _write_bundle(

@@ -56,8 +56,10 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, scaling, *lora):  # noqa: ANN001 - autograd signature
         k = len(lora) // 2
         a_list, b_list = lora[:k], lora[k:]
-        a = torch.cat(a_list) if k > 1 else a_list[0]  # (k r, in)
-        b = _block_diagonal(b_list)  # (sum out_i, k r)
+        # The LoRA matrices are fp32 parameters; in bf16 they compute from a bf16 copy (tiny),
+        # as under autocast, and their gradients are returned in fp32 for the optimizer.
+        a = (torch.cat(a_list) if k > 1 else a_list[0]).to(x.dtype)  # (k r, in)
+        b = _block_diagonal(b_list).to(x.dtype)  # (sum out_i, k r)
         xa = x @ a.t()  # (N, k r)
         y = F.linear(x, weight, bias)  # (N, sum out_i)
         y.addmm_(xa, b.t(), alpha=scaling)
@@ -82,35 +84,37 @@ class _LoraLinear(torch.autograd.Function):
         grad_b_full.mul_(s)
         grads_a, grads_b, row = [], [], 0
         for i, out in enumerate(ctx.outs):
-            grads_a.append(grad_a[i * r : (i + 1) * r])
-            grads_b.append(grad_b_full[row : row + out, i * r : (i + 1) * r])
+            grads_a.append(grad_a[i * r : (i + 1) * r].float())
+            grads_b.append(grad_b_full[row : row + out, i * r : (i + 1) * r].float())
             row += out
         return (grad_x, None, None, None, *grads_a, *grads_b)
 
 
 class _RMSNorm(torch.autograd.Function):
-    """y = w * x / sqrt(mean(x^2) + eps) over the last dim, w frozen.
+    """y = w * x / sqrt(mean(x^2) + eps) over the last dim, w frozen, computed in x's dtype
+    (fp32) and returned in ``out_dtype``: the norm's output only feeds the next matmuls, so in
+    bf16 it is rounded once, here, while the residual stream it reads stays fp32.
 
     Backward, with x^ = x * rstd and g' = g * w:  dx = rstd * (g' - x^ * mean(g' * x^)).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps):  # noqa: ANN001
+    def forward(ctx, x, weight, eps, out_dtype):  # noqa: ANN001
         if _HAS_FUSED_RMS_NORM:
             y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
         else:
             rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
             y = x * rstd * weight
         ctx.save_for_backward(x, weight, rstd)
-        return y
+        return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_y):  # noqa: ANN001
         x, weight, rstd = ctx.saved_tensors
-        grad_w = grad_y * weight
+        grad_w = grad_y.to(x.dtype) * weight
         x_hat = x * rstd
         dot = (grad_w * x_hat).mean(-1, keepdim=True)
-        return grad_w.sub_(x_hat.mul_(dot)).mul_(rstd), None, None
+        return grad_w.sub_(x_hat.mul_(dot)).mul_(rstd), None, None, None
 
 
 class _Rotary(torch.autograd.Function):
@@ -163,6 +167,9 @@ class _FusedGroup:
         self.bias = None
         if bases[0].bias is not None:
             self.bias = torch.cat([base.bias.detach() for base in bases])
+        # The frozen weights in each compute dtype in use; a bf16 copy is made once, when a
+        # bf16 input first arrives (the fp32 ones stay for PEFT's forward and evaluation).
+        self.frozen = {fused.dtype: (fused, self.bias)}
         self.a = [layer.lora_A["default"].weight for layer in layers]
         self.b = [layer.lora_B["default"].weight for layer in layers]
         self.scaling = float(layers[0].scaling["default"])
@@ -177,7 +184,11 @@ class _FusedGroup:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., sum out_i): the layers' outputs side by side."""
         flat = x.reshape(-1, x.shape[-1])
-        y = _LoraLinear.apply(flat, self.weight, self.bias, self.scaling, *self.a, *self.b)
+        if flat.dtype not in self.frozen:
+            bias = None if self.bias is None else self.bias.to(flat.dtype)
+            self.frozen[flat.dtype] = (self.weight.to(flat.dtype), bias)
+        weight, bias = self.frozen[flat.dtype]
+        y = _LoraLinear.apply(flat, weight, bias, self.scaling, *self.a, *self.b)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -201,12 +212,19 @@ class _FusedAttentionForward:
     def __call__(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
         if cached or self.qkv.bypassed():
+            # PEFT's forward computes in the weights' dtype (a bf16 input is a training norm's)
+            hidden_states = hidden_states.to(self.qkv.weight.dtype)
             return self.original(hidden_states, position_embeddings, attention_mask, **kwargs)
         attn = self.attn
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, attn.head_dim)
         qkv = self.qkv(hidden_states)  # (B, T, H*D + 2*Hkv*D)
-        cos, sin = position_embeddings  # (B, T, D)
+        compute_dtype = qkv.dtype
+        # Rotary and attention in fp32 whatever the compute dtype: torch's CPU flash attention
+        # is 2.8x slower in bf16 than in fp32 (forward + backward at this model's shapes),
+        # while the casts of q, k, v and the output are small next to the matmuls around them.
+        qkv = qkv.float()
+        cos, sin = (t.float() for t in position_embeddings)  # (B, T, D)
         qk = _Rotary.apply(qkv[..., : self.qk_width].view(hidden_shape), cos, sin)
         q = qk[:, :, : self.heads].transpose(1, 2)  # (B, H, T, D)
         k = qk[:, :, self.heads :].transpose(1, 2)  # (B, Hkv, T, D)
@@ -223,7 +241,7 @@ class _FusedAttentionForward:
             scaling=attn.scaling,
             **kwargs,
         )
-        return self.o(out.reshape(*input_shape, -1)), weights
+        return self.o(out.reshape(*input_shape, -1).to(compute_dtype)), weights
 
 
 class _FusedMLPForward:
@@ -237,23 +255,38 @@ class _FusedMLPForward:
 
     def __call__(self, x):
         if self.gate_up.bypassed():
-            return self.original(x)
+            return self.original(x.to(self.gate_up.weight.dtype))
         gate, up = self.gate_up(x).split(self.gate_up.outs, dim=-1)
         return self.down(self.mlp.act_fn(gate) * up)
 
 
 class _FusedNormForward:
-    """Replaces ``LlamaRMSNorm.forward`` (frozen weight) with :class:`_RMSNorm`."""
+    """Replaces ``LlamaRMSNorm.forward`` (frozen weight) with :class:`_RMSNorm`.
 
-    def __init__(self, norm: torch.nn.Module):
+    A block's norms hand their output to matmuls: in training they return it in the compute
+    dtype, and so set the dtype of everything up to the block's residual adds. The final norm
+    feeds the output head and the loss, which stay fp32; so does everything in eval mode
+    (validation losses are the ones the served, fp32 adapter gives).
+    """
+
+    def __init__(self, norm: torch.nn.Module, compute_dtype: torch.dtype):
+        self.norm, self.compute_dtype = norm, compute_dtype
         self.weight, self.eps = norm.weight, norm.variance_epsilon
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _RMSNorm.apply(x, self.weight, self.eps)
+        out_dtype = self.compute_dtype if self.norm.training else x.dtype
+        return _RMSNorm.apply(x, self.weight, self.eps, out_dtype)
 
 
-def fuse_lora_for_training(peft_model: torch.nn.Module) -> bool:
+def fuse_lora_for_training(
+    peft_model: torch.nn.Module, compute_dtype: torch.dtype = torch.float32
+) -> bool:
     """Switch a PEFT LoRA model on a Llama-style decoder to the fused forward, in place.
+
+    ``compute_dtype=torch.bfloat16`` trains in bf16 mixed precision (see
+    tunelab.training.precision): the blocks' matmuls, attention and activations in bf16 from a
+    bf16 copy of the frozen weights; residual stream, norm statistics, loss, LoRA parameters and
+    their gradients in fp32. It applies in training mode only.
 
     Returns False and leaves the model untouched when it is not one this module knows how to
     compute exactly (the caller then trains through PEFT's own forward).
@@ -266,8 +299,9 @@ def fuse_lora_for_training(peft_model: torch.nn.Module) -> bool:
     for layer in decoder.layers:
         layer.self_attn.forward = _FusedAttentionForward(layer.self_attn)
         layer.mlp.forward = _FusedMLPForward(layer.mlp)
-    for norm in _norms(decoder):
-        norm.forward = _FusedNormForward(norm)
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.forward = _FusedNormForward(norm, compute_dtype)
+    decoder.norm.forward = _FusedNormForward(decoder.norm, torch.float32)
     return True
 
 
