@@ -42,8 +42,9 @@ What is measured:
 - eval loss: mean cross-entropy per model-turn token on the validation file, computed by the same
   function (tunelab.recipes.sft.evaluate, fp32) for every run and for the base model;
 - useful FLOPs: torch.utils.flop_counter.FlopCounterMode over TuneLab's own training step
-  (decoder forward, completion loss, backward) on exactly the batches TuneLab trained on; the
-  optimizer is not counted. Divided by the trained tokens, the same FLOPs-per-token prices
+  (decoder forward, completion loss, backward) on exactly the batches TuneLab trained on, as
+  train_sft computes it (fused LoRA path, each batch's shared prompt prefix computed once: the
+  FLOPs it skips are not counted as work done); the optimizer is not counted. Divided by the trained tokens, the same FLOPs-per-token prices
   every run's tokens, so TRL's "effective FLOP/s" is useful work per second, not work it did;
 - the fp32 matmul peak: best GFLOP/s of timed torch.mm / F.linear at the model's shapes and at
   1024^3, measured in this process before and after the runs (and in each worker around its
@@ -338,9 +339,10 @@ def run_reference(args) -> dict:
         sdpa_flop_count,
     )
 
-    from tunelab.losses.lm import completion_loss
     from tunelab.models import load_causal_lm
     from tunelab.recipes.sft import _lora_model
+    from tunelab.training.fused_lora import fuse_lora_for_training
+    from tunelab.training.prefix_sharing import completion_loss_of
 
     base, tokenizer, train, val = load_common(args)
     base_loss = eval_loss(load_causal_lm(base.path), val, args.batch_size, tokenizer.pad_token_id)
@@ -362,13 +364,12 @@ def run_reference(args) -> dict:
         },
     )
     model = _lora_model(base.path, tunelab_config(args))  # the model train_sft builds
+    assert fuse_lora_for_training(model), "train_sft trains the default model fused"
     model.train()
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     batches = tunelab_batches(args, train, tokenizer.pad_token_id)
     with counter:
         for batch in batches:  # exactly the loop body of train_sft, minus the optimizer
-            hidden = decoder(input_ids=batch.input_ids).last_hidden_state
-            loss, _, _ = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+            loss, _, _ = completion_loss_of(model, batch, share_prefix=True)
             loss.backward()
             model.zero_grad(set_to_none=True)
     by_op = counter.get_flop_counts()["Global"]
@@ -528,8 +529,8 @@ def report(results: dict, parent_peaks: list[float], bf16_peaks: list[float]) ->
     print()
     print(
         f"Useful FLOPs: {ref['useful_flops'] / 1e12:.2f} TFLOP = TuneLab's step (LoRA forward + "
-        f"backward, logits at the {ref['target_tokens']} target positions only; optimizer not "
-        f"counted) on its {own['steps']} batches, counted by torch FlopCounterMode; "
+        f"backward, logits at the {ref['target_tokens']} target positions only, shared prompt "
+        f"prefixes once; optimizer not counted) on its {own['steps']} batches, counted by torch FlopCounterMode; "
         f"{flops_per_token / 1e6:.0f} MFLOP per trained token. By op: "
         + ", ".join(f"{op} {n / 1e12:.3f}T" for op, n in ref["flops_by_op"].items())
     )

@@ -6,11 +6,12 @@ after warm-up and then under torch.profiler, ops sorted by their own CPU time.
         [--data examples/ticket-routing-chat/train.jsonl]
 
 It prints tokens/s of the bare loop (no metrics, checkpoints or evaluation) for train_sft's
-model (PEFT LoRA switched to tunelab.training.fused_lora, fused AdamW) and, step by step in
-turn on the same batches, for plain PEFT LoRA with torch's default AdamW, the setup before the
-fused path (and train_sft's model in fp32 too, when its precision is bf16); then, for
-train_sft's model, the share of the time in matrix multiplies, their
-GFLOP/s, and the upper bound on tokens/s if everything but the matrix multiplies took no time.
+model (PEFT LoRA switched to tunelab.training.fused_lora, each batch's shared prompt prefix
+computed once, fused AdamW) and, step by step in turn on the same batches, for plain PEFT LoRA
+with torch's default AdamW, the setup before the fused path (and train_sft's model in fp32 too,
+when its precision is bf16); then, for train_sft's model, the share of the time in matrix
+multiplies, their GFLOP/s, and the upper bound on tokens/s if everything but the matrix
+multiplies took no time.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tunelab.configs.sft import SFTConfig
 from tunelab.data.batching import collate, epoch_batches
 from tunelab.data.validation import load_supervised
-from tunelab.losses.lm import completion_loss
 from tunelab.models import load_tokenizer, resolve_model
 from tunelab.recipes.sft import _adamw, _lora_model
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.precision import resolve_precision
+from tunelab.training.prefix_sharing import completion_loss_of
 
 WARMUP_STEPS = 3
 """Untimed first steps: allocations and kernel choices for the first shapes happen there."""
@@ -75,9 +76,8 @@ def main() -> None:
 
     def step(batch, name: str = "fused") -> None:  # the loop body of train_sft
         model, params, optimizer = setups[name]
-        hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
-        head = model.get_output_embeddings()
-        loss, _, _ = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+        # train_sft computes each batch's shared prompt prefix once on the fused path
+        loss, _, _ = completion_loss_of(model, batch, share_prefix=name != "peft")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -92,13 +92,13 @@ def test_models_without_the_fused_path_train_in_bf16_by_autocast(
     train, _ = data
     monkeypatch.setattr(sft, "fuse_lora_for_training", lambda model, dtype: False)
     seen = []
-    real_loss = sft.completion_loss
+    real_loss = sft.completion_loss_of
 
-    def spying_loss(hidden, *args):
+    def spying_loss(*args):
         seen.append(torch.is_autocast_enabled("cpu"))
-        return real_loss(hidden, *args)
+        return real_loss(*args)
 
-    monkeypatch.setattr(sft, "completion_loss", spying_loss)
+    monkeypatch.setattr(sft, "completion_loss_of", spying_loss)
     config = tiny_config(tiny_model_dir, precision="bf16", train_steps=16)
     result = train_sft(config, train, tmp_path / "run")
     assert seen and all(seen)

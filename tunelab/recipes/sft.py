@@ -11,6 +11,8 @@ most of it (bench/bench_sft.py measures the difference):
 - the output head: logits are computed only at positions whose next token is a model-turn
   target (tunelab.losses.lm), not over a 49k vocabulary at every prompt position;
 - recomputation: no activation checkpointing; a small model's activations fit in memory.
+A fourth waste is particular to tuning data: every example repeats the same instructions, and
+the prompt prefix a batch shares is computed once (tunelab.training.prefix_sharing).
 On Llama-style models the LoRA layers also train through a fused forward and hand-written
 backward (tunelab.training.fused_lora): the same parameters and maths as PEFT's, in fewer and
 larger matmuls with no full-size elementwise passes for the LoRA terms.
@@ -41,7 +43,6 @@ from tunelab.configs.sft import SFTConfig
 from tunelab.data.batching import Batch, collate, epoch_batches
 from tunelab.data.template import Encoded
 from tunelab.data.validation import ValidationReport, load_supervised
-from tunelab.losses.lm import completion_loss
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
@@ -50,6 +51,7 @@ from tunelab.training.eval_loss import evaluate
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
 from tunelab.training.precision import resolve_precision
+from tunelab.training.prefix_sharing import can_share_prefix, completion_loss_of
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ def train_sft(
     fused = fuse_lora_for_training(model, torch.bfloat16 if bf16 else torch.float32)
     # Models the fused path does not cover train through PEFT's forward, in bf16 by autocast.
     autocast_bf16 = bf16 and not fused
+    share_prefix = can_share_prefix(model)  # the examples' common prompt prefix, computed once
     device_type = params[0].device.type
 
     def learning_rate(step: int) -> float:
@@ -159,10 +162,7 @@ def train_sft(
             group["lr"] = lr
 
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
-            loss, correct, n_targets = completion_loss(
-                hidden, head, batch.input_ids, batch.loss_mask
-            )
+            loss, correct, n_targets = completion_loss_of(model, batch, share_prefix)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -205,9 +205,12 @@ class _FusedAttentionForward:
         self.o = _FusedGroup([attn.o_proj])
         self.qk_width = sum(self.qkv.outs[:2])
         self.heads = attn.config.num_attention_heads
+        self.sdpa = attn.config._attn_implementation == "sdpa"
         self.interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, eager_attention_forward
         )
+        self.shared_prefix: tuple[int, int, int] | None = None
+        """(prefix P, rows B, suffix S) while tunelab.training.prefix_sharing packs the batch."""
 
     def __call__(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
@@ -231,17 +234,45 @@ class _FusedAttentionForward:
         v = qkv[..., self.qk_width :].view(hidden_shape).transpose(1, 2)
         kwargs.pop("cache", None)
         kwargs.pop("past_key_values", None)
+        if self.shared_prefix is not None:
+            out, weights = self._attend_shared_prefix(q, k, v, **kwargs)
+        else:
+            out, weights = self._attend(q, k, v, attention_mask, **kwargs)
+            out = out.reshape(*input_shape, -1)
+        return self.o(out.to(compute_dtype)), weights
+
+    def _attend(self, q, k, v, mask, **kwargs):
+        """(B, H, T, D) queries over (B, Hkv, T', D) keys -> (B, T, H*D)."""
+        attn = self.attn
+        dropout = 0.0 if not attn.training else attn.attention_dropout
         out, weights = self.interface(
-            attn,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=0.0 if not attn.training else attn.attention_dropout,
-            scaling=attn.scaling,
-            **kwargs,
+            attn, q, k, v, mask, dropout=dropout, scaling=attn.scaling, **kwargs
         )
-        return self.o(out.reshape(*input_shape, -1).to(compute_dtype)), weights
+        return out.reshape(*out.shape[:2], -1), weights
+
+    def _attend_shared_prefix(self, q, k, v, **kwargs):
+        """Attention over a packed batch (see tunelab.training.prefix_sharing): the sequence is
+        [prefix (P) | row 1's suffix (S) | ... | row B's suffix (S)], one copy of the prefix the
+        rows share. The prefix attends causally to itself; each suffix to the whole prefix and
+        causally to itself. The prefix's keys and values are broadcast to the rows, so autograd
+        sums the rows' gradients into the one copy: the same sums as B separate copies."""
+        p, rows, s = self.shared_prefix
+        kwargs.pop("position_ids", None)  # the packed positions; the masks below say it all
+
+        def suffix(t):  # (1, h, P + B*S, D) -> (B, h, S, D)
+            return t[:, :, p:].unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
+
+        def prefix(t):
+            return t[:, :, :p]
+
+        out_prefix, weights = self._attend(prefix(q), prefix(k), prefix(v), None, **kwargs)
+        keys = torch.cat([prefix(k).expand(rows, -1, -1, -1), suffix(k)], dim=2)
+        values = torch.cat([prefix(v).expand(rows, -1, -1, -1), suffix(v)], dim=2)
+        # (S, P + S): every prefix key, then the suffix's own keys up to the query's position
+        mask = torch.ones(s, p + s, dtype=torch.bool, device=q.device)
+        mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+        out_rows, _ = self._attend(suffix(q), keys, values, mask[None, None], **kwargs)
+        return torch.cat([out_prefix, out_rows.reshape(1, rows * s, -1)], dim=1), weights
 
 
 class _FusedMLPForward:

@@ -1,0 +1,139 @@
+"""A batch's shared prompt prefix computed once gives the loss and gradients of the batch
+computed row by row (PEFT's own forward, no packing)."""
+
+import copy
+
+import pytest
+import torch
+from test_fused_lora import lora_model
+
+from tunelab.data.batching import collate
+from tunelab.data.formats import parse_record
+from tunelab.data.template import encode
+from tunelab.losses.lm import completion_loss
+from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.prefix_sharing import (
+    can_share_prefix,
+    completion_loss_of,
+    pack_shared_prefix,
+    shared_prefix_length,
+)
+
+SYSTEM = "Route this support ticket to one of: billing, technical, account, shipping."
+
+
+def chat_batch(tokenizer, turns, system=SYSTEM):
+    rows = []
+    for user, answer in turns:
+        messages = [{"role": "user", "content": user}, {"role": "model", "content": answer}]
+        rows.append({"messages": [{"role": "system", "content": system}, *messages]})
+    encoded = [encode(tokenizer, parse_record(row, i + 1), 256) for i, row in enumerate(rows)]
+    return collate(encoded, tokenizer.pad_token_id)
+
+
+@pytest.fixture
+def batch(tokenizer):
+    return chat_batch(
+        tokenizer,
+        [
+            ("My card was charged twice.", "billing"),
+            ("The app crashes when I open settings on my phone.", "technical"),
+            ("Where is my parcel?", "shipping"),
+        ],
+    )
+
+
+def peft_loss_and_grads(model, batch):
+    model.train()
+    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+    loss = completion_loss(hidden, model.get_output_embeddings(), batch.input_ids, batch.loss_mask)
+    return backward(model, loss)
+
+
+def shared_loss_and_grads(model, batch):
+    model.train()
+    return backward(model, completion_loss_of(model, batch, share_prefix=True))
+
+
+def relative_error(got, expected):
+    """|got - expected| / |expected| over the whole tensor: summing B rows' gradients in another
+    order moves single elements by ~1e-6 of the largest; an error in the layout moves all."""
+    return float((got - expected).norm() / expected.norm())
+
+
+def backward(model, result):
+    loss, correct, count = result
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.item(), int(correct), count, grads
+
+
+def test_the_packed_batch_holds_the_prefix_once(batch):
+    packed = pack_shared_prefix(batch)
+    assert packed is not None
+    p, (rows, length) = packed.prefix, batch.input_ids.shape
+    assert p >= 20  # the chat header and the system message
+    assert torch.equal(batch.input_ids[:, :p], batch.input_ids[:1, :p].expand(rows, -1))
+    assert packed.input_ids.shape == (1, p + rows * (length - p))
+    assert packed.position_ids[0, :p].tolist() == list(range(p))
+    assert packed.position_ids[0, p : p + packed.suffix].tolist() == list(range(p, length))
+
+
+def test_same_loss_and_gradients_as_the_unpacked_batch(tiny_model_dir, batch):
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused) and can_share_prefix(fused)
+
+    ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
+    loss, correct, count, grads = shared_loss_and_grads(fused, batch)
+
+    assert (correct, count) == (ref_correct, ref_count)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, ref in ref_grads.items():
+        assert ref.abs().max() > 0, name
+        assert relative_error(grads[name], ref) < 1e-5, name
+
+
+def test_the_prefix_stops_before_the_first_target(tiny_model_dir, tokenizer):
+    """Identical prompts with different answers share everything up to the answer: the last
+    shared position predicts a target, so it must stay in every row's suffix."""
+    batch = chat_batch(tokenizer, [("Colour?", "red"), ("Colour?", "a deep green")])
+    first_target = int(batch.loss_mask.any(0).nonzero()[0])
+    assert shared_prefix_length(batch.input_ids, batch.loss_mask) == first_target - 1
+
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    ref_loss, *_, ref_grads = peft_loss_and_grads(reference, batch)
+    loss, *_, grads = shared_loss_and_grads(fused, batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], ref) < 1e-5, name
+
+
+def test_batches_without_a_shared_prefix_are_left_alone(tokenizer):
+    # only the template's few header tokens in common: not worth packing
+    assert pack_shared_prefix(collate_rows(tokenizer, ["first", "second"])) is None
+    assert pack_shared_prefix(chat_batch(tokenizer, [("only one row", "x")])) is None
+
+
+def collate_rows(tokenizer, systems):
+    rows = [
+        {"messages": [{"role": "system", "content": s}, {"role": "user", "content": "hi"},
+                      {"role": "model", "content": "ok"}]}
+        for s in systems
+    ]  # fmt: skip
+    encoded = [encode(tokenizer, parse_record(row, i + 1), 256) for i, row in enumerate(rows)]
+    return collate(encoded, tokenizer.pad_token_id)
+
+
+def test_bf16_with_a_shared_prefix_tracks_fp32(tiny_model_dir, batch):
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused, torch.bfloat16)
+    ref_loss, *_, ref_grads = peft_loss_and_grads(reference, batch)
+    loss, *_, grads = shared_loss_and_grads(fused, batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-2)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], ref) < 0.05, name

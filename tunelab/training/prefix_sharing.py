@@ -1,0 +1,118 @@
+"""Compute the prompt prefix a batch's examples share once, instead of once per example.
+
+Tuning datasets repeat their instructions: Vertex's formats put the same ``systemInstruction``
+(or system message) on every line, and a chat template adds the same header in front of it.
+In examples/ticket-routing-chat, 31 of the 66 tokens of an average example are the same in
+every example. A causal model's hidden states over a shared prefix do not depend on what comes
+after it, so in a batch of B examples the prefix's B copies compute B identical results.
+
+The batch is packed as one sequence, ``[prefix (P) | suffix of row 1 (S) | ... | row B (S)]``
+(suffixes right-padded to the longest, as before), with each token's own position id. Every
+per-token layer (linear layers, norms, MLP, rotary) runs on P + B*S tokens instead of B*(P+S).
+Attention, which has to know the layout, is computed by the fused LoRA path
+(tunelab.training.fused_lora): the prefix attends causally to itself and every suffix attends
+to the whole prefix and causally to itself. The prefix's keys and values are broadcast to the
+rows, so the backward sums the rows' gradients into them: the loss and every gradient are those
+of the unpacked batch, up to float summation order (tests/training/test_prefix_sharing.py).
+
+The prefix stops before the first position whose next token is a training target in any row,
+so every loss position lies in a suffix and the loss is the plain completion loss over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.data.batching import Batch
+from tunelab.losses.lm import completion_loss
+
+MIN_SHARED_PREFIX = 8
+"""Tokens; a shorter shared prefix saves less than the packing and the split attention cost."""
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    prefix: int
+    """P: tokens every row shares, computed once."""
+    rows: int
+    suffix: int
+    """S: the longest row's tokens after the prefix; shorter rows are right-padded to it."""
+    input_ids: torch.Tensor
+    """(1, P + B*S)"""
+    position_ids: torch.Tensor
+    """(1, P + B*S): 0..P-1, then P..P+S-1 for every row."""
+
+
+def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
+    """Leading tokens identical in every row and ending before any loss position."""
+    rows, length = input_ids.shape
+    if rows < 2:
+        return 0
+    differs = (input_ids != input_ids[:1]).any(0).nonzero()
+    common = int(differs[0]) if len(differs) else length
+    targets = loss_mask.any(0).nonzero()  # token t is a target: position t - 1 carries loss
+    first_target = int(targets[0]) if len(targets) else length
+    return max(0, min(common, first_target - 1))
+
+
+def pack_shared_prefix(batch: Batch, minimum: int = MIN_SHARED_PREFIX) -> PackedBatch | None:
+    """The batch packed around its shared prefix, or None when it shares too little."""
+    prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
+    if prefix < minimum:
+        return None
+    rows, length = batch.input_ids.shape
+    suffix = length - prefix
+    ids = torch.cat([batch.input_ids[0, :prefix], batch.input_ids[:, prefix:].reshape(-1)])
+    positions = torch.cat([torch.arange(prefix), torch.arange(prefix, length).repeat(rows)])
+    return PackedBatch(prefix, rows, suffix, ids[None], positions[None])
+
+
+@contextmanager
+def sharing_prefix(model: torch.nn.Module, packed: PackedBatch) -> Iterator[None]:
+    """Tell the fused attention layers the packed layout for one forward (and its backward,
+    which needs no layout)."""
+    layers = _fused_attention(model)
+    for attention in layers:
+        attention.shared_prefix = (packed.prefix, packed.rows, packed.suffix)
+    try:
+        yield
+    finally:
+        for attention in layers:
+            attention.shared_prefix = None
+
+
+def can_share_prefix(model: torch.nn.Module) -> bool:
+    """Whether the model's attention can compute a packed batch: the fused LoRA path on SDPA."""
+    layers = _fused_attention(model)
+    return bool(layers) and all(attention.sdpa for attention in layers)
+
+
+def completion_loss_of(
+    model: torch.nn.Module, batch: Batch, share_prefix: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The training step's forward: completion loss of the batch, its shared prefix computed
+    once when ``share_prefix`` and the batch has one."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    packed = pack_shared_prefix(batch) if share_prefix else None
+    if packed is None:
+        hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
+        return completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+    with sharing_prefix(model, packed):
+        out = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids)
+    p = packed.prefix
+    hidden = out.last_hidden_state[0, p:].unflatten(0, (packed.rows, packed.suffix))  # (B, S, C)
+    return completion_loss(hidden, head, batch.input_ids[:, p:], batch.loss_mask[:, p:])
+
+
+def _fused_attention(model: torch.nn.Module) -> list:
+    from tunelab.training.fused_lora import _FusedAttentionForward
+
+    decoder = model.get_decoder()
+    forwards = [vars(layer.self_attn).get("forward") for layer in decoder.layers]
+    if not all(isinstance(f, _FusedAttentionForward) for f in forwards):
+        return []
+    return forwards
