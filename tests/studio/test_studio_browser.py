@@ -170,6 +170,8 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     page.fill("#param-learning_rate_multiplier", "10")
     page.fill("#param-eval_every_steps", "2")
     page.fill("#param-checkpoint_every_steps", "4")
+    assert page.input_value("#param-precision") == "auto"
+    page.select_option("#param-precision", "fp32")
     assert "16 steps" in page.text_content("#steps-estimate")
     page.wait_for_selector("#submit-job:not([disabled])")
     shoot(page, "create")
@@ -185,6 +187,9 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
         page.wait_for_timeout(500)
     error = page.text_content("#job-error") if page.query_selector("#job-error") else ""
     assert state == "SUCCEEDED", error
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = httpx.get(f"{url}/v1/tuningJobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+    assert job.json()["config"]["precision"] == "fp32"  # the form's named choice, sent as text
     page.wait_for_function("document.querySelector('#loss-chart').dataset.points >= 8")
     drawn = page.evaluate(
         """() => { const c = document.querySelector('#loss-chart');

@@ -51,6 +51,7 @@ const FIELDS = {
     ["checkpoint_every_steps", "Checkpoint every N steps", "int", "20", "A crash or pause resumes from the last one."],
     ["early_stopping_patience", "Early stopping patience", "int", "3", "Stop after this many evaluations without a better eval loss; empty disables. Needs a validation set."],
     ["seed", "Seed", "int", "42", "Seeds data order and adapter initialisation."],
+    ["precision", "Precision", "choice:auto,fp32,bf16", "auto", "auto trains in bf16 mixed precision where this machine's bf16 matmuls measure clearly faster, else fp32."],
   ],
   dpo: [
     ...COMMON_STEPS,
@@ -204,7 +205,8 @@ export function renderCreate(main) {
 
   function renderParams() {
     clear(params, FIELDS[state.method].map(([field, label, kind, value, hint]) => {
-      const input = kind.startsWith("select:")
+      // select: numeric options; choice: named ones, sent as text
+      const input = kind.startsWith("select:") || kind.startsWith("choice:")
         ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o || "server default")))
         : kind === "text"
           ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
@@ -220,7 +222,8 @@ export function renderCreate(main) {
     for (const [field, , kind] of FIELDS[state.method]) {
       const raw = paramValue(field);
       if (raw === "") { if (field === "early_stopping_patience") out[field] = null; continue; }
-      out[field] = kind === "text" ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
+      const named = kind === "text" || kind.startsWith("choice:");
+      out[field] = named ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
     }
     if (extra.value.trim()) Object.assign(out, JSON.parse(extra.value));
     return out;
