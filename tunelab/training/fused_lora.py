@@ -25,6 +25,10 @@ norm modules is replaced, and PEFT's path still runs whenever a KV cache is in u
 or the adapter is disabled or merged.
 :func:`fuse_lora_for_training` returns False, changing nothing, for any model it does not
 recognise (other architectures, dropout, biases on LoRA, missing targets).
+
+Two training options ride on the same forward: bf16 mixed precision (``compute_dtype``; see
+tunelab.training.precision), and attention over a packed batch whose shared prompt prefix is
+computed once (``shared_prefix``, set by tunelab.training.prefix_sharing).
 """
 
 from __future__ import annotations
@@ -315,9 +319,9 @@ def fuse_lora_for_training(
     """Switch a PEFT LoRA model on a Llama-style decoder to the fused forward, in place.
 
     ``compute_dtype=torch.bfloat16`` trains in bf16 mixed precision (see
-    tunelab.training.precision): the blocks' matmuls, attention and activations in bf16 from a
-    bf16 copy of the frozen weights; residual stream, norm statistics, loss, LoRA parameters and
-    their gradients in fp32. It applies in training mode only.
+    tunelab.training.precision): the blocks' matmuls and activations in bf16 from a bf16 copy of
+    the frozen weights; residual stream, norm statistics, rotary, attention, loss, LoRA
+    parameters and their gradients in fp32. It applies in training mode only.
 
     Returns False and leaves the model untouched when it is not one this module knows how to
     compute exactly (the caller then trains through PEFT's own forward).

@@ -1,8 +1,9 @@
 """Which number format a training run computes in: fp32, or bf16 mixed precision.
 
 bf16 mixed precision here means what it means on GPUs: the frozen base weights get a bf16 copy
-and the block's matmuls, attention and activations run in bf16, while the residual stream, the
-norms' statistics, the loss, the LoRA parameters, their gradients and the optimizer stay fp32.
+and the blocks' matmuls and activations run in bf16, while the residual stream, the norms'
+statistics, rotary and attention (torch's CPU flash attention is slower in bf16), the loss, the
+LoRA parameters, their gradients and the optimizer stay fp32.
 
 Whether bf16 pays depends on the CPU, and its flags do not tell: an AMD Zen 4 (AVX512-BF16)
 runs bf16 matmuls at 2.4x its fp32 rate, an Intel Xeon with the same flag but no AMX at 0.6x,
