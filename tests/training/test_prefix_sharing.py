@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_fused_lora import lora_model
+from test_fused_lora import lora_model, relative_error
 
 from tunelab.data.batching import collate
 from tunelab.data.formats import parse_record
@@ -23,10 +23,13 @@ SYSTEM = "Route this support ticket to one of: billing, technical, account, ship
 
 
 def chat_batch(tokenizer, turns, system=SYSTEM):
+    """One row per (user, answer) turn; ``system`` is the rows' system message, or a list of
+    one per row."""
+    systems = [system] * len(turns) if isinstance(system, str) else system
     rows = []
-    for user, answer in turns:
+    for (user, answer), text in zip(turns, systems, strict=True):
         messages = [{"role": "user", "content": user}, {"role": "model", "content": answer}]
-        rows.append({"messages": [{"role": "system", "content": system}, *messages]})
+        rows.append({"messages": [{"role": "system", "content": text}, *messages]})
     encoded = [encode(tokenizer, parse_record(row, i + 1), 256) for i, row in enumerate(rows)]
     return collate(encoded, tokenizer.pad_token_id)
 
@@ -53,12 +56,6 @@ def peft_loss_and_grads(model, batch):
 def shared_loss_and_grads(model, batch):
     model.train()
     return backward(model, completion_loss_of(model, batch, share_prefix=True))
-
-
-def relative_error(got, expected):
-    """|got - expected| / |expected| over the whole tensor: summing B rows' gradients in another
-    order moves single elements by ~1e-6 of the largest; an error in the layout moves all."""
-    return float((got - expected).norm() / expected.norm())
 
 
 def backward(model, result):
@@ -114,18 +111,9 @@ def test_the_prefix_stops_before_the_first_target(tiny_model_dir, tokenizer):
 
 def test_batches_without_a_shared_prefix_are_left_alone(tokenizer):
     # only the template's few header tokens in common: not worth packing
-    assert pack_shared_prefix(collate_rows(tokenizer, ["first", "second"])) is None
+    different = chat_batch(tokenizer, [("hi", "ok")] * 2, system=["first", "second"])
+    assert pack_shared_prefix(different) is None
     assert pack_shared_prefix(chat_batch(tokenizer, [("only one row", "x")])) is None
-
-
-def collate_rows(tokenizer, systems):
-    rows = [
-        {"messages": [{"role": "system", "content": s}, {"role": "user", "content": "hi"},
-                      {"role": "model", "content": "ok"}]}
-        for s in systems
-    ]  # fmt: skip
-    encoded = [encode(tokenizer, parse_record(row, i + 1), 256) for i, row in enumerate(rows)]
-    return collate(encoded, tokenizer.pad_token_id)
 
 
 def test_bf16_with_a_shared_prefix_tracks_fp32(tiny_model_dir, batch):

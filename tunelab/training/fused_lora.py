@@ -213,8 +213,8 @@ class _FusedAttentionForward:
         self.interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, eager_attention_forward
         )
-        self.shared_prefix: tuple[int, int, int] | None = None
-        """(prefix P, rows B, suffix S) while tunelab.training.prefix_sharing packs the batch."""
+        self.shared_prefix = None
+        """The PackedBatch's layout while tunelab.training.prefix_sharing packs the batch."""
 
     def __call__(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
@@ -260,7 +260,8 @@ class _FusedAttentionForward:
         rows share. The prefix attends causally to itself; each suffix to the whole prefix and
         causally to itself. The prefix's keys and values are broadcast to the rows, so autograd
         sums the rows' gradients into the one copy: the same sums as B separate copies."""
-        p, rows, s = self.shared_prefix
+        packed = self.shared_prefix
+        p, rows, s = packed.prefix, packed.rows, packed.suffix
         kwargs.pop("position_ids", None)  # the packed positions; the masks below say it all
 
         def suffix(t):  # (1, h, P + B*S, D) -> (B, h, S, D)
@@ -272,10 +273,8 @@ class _FusedAttentionForward:
         out_prefix, weights = self._attend(prefix(q), prefix(k), prefix(v), None, **kwargs)
         keys = torch.cat([prefix(k).expand(rows, -1, -1, -1), suffix(k)], dim=2)
         values = torch.cat([prefix(v).expand(rows, -1, -1, -1), suffix(v)], dim=2)
-        # (S, P + S): every prefix key, then the suffix's own keys up to the query's position
-        mask = torch.ones(s, p + s, dtype=torch.bool, device=q.device)
-        mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
-        out_rows, _ = self._attend(suffix(q), keys, values, mask[None, None], **kwargs)
+        mask = packed.suffix_mask.to(q.device)
+        out_rows, _ = self._attend(suffix(q), keys, values, mask, **kwargs)
         return torch.cat([out_prefix, out_rows.reshape(1, rows * s, -1)], dim=1), weights
 
 

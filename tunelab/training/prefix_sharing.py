@@ -45,6 +45,9 @@ class PackedBatch:
     """(1, P + B*S)"""
     position_ids: torch.Tensor
     """(1, P + B*S): 0..P-1, then P..P+S-1 for every row."""
+    suffix_mask: torch.Tensor
+    """(1, 1, S, P + S) bool, what a suffix token attends to: every prefix token, then its own
+    row's tokens up to itself. The same for every row and every layer."""
 
 
 def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -68,7 +71,9 @@ def pack_shared_prefix(batch: Batch, minimum: int = MIN_SHARED_PREFIX) -> Packed
     suffix = length - prefix
     ids = torch.cat([batch.input_ids[0, :prefix], batch.input_ids[:, prefix:].reshape(-1)])
     positions = torch.cat([torch.arange(prefix), torch.arange(prefix, length).repeat(rows)])
-    return PackedBatch(prefix, rows, suffix, ids[None], positions[None])
+    mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool)
+    mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool).tril()
+    return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None])
 
 
 @contextmanager
@@ -77,7 +82,7 @@ def sharing_prefix(model: torch.nn.Module, packed: PackedBatch) -> Iterator[None
     which needs no layout)."""
     layers = _fused_attention(model)
     for attention in layers:
-        attention.shared_prefix = (packed.prefix, packed.rows, packed.suffix)
+        attention.shared_prefix = packed
     try:
         yield
     finally:
