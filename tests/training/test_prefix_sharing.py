@@ -16,6 +16,7 @@ from tunelab.training.prefix_sharing import (
     can_share_prefix,
     completion_loss_of,
     pack_shared_prefix,
+    pad_rows,
     shared_prefix_length,
 )
 
@@ -53,9 +54,9 @@ def peft_loss_and_grads(model, batch):
     return backward(model, loss)
 
 
-def shared_loss_and_grads(model, batch):
+def shared_loss_and_grads(model, batch, row_multiple=1, share_prefix=True):
     model.train()
-    return backward(model, completion_loss_of(model, batch, share_prefix=True))
+    return backward(model, completion_loss_of(model, batch, share_prefix, row_multiple))
 
 
 def backward(model, result):
@@ -125,3 +126,27 @@ def test_bf16_with_a_shared_prefix_tracks_fp32(tiny_model_dir, batch):
     assert loss == pytest.approx(ref_loss, rel=1e-2)
     for name, ref in ref_grads.items():
         assert relative_error(grads[name], ref) < 0.05, name
+
+
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["packed", "unpacked"])
+def test_rounding_the_token_count_changes_nothing_learnt(tiny_model_dir, batch, share_prefix):
+    """Dead tokens at the end of a packed batch, or right padding of an unpacked one, round the
+    matmuls' rows up to a multiple (for per-shape kernels) without moving the loss or a grad."""
+    packed = pack_shared_prefix(batch, row_multiple=32)
+    assert packed.tail > 0 and packed.input_ids.shape[1] % 32 == 0
+    assert packed.input_ids.shape[1] == packed.packed_rows_end + packed.tail
+    padded = pad_rows(batch, 32)
+    assert (
+        padded.input_ids.numel() % 32 == 0 and padded.input_ids.shape[1] > batch.input_ids.shape[1]
+    )
+    assert not padded.loss_mask[:, batch.input_ids.shape[1] :].any()
+
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
+    loss, correct, count, grads = shared_loss_and_grads(fused, batch, 32, share_prefix)
+    assert (correct, count) == (ref_correct, ref_count)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], ref) < 1e-5, name

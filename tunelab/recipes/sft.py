@@ -50,7 +50,7 @@ from tunelab.training.early_stopping import record_eval
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
-from tunelab.training.precision import resolve_precision
+from tunelab.training.precision import matmul_row_multiple, resolve_precision
 from tunelab.training.prefix_sharing import can_share_prefix, completion_loss_of
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
@@ -129,6 +129,7 @@ def train_sft(
     autocast_bf16 = bf16 and not fused
     share_prefix = can_share_prefix(model)  # the examples' common prompt prefix, computed once
     device_type = params[0].device.type
+    row_multiple = matmul_row_multiple(state.extra["precision"], device_type)
 
     def learning_rate(step: int) -> float:
         """Linear warm-up, then linear decay to zero: a pure function of the step, so resuming
@@ -162,7 +163,7 @@ def train_sft(
             group["lr"] = lr
 
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            loss, correct, n_targets = completion_loss_of(model, batch, share_prefix)
+            loss, correct, n_targets = completion_loss_of(model, batch, share_prefix, row_multiple)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -256,16 +256,17 @@ class _FusedAttentionForward:
 
     def _attend_shared_prefix(self, q, k, v, **kwargs):
         """Attention over a packed batch (see tunelab.training.prefix_sharing): the sequence is
-        [prefix (P) | row 1's suffix (S) | ... | row B's suffix (S)], one copy of the prefix the
-        rows share. The prefix attends causally to itself; each suffix to the whole prefix and
-        causally to itself. The prefix's keys and values are broadcast to the rows, so autograd
-        sums the rows' gradients into the one copy: the same sums as B separate copies."""
+        [prefix (P) | row 1's suffix (S) | ... | row B's suffix (S) | dead tail], one copy of
+        the prefix the rows share. The prefix attends causally to itself; each suffix to the
+        whole prefix and causally to itself. The prefix's keys and values are broadcast to the
+        rows, so autograd sums the rows' gradients into the one copy: the same sums as B
+        separate copies."""
         packed = self.shared_prefix
-        p, rows, s = packed.prefix, packed.rows, packed.suffix
+        p, rows, s, end = packed.prefix, packed.rows, packed.suffix, packed.packed_rows_end
         kwargs.pop("position_ids", None)  # the packed positions; the masks below say it all
 
-        def suffix(t):  # (1, h, P + B*S, D) -> (B, h, S, D)
-            return t[:, :, p:].unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
+        def suffix(t):  # (1, h, P + B*S + tail, D) -> (B, h, S, D)
+            return t[:, :, p:end].unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
 
         def prefix(t):
             return t[:, :, :p]
@@ -275,7 +276,10 @@ class _FusedAttentionForward:
         values = torch.cat([prefix(v).expand(rows, -1, -1, -1), suffix(v)], dim=2)
         mask = packed.suffix_mask.to(q.device)
         out_rows, _ = self._attend(suffix(q), keys, values, mask, **kwargs)
-        return torch.cat([out_prefix, out_rows.reshape(1, rows * s, -1)], dim=1), weights
+        parts = [out_prefix, out_rows.reshape(1, rows * s, -1)]
+        if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
+            parts.append(out_rows.new_zeros(1, packed.tail, out_rows.shape[-1]))
+        return torch.cat(parts, dim=1), weights
 
 
 class _FusedMLPForward:

@@ -65,3 +65,19 @@ def _measured_speedup(width: int, rows: int = 512) -> float:
             best = min(best, time.perf_counter() - start)
         seconds[dtype] = best
     return seconds[torch.float32] / seconds[torch.bfloat16]
+
+
+MATMUL_ROW_GRANULE = 32
+"""Tokens; a batch wastes under this many on dead rows, on average half."""
+
+
+def matmul_row_multiple(precision: str, device: str = "cpu") -> int:
+    """What the token count of a training step's linear layers is rounded up to.
+
+    On a CPU, torch runs bf16 matmuls through oneDNN, which generates (JIT-compiles) a kernel
+    for every new shape: ~1.6 ms each, about 30 shapes per step, and ~17 MB kept in its cache
+    each time. Batches of varied lengths would make nearly every step pay that, about 10% of the
+    step (bench/RESULTS.md). Rounded to a multiple of 32 tokens, a run meets a few dozen shapes
+    in all. fp32 matmuls (MKL) and GPUs have no per-shape cost: no rounding there.
+    """
+    return MATMUL_ROW_GRANULE if precision == "bf16" and device == "cpu" else 1

@@ -17,13 +17,18 @@ of the unpacked batch, up to float summation order (tests/training/test_prefix_s
 
 The prefix stops before the first position whose next token is a training target in any row,
 so every loss position lies in a suffix and the loss is the plain completion loss over them.
+
+``row_multiple`` rounds the token count the linear layers see up to a multiple (dead tokens at
+the end of a packed batch, right padding otherwise), for kernels that are generated per shape:
+see tunelab.training.precision.matmul_row_multiple.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from math import gcd
 
 import torch
 
@@ -42,12 +47,20 @@ class PackedBatch:
     suffix: int
     """S: the longest row's tokens after the prefix; shorter rows are right-padded to it."""
     input_ids: torch.Tensor
-    """(1, P + B*S)"""
+    """(1, P + B*S + tail)"""
     position_ids: torch.Tensor
-    """(1, P + B*S): 0..P-1, then P..P+S-1 for every row."""
+    """(1, P + B*S + tail): 0..P-1, then P..P+S-1 for every row, then zeros."""
     suffix_mask: torch.Tensor
     """(1, 1, S, P + S) bool, what a suffix token attends to: every prefix token, then its own
     row's tokens up to itself. The same for every row and every layer."""
+    tail: int = 0
+    """Dead tokens after the last row, only there to round the length up: no token attends to
+    them, their attention output is zero and nothing reads their hidden states."""
+
+    @property
+    def packed_rows_end(self) -> int:
+        """P + B*S: where the rows end and the tail starts."""
+        return self.prefix + self.rows * self.suffix
 
 
 def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -62,18 +75,45 @@ def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> in
     return max(0, min(common, first_target - 1))
 
 
-def pack_shared_prefix(batch: Batch, minimum: int = MIN_SHARED_PREFIX) -> PackedBatch | None:
-    """The batch packed around its shared prefix, or None when it shares too little."""
+def pack_shared_prefix(
+    batch: Batch, minimum: int = MIN_SHARED_PREFIX, row_multiple: int = 1
+) -> PackedBatch | None:
+    """The batch packed around its shared prefix, or None when it shares too little; its
+    length rounded up to a multiple of ``row_multiple`` with dead tokens."""
     prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
     if prefix < minimum:
         return None
     rows, length = batch.input_ids.shape
     suffix = length - prefix
-    ids = torch.cat([batch.input_ids[0, :prefix], batch.input_ids[:, prefix:].reshape(-1)])
-    positions = torch.cat([torch.arange(prefix), torch.arange(prefix, length).repeat(rows)])
+    tail = -(prefix + rows * suffix) % row_multiple
+    ids = torch.cat(
+        [
+            batch.input_ids[0, :prefix],
+            batch.input_ids[:, prefix:].reshape(-1),
+            batch.input_ids.new_zeros(tail),
+        ]
+    )
+    positions = torch.cat(
+        [torch.arange(prefix), torch.arange(prefix, length).repeat(rows), torch.zeros(tail)]
+    ).long()
     mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool)
     mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool).tril()
-    return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None])
+    return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None], tail)
+
+
+def pad_rows(batch: Batch, row_multiple: int) -> Batch:
+    """The batch right-padded (no loss, no attention from real tokens under the causal mask) so
+    that rows x length is a multiple of ``row_multiple``."""
+    rows, length = batch.input_ids.shape
+    step = row_multiple // gcd(rows, row_multiple)
+    extra = -length % step
+    if not extra:
+        return batch
+    return replace(
+        batch,
+        input_ids=torch.nn.functional.pad(batch.input_ids, (0, extra)),
+        loss_mask=torch.nn.functional.pad(batch.loss_mask, (0, extra)),
+    )
 
 
 @contextmanager
@@ -97,19 +137,21 @@ def can_share_prefix(model: torch.nn.Module) -> bool:
 
 
 def completion_loss_of(
-    model: torch.nn.Module, batch: Batch, share_prefix: bool
+    model: torch.nn.Module, batch: Batch, share_prefix: bool, row_multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The training step's forward: completion loss of the batch, its shared prefix computed
-    once when ``share_prefix`` and the batch has one."""
+    once when ``share_prefix`` and the batch has one; the tokens the linear layers see rounded
+    up to a multiple of ``row_multiple``."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    packed = pack_shared_prefix(batch) if share_prefix else None
+    packed = pack_shared_prefix(batch, row_multiple=row_multiple) if share_prefix else None
     if packed is None:
+        batch = pad_rows(batch, row_multiple)
         hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
         return completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
     with sharing_prefix(model, packed):
         out = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids)
-    p = packed.prefix
-    hidden = out.last_hidden_state[0, p:].unflatten(0, (packed.rows, packed.suffix))  # (B, S, C)
+    p, rows_end = packed.prefix, packed.packed_rows_end
+    hidden = out.last_hidden_state[0, p:rows_end].unflatten(0, (packed.rows, packed.suffix))
     return completion_loss(hidden, head, batch.input_ids[:, p:], batch.loss_mask[:, p:])
 
 
