@@ -30,7 +30,7 @@ from tunelab.data.validation import load_supervised
 from tunelab.models import load_tokenizer, resolve_model
 from tunelab.recipes.sft import _adamw, _lora_model
 from tunelab.training.fused_lora import fuse_lora_for_training
-from tunelab.training.precision import resolve_precision
+from tunelab.training.precision import matmul_row_multiple, resolve_precision
 from tunelab.training.prefix_sharing import completion_loss_of
 
 WARMUP_STEPS = 3
@@ -54,6 +54,8 @@ def main() -> None:
     dtypes = {"fused": torch.bfloat16 if precision == "bf16" else torch.float32}
     if precision == "bf16":
         dtypes["fused-fp32"] = torch.float32
+    # train_sft rounds each step's token count for per-shape bf16 kernels; so does this loop
+    row_multiples = {"fused": matmul_row_multiple(precision)}
     for name in [*dtypes, "peft"]:
         model = _lora_model(base.path, config)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -77,7 +79,9 @@ def main() -> None:
     def step(batch, name: str = "fused") -> None:  # the loop body of train_sft
         model, params, optimizer = setups[name]
         # train_sft computes each batch's shared prompt prefix once on the fused path
-        loss, _, _ = completion_loss_of(model, batch, share_prefix=name != "peft")
+        loss, _, _ = completion_loss_of(
+            model, batch, share_prefix=name != "peft", row_multiple=row_multiples.get(name, 1)
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

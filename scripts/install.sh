@@ -3,7 +3,7 @@
 #
 # torch goes first, pinned: on CPU-only machines `pip install torch==2.13.0` takes the CPU wheel,
 # while an unpinned torch (asked for directly or by a dependency) would pull a multi-GB CUDA
-# build. The package itself declares `torch>=2.4`, which the installed torch then satisfies.
+# build. The package itself declares `torch>=2.5`, which the installed torch then satisfies.
 # On a GPU machine, install the torch build you want first; this script keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
