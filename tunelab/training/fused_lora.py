@@ -150,6 +150,30 @@ class _Rotary(torch.autograd.Function):
         return grad_x, None, None
 
 
+class _SwiGLU(torch.autograd.Function):
+    """h = silu(gate) * up from the fused gate|up output, saving only that output: eager
+    autograd also keeps silu(gate) (half as large again), and its backward concatenates the
+    two halves' gradients in one more pass. Here silu(gate) is recomputed in the backward and
+    both gradients are written into one buffer, ready for the gate|up matmul's backward."""
+
+    @staticmethod
+    def forward(ctx, gate_up, half):  # noqa: ANN001
+        gate, up = gate_up[..., :half], gate_up[..., half:]
+        ctx.save_for_backward(gate_up)
+        ctx.half = half
+        return F.silu(gate).mul_(up)
+
+    @staticmethod
+    def backward(ctx, grad_h):  # noqa: ANN001
+        (gate_up,) = ctx.saved_tensors
+        half = ctx.half
+        gate, up = gate_up[..., :half], gate_up[..., half:]
+        grad = torch.empty_like(gate_up, memory_format=torch.contiguous_format)
+        torch.ops.aten.silu_backward.grad_input(grad_h * up, gate, grad_input=grad[..., :half])
+        torch.mul(grad_h, F.silu(gate), out=grad[..., half:])
+        return grad, None
+
+
 def _block_diagonal(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(blocks) == 1:
         return blocks[0]
@@ -230,12 +254,14 @@ class _FusedAttentionForward:
         # Rotary and attention in fp32 whatever the compute dtype: torch's CPU flash attention
         # is 2.8x slower in bf16 than in fp32 (forward + backward at this model's shapes),
         # while the casts of q, k, v and the output are small next to the matmuls around them.
-        qkv = qkv.float()
+        # v gets storage of its own: attention saves it for the backward, and as a view it would
+        # keep the whole fp32 q|k|v alive until then (3 KB per token and layer at 135M).
         cos, sin = (t.float() for t in position_embeddings)  # (B, T, D)
-        qk = _Rotary.apply(qkv[..., : self.qk_width].view(hidden_shape), cos, sin)
+        qk = qkv[..., : self.qk_width].float().view(hidden_shape)
+        qk = _Rotary.apply(qk, cos, sin)
         q = qk[:, :, : self.heads].transpose(1, 2)  # (B, H, T, D)
         k = qk[:, :, self.heads :].transpose(1, 2)  # (B, Hkv, T, D)
-        v = qkv[..., self.qk_width :].view(hidden_shape).transpose(1, 2)
+        v = qkv[..., self.qk_width :].float().contiguous().view(hidden_shape).transpose(1, 2)
         kwargs.pop("cache", None)
         kwargs.pop("past_key_values", None)
         if self.shared_prefix is not None:
@@ -303,11 +329,15 @@ class _FusedMLPForward:
         self.original = mlp.forward
         self.gate_up = _FusedGroup([getattr(mlp, name) for name in MLP_IN])
         self.down = _FusedGroup([mlp.down_proj])
+        self.silu = type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
 
     def __call__(self, x):
         if self.gate_up.bypassed():
             return self.original(x.to(self.gate_up.weight.dtype))
-        gate, up = self.gate_up(x).split(self.gate_up.outs, dim=-1)
+        gate_up = self.gate_up(x)
+        if self.silu and self.gate_up.outs[0] == self.gate_up.outs[1]:
+            return self.down(_SwiGLU.apply(gate_up, self.gate_up.outs[0]))
+        gate, up = gate_up.split(self.gate_up.outs, dim=-1)
         return self.down(self.mlp.act_fn(gate) * up)
 
 
