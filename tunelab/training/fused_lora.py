@@ -231,8 +231,9 @@ class _FusedAttentionForward:
         self.original = attn.forward
         self.qkv = _FusedGroup([getattr(attn, name) for name in ATTENTION])
         self.o = _FusedGroup([attn.o_proj])
-        self.qk_width = sum(self.qkv.outs[:2])
-        self.heads = attn.config.num_attention_heads
+        q_width, k_width, v_width = self.qkv.outs
+        self.qkv_widths = [q_width + k_width, v_width]
+        self.qk_heads = [q_width // attn.head_dim, k_width // attn.head_dim]
         self.sdpa = attn.config._attn_implementation == "sdpa"
         self.interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             attn.config._attn_implementation, eager_attention_forward
@@ -254,14 +255,15 @@ class _FusedAttentionForward:
         # Rotary and attention in fp32 whatever the compute dtype: torch's CPU flash attention
         # is 2.8x slower in bf16 than in fp32 (forward + backward at this model's shapes),
         # while the casts of q, k, v and the output are small next to the matmuls around them.
-        # v gets storage of its own: attention saves it for the backward, and as a view it would
-        # keep the whole fp32 q|k|v alive until then (3 KB per token and layer at 135M).
+        # Tensors are cut with split, whose backward is one concatenation, never with slices:
+        # each slice's backward writes a zero tensor of the whole and adds it up (~6% of a
+        # bf16 step here). v gets storage of its own: attention saves it for the backward, and
+        # as a view it would keep the whole fp32 q|k|v alive until then.
         cos, sin = (t.float() for t in position_embeddings)  # (B, T, D)
-        qk = qkv[..., : self.qk_width].float().view(hidden_shape)
-        qk = _Rotary.apply(qk, cos, sin)
-        q = qk[:, :, : self.heads].transpose(1, 2)  # (B, H, T, D)
-        k = qk[:, :, self.heads :].transpose(1, 2)  # (B, Hkv, T, D)
-        v = qkv[..., self.qk_width :].float().contiguous().view(hidden_shape).transpose(1, 2)
+        qk, v = qkv.split(self.qkv_widths, dim=-1)
+        qk = _Rotary.apply(qk.float().view(hidden_shape), cos, sin)
+        q, k = (t.transpose(1, 2) for t in qk.split(self.qk_heads, dim=2))  # (B, H|Hkv, T, D)
+        v = v.float().contiguous().view(hidden_shape).transpose(1, 2)
         kwargs.pop("cache", None)
         kwargs.pop("past_key_values", None)
         if self.shared_prefix is not None:
@@ -291,22 +293,21 @@ class _FusedAttentionForward:
         p, rows, s, end = packed.prefix, packed.rows, packed.suffix, packed.packed_rows_end
         kwargs.pop("position_ids", None)  # the packed positions; the masks below say it all
 
-        def suffix(t):  # (1, h, P + B*S + tail, D) -> (B, h, S, D)
-            return t[:, :, p:end].unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
+        def parts(t):  # (1, h, P + B*S + tail, D) -> (1, h, P, D) and (B, h, S, D)
+            prefix, body, _ = t.split([p, end - p, packed.tail], dim=2)
+            return prefix, body.unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
 
-        def prefix(t):
-            return t[:, :, :p]
-
-        out_prefix, weights = self._attend(prefix(q), prefix(k), prefix(v), None, **kwargs)
-        keys = torch.cat([prefix(k).expand(rows, -1, -1, -1), suffix(k)], dim=2)
-        values = torch.cat([prefix(v).expand(rows, -1, -1, -1), suffix(v)], dim=2)
+        (q_prefix, q_rows), (k_prefix, k_rows), (v_prefix, v_rows) = parts(q), parts(k), parts(v)
+        out_prefix, weights = self._attend(q_prefix, k_prefix, v_prefix, None, **kwargs)
+        keys = torch.cat([k_prefix.expand(rows, -1, -1, -1), k_rows], dim=2)
+        values = torch.cat([v_prefix.expand(rows, -1, -1, -1), v_rows], dim=2)
         mask = packed.suffix_mask.to(q.device)
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
         # copy (and its backward) that made the rows' attention ~25% slower on CPU.
         dropout = self.attn.attention_dropout if self.attn.training else 0.0
         out_rows = F.scaled_dot_product_attention(
-            suffix(q),
+            q_rows,
             keys,
             values,
             attn_mask=mask,
