@@ -44,7 +44,8 @@ What is measured:
 - useful FLOPs: torch.utils.flop_counter.FlopCounterMode over TuneLab's own training step
   (decoder forward, completion loss, backward) on exactly the batches TuneLab trained on, as
   train_sft computes it (fused LoRA path, each batch's shared prompt prefix computed once: the
-  FLOPs it skips are not counted as work done); the optimizer is not counted. Divided by the
+  FLOPs it skips are not counted as work done; nor are those of the dead tokens that round a
+  bf16 step's length up); the optimizer is not counted. Divided by the
   trained tokens, the same FLOPs-per-token prices every run's tokens, so TRL's "effective
   FLOP/s" is useful work per second, not work it did;
 - the fp32 matmul peak: best GFLOP/s of timed torch.mm / F.linear at the model's shapes and at
@@ -370,6 +371,8 @@ def run_reference(args) -> dict:
     batches = tunelab_batches(args, train, tokenizer.pad_token_id)
     with counter:
         for batch in batches:  # exactly the loop body of train_sft, minus the optimizer
+            # row_multiple stays 1: the dead tokens train_sft adds in bf16 (to reuse oneDNN's
+            # per-shape kernels) are not useful work, so they are not counted
             loss, _, _ = completion_loss_of(model, batch, share_prefix=True)
             loss.backward()
             model.zero_grad(set_to_none=True)
