@@ -256,7 +256,7 @@ class _FusedAttentionForward:
         # is 2.8x slower in bf16 than in fp32 (forward + backward at this model's shapes),
         # while the casts of q, k, v and the output are small next to the matmuls around them.
         # Tensors are cut with split, whose backward is one concatenation, never with slices:
-        # each slice's backward writes a zero tensor of the whole and adds it up (~6% of a
+        # each slice's backward writes a zero tensor of the whole and adds it up (~5% of a
         # bf16 step here). v gets storage of its own: attention saves it for the backward, and
         # as a view it would keep the whole fp32 q|k|v alive until then.
         cos, sin = (t.float() for t in position_embeddings)  # (B, T, D)
@@ -304,7 +304,7 @@ class _FusedAttentionForward:
         mask = packed.suffix_mask.to(q.device)
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
-        # copy (and its backward) that made the rows' attention ~25% slower on CPU.
+        # copy (and its backward) that made the rows' attention ~30% slower on CPU.
         dropout = self.attn.attention_dropout if self.attn.training else 0.0
         out_rows = F.scaled_dot_product_attention(
             q_rows,
@@ -316,10 +316,10 @@ class _FusedAttentionForward:
             enable_gqa=True,
         )
         out_rows = out_rows.transpose(1, 2).reshape(rows, s, -1)  # (B, S, H*D)
-        parts = [out_prefix, out_rows.reshape(1, rows * s, -1)]
+        outputs = [out_prefix, out_rows.reshape(1, rows * s, -1)]
         if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
-            parts.append(out_rows.new_zeros(1, packed.tail, out_rows.shape[-1]))
-        return torch.cat(parts, dim=1), weights
+            outputs.append(out_rows.new_zeros(1, packed.tail, out_rows.shape[-1]))
+        return torch.cat(outputs, dim=1), weights
 
 
 class _FusedMLPForward:

@@ -94,8 +94,12 @@ def pack_shared_prefix(
         ]
     )
     positions = torch.cat(
-        [torch.arange(prefix), torch.arange(prefix, length).repeat(rows), torch.zeros(tail)]
-    ).long()
+        [
+            torch.arange(prefix),
+            torch.arange(prefix, length).repeat(rows),
+            torch.zeros(tail, dtype=torch.long),
+        ]
+    )
     mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool)
     mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool).tril()
     return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None], tail)
