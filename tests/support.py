@@ -15,6 +15,20 @@ def write_jsonl(path, rows):
     return path
 
 
+COLOR_LABELS = ["red", "green", "blue", "yellow"]
+
+
+def color_rows(n, offset=0):
+    """A task a tiny model can learn in a few dozen steps: name the colour word in the text."""
+    return [
+        {
+            "input_text": f"item {i + offset}: the {COLOR_LABELS[i % 4]} one",
+            "output_text": COLOR_LABELS[i % 4],
+        }
+        for i in range(n)
+    ]
+
+
 def write_lines(path, lines):
     """Write text lines (for TSV and deliberately malformed files)."""
     path.write_text("".join(line + "\n" for line in lines))

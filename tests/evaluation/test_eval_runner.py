@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from rich.console import Console
-from support import write_jsonl
+from support import COLOR_LABELS, color_rows, write_jsonl
 from typer.testing import CliRunner
 
 from tunelab.cli import app
@@ -24,15 +24,7 @@ from tunelab.recipes.sft import train_sft
 from tunelab.serving.generation import GenerationParams, as_messages, generate
 from tunelab.training.eval_loss import evaluate
 
-LABELS = ["red", "green", "blue", "yellow"]
 GREEDY = GenerationParams(temperature=0, max_output_tokens=12)
-
-
-def color_rows(n, offset=0):
-    return [
-        {"input_text": f"item {i + offset}: the {LABELS[i % 4]} one", "output_text": LABELS[i % 4]}
-        for i in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +67,8 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_adapter, color_data):
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model_dir, tiny_adapter):
     prompts = [
-        as_messages(f"item {i}: the {LABELS[i % 4]} one" + " really" * (i % 5)) for i in range(7)
+        as_messages(f"item {i}: the {COLOR_LABELS[i % 4]} one" + " really" * (i % 5))
+        for i in range(7)
     ]
     # The tuned adapter stops after a word or two, at different steps in a batch...
     tuned = load_model_ref(str(tiny_adapter))
@@ -99,10 +92,10 @@ def test_base_vs_tuned_end_to_end(evaluated, tiny_model_dir, tiny_adapter, color
     base, tuned = str(tiny_model_dir), str(tiny_adapter)
     assert report.task == "classification" and report.task_inferred
     assert "4 distinct values" in report.task_reason
-    assert report.labels == sorted(LABELS)
+    assert report.labels == sorted(COLOR_LABELS)
     assert (report.n_examples, report.n_available, report.sampled) == (32, 32, False)
     assert report.params["temperature"] == 0
-    tokens = max(len(load_tokenizer(tiny_model_dir)(w)["input_ids"]) for w in LABELS)
+    tokens = max(len(load_tokenizer(tiny_model_dir)(w)["input_ids"]) for w in COLOR_LABELS)
     assert report.params["max_output_tokens"] == 2 * tokens + 16  # sized from the references
     assert [m.ref for m in report.models] == [base, tuned]
     assert [m.kind for m in report.models] == ["base", "adapter"]
@@ -110,7 +103,7 @@ def test_base_vs_tuned_end_to_end(evaluated, tiny_model_dir, tiny_adapter, color
         assert list(m.metrics) == report.metrics
         for name, i in m.metrics.items():
             assert i.low <= i.value <= i.high, (m.ref, name, i)
-        assert set(m.per_class) == set(LABELS)
+        assert set(m.per_class) == set(COLOR_LABELS)
     assert set(report.differences) == {tuned}
 
     # The tuned model is far more likely to produce the references, and no worse at matching.
@@ -134,7 +127,7 @@ def test_base_vs_tuned_end_to_end(evaluated, tiny_model_dir, tiny_adapter, color
     assert spreads == sorted(spreads, reverse=True) and all(s > 0 for s in spreads)
     assert len(report.examples) == 32
     for d in report.disagreements:
-        assert set(d.outputs) == {base, tuned} and d.reference in LABELS
+        assert set(d.outputs) == {base, tuned} and d.reference in COLOR_LABELS
 
     phases = {(e.model_index, e.phase) for e in events}
     assert {(0, "generating"), (0, "scoring"), (1, "generating"), (1, "scoring")} <= phases

@@ -3,7 +3,7 @@ Vertex does, and stores the results with the model version and as an artifact.""
 
 from pathlib import Path
 
-from support import write_jsonl
+from support import color_rows, write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.jobs import store
@@ -11,19 +11,10 @@ from tunelab.jobs.submit import submit_job
 from tunelab.jobs.worker import Worker
 from tunelab.registry.models import get_version
 
-LABELS = ["red", "green", "blue", "yellow"]
-
-
-def rows(n, offset=0):
-    return [
-        {"input_text": f"item {i + offset}: the {LABELS[i % 4]} one", "output_text": LABELS[i % 4]}
-        for i in range(n)
-    ]
-
 
 def test_job_with_validation_set_stores_evaluation(services, tmp_path, tiny_model_dir):
-    train = write_jsonl(tmp_path / "train.jsonl", rows(32))
-    val = write_jsonl(tmp_path / "val.jsonl", rows(12, offset=500))
+    train = write_jsonl(tmp_path / "train.jsonl", color_rows(32))
+    val = write_jsonl(tmp_path / "val.jsonl", color_rows(12, offset=500))
     cfg = SFTConfig(
         base_model=str(tiny_model_dir),
         train_steps=8,

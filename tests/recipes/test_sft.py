@@ -7,31 +7,13 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from support import write_jsonl
+from support import color_rows, write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, load_supervised
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.recipes.sft import train_sft
 from tunelab.training.eval_loss import evaluate
-
-LABELS = ["red", "green", "blue", "yellow"]
-
-
-def color_rows(n, offset=0):
-    """A task a tiny model can learn in a few dozen steps: name the colour word in the text."""
-    return [
-        {"input_text": f"item {i + offset}: the {LABELS[i % 4]} one", "output_text": LABELS[i % 4]}
-        for i in range(n)
-    ]
-
-
-@pytest.fixture
-def data(tmp_path):
-    return (
-        write_jsonl(tmp_path / "train.jsonl", color_rows(48)),
-        write_jsonl(tmp_path / "val.jsonl", color_rows(16, offset=1000)),
-    )
 
 
 def tiny_config(tiny_model_dir, **overrides):
@@ -48,8 +30,8 @@ def tiny_config(tiny_model_dir, **overrides):
     return SFTConfig(**values)
 
 
-def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, data):
-    train, val = data
+def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, color_data):
+    train, val = color_data
     result = train_sft(tiny_config(tiny_model_dir), train, tmp_path / "run", val)
 
     rows = [
@@ -86,9 +68,9 @@ def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, data)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing left to resume
 
 
-def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir, data):
+def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir, color_data):
     """The bundle holds the best evaluated adapter: reloading it reproduces that evaluation."""
-    train, val = data
+    train, val = color_data
     result = train_sft(tiny_config(tiny_model_dir), train, tmp_path / "run", val)
     tokenizer = load_tokenizer(result.adapter_dir)
     examples, _ = load_supervised(val, tokenizer, max_seq_length=1024)
@@ -104,11 +86,11 @@ def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir,
     assert again["eval_loss"] == pytest.approx(result.best_eval_loss, rel=1e-5)
 
 
-def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, data):
+def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, color_data):
     """A high learning rate and a validation set whose answers training never shows: as the
     adapter commits to the training labels, eval loss rises after its first evaluations. The
     bundle is the best evaluated step's adapter, not the last."""
-    train, _ = data
+    train, _ = color_data
     unseen = ["purple", "orange", "silver", "black"]
     other = [{**r, "output_text": unseen[i % 4]} for i, r in enumerate(color_rows(16, 1000))]
     val = write_jsonl(tmp_path / "unseen.jsonl", other)
@@ -133,8 +115,8 @@ def test_keeps_the_best_checkpoint_not_the_last(tmp_path, tiny_model_dir, data):
     assert result.best_step < max(evals)  # the case under test: the last evaluation was worse
 
 
-def test_early_stopping_ends_the_run(tmp_path, tiny_model_dir, data):
-    train, val = data
+def test_early_stopping_ends_the_run(tmp_path, tiny_model_dir, color_data):
+    train, val = color_data
     cfg = tiny_config(
         tiny_model_dir,
         train_steps=200,
@@ -147,8 +129,8 @@ def test_early_stopping_ends_the_run(tmp_path, tiny_model_dir, data):
     assert result.stopped_early and result.steps < 200
 
 
-def test_same_seed_same_adapter(tmp_path, tiny_model_dir, data):
-    train, _ = data
+def test_same_seed_same_adapter(tmp_path, tiny_model_dir, color_data):
+    train, _ = color_data
     cfg = tiny_config(tiny_model_dir, train_steps=6)
     a = train_sft(cfg, train, tmp_path / "a")
     b = train_sft(cfg, train, tmp_path / "b")

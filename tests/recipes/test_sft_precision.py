@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from support import write_jsonl
-from test_sft import color_rows, tiny_config
+from test_sft import tiny_config
 
 from tunelab.data.validation import load_supervised
 from tunelab.models import load_causal_lm, load_tokenizer
@@ -17,14 +16,6 @@ from tunelab.recipes.sft import TrainingInterrupted, train_sft
 from tunelab.training import precision
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.precision import resolve_precision
-
-
-@pytest.fixture
-def data(tmp_path):
-    return (
-        write_jsonl(tmp_path / "train.jsonl", color_rows(48)),
-        write_jsonl(tmp_path / "val.jsonl", color_rows(16, offset=1000)),
-    )
 
 
 def measured(monkeypatch, speedup: float) -> None:
@@ -50,8 +41,8 @@ def test_the_probe_measures_real_matmuls():
     assert precision.bf16_matmul_speedup(64) == speedup  # once per process: runs decide alike
 
 
-def test_a_bf16_run_learns_and_its_adapter_evaluates_in_fp32(tmp_path, tiny_model_dir, data):
-    train, val = data
+def test_a_bf16_run_learns_and_its_adapter_evaluates_in_fp32(tmp_path, tiny_model_dir, color_data):
+    train, val = color_data
     result = train_sft(tiny_config(tiny_model_dir, precision="bf16"), train, tmp_path / "run", val)
     rows = [json.loads(x) for x in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
@@ -72,9 +63,9 @@ def test_a_bf16_run_learns_and_its_adapter_evaluates_in_fp32(tmp_path, tiny_mode
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with(
-    tmp_path, tiny_model_dir, data, monkeypatch
+    tmp_path, tiny_model_dir, color_data, monkeypatch
 ):
-    train, _ = data
+    train, _ = color_data
     config = tiny_config(tiny_model_dir, train_steps=6)
     measured(monkeypatch, 3.0)
     steps = iter(range(100))
@@ -87,9 +78,9 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(
 
 
 def test_models_without_the_fused_path_train_in_bf16_by_autocast(
-    tmp_path, tiny_model_dir, data, monkeypatch
+    tmp_path, tiny_model_dir, color_data, monkeypatch
 ):
-    train, _ = data
+    train, _ = color_data
     monkeypatch.setattr(sft, "fuse_lora_for_training", lambda model, dtype: False)
     seen = []
     real_loss = sft.completion_loss_of
