@@ -45,9 +45,9 @@ What is measured:
   (decoder forward, completion loss, backward) on exactly the batches TuneLab trained on, as
   train_sft computes it (fused LoRA path, each batch's shared prompt prefix computed once: the
   FLOPs it skips are not counted as work done; nor are those of the dead tokens that round a
-  bf16 step's length up); the optimizer is not counted. Divided by the
-  trained tokens, the same FLOPs-per-token prices every run's tokens, so TRL's "effective
-  FLOP/s" is useful work per second, not work it did;
+  bf16 step's length up); the optimizer is not counted. Divided by the trained tokens, the
+  same FLOPs-per-token prices every run's tokens, so TRL's "effective FLOP/s" is useful work
+  per second, not work it did;
 - the fp32 matmul peak: best GFLOP/s of timed torch.mm / F.linear at the model's shapes and at
   1024^3, measured in this process before and after the runs (and in each worker around its
   run); the highest value observed is the denominator, so the fraction is conservative. The

@@ -330,14 +330,17 @@ class _FusedMLPForward:
         self.original = mlp.forward
         self.gate_up = _FusedGroup([getattr(mlp, name) for name in MLP_IN])
         self.down = _FusedGroup([mlp.down_proj])
-        self.silu = type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
+        silu = type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
+        gate_width, up_width = self.gate_up.outs
+        self.swiglu_half = gate_width if silu and gate_width == up_width else None
+        """Width of gate (= up) when the MLP is SwiGLU, computed by :class:`_SwiGLU`."""
 
     def __call__(self, x):
         if self.gate_up.bypassed():
             return self.original(x.to(self.gate_up.weight.dtype))
         gate_up = self.gate_up(x)
-        if self.silu and self.gate_up.outs[0] == self.gate_up.outs[1]:
-            return self.down(_SwiGLU.apply(gate_up, self.gate_up.outs[0]))
+        if self.swiglu_half is not None:
+            return self.down(_SwiGLU.apply(gate_up, self.swiglu_half))
         gate, up = gate_up.split(self.gate_up.outs, dim=-1)
         return self.down(self.mlp.act_fn(gate) * up)
 

@@ -9,8 +9,9 @@ Whether bf16 pays depends on the CPU, and its flags do not tell: an Intel Xeon w
 bf16 matmuls at 6-7x its fp32 rate, an AMD Zen 4 (AVX512-BF16) at 2.4x, an Intel Xeon with
 that flag but no AMX at 0.6x, and an AVX2-only CPU emulates bf16 at a small fraction
 (bench/RESULTS.md has the figures). So ``auto`` measures: a few matmuls at the model's width
-in each format, about a tenth of a second, and bf16 only when it is clearly faster. The choice is made once per run and kept in
-its checkpoints, so a resumed run computes exactly as it started.
+in each format, about a tenth of a second, and bf16 only when it is clearly faster. The choice
+is made once per run and kept in its checkpoints, so a resumed run computes exactly as it
+started.
 """
 
 from __future__ import annotations
