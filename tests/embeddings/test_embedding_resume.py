@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from tunelab.configs.embedding import EmbeddingConfig
 from tunelab.embeddings.data import load_embedding_data
 from tunelab.embeddings.model import load_encoder
-from tunelab.recipes.embedding import TrainingInterrupted, train_embedding
+from tunelab.recipes.embedding import train_embedding
+from tunelab.training.run import TrainingInterrupted
 
 
 def test_bundle_files_and_resume_matches_uninterrupted(tmp_path, tiny_encoder_dir, small_data):

@@ -14,7 +14,8 @@ from tunelab.configs.dpo import DPOConfig
 from tunelab.data.preference import load_preference
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.recipes.dpo import REFERENCE_FILE, answer_logprobs, train_dpo
-from tunelab.recipes.sft import TrainingInterrupted, train_sft
+from tunelab.recipes.sft import train_sft
+from tunelab.training.run import TrainingInterrupted
 
 
 def dpo_config(model_dir, **overrides):

@@ -11,13 +11,9 @@ from support import preference_rows, write_jsonl
 from tunelab.configs.rlhf import RewardModelConfig
 from tunelab.data.preference import load_preference
 from tunelab.models import load_tokenizer
-from tunelab.recipes.reward_model import (
-    evaluate_pairs,
-    load_head,
-    split_pairs,
-    train_reward_model,
-)
-from tunelab.recipes.sft import TrainingInterrupted
+from tunelab.models.reward_head import load_head
+from tunelab.recipes.reward_model import evaluate_pairs, split_pairs, train_reward_model
+from tunelab.training.run import TrainingInterrupted
 
 
 def rm_config(model_dir, **overrides):

@@ -12,7 +12,7 @@ from support import preference_rows, write_jsonl
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.recipes.reward_model import train_reward_model
 from tunelab.recipes.rlhf import evaluate_policy, train_policy
-from tunelab.recipes.sft import TrainingInterrupted
+from tunelab.training.run import TrainingInterrupted
 
 
 def rl_config(model_dir, **overrides):

@@ -61,7 +61,7 @@ def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, color
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
     stats = json.loads((result.adapter_dir / "data_stats.json").read_text())
-    assert manifest["train_dataset_sha256"] == stats["train"]["sha256"]
+    assert manifest["datasets"]["train"] == stats["train"]["sha256"]
     assert manifest["files"]["adapter_model.safetensors"]
     assert manifest["usage"]["trained_tokens"] > 0
     assert (result.adapter_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,11 +11,11 @@ from test_sft import tiny_config
 
 from tunelab.data.validation import load_supervised
 from tunelab.models import load_causal_lm, load_tokenizer
-from tunelab.recipes import sft
-from tunelab.recipes.sft import TrainingInterrupted, train_sft
-from tunelab.training import precision
+from tunelab.recipes.sft import train_sft
+from tunelab.training import fast_path, precision
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.precision import resolve_precision
+from tunelab.training.run import TrainingInterrupted
 
 
 def measured(monkeypatch, speedup: float) -> None:
@@ -81,15 +81,15 @@ def test_models_without_the_fused_path_train_in_bf16_by_autocast(
     tmp_path, tiny_model_dir, color_data, monkeypatch
 ):
     train, _ = color_data
-    monkeypatch.setattr(sft, "fuse_lora_for_training", lambda model, dtype: False)
+    monkeypatch.setattr(fast_path, "fuse_lora_for_training", lambda model, dtype: False)
     seen = []
-    real_loss = sft.completion_loss_of
+    real_forward = fast_path.decoder_hidden
 
-    def spying_loss(*args):
+    def spying_forward(*args):
         seen.append(torch.is_autocast_enabled("cpu"))
-        return real_loss(*args)
+        return real_forward(*args)
 
-    monkeypatch.setattr(sft, "completion_loss_of", spying_loss)
+    monkeypatch.setattr(fast_path, "decoder_hidden", spying_forward)
     config = tiny_config(tiny_model_dir, precision="bf16", train_steps=16)
     result = train_sft(config, train, tmp_path / "run")
     assert seen and all(seen)

@@ -12,9 +12,9 @@ from tunelab.data.formats import parse_record
 from tunelab.data.template import encode
 from tunelab.losses.lm import completion_loss
 from tunelab.models import load_causal_lm
-from tunelab.recipes.sft import LORA_TARGETS
 from tunelab.training import fused_lora
 from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.lora import LORA_TARGETS
 
 
 def lora_model(model_dir, dropout=0.0):

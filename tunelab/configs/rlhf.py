@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.sft import Precision, precision_field
 
 RECOMMENDED_REWARD_MODEL_LEARNING_RATE = 1e-3
 """The rate ``reward_model_learning_rate_multiplier`` scales, for the reward model's LoRA adapter
@@ -73,6 +74,7 @@ class RewardModelConfig(BaseModel):
     eval_every_steps: int = Field(25, ge=1)
     checkpoint_every_steps: int = Field(10, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    precision: Precision = precision_field()
 
     @property
     def learning_rate(self) -> float:
@@ -155,6 +157,7 @@ class RLHFConfig(BaseModel):
         10, ge=1, description="Write a resumable checkpoint every N steps (both stages)."
     )
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    precision: Precision = precision_field()
 
     @property
     def reinforcement_learning_rate(self) -> float:
@@ -179,4 +182,5 @@ class RLHFConfig(BaseModel):
             eval_fraction=self.reward_model_eval_fraction,
             checkpoint_every_steps=self.checkpoint_every_steps,
             warmup_ratio=self.warmup_ratio,
+            precision=self.precision,
         )

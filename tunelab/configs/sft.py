@@ -15,6 +15,20 @@ instability in our runs (2e-4, the common default for 7B models, needed ~3x the 
 
 DEFAULT_EPOCHS = 3
 
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def precision_field():
+    """The ``precision`` field every LoRA method's config has (see tunelab.training.precision)."""
+    return Field(
+        "auto",
+        description=(
+            "Training compute format: bf16 mixed precision (frozen weights and activations in "
+            "bf16; adapter, gradients, optimizer and loss in fp32) or fp32. auto measures which "
+            "is faster on this machine and takes bf16 only when it clearly is."
+        ),
+    )
+
 
 class SFTConfig(BaseModel):
     """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
@@ -61,14 +75,7 @@ class SFTConfig(BaseModel):
     checkpoint_every_steps: int = Field(
         20, ge=1, description="Write a resumable checkpoint every N steps."
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Training compute format: bf16 mixed precision (frozen weights and activations in "
-            "bf16; adapter, gradients, optimizer and loss in fp32) or fp32. auto measures which "
-            "is faster on this machine and takes bf16 only when it clearly is."
-        ),
-    )
+    precision: Precision = precision_field()
     early_stopping_patience: int | None = Field(
         3,
         ge=1,

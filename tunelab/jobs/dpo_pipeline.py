@@ -97,7 +97,7 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.dpo import train_dpo
-    from tunelab.recipes.sft import TrainingInterrupted
+    from tunelab.training.run import TrainingInterrupted
 
     config = DPOConfig(**ctx.job.config)
     prepared = ctx.outputs["prepare"]

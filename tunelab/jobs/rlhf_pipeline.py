@@ -86,7 +86,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 def reward_model(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.reward_model import train_reward_model
-    from tunelab.recipes.sft import TrainingInterrupted
+    from tunelab.training.run import TrainingInterrupted
 
     config = RLHFConfig(**ctx.job.config)
     try:
@@ -118,7 +118,7 @@ def reward_model(ctx: StepContext) -> dict[str, Any]:
 def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
     from tunelab.jobs import store
     from tunelab.recipes.rlhf import train_policy
-    from tunelab.recipes.sft import TrainingInterrupted
+    from tunelab.training.run import TrainingInterrupted
 
     config = RLHFConfig(**ctx.job.config)
     reward = ctx.outputs["reward_model"]

@@ -58,7 +58,8 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 
 
 def train(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.recipes.sft import TrainingInterrupted, train_sft
+    from tunelab.recipes.sft import train_sft
+    from tunelab.training.run import TrainingInterrupted
 
     config = SFTConfig(**ctx.job.config)
     metrics_path = ctx.workdir / "metrics.jsonl"

@@ -28,6 +28,9 @@ fresh batch the samples are on-policy, so no importance ratio or clipping is nee
 **Per step** (``P`` prompts x ``k`` samples): sample answers of at most
 ``target_sequence_length`` tokens at temperature 1 (the policy's own distribution, as REINFORCE
 requires), score them, compute reference log-probabilities, then one policy forward/backward.
+Rollouts, scores and the reference run in eval mode; the policy's forward/backward trains through
+the fast path every LoRA recipe shares (tunelab.training.fast_path: fused LoRA forward, bf16
+where the CPU is fast at it, the batch's shared prompt prefix computed once).
 Logged per step: mean reward-model score, KL to the reference, answer length, the penalised
 reward, the loss, and how many answers ended by themselves.
 
@@ -39,10 +42,6 @@ point and resumed ends with the adapter an uninterrupted run would have.
 from __future__ import annotations
 
 import logging
-import math
-import resource
-import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,11 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunelab import __version__
-from tunelab.bundle import MANIFEST, file_hashes, read_tuning_config
+from tunelab.bundle import read_tuning_config
 from tunelab.configs.rlhf import RLHFConfig
-from tunelab.data.batching import collate, epoch_batches
-from tunelab.data.preference import EncodedPrompt, ended, load_prompts, sequence
+from tunelab.data.batching import collate
+from tunelab.data.preference import ended, load_prompts, sequence
 from tunelab.losses.rl import (
     kl_penalty,
     penalized_rewards,
@@ -65,12 +63,11 @@ from tunelab.losses.rl import (
     sequence_logprobs,
 )
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
-from tunelab.recipes.reward_model import load_head, lora_model, score
-from tunelab.recipes.sft import TrainingInterrupted
-from tunelab.training.atomic import atomic_dir, write_bytes, write_json
-from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint
-from tunelab.training.metrics import MetricsLog
-from tunelab.training.progress import Progress, ProgressCallback, no_progress
+from tunelab.models.reward_head import load_head, score
+from tunelab.training.atomic import write_bytes
+from tunelab.training.lora import lora_model
+from tunelab.training.progress import ProgressCallback, no_progress
+from tunelab.training.run import BatchOrder, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -97,76 +94,50 @@ def train_policy(
     on_progress: ProgressCallback = no_progress,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> PolicyResult:
-    # ---------------------------------------------------------------- setup
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
-    torch.manual_seed(config.seed)
-    on_progress(Progress("loading", message=f"resolving base model {config.base_model}"))
+    # ---------------------------------------------------------------- data
+    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
+    run.report("loading", f"resolving base model {config.base_model}")
     base = resolve_model(config.base_model)
     _check_same_base(reward_model_dir, base.path)
     tokenizer = load_tokenizer(base.path)
-    on_progress(Progress("validating", message=f"reading {prompts_file}"))
+    run.report("validating", f"reading {prompts_file}")
     prompts, report = load_prompts(
         prompts_file,
         tokenizer,
         prompt_sequence_length=config.prompt_sequence_length,
         instruction=config.instruction,
     )
+    pad_id, end_id = tokenizer.pad_token_id, tokenizer.eos_token_id
 
+    # ---------------------------------------------------------------- model
     model = lora_model(base.path, config.adapter_size, config.lora_alpha)  # policy: "default"
     model.load_adapter(reward_model_dir, adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY)
     reward_head = load_head(reward_model_dir)
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    params = [p for p in model.parameters() if p.requires_grad]  # the policy's LoRA only
-    optimizer = torch.optim.AdamW(params, lr=config.reinforcement_learning_rate, weight_decay=0.0)
-
-    total_steps = config.reinforcement_learning_train_steps
-    P, k = config.prompts_per_step, config.samples_per_prompt
-    steps_per_epoch = math.ceil(len(prompts) / P)
-    warmup = max(1, int(config.warmup_ratio * total_steps)) if config.warmup_ratio else 0
-    pad_id, end_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    lengths = [len(p.input_ids) for p in prompts]
-
-    ckpt_dir, metrics = run_dir / "checkpoints", MetricsLog(run_dir / "metrics.jsonl")
-    state = load_latest(ckpt_dir, model, optimizer) or LoopState()
-    resumed_from = state.step
-    metrics.truncate_after(state.step)
-
-    def learning_rate(step: int) -> float:
-        """Linear warm-up, then linear decay to zero (a function of the step: resumable)."""
-        lr = config.reinforcement_learning_rate
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    order: dict[int, list[list[int]]] = {}
-
-    def prompts_at(step: int) -> list[EncodedPrompt]:
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch not in order:
-            order.clear()
-            order[epoch] = epoch_batches(lengths, P, config.seed, epoch)
-        return [prompts[i] for i in order[epoch][index]]
+    k = config.samples_per_prompt
+    order = BatchOrder([len(p.input_ids) for p in prompts], config.prompts_per_step, config.seed)
+    run.start(
+        model,  # its trainable parameters: the policy's LoRA only
+        learning_rate=config.reinforcement_learning_rate,
+        total_steps=config.reinforcement_learning_train_steps,
+        order=order,
+        warmup_ratio=config.warmup_ratio,
+        checkpoint_every=config.checkpoint_every_steps,
+    )
+    fast = run.fast_path(model, config.precision)
 
     # ---------------------------------------------------------------- train
     last: dict[str, Any] = {}
-    timer_start, timer_step = time.perf_counter(), state.step
-    while state.step < total_steps:
-        if should_stop():
-            save_checkpoint(ckpt_dir, model, optimizer, state)
-            raise TrainingInterrupted(f"stopped at step {state.step}; the same command resumes it")
-        step_start = time.perf_counter()
-        lr = learning_rate(state.step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
+    for step in run.steps():
         # 1. Rollouts: k answers per prompt from the current policy, seeded by the step.
-        batch_prompts = prompts_at(state.step)
-        torch.manual_seed(_step_seed(config.seed, state.step))
+        model.eval()
+        batch_prompts = [prompts[i] for i in order.at(step)]
+        torch.manual_seed(_step_seed(config.seed, step))
         answers, cut = generate(
             model, [p.input_ids for p in batch_prompts], k, config.target_sequence_length, tokenizer
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
-        rollout_seconds = time.perf_counter() - step_start
+        rollout_seconds = run.step_seconds()
         prompt_of = [p.input_ids for p in batch_prompts for _ in range(k)]
         batch = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
         ids, mask = batch.input_ids, batch.loss_mask  # (N, T), N = P*k; mask: answer tokens
@@ -188,88 +159,47 @@ def train_policy(
                     reference = sequence_logprobs(ref_hidden, lm_head, ids, mask)  # (N,)
 
         # 3. One policy-gradient step with RLOO advantages on the KL-penalised rewards.
-        hidden = decoder(input_ids=ids).last_hidden_state  # (N, T, C)
-        logprobs = sequence_logprobs(hidden, lm_head, ids, mask)  # (N,)
+        model.train()
+        hidden, p = fast.hidden(ids, mask)  # (N, T - p, C): the shared prompt prefix p once
+        logprobs = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
         kl = kl_penalty(logprobs.detach(), reference) if reference is not None else None
         rewards = penalized_rewards(scores, kl, config.kl_coeff) if kl is not None else scores
         advantages = rloo_advantages(rewards.view(len(batch_prompts), k)).view(-1)  # (N,)
         loss = rloo_loss(logprobs, advantages)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        elapsed = time.perf_counter() - step_start
-        state.step += 1
-        state.tokens_seen += batch.tokens
-        state.train_seconds += elapsed
-        answer_lengths = torch.tensor([len(a) for a in answers], dtype=torch.float32)
-        last = {
-            "step": state.step,
-            "epoch": state.step / steps_per_epoch,
-            "train_loss": loss.item(),
-            "reward": scores.mean().item(),
-            "kl": kl.mean().item() if kl is not None else None,
-            "penalized_reward": rewards.mean().item(),
-            "response_length": answer_lengths.mean().item(),
-            "ended_share": 1.0 - float(np.mean(cut)),
-            "learning_rate": lr,
-            "grad_norm": float(grad_norm),
-            "tokens": batch.tokens,
-            "rollout_seconds": rollout_seconds,
-            "step_seconds": elapsed,
-        }
-        metrics.append(last)
-        if state.step % config.checkpoint_every_steps == 0 and state.step < total_steps:
-            save_checkpoint(ckpt_dir, model, optimizer, state)
-        rate = (time.perf_counter() - timer_start) / max(1, state.step - timer_step)
-        on_progress(
-            Progress(
-                "training",
-                state.step,
-                total_steps,
-                train_loss=last["train_loss"],
-                eta_seconds=rate * (total_steps - state.step),
-                message=f"reward {last['reward']:.3f}",
-            )
+        run.message = f"reward {scores.mean().item():.3f}"
+        last = run.backward_and_step(
+            loss,
+            tokens=batch.tokens,
+            reward=scores.mean().item(),
+            kl=kl.mean().item() if kl is not None else None,
+            penalized_reward=rewards.mean().item(),
+            response_length=float(np.mean([len(a) for a in answers])),
+            ended_share=1.0 - float(np.mean(cut)),
+            rollout_seconds=rollout_seconds,
         )
 
     # ---------------------------------------------------------------- save
-    on_progress(Progress("saving", state.step, total_steps, message="writing the policy adapter"))
-    usage = {
-        "trained_tokens": state.tokens_seen,
-        "train_seconds": round(state.train_seconds, 3),
-        "wall_seconds": round(time.perf_counter() - wall_start, 3),
-        "cpu_seconds": round(time.process_time() - cpu_start, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    adapter_dir = run_dir / "adapter"
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[POLICY])
-        tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / "tuning_config.json", {**config.model_dump(), "base_model_path": str(base.path)}
-        )
-        write_json(tmp / "data_stats.json", {"prompts": report.to_dict()})
-        shutil.copyfile(metrics.path, tmp / "metrics.jsonl")
-        plot_rewards(metrics.rows(), tmp / "reward_curve.png", title=f"RLHF (RLOO) on {base.ref}")
-        write_json(
-            tmp / MANIFEST,
-            {
-                "kind": "lora_adapter",
-                "method": config.method,
-                "base_model": base.ref,
-                "tunelab_version": __version__,
-                "prompts_dataset_sha256": report.sha256,
-                "reward_model": read_tuning_config(reward_model_dir),
-                "steps": state.step,
-                "usage": usage,
-                "files": file_hashes(tmp),
-            },
-        )
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    on_progress(Progress("done", state.step, total_steps))
-    return PolicyResult(adapter_dir, state.step, last, resumed_from, usage)
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True, selected_adapters=[POLICY])
+        tokenizer.save_pretrained(folder)
+
+    usage = run.usage()
+    adapter_dir = run.write_bundle(
+        "adapter",
+        save,
+        kind="lora_adapter",
+        config=config,
+        base_ref=base.ref,
+        base_path=base.path,
+        datasets={"prompts": report.sha256},
+        data_stats={"prompts": report.to_dict()},
+        usage=usage,
+        title=f"RLHF (RLOO) on {base.ref}",
+        plot=plot_rewards,
+        plot_name="reward_curve.png",
+        reward_model=read_tuning_config(reward_model_dir),
+    )
+    return PolicyResult(adapter_dir, run.step, last, run.resumed_from, usage)
 
 
 # -------------------------------------------------------------------- rollouts and adapters

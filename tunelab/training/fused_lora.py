@@ -206,8 +206,12 @@ class _FusedGroup:
 
     def bypassed(self) -> bool:
         """PEFT is asked to skip or has merged the adapter (``with model.disable_adapter():``,
-        ``merge_adapter()``): its own forward knows how, so the fused one steps aside."""
-        return any(layer.disable_adapters or layer.merged for layer in self.layers)
+        ``merge_adapter()``), or another adapter than ``default`` is active (the RL stage's
+        reward adapter): its own forward knows how, so the fused one steps aside."""
+        return any(
+            layer.disable_adapters or layer.merged or layer.active_adapters != ["default"]
+            for layer in self.layers
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., sum out_i): the layers' outputs side by side."""
@@ -398,9 +402,11 @@ def _norms(decoder: torch.nn.Module) -> list[torch.nn.Module]:
 def _unsupported(peft_model: torch.nn.Module) -> str | None:
     from peft.tuners.lora import Linear as LoraLinear
 
+    # Other adapters may sit beside ``default`` (the RL stage's frozen reward adapter): the
+    # fused forward computes ``default`` and steps aside while another one is active.
     config = peft_model.peft_config.get("default")
-    if config is None or len(peft_model.peft_config) != 1:
-        return "not exactly one adapter"
+    if config is None:
+        return "no adapter named default"
     if config.lora_dropout or config.bias != "none" or config.use_dora or config.use_rslora:
         return "dropout, bias, DoRA or rsLoRA"
     decoder = peft_model.get_decoder()

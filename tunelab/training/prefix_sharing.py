@@ -140,22 +140,41 @@ def can_share_prefix(model: torch.nn.Module) -> bool:
     return bool(layers) and all(attention.sdpa for attention in layers)
 
 
-def completion_loss_of(
-    model: torch.nn.Module, batch: Batch, share_prefix: bool, row_multiple: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The training step's forward: completion loss of the batch, its shared prefix computed
-    once when ``share_prefix`` and the batch has one; the tokens the linear layers see rounded
-    up to a multiple of ``row_multiple``."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+def decoder_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    share_prefix: bool,
+    row_multiple: int = 1,
+) -> tuple[torch.Tensor, int]:
+    """The training step's forward: final hidden states ``(B, T - offset, C)`` of the rows of
+    ``input_ids`` (B, T) from position ``offset`` on, where ``offset`` is the shared prompt
+    prefix computed once (0 when ``share_prefix`` is off or the batch shares too little).
+
+    Every position whose next token is in ``loss_mask``, and every later one, lies at or after
+    ``offset``: a loss over ``input_ids[:, offset:]`` and ``loss_mask[:, offset:]`` is the loss
+    of the whole batch. The tokens the linear layers see are rounded up to a multiple of
+    ``row_multiple``.
+    """
+    decoder = model.get_decoder()
+    batch = Batch(input_ids, loss_mask, tokens=0)
     packed = pack_shared_prefix(batch, row_multiple=row_multiple) if share_prefix else None
     if packed is None:
-        batch = pad_rows(batch, row_multiple)
-        hidden = decoder(input_ids=batch.input_ids).last_hidden_state  # (B, T, C)
-        return completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
+        padded = pad_rows(batch, row_multiple).input_ids
+        hidden = decoder(input_ids=padded).last_hidden_state  # (B, T + pad, C)
+        return (hidden if padded.shape == input_ids.shape else hidden[:, : input_ids.shape[1]]), 0
     with sharing_prefix(model, packed):
         out = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids)
     p, rows_end = packed.prefix, packed.packed_rows_end
-    hidden = out.last_hidden_state[0, p:rows_end].unflatten(0, (packed.rows, packed.suffix))
+    return out.last_hidden_state[0, p:rows_end].unflatten(0, (packed.rows, packed.suffix)), p
+
+
+def completion_loss_of(
+    model: torch.nn.Module, batch: Batch, share_prefix: bool, row_multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Completion loss of the batch through :func:`decoder_hidden`."""
+    head = model.get_output_embeddings()
+    hidden, p = decoder_hidden(model, batch.input_ids, batch.loss_mask, share_prefix, row_multiple)
     return completion_loss(hidden, head, batch.input_ids[:, p:], batch.loss_mask[:, p:])
 
 

@@ -1,0 +1,56 @@
+"""The training forward every LoRA recipe runs through: fused LoRA layers, bf16 mixed precision
+where the CPU is fast at it, and a batch's shared prompt prefix computed once.
+
+:meth:`tunelab.training.run.TrainingRun.fast_path` makes one per run (the precision is chosen
+once and kept in the checkpoints). A recipe then asks it for the final hidden states of a
+training batch (:meth:`FastPath.hidden`) and computes its own loss from them: the completion
+loss (SFT), sequence log-probabilities (DPO, RLOO) or the reward head's scores (reward model).
+Models the fused forward does not cover train through PEFT's forward, in bf16 by autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.precision import matmul_row_multiple
+from tunelab.training.prefix_sharing import can_share_prefix, decoder_hidden
+
+
+@dataclass
+class FastPath:
+    model: torch.nn.Module
+    precision: str
+    """``fp32`` or ``bf16``."""
+    fused: bool
+    share_prefix: bool
+    row_multiple: int
+
+    @classmethod
+    def install(cls, model: torch.nn.Module, precision: str) -> FastPath:
+        """Switch ``model`` (a PEFT LoRA model) to the fused forward where it can be."""
+        bf16 = precision == "bf16"
+        fused = fuse_lora_for_training(model, torch.bfloat16 if bf16 else torch.float32)
+        device = next(model.parameters()).device.type
+        return cls(
+            model, precision, fused, can_share_prefix(model), matmul_row_multiple(precision, device)
+        )
+
+    def autocast(self):
+        """bf16 autocast for a model the fused forward does not cover; a no-op otherwise."""
+        if self.precision != "bf16" or self.fused:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16)
+
+    def hidden(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Final hidden states (B, T - offset, C) from ``offset`` on: see
+        :func:`tunelab.training.prefix_sharing.decoder_hidden`. fp32 whatever the precision."""
+        with self.autocast():
+            hidden, offset = decoder_hidden(
+                self.model, input_ids, loss_mask, self.share_prefix, self.row_multiple
+            )
+        return hidden.float(), offset
