@@ -8,28 +8,19 @@ and the tuned model side by side; it is stored on the model version.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.configs.embedding import EmbeddingConfig
+from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
-from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
-from tunelab.registry.datasets import get_dataset
+from tunelab.jobs.pipeline import StepContext
 
 ROLES = ("corpus", "queries", "train_labels", "test_labels", "validation_labels")
 
 
 def _paths(ctx: StepContext) -> dict[str, Path | None]:
-    out: dict[str, Path | None] = {}
-    for role in ROLES:
-        dataset_id = ctx.job.datasets.get(role)
-        out[role] = (
-            None
-            if dataset_id is None
-            else ctx.store.local_path(get_dataset(ctx.db, dataset_id).uri)
-        )
-    return out
+    return {role: steps.dataset_path(ctx, role) for role in ROLES}
 
 
 def _load(ctx: StepContext):
@@ -74,38 +65,12 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 
 
 def train(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.recipes.embedding import TrainingInterrupted, train_embedding
+    from tunelab.recipes.embedding import train_embedding
 
     config = EmbeddingConfig(**ctx.job.config)
-    data = _load(ctx)
-    metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
-
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.8 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
-
-    try:
-        result = train_embedding(
-            config, data, ctx.workdir, on_progress=on_progress, should_stop=ctx.should_stop
-        )
-    except TrainingInterrupted as exc:
-        raise StopRequested from exc
-    ctx.on_metrics(metrics_path)
-    stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
+    result = steps.train_in_job(ctx, train_embedding, config, _load(ctx), ctx.workdir, share=0.8)
     return {
-        "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
         "usage": result.usage,
         "final_train_loss": result.final_train_loss,
         "steps": result.steps,
@@ -124,54 +89,19 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.models import register_version, set_evaluation
+    from tunelab.registry.models import set_evaluation
 
     trained = ctx.outputs["train"]
-    adapter = trained["adapter"]
     inputs = [("dataset", ctx.job.datasets[r], r) for r in ROLES if ctx.job.datasets.get(r)]
-    version = register_version(
-        ctx.db,
-        name=ctx.job.tuned_model_name,
-        method=ctx.job.method,
-        base_model=ctx.job.base_model,
-        adapter_uri=adapter["uri"],
-        adapter_sha256=adapter["sha256"],
-        adapter_size=adapter["size_bytes"],
-        config=ctx.job.config,
-        data_stats=ctx.outputs["validate"]["reports"],
-        metrics={k: trained.get(k) for k in ("final_train_loss", "steps", "trainable_parameters")},
-        source_job_id=ctx.job.id,
-        inputs=inputs,
-    )
+    metrics = {k: trained.get(k) for k in ("final_train_loss", "steps", "trainable_parameters")}
+    version = steps.register_adapter(ctx, trained["adapter"], metrics, inputs)
     evaluation = ctx.outputs.get("evaluate", {}).get("evaluation")
     if evaluation:
         set_evaluation(ctx.db, version.id, evaluation)
-    return {"model_version_id": version.id, "name": version.model_name, "version": version.version}
+    return steps.registered(version)
 
 
-def deploy(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.endpoints import deploy_version
-
-    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
-    return {"endpoint": endpoint.id}
-
-
-register_pipeline(
-    "embedding",
-    [
-        ("validate", validate),
-        ("prepare", prepare),
-        ("train", train),
-        ("evaluate", evaluate),
-        ("register", register),
-        ("deploy", deploy),
-    ],
-    weights={
-        "validate": 0.02,
-        "prepare": 0.03,
-        "train": 0.8,
-        "evaluate": 0.11,
-        "register": 0.02,
-        "deploy": 0.02,
-    },
+# Evaluation embeds the corpus twice (base and tuned): a larger share than the others'.
+steps.register_standard_pipeline(
+    "embedding", validate, prepare, train, evaluate, register, {"train": 0.8, "evaluate": 0.11}
 )

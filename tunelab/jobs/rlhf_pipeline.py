@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from tunelab.config import get_settings
 from tunelab.configs.rlhf import RLHFConfig
-from tunelab.data.validation import DatasetValidationError
+from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
-from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
-from tunelab.registry.datasets import get_dataset
+from tunelab.jobs.pipeline import StepContext, register_pipeline
 from tunelab.training.atomic import write_bytes
 from tunelab.training.metrics import MetricsLog
 
@@ -36,15 +33,8 @@ logger = logging.getLogger(__name__)
 STAGES = ("reward_model", "reinforcement_learning")
 
 
-def _dataset_path(ctx: StepContext, role: str) -> Path | None:
-    dataset_id = ctx.job.datasets.get(role)
-    if dataset_id is None:
-        return None
-    return ctx.store.local_path(get_dataset(ctx.db, dataset_id).uri)
-
-
 def _required(ctx: StepContext, role: str) -> Path:
-    path = _dataset_path(ctx, role)
+    path = steps.dataset_path(ctx, role)
     if path is None:
         raise PermanentError(
             "missing_dataset",
@@ -59,54 +49,46 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     from tunelab.models import load_tokenizer, resolve_model
 
     config = RLHFConfig(**ctx.job.config)
+    for role in ("preference", "prompts"):
+        _required(ctx, role)
     tokenizer = load_tokenizer(resolve_model(config.base_model).path)
     prompt_kw = dict(
         prompt_sequence_length=config.prompt_sequence_length, instruction=config.instruction
     )
-    checks = {
-        "preference": lambda p: validate_preference_file(
-            p, tokenizer, target_sequence_length=config.target_sequence_length, **prompt_kw
-        ),
-        "prompts": lambda p: validate_prompt_file(p, tokenizer, **prompt_kw),
-        "eval": lambda p: validate_prompt_file(p, tokenizer, **prompt_kw),
-    }
-    reports = {}
-    for role, check in checks.items():
-        path = _dataset_path(ctx, role) if role == "eval" else _required(ctx, role)
-        if path is None:
-            continue
-        report = check(path)
-        report.path = f"{role} dataset ({ctx.job.datasets[role]})"
-        if not report.ok:
-            raise DatasetValidationError(report)
-        reports[role] = report.to_dict()
-        ctx.check_stop()
-    return {"reports": reports}
+
+    def pairs(path):
+        return validate_preference_file(
+            path, tokenizer, target_sequence_length=config.target_sequence_length, **prompt_kw
+        )
+
+    def prompts(path):
+        return validate_prompt_file(path, tokenizer, **prompt_kw)
+
+    return steps.validate_datasets(
+        ctx,
+        {
+            "preference": ("preference", pairs),
+            "prompts": ("prompts", prompts),
+            "eval": ("eval", prompts),
+        },
+    )
 
 
 def reward_model(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.reward_model import train_reward_model
-    from tunelab.training.run import TrainingInterrupted
 
     config = RLHFConfig(**ctx.job.config)
-    try:
+    with steps.stops_as_job_stops():
         result = train_reward_model(
             config.reward_model(),
             _required(ctx, "preference"),
             ctx.workdir / "reward_model",
-            on_progress=_progress(ctx, "reward model", 0.02, 0.25),
+            on_progress=_progress(ctx, config, "reward model", 0.02, 0.25),
             should_stop=ctx.should_stop,
         )
-    except TrainingInterrupted as exc:
-        raise StopRequested from exc
     _sync_metrics(ctx, config)
-    stored = ctx.store.put_dir(result.bundle_dir, f"jobs/{ctx.job.id}/reward_model")
     return {
-        "reward_model": {
-            "uri": stored.uri,
-            "sha256": stored.sha256,
-            "size_bytes": stored.size_bytes,
-        },
+        "reward_model": steps.store_dir(ctx, result.bundle_dir, "reward_model"),
         "pairwise_accuracy": result.pairwise_accuracy,
         "eval_pairs": result.eval_pairs,
         "final_train_loss": result.final_train_loss,
@@ -118,27 +100,23 @@ def reward_model(ctx: StepContext) -> dict[str, Any]:
 def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
     from tunelab.jobs import store
     from tunelab.recipes.rlhf import train_policy
-    from tunelab.training.run import TrainingInterrupted
 
     config = RLHFConfig(**ctx.job.config)
     reward = ctx.outputs["reward_model"]
-    try:
+    with steps.stops_as_job_stops():
         result = train_policy(
             config,
             _required(ctx, "prompts"),
             ctx.store.local_path(reward["reward_model"]["uri"]),
             ctx.workdir / "reinforcement_learning",
-            on_progress=_progress(ctx, "policy (RLOO)", 0.27, 0.60),
+            on_progress=_progress(ctx, config, "policy (RLOO)", 0.27, 0.60),
             should_stop=ctx.should_stop,
         )
-    except TrainingInterrupted as exc:
-        raise StopRequested from exc
     _sync_metrics(ctx, config)
-    stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
     usage = _usage(reward["usage"], result.usage)
     store.update_job(ctx.db, ctx.job.id, usage=usage)  # the worker records usage of "train" only
     return {
-        "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
         "usage": usage,
         "steps": result.steps,
         "last": result.last,
@@ -150,7 +128,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     rate, answer length). Without them, the step is skipped."""
     from tunelab.recipes.rlhf import evaluate_policy
 
-    eval_path = _dataset_path(ctx, "eval")
+    eval_path = steps.dataset_path(ctx, "eval")
     if eval_path is None:
         return {"skipped": "no evaluation prompts"}
     ctx.report("evaluating: tuned vs base under the reward model", 0.88, None)
@@ -162,35 +140,26 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.models import register_version
-
     job, reward, policy = (
         ctx.job,
         ctx.outputs["reward_model"],
         ctx.outputs["reinforcement_learning"],
     )
-    reports = ctx.outputs["validate"]["reports"]
     config = RLHFConfig(**job.config)
     rm_version = _registered_reward_model(ctx)
     if rm_version is None:
-        rm_version = register_version(
-            ctx.db,
+        rm_version = steps.register_adapter(
+            ctx,
+            reward["reward_model"],
+            {k: reward.get(k) for k in ("pairwise_accuracy", "eval_pairs", "steps")},
+            [("job", job.id, "produced"), ("dataset", job.datasets["preference"], "preference")],
             name=reward_model_name(job.tuned_model_name),
             method="reward_model",
-            base_model=job.base_model,
-            adapter_uri=reward["reward_model"]["uri"],
-            adapter_sha256=reward["reward_model"]["sha256"],
-            adapter_size=reward["reward_model"]["size_bytes"],
             config=config.reward_model().model_dump(mode="json"),
-            data_stats={"preference": reports["preference"]},
-            metrics={k: reward.get(k) for k in ("pairwise_accuracy", "eval_pairs", "steps")},
+            data_stats={"preference": ctx.outputs["validate"]["reports"]["preference"]},
             # Not the job's "source" version (that is the policy, which the job returns), but
-            # made by it: the edge below records that.
+            # made by it: the "produced" edge records that.
             source_job_id=None,
-            inputs=[
-                ("job", job.id, "produced"),
-                ("dataset", job.datasets["preference"], "preference"),
-            ],
         )
     inputs = [
         ("dataset", job.datasets["prompts"], "prompts"),
@@ -199,21 +168,13 @@ def register(ctx: StepContext) -> dict[str, Any]:
     if "eval" in job.datasets:
         inputs.append(("dataset", job.datasets["eval"], "eval"))
     evaluation = ctx.outputs.get("evaluate") or {}
-    version = register_version(
-        ctx.db,
-        name=job.tuned_model_name,
-        method=job.method,
-        base_model=job.base_model,
-        adapter_uri=policy["adapter"]["uri"],
-        adapter_sha256=policy["adapter"]["sha256"],
-        adapter_size=policy["adapter"]["size_bytes"],
-        config=job.config,
-        data_stats=reports,
-        metrics={"steps": policy["steps"], "last_step": policy["last"]}
+    version = steps.register_adapter(
+        ctx,
+        policy["adapter"],
+        {"steps": policy["steps"], "last_step": policy["last"]}
         | {"reward_model_pairwise_accuracy": reward.get("pairwise_accuracy")}
         | {"evaluation": {k: v for k, v in evaluation.items() if k != "examples"}},
-        source_job_id=job.id,
-        inputs=inputs,
+        inputs,
     )
     logger.info(
         "registered %s version %d (reward model %s version %d)",
@@ -222,20 +183,10 @@ def register(ctx: StepContext) -> dict[str, Any]:
         rm_version.model_name,
         rm_version.version,
     )
-    return {
-        "model_version_id": version.id,
-        "name": version.model_name,
-        "version": version.version,
+    return steps.registered(version) | {
         "reward_model_version_id": rm_version.id,
         "reward_model": f"{rm_version.model_name}@{rm_version.version}",
     }
-
-
-def deploy(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.endpoints import deploy_version
-
-    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
-    return {"endpoint": endpoint.id}
 
 
 def reward_model_name(name: str) -> str:
@@ -262,27 +213,9 @@ def _registered_reward_model(ctx: StepContext):
         )
 
 
-def _progress(ctx: StepContext, what: str, start: float, share: float):
-    """A recipe's progress callback: job progress, and metrics mirrored at most once a second."""
-    config = RLHFConfig(**ctx.job.config)
-    last_sync = 0.0
-
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(f"{what}: {p.phase}", start, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training {what} {p.step}/{p.total_steps}",
-                start + share * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            _sync_metrics(ctx, config)
-
-    return on_progress
+def _progress(ctx: StepContext, config: RLHFConfig, what: str, start: float, share: float):
+    """A stage's progress callback: the job's bar, and both stages' metrics mirrored."""
+    return steps.training_progress(ctx, start, share, lambda: _sync_metrics(ctx, config), what)
 
 
 def _sync_metrics(ctx: StepContext, config: RLHFConfig) -> None:
@@ -290,7 +223,7 @@ def _sync_metrics(ctx: StepContext, config: RLHFConfig) -> None:
     policy steps N+1..N+M (each row says its ``stage`` and ``stage_step``)."""
     rows = []
     offset = 0
-    for stage, steps in zip(
+    for stage, stage_steps in zip(
         STAGES,
         (config.reward_model_train_steps, config.reinforcement_learning_train_steps),
         strict=True,
@@ -299,7 +232,7 @@ def _sync_metrics(ctx: StepContext, config: RLHFConfig) -> None:
             rows.append(
                 {**row, "stage": stage, "stage_step": row["step"], "step": row["step"] + offset}
             )
-        offset += steps
+        offset += stage_steps
     combined = ctx.workdir / "metrics.jsonl"
     write_bytes(combined, "".join(json.dumps(r) + "\n" for r in rows).encode())
     ctx.on_metrics(combined)
@@ -312,11 +245,7 @@ def _usage(*stages: dict[str, Any]) -> dict[str, Any]:
     }
     total["trained_tokens"] = int(total["trained_tokens"])
     total["peak_rss_mb"] = max(s.get("peak_rss_mb", 0) for s in stages)
-    price = get_settings().price_per_1k_tokens
-    total["estimated_cost"] = (
-        round(total["trained_tokens"] / 1000 * price, 6) if price is not None else None
-    )
-    return total
+    return steps.with_cost(total, billed="trained_tokens")
 
 
 register_pipeline(
@@ -327,7 +256,7 @@ register_pipeline(
         ("reinforcement_learning", reinforcement_learning),
         ("evaluate", evaluate),
         ("register", register),
-        ("deploy", deploy),
+        ("deploy", steps.deploy),
     ],
     weights={
         "validate": 0.02,

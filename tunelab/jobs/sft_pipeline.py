@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from tunelab.bundle import read_manifest
-from tunelab.config import get_settings
 from tunelab.configs import SFTConfig
-from tunelab.data.validation import DatasetValidationError, validate_file
-from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
-from tunelab.registry.datasets import get_dataset
+from tunelab.data.validation import validate_file
+from tunelab.jobs import steps
+from tunelab.jobs.pipeline import StepContext, StopRequested
 
 logger = logging.getLogger(__name__)
 
 EVAL_MAX_EXAMPLES = 200
 """A validation set larger than this is evaluated on a seeded sample (generation is the slow part)."""
-
-
-def _dataset_path(ctx: StepContext, role: str):
-    dataset_id = ctx.job.datasets.get(role)
-    if dataset_id is None:
-        return None
-    dataset = get_dataset(ctx.db, dataset_id)
-    return ctx.store.local_path(dataset.uri)
 
 
 def validate(ctx: StepContext) -> dict[str, Any]:
@@ -33,20 +23,13 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
     config = SFTConfig(**ctx.job.config)
     tokenizer = load_tokenizer(resolve_model(config.base_model).path)
-    reports = {}
-    for role in ("train", "validation"):
-        path = _dataset_path(ctx, role)
-        if path is None:
-            continue
-        report = validate_file(
+
+    def check(path):
+        return validate_file(
             path, tokenizer, max_seq_length=config.max_seq_length, epochs=config.epochs or 1
         )
-        report.path = f"{role} dataset ({ctx.job.datasets[role]})"
-        if not report.ok:
-            raise DatasetValidationError(report)
-        reports[role] = report.to_dict()
-        ctx.check_stop()
-    return {"reports": reports}
+
+    return steps.validate_datasets(ctx, {role: (role, check) for role in ("train", "validation")})
 
 
 def prepare(ctx: StepContext) -> dict[str, Any]:
@@ -59,48 +42,18 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.sft import train_sft
-    from tunelab.training.run import TrainingInterrupted
 
-    config = SFTConfig(**ctx.job.config)
-    metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
-
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:  # bound DB writes on fast steps
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.85 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
-
-    try:
-        result = train_sft(
-            config,
-            _dataset_path(ctx, "train"),
-            ctx.workdir,
-            _dataset_path(ctx, "validation"),
-            on_progress=on_progress,
-            should_stop=ctx.should_stop,
-        )
-    except TrainingInterrupted as exc:
-        raise StopRequested from exc
-    ctx.on_metrics(metrics_path)
-    stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
-    usage = dict(result.usage)
-    price = get_settings().price_per_1k_tokens
-    usage["estimated_cost"] = (
-        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
+    result = steps.train_in_job(
+        ctx,
+        train_sft,
+        SFTConfig(**ctx.job.config),
+        steps.dataset_path(ctx, "train"),
+        ctx.workdir,
+        steps.dataset_path(ctx, "validation"),
     )
     return {
-        "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
-        "usage": usage,
+        "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
+        "usage": steps.with_cost(result.usage),
         "best_step": result.best_step,
         "best_eval_loss": result.best_eval_loss,
         "final_train_loss": result.final_train_loss,
@@ -130,20 +83,19 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
 
     report = evaluate_models(
         [ctx.job.base_model, str(adapter_dir)],
-        _dataset_path(ctx, "validation"),
+        steps.dataset_path(ctx, "validation"),
         max_examples=EVAL_MAX_EXAMPLES,
         progress=on_progress,
     )
     folder = ctx.workdir / "evaluation"
     save_report(report, folder)
-    stored = ctx.store.put_dir(folder, f"jobs/{ctx.job.id}/evaluation")
     summary = report.to_dict()
     # Name the two columns by role, not by the (long, local) paths they were loaded from.
     summary["models"][0]["ref"], summary["models"][1]["ref"] = "base", "tuned"
     summary["differences"] = {"tuned": next(iter(summary["differences"].values()))}
     summary["baseline"] = "base"
     return {
-        "report": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        "report": steps.store_dir(ctx, folder, "evaluation"),
         "evaluation": summary,
         "eval_loss": trained.get("best_eval_loss"),
         "best_step": trained.get("best_step"),
@@ -151,30 +103,16 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.models import register_version, set_evaluation
+    from tunelab.registry.models import set_evaluation
 
     trained = ctx.outputs["train"]
-    adapter = trained["adapter"]
-    manifest = read_manifest(ctx.store.local_path(adapter["uri"]))
+    manifest = read_manifest(ctx.store.local_path(trained["adapter"]["uri"]))
     inputs = [("dataset", ctx.job.datasets["train"], "train")]
     if "validation" in ctx.job.datasets:
         inputs.append(("dataset", ctx.job.datasets["validation"], "validation"))
-    version = register_version(
-        ctx.db,
-        name=ctx.job.tuned_model_name,
-        method=ctx.job.method,
-        base_model=ctx.job.base_model,
-        adapter_uri=adapter["uri"],
-        adapter_sha256=adapter["sha256"],
-        adapter_size=adapter["size_bytes"],
-        config=ctx.job.config,
-        data_stats=ctx.outputs["validate"]["reports"],
-        metrics={
-            k: trained.get(k)
-            for k in ("best_eval_loss", "best_step", "final_train_loss", "steps", "stopped_early")
-        },
-        source_job_id=ctx.job.id,
-        inputs=inputs,
+    metrics = ("best_eval_loss", "best_step", "final_train_loss", "steps", "stopped_early")
+    version = steps.register_adapter(
+        ctx, trained["adapter"], {k: trained.get(k) for k in metrics}, inputs
     )
     evaluation = ctx.outputs.get("evaluate", {})
     if evaluation.get("evaluation"):
@@ -182,36 +120,14 @@ def register(ctx: StepContext) -> dict[str, Any]:
             ctx.db, version.id, evaluation["evaluation"] | {"report": evaluation["report"]}
         )
     logger.info(
-        "registered %s version %d (%s)", version.model_name, version.version, manifest.get("method")
+        "registered %s version %d (%s)",
+        version.model_name,
+        version.version,
+        manifest.get("method"),
     )
-    return {"model_version_id": version.id, "name": version.model_name, "version": version.version}
+    return steps.registered(version)
 
 
-def deploy(ctx: StepContext) -> dict[str, Any]:
-    from tunelab.registry.endpoints import deploy_version
-
-    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
-    return {"endpoint": endpoint.id}
-
-
-register_pipeline(
-    "sft",
-    [
-        ("validate", validate),
-        ("prepare", prepare),
-        ("train", train),
-        ("evaluate", evaluate),
-        ("register", register),
-        ("deploy", deploy),
-    ],
-    weights={
-        "validate": 0.02,
-        "prepare": 0.03,
-        "train": 0.85,
-        "evaluate": 0.06,
-        "register": 0.02,
-        "deploy": 0.02,
-    },
-)
+steps.register_standard_pipeline("sft", validate, prepare, train, evaluate, register)
 
 __all__ = ["StopRequested"]

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -42,26 +42,21 @@ from tunelab.configs.dpo import DPOConfig
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
 from tunelab.losses.dpo import dpo_loss
 from tunelab.losses.rl import sequence_logprobs
-from tunelab.models import load_tokenizer, resolve_model
 from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import adapter_model, lora_model
-from tunelab.training.progress import ProgressCallback, no_progress
-from tunelab.training.run import BatchOrder, TrainingRun
+from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference_logps.safetensors"
 
-
-@dataclass
-class DPOResult:
-    adapter_dir: Path
-    steps: int
-    final_train_loss: float | None
+@dataclass(kw_only=True)
+class DPOResult(RunResult):
     evaluation: dict[str, float]
     """Last evaluation on the validation pairs (empty without them)."""
-    resumed_from_step: int
-    usage: dict[str, Any] = field(default_factory=dict)
+
+
+REFERENCE_FILE = "reference_logps.safetensors"
+"""The reference's log-probabilities of every pair, in the run folder."""
 
 
 def train_dpo(
@@ -70,15 +65,13 @@ def train_dpo(
     run_dir: Path,
     validation_file: Path | None = None,
     init_adapter_dir: Path | None = None,
-    *,
-    on_progress: ProgressCallback = no_progress,
-    should_stop: Callable[[], bool] = lambda: False,
+    **hooks: Unpack[RunHooks],
 ) -> DPOResult:
+    """Tune a LoRA adapter (a new one, or ``init_adapter_dir``'s) on the pairs of
+    ``preference_file`` into ``run_dir/adapter``; ``validation_file``'s pairs are evaluated."""
     # ---------------------------------------------------------------- data
-    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
-    run.report("loading", f"resolving base model {config.base_model}")
-    base = resolve_model(config.base_model)
-    tokenizer = load_tokenizer(base.path)
+    run = TrainingRun(run_dir, config, **hooks)
+    base, tokenizer = run.load_base_model()
     lengths_kw = dict(
         prompt_sequence_length=config.prompt_sequence_length,
         target_sequence_length=config.target_sequence_length,
@@ -122,11 +115,9 @@ def train_dpo(
         learning_rate=config.learning_rate,
         total_steps=total_steps,
         order=order,
-        warmup_ratio=config.warmup_ratio,
-        checkpoint_every=config.checkpoint_every_steps,
         eval_every=config.eval_every_steps if val else None,
     )
-    fast = run.fast_path(model, config.precision)
+    fast = run.fast_path(model)
 
     # ---------------------------------------------------------------- train
     model.train()
@@ -153,33 +144,20 @@ def train_dpo(
 
     # ---------------------------------------------------------------- save
     evaluation = run.last_eval
-    usage = run.usage(
-        billable_tokens=round(report.total_tokens * total_steps / order.steps_per_epoch),
+    run.usage(
+        billable_tokens=run.billable_tokens(report.total_tokens),
         reference_seconds=round(reference_seconds, 3),  # this process's share (0 on resume)
     )
 
-    def save_adapter(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
     adapter_dir = run.write_bundle(
-        "adapter",
-        save_adapter,
-        kind="lora_adapter",
-        config=config,
-        base_ref=base.ref,
-        base_path=base.path,
-        datasets={"preference": report.sha256, "validation": val_report and val_report.sha256},
-        data_stats={
-            "preference": report.to_dict(),
-            "validation": val_report.to_dict() if val_report else None,
-        },
-        usage=usage,
+        model,
+        tokenizer,
         title=f"DPO on {base.ref}",
+        datasets={"preference": report, "validation": val_report},
         init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
         evaluation=evaluation,
     )
-    return DPOResult(adapter_dir, run.step, run.last_loss, evaluation, run.resumed_from, usage)
+    return DPOResult(evaluation=evaluation, **run.result(adapter_dir))
 
 
 @torch.no_grad()

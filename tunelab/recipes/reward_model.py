@@ -21,10 +21,10 @@ The head and its bundle file are tunelab.models.reward_head's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -32,23 +32,21 @@ import torch
 from tunelab.configs.rlhf import RewardModelConfig
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
 from tunelab.losses.reward import pairwise_accuracy, pairwise_loss
-from tunelab.models import load_tokenizer, resolve_model
 from tunelab.models.reward_head import new_head, rewards_at, save_head, score
 from tunelab.training.lora import lora_model
-from tunelab.training.progress import ProgressCallback, no_progress
-from tunelab.training.run import BatchOrder, TrainingRun
+from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 
-@dataclass
-class RewardModelResult:
-    bundle_dir: Path
-    steps: int
+@dataclass(kw_only=True)
+class RewardModelResult(RunResult):
     pairwise_accuracy: float | None
     """On the held-out pairs; None when there were none."""
     eval_pairs: int
-    final_train_loss: float | None
-    resumed_from_step: int
-    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The reward model's bundle: its adapter and head, for the RL stage to load."""
+        return self.adapter_dir
 
 
 def train_reward_model(
@@ -56,15 +54,13 @@ def train_reward_model(
     preference_file: Path,
     run_dir: Path,
     eval_file: Path | None = None,
-    *,
-    on_progress: ProgressCallback = no_progress,
-    should_stop: Callable[[], bool] = lambda: False,
+    **hooks: Unpack[RunHooks],
 ) -> RewardModelResult:
+    """Train a reward model (adapter and head) on the pairs of ``preference_file`` into
+    ``run_dir/reward_model``, scored on ``eval_file``'s pairs or a held-out share of them."""
     # ---------------------------------------------------------------- data
-    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
-    run.report("loading", f"resolving base model {config.base_model}")
-    base = resolve_model(config.base_model)
-    tokenizer = load_tokenizer(base.path)
+    run = TrainingRun(run_dir, config, **hooks)
+    base, tokenizer = run.load_base_model()
     lengths_kw = dict(
         prompt_sequence_length=config.prompt_sequence_length,
         target_sequence_length=config.target_sequence_length,
@@ -89,11 +85,9 @@ def train_reward_model(
         learning_rate=config.learning_rate,
         total_steps=config.train_steps,
         order=order,
-        warmup_ratio=config.warmup_ratio,
-        checkpoint_every=config.checkpoint_every_steps,
         eval_every=config.eval_every_steps if held_out else None,
     )
-    fast = run.fast_path(model, config.precision)
+    fast = run.fast_path(model)
 
     # ---------------------------------------------------------------- train
     trained.train()
@@ -114,40 +108,23 @@ def train_reward_model(
     # ---------------------------------------------------------------- save
     final = run.last_eval
 
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        save_head(head, folder)
-        tokenizer.save_pretrained(folder)
-
-    usage = run.usage()
     bundle_dir = run.write_bundle(
-        "reward_model",
-        save,
+        model,
+        tokenizer,
+        name="reward_model",
+        save_more=lambda folder: save_head(head, folder),
         kind="reward_model",
-        config=config,
-        base_ref=base.ref,
-        base_path=base.path,
-        datasets={"preference": report.sha256, "eval": eval_report and eval_report.sha256},
-        data_stats={
-            "preference": report.to_dict(),
-            "eval": eval_report.to_dict() if eval_report else None,
-            "train_pairs": len(train),
-            "eval_pairs": len(held_out),
-        },
-        usage=usage,
+        datasets={"preference": report, "eval": eval_report},
+        data_stats={"train_pairs": len(train), "eval_pairs": len(held_out)},
         title=f"Reward model on {base.ref}",
         eval_pairs=len(held_out),
         pairwise_accuracy=final.get("eval_accuracy"),
         eval_reward_margin=final.get("eval_reward_margin"),
     )
     return RewardModelResult(
-        bundle_dir=bundle_dir,
-        steps=run.step,
         pairwise_accuracy=final.get("eval_accuracy"),
         eval_pairs=len(held_out),
-        final_train_loss=run.last_loss,
-        resumed_from_step=run.resumed_from,
-        usage=usage,
+        **run.result(bundle_dir),
     )
 
 

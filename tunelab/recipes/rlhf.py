@@ -42,11 +42,11 @@ point and resumed ends with the adapter an uninterrupted run would have.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -66,8 +66,7 @@ from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.reward_head import load_head, score
 from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import lora_model
-from tunelab.training.progress import ProgressCallback, no_progress
-from tunelab.training.run import BatchOrder, TrainingRun
+from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +74,10 @@ POLICY, REWARD = "default", "reward"
 """Adapter names on the one shared base model."""
 
 
-@dataclass
-class PolicyResult:
-    adapter_dir: Path
-    steps: int
+@dataclass(kw_only=True)
+class PolicyResult(RunResult):
     last: dict[str, Any]
     """The last step's metrics row."""
-    resumed_from_step: int
-    usage: dict[str, Any] = field(default_factory=dict)
 
 
 def train_policy(
@@ -90,12 +85,12 @@ def train_policy(
     prompts_file: Path,
     reward_model_dir: Path,
     run_dir: Path,
-    *,
-    on_progress: ProgressCallback = no_progress,
-    should_stop: Callable[[], bool] = lambda: False,
+    **hooks: Unpack[RunHooks],
 ) -> PolicyResult:
+    """Tune a policy adapter on ``prompts_file``'s prompts against the reward model bundle
+    ``reward_model_dir`` (RLOO) into ``run_dir/adapter``."""
     # ---------------------------------------------------------------- data
-    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
+    run = TrainingRun(run_dir, config, **hooks)
     run.report("loading", f"resolving base model {config.base_model}")
     base = resolve_model(config.base_model)
     _check_same_base(reward_model_dir, base.path)
@@ -122,10 +117,8 @@ def train_policy(
         learning_rate=config.reinforcement_learning_rate,
         total_steps=config.reinforcement_learning_train_steps,
         order=order,
-        warmup_ratio=config.warmup_ratio,
-        checkpoint_every=config.checkpoint_every_steps,
     )
-    fast = run.fast_path(model, config.precision)
+    fast = run.fast_path(model)
 
     # ---------------------------------------------------------------- train
     last: dict[str, Any] = {}
@@ -179,27 +172,17 @@ def train_policy(
         )
 
     # ---------------------------------------------------------------- save
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True, selected_adapters=[POLICY])
-        tokenizer.save_pretrained(folder)
-
-    usage = run.usage()
     adapter_dir = run.write_bundle(
-        "adapter",
-        save,
-        kind="lora_adapter",
-        config=config,
-        base_ref=base.ref,
-        base_path=base.path,
-        datasets={"prompts": report.sha256},
-        data_stats={"prompts": report.to_dict()},
-        usage=usage,
+        model,
+        tokenizer,
+        adapters=[POLICY],
+        datasets={"prompts": report},
         title=f"RLHF (RLOO) on {base.ref}",
         plot=plot_rewards,
         plot_name="reward_curve.png",
         reward_model=read_tuning_config(reward_model_dir),
     )
-    return PolicyResult(adapter_dir, run.step, last, run.resumed_from, usage)
+    return PolicyResult(last=last, **run.result(adapter_dir))
 
 
 # -------------------------------------------------------------------- rollouts and adapters

@@ -25,33 +25,25 @@ all functions of the step, restored from the checkpoint).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 from tunelab.configs.sft import SFTConfig
 from tunelab.data.batching import collate
 from tunelab.data.template import Encoded
 from tunelab.data.validation import ValidationReport, load_supervised
 from tunelab.losses.lm import completion_loss
-from tunelab.models import load_tokenizer, resolve_model
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.lora import lora_model
-from tunelab.training.progress import ProgressCallback, no_progress
-from tunelab.training.run import BatchOrder, TrainingRun
+from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 
-@dataclass
-class SFTResult:
-    adapter_dir: Path
-    steps: int
+@dataclass(kw_only=True)
+class SFTResult(RunResult):
     best_step: int | None
     best_eval_loss: float | None
-    final_train_loss: float | None
     stopped_early: bool
-    resumed_from_step: int
-    usage: dict[str, Any] = field(default_factory=dict)
 
 
 def train_sft(
@@ -59,15 +51,13 @@ def train_sft(
     train_file: Path,
     run_dir: Path,
     validation_file: Path | None = None,
-    *,
-    on_progress: ProgressCallback = no_progress,
-    should_stop: Callable[[], bool] = lambda: False,
+    **hooks: Unpack[RunHooks],
 ) -> SFTResult:
+    """Tune a LoRA adapter on the examples of ``train_file`` (the best one on
+    ``validation_file``'s loss, when given) into ``run_dir/adapter``."""
     # ---------------------------------------------------------------- data
-    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
-    run.report("loading", f"resolving base model {config.base_model}")
-    base = resolve_model(config.base_model)
-    tokenizer = load_tokenizer(base.path)
+    run = TrainingRun(run_dir, config, **hooks)
+    base, tokenizer = run.load_base_model()
     run.report("validating", f"reading {train_file}")
     train, train_report = load_supervised(
         train_file, tokenizer, max_seq_length=config.max_seq_length
@@ -89,11 +79,9 @@ def train_sft(
         learning_rate=config.learning_rate,
         total_steps=config.total_steps(len(train)),
         order=order,
-        warmup_ratio=config.warmup_ratio,
-        checkpoint_every=config.checkpoint_every_steps,
         eval_every=config.eval_every_steps if val else None,
     )
-    fast = run.fast_path(model, config.precision)
+    fast = run.fast_path(model)
 
     # ---------------------------------------------------------------- train
     model.train()
@@ -114,42 +102,16 @@ def train_sft(
 
     # ---------------------------------------------------------------- save
     run.restore_best()  # the bundle holds the adapter of the best evaluation
-    total_steps = run.total_steps
-    usage = run.usage(
-        # Vertex bills the dataset's tokens times the epochs asked for (whole or fractional).
-        billable_tokens=round(train_report.total_tokens * total_steps / order.steps_per_epoch),
-    )
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+    run.usage(billable_tokens=run.billable_tokens(train_report.total_tokens))
 
     state = run.state
+    best = dict(
+        best_step=state.best_step,
+        best_eval_loss=state.best_eval_loss,
+        stopped_early=state.stopped_early,
+    )
+    datasets = {"train": train_report, "validation": val_report}
     adapter_dir = run.write_bundle(
-        "adapter",
-        save,
-        kind="lora_adapter",
-        config=config,
-        base_ref=base.ref,
-        base_path=base.path,
-        datasets={"train": train_report.sha256, "validation": val_report and val_report.sha256},
-        data_stats={
-            "train": train_report.to_dict(),
-            "validation": val_report.to_dict() if val_report else None,
-        },
-        usage=usage,
-        title=f"SFT on {base.ref}",
-        best_step=state.best_step,
-        best_eval_loss=state.best_eval_loss,
-        stopped_early=state.stopped_early,
+        model, tokenizer, datasets=datasets, title=f"SFT on {base.ref}", **best
     )
-    return SFTResult(
-        adapter_dir=adapter_dir,
-        steps=state.step,
-        best_step=state.best_step,
-        best_eval_loss=state.best_eval_loss,
-        final_train_loss=run.last_loss,
-        stopped_early=state.stopped_early,
-        resumed_from_step=run.resumed_from,
-        usage=usage,
-    )
+    return SFTResult(**best, **run.result(adapter_dir))

@@ -1,15 +1,17 @@
 """A training run: what every recipe's loop shares, so a recipe keeps only its data, model and loss.
 
-    run = TrainingRun(run_dir, config.seed, on_progress=on_progress, should_stop=should_stop)
+    run = TrainingRun(run_dir, config, on_progress=on_progress, should_stop=should_stop)
+    base, tokenizer = run.load_base_model()
     ... load data, build the model ...
-    run.start(model, learning_rate=..., total_steps=..., order=BatchOrder(...), ...)
+    run.start(model, learning_rate=..., total_steps=..., order=BatchOrder(...))
+    fast = run.fast_path(model)         # fused LoRA, bf16 where it pays, shared prefixes
     for step in run.steps():
-        batch = ...                       # run.order.at(step): the batch order is a function of the step
-        loss = ...
+        batch = ...                       # order.at(step): the batch order is a function of the step
+        loss = ...                        # from fast.hidden(batch ids, loss mask)
         run.backward_and_step(loss, tokens=..., some_metric=...)
         if run.evaluation_due():
             run.evaluate(lambda: {...})
-    run.write_bundle(...)
+    run.write_bundle("adapter", model, tokenizer, ...)
 
 The run owns its folder (``run_dir``, named by a system-made id): ``checkpoints/``,
 ``metrics.jsonl``, ``best/`` and the bundle. Killing it at any moment and running the same
@@ -31,8 +33,9 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -52,6 +55,28 @@ logger = logging.getLogger(__name__)
 
 BEST = "best"
 """The run folder's copy of the trainable weights at the best evaluation so far."""
+
+
+class RunHooks(TypedDict, total=False):
+    """How a caller follows and stops a run: every recipe takes these as keywords."""
+
+    on_progress: ProgressCallback
+    """Called with each progress event (the CLI's bar, the job's progress, a test's list)."""
+    should_stop: Callable[[], bool]
+    """Asked between steps; True checkpoints the run and raises :class:`TrainingInterrupted`."""
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """What every recipe returns; each adds its own outputs."""
+
+    adapter_dir: Path
+    """The bundle: the adapter (and, for a reward model, its head) with everything beside it."""
+    steps: int
+    final_train_loss: float | None
+    resumed_from_step: int
+    """0 for a fresh run; the checkpoint's step for a resumed one."""
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -96,28 +121,41 @@ class TrainingRun:
     def __init__(
         self,
         run_dir: Path,
-        seed: int,
+        config: Any,
         *,
         on_progress: ProgressCallback = no_progress,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``config``: the method's typed config; the run reads its ``seed``, ``base_model``,
+        ``warmup_ratio``, ``checkpoint_every_steps`` and writes it into the bundle."""
         self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
-        torch.manual_seed(seed)
-        self.run_dir = run_dir
+        torch.manual_seed(config.seed)
+        self.run_dir, self.config = run_dir, config
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.on_progress, self.should_stop = on_progress, should_stop
+        self.base_ref, self.base_path = config.base_model, None
         self.last_loss: float | None = None
         self.last_eval: dict[str, Any] = {}
         self.message = ""
         """Shown with each step's progress (e.g. the RL stage's mean reward)."""
         self.eval_seconds = 0.0
+        self.final_usage: dict[str, Any] = {}
 
     def report(self, phase: str, message: str = "") -> None:
         """A progress event outside the steps: loading, validating, preparing, saving."""
         state = getattr(self, "state", None)
         step, total = (state.step, self.total_steps) if state else (0, 0)
         self.on_progress(Progress(phase, step, total, message=message))
+
+    def load_base_model(self):
+        """Resolve the config's causal base model: (ResolvedModel, its tokenizer)."""
+        from tunelab.models import load_tokenizer, resolve_model
+
+        self.report("loading", f"resolving base model {self.config.base_model}")
+        base = resolve_model(self.config.base_model)
+        self.base_ref, self.base_path = base.ref, base.path
+        return base, load_tokenizer(base.path)
 
     # ------------------------------------------------------------------ setup
 
@@ -128,8 +166,6 @@ class TrainingRun:
         learning_rate: float,
         total_steps: int,
         order: BatchOrder,
-        warmup_ratio: float,
-        checkpoint_every: int,
         eval_every: int | None = None,
     ) -> LoopState:
         """Make the optimizer for ``trained``'s trainable parameters and restore the latest
@@ -139,8 +175,8 @@ class TrainingRun:
         self.params = [p for p in trained.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, learning_rate)
         self.peak_lr, self.total_steps = learning_rate, total_steps
-        self.warmup = warmup_steps(warmup_ratio, total_steps)
-        self.checkpoint_every, self.eval_every = checkpoint_every, eval_every
+        self.warmup = warmup_steps(self.config.warmup_ratio, total_steps)
+        self.checkpoint_every, self.eval_every = self.config.checkpoint_every_steps, eval_every
         recover_dir(self.run_dir / BEST)
         self.state = load_latest(self.ckpt_dir, trained, self.optimizer) or LoopState()
         self.resumed_from = self.state.step
@@ -149,12 +185,13 @@ class TrainingRun:
             self.state.best_eval_loss, self.state.best_step = None, None  # lost with its folder
         return self.state
 
-    def fast_path(self, model: torch.nn.Module, precision: str) -> FastPath:
-        """Install the fast training forward on ``model`` (after :meth:`start`). The precision
-        is chosen once per run and kept in its checkpoints: a resumed run computes the same."""
+    def fast_path(self, model: torch.nn.Module) -> FastPath:
+        """Install the fast training forward on ``model`` (after :meth:`start`), in the config's
+        ``precision``. It is chosen once per run and kept in its checkpoints: a resumed run
+        computes the same."""
         if "precision" not in self.state.extra:
             width = model.config.hidden_size
-            self.state.extra["precision"] = resolve_precision(precision, width)
+            self.state.extra["precision"] = resolve_precision(self.config.precision, width)
         return FastPath.install(model, self.state.extra["precision"])
 
     def learning_rate(self, step: int) -> float:
@@ -298,10 +335,24 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ the end
 
+    def result(self, folder: Path) -> dict[str, Any]:
+        """The :class:`RunResult` fields of this run, whose bundle is ``folder``."""
+        return dict(
+            adapter_dir=folder,
+            steps=self.state.step,
+            final_train_loss=self.last_loss,
+            resumed_from_step=self.resumed_from,
+            usage=self.final_usage,
+        )
+
+    def billable_tokens(self, dataset_tokens: int) -> int:
+        """As Vertex bills: the dataset's tokens times the epochs trained (whole or fractional)."""
+        return round(dataset_tokens * self.total_steps / self.order.steps_per_epoch)
+
     def usage(self, **extra: Any) -> dict[str, Any]:
         """What the run used: tokens trained on, seconds (training, evaluation, wall, CPU), peak
-        memory, and the method's own figures (``extra``)."""
-        return {
+        memory, and the method's own figures (``extra``); kept for the bundle and the result."""
+        self.final_usage = {
             "trained_tokens": self.state.tokens_seen,
             "train_seconds": round(self.state.train_seconds, 3),
             "eval_seconds": round(self.eval_seconds, 3),  # this process's share
@@ -315,42 +366,53 @@ class TrainingRun:
             ),
             **extra,
         }
+        return self.final_usage
 
     def write_bundle(
         self,
-        name: str,
-        save: Callable[[Path], None],
+        model: torch.nn.Module,
+        tokenizer: Any,
         *,
-        kind: str,
-        config: Any,
-        base_ref: str,
-        base_path: Path,
-        datasets: dict[str, str | None],
-        data_stats: dict[str, Any],
-        usage: dict[str, Any],
+        datasets: dict[str, Any],
         title: str,
+        name: str = "adapter",
+        kind: str = "lora_adapter",
+        data_stats: dict[str, Any] | None = None,
+        save_more: Callable[[Path], None] = lambda folder: None,
+        adapters: list[str] | None = None,
         plot: Callable[[list[dict[str, Any]], Path, str], None] = plot_loss_curve,
         plot_name: str = "loss_curve.png",
         **manifest: Any,
     ) -> Path:
         """Write the bundle ``run_dir/name`` atomically and end the run (its checkpoints go).
 
-        ``save(folder)`` writes the method's own files (adapter, tokenizer, head); the run adds
+        The bundle holds the model's adapter (``adapters``: which ones, default all), the
+        tokenizer, what ``save_more(folder)`` adds (a reward head, an encoder's pooling),
         ``tuning_config.json``, ``data_stats.json``, ``metrics.jsonl``, the curve and, last,
         ``manifest.json``: kind, method, base model, version, ``datasets`` ({role: sha256}),
         steps, usage, every file's sha256, and the method's own entries (``manifest``).
+
+        ``datasets``: {role: validation report (None for a role not given)}: their sha256 go in
+        the manifest, their statistics in ``data_stats.json`` beside ``data_stats``. A method
+        whose data has no reports gives {role: sha256} and its own ``data_stats``.
         """
-        self.on_progress(
-            Progress("saving", self.state.step, self.total_steps, message=f"writing {name}")
-        )
+        stats = {
+            r: d.to_dict() if d else None for r, d in datasets.items() if not isinstance(d, str)
+        }
+        hashes = {r: d if isinstance(d, str) else d.sha256 for r, d in datasets.items() if d}
+        usage = self.final_usage or self.usage()
+        self.report("saving", f"writing {name}")
+        config = self.config
         folder = self.run_dir / name
         with atomic_dir(folder) as tmp:
-            save(tmp)
+            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=adapters)
+            tokenizer.save_pretrained(tmp)
+            save_more(tmp)
             write_json(
                 tmp / "tuning_config.json",
-                {**config.model_dump(), "base_model_path": str(base_path)},
+                {**config.model_dump(), "base_model_path": str(self.base_path)},
             )
-            write_json(tmp / "data_stats.json", data_stats)
+            write_json(tmp / "data_stats.json", stats | (data_stats or {}))
             shutil.copyfile(self.metrics.path, tmp / "metrics.jsonl")
             plot(self.metrics.rows(), tmp / plot_name, title)
             write_json(
@@ -358,9 +420,9 @@ class TrainingRun:
                 {
                     "kind": kind,
                     "method": config.method,
-                    "base_model": base_ref,
+                    "base_model": self.base_ref,
                     "tunelab_version": __version__,
-                    "datasets": {role: sha for role, sha in datasets.items() if sha},
+                    "datasets": hashes,
                     "steps": self.state.step,
                     **manifest,
                     "usage": usage,

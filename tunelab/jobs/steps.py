@@ -1,0 +1,196 @@
+"""Pieces every method's pipeline shares: dataset paths by role, validating a job's datasets,
+running a recipe under the job's stop requests and progress bar, storing a bundle, the usage's
+cost, registering the tuned model and deploying it. A pipeline module keeps only what its
+method does differently."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import get_settings
+from tunelab.data.validation import DatasetValidationError
+from tunelab.jobs.pipeline import StepContext, StopRequested
+
+STANDARD_WEIGHTS = {
+    "validate": 0.02,
+    "prepare": 0.03,
+    "train": 0.85,
+    "evaluate": 0.06,
+    "register": 0.02,
+    "deploy": 0.02,
+}
+"""Share of the progress bar of each step of validate -> prepare -> train -> evaluate ->
+register -> deploy."""
+
+
+def dataset_path(ctx: StepContext, role: str) -> Path | None:
+    """The local file of the job's dataset in ``role``, or None when it has none."""
+    from tunelab.registry.datasets import get_dataset
+
+    dataset_id = ctx.job.datasets.get(role)
+    if dataset_id is None:
+        return None
+    return ctx.store.local_path(get_dataset(ctx.db, dataset_id).uri)
+
+
+def validate_datasets(
+    ctx: StepContext, checks: dict[str, tuple[str, Callable[[Path], Any]]]
+) -> dict[str, Any]:
+    """``checks``: {role: (the job's dataset role holding it, check(path) -> report)}. Every
+    dataset present is read whole; any bad line fails the job with its line numbers."""
+    reports = {}
+    for role, (job_role, check) in checks.items():
+        path = dataset_path(ctx, job_role)
+        if path is None:
+            continue
+        report = check(path)
+        report.path = f"{role} dataset ({ctx.job.datasets[job_role]})"
+        if not report.ok:
+            raise DatasetValidationError(report)
+        reports[role] = report.to_dict()
+        ctx.check_stop()
+    return {"reports": reports}
+
+
+def training_progress(
+    ctx: StepContext,
+    start: float,
+    share: float,
+    sync_metrics: Callable[[], None],
+    what: str = "",
+) -> Callable[[Any], None]:
+    """A recipe's progress callback: the job's progress bar from ``start`` over ``share`` of it,
+    and the metrics mirrored into the store at most once a second (bounding DB writes on fast
+    steps)."""
+    last_sync = 0.0
+    label = f"{what}: " if what else ""
+
+    def on_progress(p) -> None:
+        nonlocal last_sync
+        if p.phase != "training" or not p.total_steps:
+            ctx.report(f"{label}{p.phase}", start, None)
+            return
+        now = time.monotonic()
+        if now - last_sync >= 1.0 or p.step == p.total_steps:
+            last_sync = now
+            ctx.report(
+                f"training {what + ' ' if what else 'step '}{p.step}/{p.total_steps}",
+                start + share * p.step / p.total_steps,
+                p.eta_seconds,
+            )
+            sync_metrics()
+
+    return on_progress
+
+
+@contextmanager
+def stops_as_job_stops() -> Iterator[None]:
+    """A recipe interrupted by a stop request stops the job step (paused or cancelled)."""
+    from tunelab.training.run import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        raise StopRequested from exc
+
+
+def store_dir(ctx: StepContext, folder: Path, name: str) -> dict[str, Any]:
+    """Put a bundle folder in the artifact store under this job: its reference."""
+    stored = ctx.store.put_dir(folder, f"jobs/{ctx.job.id}/{name}")
+    return {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes}
+
+
+def with_cost(usage: dict[str, Any], billed: str = "billable_tokens") -> dict[str, Any]:
+    """``usage`` with its ``estimated_cost`` at the configured price per 1k tokens of ``billed``
+    (None without a price)."""
+    price = get_settings().price_per_1k_tokens
+    cost = round(usage[billed] / 1000 * price, 6) if price is not None else None
+    return {**usage, "estimated_cost": cost}
+
+
+def register_adapter(
+    ctx: StepContext,
+    adapter: dict[str, Any],
+    metrics: dict[str, Any],
+    inputs: list[tuple[str, str, str]],
+    **overrides: Any,
+):
+    """Register the job's adapter as the next version of its tuned model, with its lineage
+    (``inputs``: (kind, id, relation)); ``overrides`` replace the job's own name, method,
+    config, data stats or source."""
+    from tunelab.registry.models import register_version
+
+    job = ctx.job
+    values = {
+        "name": job.tuned_model_name,
+        "method": job.method,
+        "base_model": job.base_model,
+        "config": job.config,
+        "data_stats": ctx.outputs["validate"]["reports"],
+        "source_job_id": job.id,
+    }
+    return register_version(
+        ctx.db,
+        adapter_uri=adapter["uri"],
+        adapter_sha256=adapter["sha256"],
+        adapter_size=adapter["size_bytes"],
+        metrics=metrics,
+        inputs=inputs,
+        **(values | overrides),
+    )
+
+
+def registered(version) -> dict[str, Any]:
+    """The register step's output for a model version."""
+    return {"model_version_id": version.id, "name": version.model_name, "version": version.version}
+
+
+def deploy(ctx: StepContext) -> dict[str, Any]:
+    """Serve the registered version at the job's endpoint."""
+    from tunelab.registry.endpoints import deploy_version
+
+    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
+    return {"endpoint": endpoint.id}
+
+
+def register_standard_pipeline(
+    method: str,
+    validate,
+    prepare,
+    train,
+    evaluate,
+    register,
+    weights: dict[str, float] | None = None,
+) -> None:
+    """Register validate -> prepare -> train -> evaluate -> register -> deploy for ``method``
+    (``weights`` replace some of :data:`STANDARD_WEIGHTS`)."""
+    from tunelab.jobs.pipeline import register_pipeline
+
+    named = dict(validate=validate, prepare=prepare, train=train, evaluate=evaluate)
+    register_pipeline(
+        method,
+        [*named.items(), ("register", register), ("deploy", deploy)],
+        weights=STANDARD_WEIGHTS | (weights or {}),
+    )
+
+
+def train_in_job(ctx: StepContext, recipe: Callable[..., Any], *args: Any, share: float = 0.85):
+    """Run ``recipe(*args)`` in the job's workdir under its stop requests, with its progress on
+    the job's bar (from 5% over ``share`` of it) and its metrics mirrored into the store."""
+    metrics_path = ctx.workdir / "metrics.jsonl"
+
+    def sync() -> None:
+        ctx.on_metrics(metrics_path)
+
+    with stops_as_job_stops():
+        result = recipe(
+            *args,
+            on_progress=training_progress(ctx, 0.05, share, sync),
+            should_stop=ctx.should_stop,
+        )
+    sync()
+    return result
