@@ -88,7 +88,7 @@ def warmup_steps(ratio: float, steps: int) -> int:
 def lora(rank: int, alpha: int, task: str):
     from peft import LoraConfig
 
-    from tunelab.recipes.sft import LORA_TARGETS
+    from tunelab.training.lora import LORA_TARGETS
 
     return LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type=task
@@ -233,7 +233,7 @@ def export_reward_model(rm_dir: Path, base_path: Path, tokenizer):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from tunelab.models import load_causal_lm
-    from tunelab.recipes.reward_model import load_head
+    from tunelab.models.reward_head import load_head
 
     merged = PeftModel.from_pretrained(load_causal_lm(base_path), rm_dir).merge_and_unload()
     config = AutoConfig.from_pretrained(base_path, num_labels=1)

@@ -40,7 +40,7 @@ What is measured:
   attention-mask sum of its batches / the summed on_step_begin..on_step_end time, which leaves
   out its data loading and logging, so the comparison is if anything generous to TRL);
 - eval loss: mean cross-entropy per model-turn token on the validation file, computed by the same
-  function (tunelab.recipes.sft.evaluate, fp32) for every run and for the base model;
+  function (tunelab.training.eval_loss.evaluate, fp32) for every run and for the base model;
 - useful FLOPs: torch.utils.flop_counter.FlopCounterMode over TuneLab's own training step
   (decoder forward, completion loss, backward) on exactly the batches TuneLab trained on, as
   train_sft computes it (fused LoRA path, each batch's shared prompt prefix computed once: the
@@ -143,7 +143,7 @@ def load_common(args):
 
 def eval_loss(model, val, batch_size: int, pad_id: int) -> float:
     """The one eval-loss function for every run: TuneLab's, in fp32, on the model's decoder."""
-    from tunelab.recipes.sft import evaluate
+    from tunelab.training.eval_loss import evaluate
 
     # A PeftModel forwards these to the wrapped transformers model; the LoRA layers are inside.
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -228,7 +228,7 @@ def run_trl(args, name: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.models import load_causal_lm
-    from tunelab.recipes.sft import LORA_TARGETS
+    from tunelab.training.lora import LORA_TARGETS
 
     base, tokenizer, train, val = load_common(args)
     config = tunelab_config(args)
@@ -342,8 +342,8 @@ def run_reference(args) -> dict:
     )
 
     from tunelab.models import load_causal_lm
-    from tunelab.recipes.sft import _lora_model
     from tunelab.training.fused_lora import fuse_lora_for_training
+    from tunelab.training.lora import lora_model
     from tunelab.training.prefix_sharing import completion_loss_of
 
     base, tokenizer, train, val = load_common(args)
@@ -365,7 +365,8 @@ def run_reference(args) -> dict:
             aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward,
         },
     )
-    model = _lora_model(base.path, tunelab_config(args))  # the model train_sft builds
+    config = tunelab_config(args)
+    model = lora_model(base.path, config.adapter_size, config.lora_alpha)  # as train_sft builds
     assert fuse_lora_for_training(model), "train_sft trains the default model fused"
     model.train()
     batches = tunelab_batches(args, train, tokenizer.pad_token_id)

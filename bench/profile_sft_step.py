@@ -28,8 +28,8 @@ from tunelab.configs.sft import SFTConfig
 from tunelab.data.batching import collate, epoch_batches
 from tunelab.data.validation import load_supervised
 from tunelab.models import load_tokenizer, resolve_model
-from tunelab.recipes.sft import _adamw, _lora_model
 from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.lora import adamw, lora_model
 from tunelab.training.precision import matmul_row_multiple, resolve_precision
 from tunelab.training.prefix_sharing import completion_loss_of
 
@@ -57,11 +57,11 @@ def main() -> None:
     # train_sft rounds each step's token count for per-shape bf16 kernels; so does this loop
     row_multiples = {"fused": matmul_row_multiple(precision)}
     for name in [*dtypes, "peft"]:
-        model = _lora_model(base.path, config)
+        model = lora_model(base.path, config.adapter_size, config.lora_alpha)
         params = [p for p in model.parameters() if p.requires_grad]
         if name in dtypes:
             assert fuse_lora_for_training(model, dtypes[name]), "the default model should fuse"
-            optimizer = _adamw(params, config.learning_rate)
+            optimizer = adamw(params, config.learning_rate)
         else:
             optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
         model.train()
