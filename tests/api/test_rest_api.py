@@ -42,8 +42,10 @@ def test_every_route_but_health_refuses_without_a_valid_key(services, api_key, i
                 assert response.json()["error"]["code"] == "unauthenticated"
 
 
-def test_openapi_spec_is_served(live):
-    spec = httpx.get(live.url + "/openapi.json").json()
+def test_openapi_spec_is_served_only_with_a_key(live, api_key):
+    refused = httpx.get(live.url + "/openapi.json")
+    assert refused.status_code == 401 and "tuningJobs" not in refused.text
+    spec = httpx.get(live.url + "/openapi.json", headers={"x-api-key": api_key}).json()
     assert "/v1/tuningJobs" in spec["paths"] and "/v1/datasets" in spec["paths"]
 
 

@@ -12,7 +12,8 @@ from tunelab import __version__
 from tunelab.api.deps import require_key
 from tunelab.api.errors import install_error_handlers
 from tunelab.api.limits import BodyLimitMiddleware
-from tunelab.api.routes import datasets, endpoints, health, jobs, tuned_models
+from tunelab.api.routes import datasets, docs, endpoints, health, jobs, keys, tuned_models
+from tunelab.auth import UsageRecorder
 from tunelab.services import Services
 from tunelab.studio import mount_studio
 
@@ -33,8 +34,13 @@ def create_app(
         title="TuneLab",
         version=__version__,
         description="Self-hosted tuning and serving of open models, shaped like Vertex AI.",
+        # FastAPI's own docs routes answer anyone; routes/docs.py serves them behind the key.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
+    app.state.key_usage = UsageRecorder(services.db)
     app.state.inference = inference
     install_error_handlers(app)
     app.add_middleware(
@@ -45,7 +51,7 @@ def create_app(
     )
     app.include_router(health.router)
     secured = [Depends(require_key)]
-    for module in (datasets, jobs, tuned_models, endpoints):
+    for module in (datasets, jobs, tuned_models, endpoints, keys):
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
         from tunelab.api.routes import embeddings, openai_compat, predict
@@ -53,5 +59,7 @@ def create_app(
         app.include_router(predict.router, dependencies=secured)
         app.include_router(openai_compat.router, dependencies=secured)
         app.include_router(embeddings.router, dependencies=secured)
+    app.include_router(docs.schema_router, dependencies=secured)
+    app.include_router(docs.pages_router)  # pages without data; they fetch the schema with a key
     mount_studio(app)  # public page and assets; every API call they make needs a key
     return app

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from tunelab import auth
 from tunelab.api.errors import ApiError
+from tunelab.api.scopes import required_scope
 from tunelab.db.schema import ApiKey
 from tunelab.services import Services
 
@@ -18,7 +19,8 @@ def get_services(request: Request) -> Services:
 
 def require_key(request: Request) -> ApiKey:
     """Bearer token (``Authorization: Bearer tl-…``, as the openai client sends it) or
-    ``x-api-key`` (as Vertex-style clients do)."""
+    ``x-api-key`` (as Vertex-style clients do), holding the scope the matched route needs
+    (tunelab.api.scopes). The key's ``last_used_at`` is recorded, at most once a minute."""
     header = request.headers.get("authorization", "")
     presented = (
         header[7:].strip()
@@ -31,6 +33,19 @@ def require_key(request: Request) -> ApiKey:
             401,
             "unauthenticated",
             "a valid API key is required (create one with `tunelab keys create`)",
+        )
+    usage = getattr(request.app.state, "key_usage", None)
+    if usage is not None:
+        usage.used(key)
+    route = request.scope.get("route")
+    needed = required_scope(request.method, getattr(route, "path", request.url.path))
+    if not auth.allows(key.scope, needed):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this request needs an API key with the {needed!r} scope; key {key.id} has "
+            f"{key.scope!r} (create one with `tunelab keys create --scope {needed}`)",
+            {"required_scope": needed, "key_scope": key.scope},
         )
     return key
 

@@ -38,9 +38,18 @@ export async function api(path, { method = "GET", json, body, key, signal } = {}
   return data;
 }
 
-/** Check a key against an authenticated endpoint without storing it. */
+/** Check a key without storing it; answers its name and scopes (any key may ask). */
 export async function verifyKey(key) {
-  await api("/v1/tuningJobs?limit=1", { key });
+  return api("/v1/keys/me", { key });
+}
+
+// What the logged-in key may do: "inference", "tune", "admin" (each includes the ones before).
+// Set at login and on load; the pages hide what the key lacks (the server refuses it anyway).
+let scopes = [];
+export const can = (scope) => scopes.includes(scope);
+export function setScopes(granted) {
+  scopes = granted;
+  for (const s of ["inference", "tune", "admin"]) document.body.classList.toggle(`can-${s}`, granted.includes(s));
 }
 
 /**

@@ -7,7 +7,7 @@ export function renderJobs(main) {
   const body = h("tbody", { id: "jobs-body" });
   const status = h("div", {});
   clear(main,
-    pageHeader("Tuning jobs", h("a", { class: "button", href: "#/create" }, "Create tuned model")),
+    pageHeader("Tuning jobs", h("a", { class: "button", href: "#/create", dataset: { needs: "tune" } }, "Create tuned model")),
     status,
     h("div", { class: "card" }, h("table", { class: "grid", id: "jobs-table" },
       h("thead", {}, h("tr", {}, ["Name", "Method", "Base model", "State", "Progress", "ETA", "Created"].map((t) => h("th", {}, t)))),

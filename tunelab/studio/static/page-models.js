@@ -18,7 +18,7 @@ function lineageView(lineage, version) {
 
 export function renderModels(main) {
   const list = h("div", { id: "models-list" });
-  clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create" }, "Create tuned model")), list);
+  clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create", dataset: { needs: "tune" } }, "Create tuned model")), list);
   let stopped = false;
 
   async function load() {
@@ -46,11 +46,11 @@ export function renderModels(main) {
                 h("h3", {}, `Version ${v.version}`),
                 endpoint ? h("span", { class: "badge ok" }, `deployed on ${endpoint.id}`) : h("span", { class: "badge muted" }, "not deployed"),
                 endpoint
-                  ? h("button", { class: "undeploy", onclick: async () => {
+                  ? h("button", { class: "undeploy", dataset: { needs: "admin" }, onclick: async () => {
                       try { await api(`/v1/endpoints/${endpoint.id}:undeploy`, { method: "POST", json: { model_version_id: v.id } }); toast(`${ref} undeployed`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Undeploy")
-                  : h("button", { class: "deploy", onclick: async () => {
+                  : h("button", { class: "deploy", dataset: { needs: "admin" }, onclick: async () => {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),

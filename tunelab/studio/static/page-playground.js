@@ -1,6 +1,6 @@
 // Prompt playground: pick a base or tuned model, set the system instruction and sampling
 // parameters, stream the answer, compare with the base model side by side, and view the code.
-import { api, streamChat } from "./api.js";
+import { api, can, streamChat } from "./api.js";
 import { h, clear, errorBox, toast, copyText } from "./dom.js";
 import { pageHeader } from "./widgets.js";
 import { SNIPPETS } from "./snippets.js";
@@ -95,24 +95,32 @@ export function renderPlayground(main, preselect) {
   clear(main, pageHeader("Prompt playground"), status, form);
 
   for (const el of [system, prompt, select]) el.addEventListener("input", renderCode);
-  select.addEventListener("change", () => { compare.disabled = !(select.value in tunedBase); renderCode(); });
+  select.addEventListener("change", () => { compare.disabled = !tunedBase[select.value]; renderCode(); });
   viewCode.addEventListener("click", () => { codePanel.hidden = !codePanel.hidden; viewCode.textContent = codePanel.hidden ? "View code" : "Hide code"; renderCode(); });
   stop.addEventListener("click", () => controller && controller.abort());
   prompt.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); } });
 
+  // The registry (which base each tuned model has) needs the tune scope; an inference key only
+  // knows the served names, so its tuned models come from /v1/models, without base comparison.
+  async function tunedModels() {
+    if (can("tune")) return api("/v1/tunedModels");
+    const { data } = await api("/v1/models");
+    return { tuned_models: data.filter((m) => m.owned_by === "user").map((m) => ({ name: m.id, method: "", base_model: null })) };
+  }
+
   async function load() {
     try {
-      const [{ data }, { tuned_models: tuned }] = await Promise.all([api("/v1/models"), api("/v1/tunedModels")]);
+      const [{ data }, { tuned_models: tuned }] = await Promise.all([api("/v1/models"), tunedModels()]);
       // Text models only: embedding models (and the bases they were tuned from) do not chat.
       const embedding = new Set(tuned.filter((m) => m.method === "embedding").flatMap((m) => [m.name, m.base_model]));
       tunedBase = Object.fromEntries(tuned.filter((m) => m.method !== "embedding").map((m) => [m.name, m.base_model]));
       const bases = data.filter((m) => !(m.id in tunedBase) && !embedding.has(m.id)).map((m) => m.id);
-      for (const b of Object.values(tunedBase)) if (!bases.includes(b)) bases.push(b);
+      for (const b of Object.values(tunedBase)) if (b && !bases.includes(b)) bases.push(b);
       clear(select,
         h("optgroup", { label: "Tuned models" }, Object.keys(tunedBase).map((n) => h("option", { value: n }, n))),
         h("optgroup", { label: "Base models" }, bases.map((b) => h("option", { value: b }, b))));
       if (preselect && [...select.options].some((o) => o.value === preselect)) select.value = preselect;
-      compare.disabled = !(select.value in tunedBase);
+      compare.disabled = !tunedBase[select.value];
       renderCode();
     } catch (err) {
       clear(status, errorBox(err));

@@ -1,0 +1,44 @@
+"""Which key scope each route needs: one ordered table, read top to bottom, first match wins.
+
+A route is matched by its HTTP method and its path *template* (``/v1/tunedModels/{name}``), so
+the table names routes the way the code declares them. A route no rule names needs ``admin``:
+a new route is closed to narrower keys until someone decides otherwise here (and the test over
+every route of the app fails until its expected scope is written down).
+"""
+
+from __future__ import annotations
+
+import re
+
+ANY = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+READ = frozenset({"GET", "HEAD"})
+
+RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
+    (methods, re.compile(pattern), scope)
+    for methods, pattern, scope in (
+        # inference: call models, and see which there are to call
+        (
+            frozenset({"POST"}),
+            r".*:(predict|rawPredict|generateContent|streamGenerateContent)",
+            "inference",
+        ),
+        (frozenset({"POST"}), r"/v1/(chat/completions|completions|embeddings)", "inference"),
+        (READ, r"/v1/models(/.*)?", "inference"),
+        (READ, r"/v1/endpoints(/[^/:]+)?", "inference"),
+        (READ, r"/v1/projects/.*", "inference"),  # Vertex SDK reads of what it is about to call
+        (READ, r"/v1/keys/me", "inference"),
+        (READ, r"/openapi\.json", "inference"),
+        # tune: datasets, tuning jobs, reading the registry
+        (ANY, r"/v1/datasets(/.*)?", "tune"),
+        (ANY, r"/v1/tuningJobs(/.*)?", "tune"),
+        (READ, r"/v1/tunedModels(/.*)?", "tune"),
+        # admin: deploy (POST /v1/endpoints), undeploy, delete, and anything not listed above
+    )
+)
+
+
+def required_scope(method: str, path_template: str) -> str:
+    for methods, pattern, scope in RULES:
+        if method.upper() in methods and pattern.fullmatch(path_template):
+            return scope
+    return "admin"
