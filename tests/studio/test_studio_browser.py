@@ -538,3 +538,91 @@ def test_job_page_pause_resume_and_cancel(studio, page, tmp_path):
     wait_state(page, ("CANCELLED",))
     assert page.is_disabled("#job-cancel") and page.is_disabled("#job-pause")
     assert page.errors == []
+
+
+def test_the_studio_shows_only_what_the_key_scope_allows(studio, services, browser, tmp_path):
+    """An inference key sees the playground and no Create, Jobs or Models; a tune key sees Create
+    but no Deploy; an admin key sees Deploy. The server refuses the rest anyway (403)."""
+    from tunelab.auth import create_key
+    from tunelab.registry.models import register_version
+
+    server, admin_key, _ = studio
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"not loaded: the page only lists it")
+    register_version(
+        services.db, name="scoped-colors", method="sft", base_model="b",
+        adapter_uri=str(adapter), adapter_sha256="0" * 64, adapter_size=1, config={},
+        data_stats=None, metrics=None, source_job_id=None,
+    )  # fmt: skip
+    keys = {
+        "inference": create_key(services.db, "app", "inference").secret,
+        "tune": create_key(services.db, "colleague", "tune").secret,
+        "admin": admin_key,
+    }
+
+    def logged_in(scope):
+        context = browser.new_context(viewport={"width": WIDTHS[0], "height": 900})
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        log_in(page, server.url, keys[scope])
+        return context, page
+
+    context, page = logged_in("inference")
+    page.wait_for_url("**/#/playground")
+    page.wait_for_selector("#model-select option", state="attached")
+    for nav in ("create", "jobs", "models"):
+        assert page.is_hidden(f"#nav a[data-page={nav}]"), nav
+    assert page.is_visible("#nav a[data-page=playground]")
+    assert not page.query_selector("#main .alert.bad"), page.text_content("#main")
+    tuned = page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
+    assert "scoped-colors" in tuned  # from /v1/models: the registry itself needs tune
+    page.goto(server.url + "/#/create")  # typed by hand: sent back to a page the key may use
+    page.wait_for_url("**/#/playground")
+    assert not page.query_selector("#create-form")
+    shoot(page, "scope-inference")
+    assert page.errors == []
+    context.close()
+
+    version = "[data-version='scoped-colors@1']"
+    context, page = logged_in("tune")
+    assert page.is_visible("#nav a[data-page=create]")
+    page.click("#nav a[data-page=models]")
+    page.wait_for_selector(version)
+    assert page.is_visible("#main .page-header a[href='#/create']")
+    assert page.is_hidden(f"{version} button.deploy")
+    assert page.errors == []
+    context.close()
+
+    context, page = logged_in("admin")
+    page.click("#nav a[data-page=models]")
+    page.wait_for_selector(f"{version} button.deploy", state="visible")
+    context.close()
+
+
+def test_the_api_reference_uses_the_studio_key(studio, page):
+    """/docs fetches the schema with the key the Studio holds in the tab and sends it with "Try
+    it out"; without a key it asks for one. Swagger UI comes from a CDN: stubbed here, offline."""
+    server, key, _ = studio
+    stub = """window.SwaggerUIBundle = (o) => {
+        window.docs = { paths: Object.keys(o.spec.paths),
+                        auth: o.requestInterceptor({ headers: {} }).headers.Authorization };
+    };"""
+    page.route(
+        "https://cdn.jsdelivr.net/**",
+        lambda route: route.fulfill(
+            body=stub if route.request.url.endswith(".js") else "",
+            content_type="text/javascript" if route.request.url.endswith(".js") else "text/css",
+        ),
+    )
+    page.goto(server.url + "/docs")
+    page.wait_for_selector("#docs-login:not([hidden])")  # no key in this tab yet
+    assert page.evaluate("window.docs") is None
+    log_in(page, server.url, key)
+    page.goto(server.url + "/docs")
+    page.wait_for_function("window.docs !== undefined")
+    docs = page.evaluate("window.docs")
+    assert "/v1/tuningJobs" in docs["paths"] and "/v1/chat/completions" in docs["paths"]
+    assert docs["auth"] == f"Bearer {key}"
+    assert page.errors == []
