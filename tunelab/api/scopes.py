@@ -12,6 +12,7 @@ import re
 
 ANY = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 READ = frozenset({"GET", "HEAD"})
+VERTEX = r"/v1/projects/[^/]+/locations/[^/]+"
 
 RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
     (methods, re.compile(pattern), scope)
@@ -25,7 +26,8 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         (frozenset({"POST"}), r"/v1/(chat/completions|completions|embeddings)", "inference"),
         (READ, r"/v1/models(/.*)?", "inference"),
         (READ, r"/v1/endpoints(/[^/:]+)?", "inference"),
-        (READ, r"/v1/projects/.*", "inference"),  # Vertex SDK reads of what it is about to call
+        # Vertex's resource paths: the SDK reads the endpoint or model it is about to call
+        (READ, VERTEX + r"/(endpoints|models|publishers/[^/]+/models)(/[^/:]+)?", "inference"),
         (READ, r"/v1/keys/me", "inference"),
         (READ, r"/openapi\.json", "inference"),
         # tune: datasets, tuning jobs, reading the registry
