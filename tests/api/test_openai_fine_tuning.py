@@ -1,0 +1,213 @@
+"""OpenAI's fine-tuning API, driven by the official ``openai`` client against a real server on
+loopback, as a team moving off OpenAI would: upload files, create jobs, poll them, page through
+jobs and events, read checkpoints, chat with the tuned model, cancel, pause and resume, and get
+bad files refused with their line numbers. Only the fixtures (server, worker, key) touch
+TuneLab; the tests speak to it through ``openai`` alone."""
+
+import io
+import json
+import threading
+import time
+
+import pytest
+from support import COLOR_LABELS, LiveServer
+
+COLORS = COLOR_LABELS
+
+
+@pytest.fixture
+def server(services, api_key):
+    """``tunelab serve``'s app (REST and inference) on loopback; no worker yet."""
+    from tunelab.api.app import create_app
+    from tunelab.serving.pool import InferencePool
+
+    pool = InferencePool(services)
+    with LiveServer(create_app(services, inference=pool)) as live:
+        yield live
+    pool.close()
+
+
+@pytest.fixture
+def worker(services):
+    """A worker thread running queued jobs, as ``tunelab serve`` starts one."""
+    from tunelab.jobs.worker import Worker
+
+    w = Worker(services.db, services.artifacts, lease_seconds=30)
+    thread = threading.Thread(target=w.run_forever, kwargs={"poll_seconds": 0.1}, daemon=True)
+    thread.start()
+    yield w
+    w.shutdown.set()
+    thread.join(60)
+
+
+@pytest.fixture
+def client(server, api_key):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0)
+
+
+@pytest.fixture
+def base(tiny_model_dir):
+    return str(tiny_model_dir)
+
+
+# ------------------------------------------------------------------- data in OpenAI's formats
+
+
+def chat_rows(n, offset=0):
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "Name the colour."},
+                {"role": "user", "content": f"item {i + offset}: the {COLORS[i % 4]} one"},
+                {"role": "assistant", "content": COLORS[i % 4]},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def dpo_rows(n):
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Question {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"It is {i}."}],
+            "non_preferred_output": [
+                {"role": "assistant", "content": f"It is {i}. Well, that is a long story."}
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def jsonl(rows, name="data.jsonl"):
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+    return (name, io.BytesIO(text.encode()))
+
+
+def upload(client, rows, name="data.jsonl"):
+    return client.files.create(file=jsonl(rows, name), purpose="fine-tune")
+
+
+def wait_for(client, job_id, statuses, timeout=180):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if not seen or seen[-1] != job.status:
+            seen.append(job.status)
+        if job.status in statuses:
+            return job, seen
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {statuses}; went through {seen}")
+
+
+# ---------------------------------------------------------------------------------- the cycle
+
+
+def test_full_supervised_cycle_then_dpo_from_the_result(client, worker, base, tiny_model_dir):
+    train = upload(client, chat_rows(16), "train.jsonl")
+    valid = upload(client, chat_rows(4, offset=100), "valid.jsonl")
+    assert (train.object, train.purpose, train.filename) == ("file", "fine-tune", "train.jsonl")
+    assert client.files.retrieve(train.id).bytes == train.bytes
+    assert client.files.content(train.id).text.splitlines()[0] == json.dumps(chat_rows(1)[0])
+    assert {train.id, valid.id} <= {f.id for f in client.files.list()}
+
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=train.id,
+        validation_file=valid.id,
+        suffix="colors",
+        seed=7,
+        metadata={"team": "support"},
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {
+                    "n_epochs": 2,
+                    "batch_size": 4,
+                    "learning_rate_multiplier": "auto",
+                }
+            },
+        },
+    )
+    assert job.object == "fine_tuning.job" and job.status == "queued"
+    assert job.fine_tuned_model is None and job.finished_at is None
+    assert (job.training_file, job.validation_file, job.seed) == (train.id, valid.id, 7)
+    assert job.metadata == {"team": "support"} and job.model == base
+
+    done, seen = wait_for(client, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    assert set(seen) <= {"queued", "validating_files", "running", "succeeded"}
+    name = done.fine_tuned_model
+    assert name.startswith(f"ft:{tiny_model_dir.name}:colors:") and len(name.split(":")) == 4
+    assert done.trained_tokens > 0 and done.finished_at >= done.created_at
+    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 4
+    assert done.hyperparameters.learning_rate_multiplier == 1.0  # "auto": TuneLab's default
+    assert done.method.type == "supervised"
+    assert done.method.supervised.hyperparameters.n_epochs == 2
+
+    # Events: newest first, in pages, training metrics among the log's messages.
+    first_page = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert len(first_page.data) == 3 and first_page.has_more
+    assert first_page.data[0].message == "succeeded" and first_page.data[0].level == "info"
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))  # every page
+    assert len({e.id for e in events}) == len(events) > 3
+    assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
+    metric_events = [e for e in events if e.type == "metrics"]
+    assert [e.data["step"] for e in metric_events][0] == 8  # 16 rows / 4 per batch * 2 epochs
+    assert all(isinstance(e.data.get("train_loss", 0.0), float) for e in metric_events)
+    assert any("valid_loss" in e.data for e in metric_events)
+
+    # The checkpoint the job registered, with its metrics, is the callable model.
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(checkpoints) == 1
+    checkpoint = checkpoints[0]
+    assert checkpoint.fine_tuned_model_checkpoint == name
+    assert checkpoint.fine_tuning_job_id == job.id and 1 <= checkpoint.step_number <= 8
+    assert isinstance(checkpoint.metrics.valid_loss, float)
+    assert isinstance(checkpoint.metrics.train_loss, float)
+
+    # Callable at once, by the name the job gave back.
+    assert name in {m.id for m in client.models.list().data}
+    chat = client.chat.completions.create(
+        model=name,
+        messages=[{"role": "user", "content": "item 1: the green one"}],
+        temperature=0,
+        max_tokens=4,
+    )
+    assert isinstance(chat.choices[0].message.content, str) and chat.usage.completion_tokens >= 1
+
+    # DPO from the tuned model (OpenAI's advice too: supervised first, then preferences).
+    pairs = upload(client, dpo_rows(8), "pairs.jsonl")
+    dpo = client.fine_tuning.jobs.create(
+        model=name,
+        training_file=pairs.id,
+        suffix="concise",
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}},
+        },
+    )
+    dpo_done, _ = wait_for(client, dpo.id, {"succeeded", "failed"})
+    assert dpo_done.status == "succeeded", dpo_done.error
+    assert dpo_done.model == name
+    assert dpo_done.fine_tuned_model.startswith(f"ft:{tiny_model_dir.name}:concise:")
+    assert dpo_done.method.dpo.hyperparameters.beta == 0.2
+    reply = client.chat.completions.create(
+        model=dpo_done.fine_tuned_model,
+        messages=[{"role": "user", "content": "Question 3?"}],
+        temperature=0,
+        max_tokens=4,
+    )
+    assert reply.choices[0].message.content is not None
+
+    # A finished job's files can be deleted; its record keeps their ids.
+    deleted = client.files.delete(valid.id)
+    assert deleted.deleted and deleted.id == valid.id
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        client.files.retrieve(valid.id)
+    assert client.fine_tuning.jobs.retrieve(job.id).validation_file == valid.id
