@@ -211,3 +211,190 @@ def test_full_supervised_cycle_then_dpo_from_the_result(client, worker, base, ti
     with pytest.raises(NotFoundError):
         client.files.retrieve(valid.id)
     assert client.fine_tuning.jobs.retrieve(job.id).validation_file == valid.id
+
+
+# ------------------------------------------------------------------------- listing, actions
+
+
+def test_jobs_list_in_pages_newest_first_with_a_metadata_filter(client, base):
+    """No worker: the jobs stay queued while they are listed, then are cancelled at once."""
+    train = upload(client, chat_rows(8))
+    created = [
+        client.fine_tuning.jobs.create(
+            model=base, training_file=train.id, suffix=f"s{i}", metadata={"n": str(i % 2)}
+        )
+        for i in range(3)
+    ]
+    newest_first = [j.id for j in reversed(created)]
+
+    page = client.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == newest_first[:2] and page.has_more
+    rest = client.fine_tuning.jobs.list(limit=2, after=page.data[-1].id)
+    assert [j.id for j in rest.data] == newest_first[2:] and not rest.has_more
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == newest_first  # auto-paging
+    odd = client.fine_tuning.jobs.list(metadata={"n": "1"})
+    assert [j.id for j in odd.data] == [created[1].id]
+
+    # A file a queued job still needs cannot be deleted.
+    from openai import ConflictError
+
+    with pytest.raises(ConflictError) as refused:
+        client.files.delete(train.id)
+    assert refused.value.body["param"] == "id" and created[0].id in refused.value.message
+
+    for job in created:
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert client.files.delete(train.id).deleted
+
+
+def test_pause_resume_and_cancel_queued_and_running_jobs(client, base, services):
+    from openai import ConflictError
+
+    train = upload(client, chat_rows(16))
+    queued = client.fine_tuning.jobs.create(model=base, training_file=train.id)
+    assert client.fine_tuning.jobs.pause(queued.id).status == "paused"
+    assert client.fine_tuning.jobs.resume(queued.id).status == "queued"
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    with pytest.raises(ConflictError) as again:
+        client.fine_tuning.jobs.cancel(queued.id)
+    assert again.value.code == "invalid_job_state" and "CANCELLED" in again.value.message
+    with pytest.raises(ConflictError):
+        client.fine_tuning.jobs.resume(queued.id)
+
+    # A running job pauses after a checkpoint, resumes from it, and can then be cancelled.
+    long = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=train.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 200}}},
+    )
+    from tunelab.jobs.worker import Worker  # the fixture's part: a worker, started here
+
+    w = Worker(services.db, services.artifacts, lease_seconds=30)
+    thread = threading.Thread(target=w.run_forever, kwargs={"poll_seconds": 0.1}, daemon=True)
+    thread.start()
+    try:
+        wait_for(client, long.id, {"running"})
+        client.fine_tuning.jobs.pause(long.id)
+        paused, _ = wait_for(client, long.id, {"paused"})
+        assert paused.finished_at is None and paused.fine_tuned_model is None
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)]
+        assert "paused after a checkpoint" in messages
+        assert client.fine_tuning.jobs.resume(long.id).status == "queued"
+        resumed, _ = wait_for(client, long.id, {"running"})
+        assert client.fine_tuning.jobs.cancel(resumed.id).status == "cancelled"
+        wait_for(client, long.id, {"cancelled"})
+        deadline = time.monotonic() + 60
+        while "cancelled; stopped at a step boundary" not in [
+            e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)
+        ]:
+            assert time.monotonic() < deadline, "the worker never carried out the cancel"
+            time.sleep(0.2)
+        assert client.fine_tuning.jobs.retrieve(long.id).finished_at is not None
+    finally:
+        w.shutdown.set()
+        thread.join(60)
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def test_bad_files_fail_the_job_with_their_line_numbers(client, worker, base):
+    bad_chat = upload(
+        client,
+        [
+            *chat_rows(2),
+            {"messages": [{"role": "robot", "content": "hi"}]},  # line 3
+            "{not json",  # line 4
+            {"prompt": "legacy completions format"},  # line 5
+        ],
+    )
+    job = client.fine_tuning.jobs.create(model=base, training_file=bad_chat.id)
+    failed, seen = wait_for(client, job.id, {"failed", "succeeded"})
+    assert failed.status == "failed" and "running" not in seen  # never trained
+    assert failed.error.code == "invalid_training_file"
+    assert failed.error.param == "training_file"
+    for line in ("line 3: messages[0].role", "line 4:", "line 5:"):
+        assert line in failed.error.message
+    assert bad_chat.id in failed.error.message and "3 invalid line(s)" in failed.error.message
+    assert client.fine_tuning.jobs.list_events(job.id).data[0].level == "error"
+
+    good = upload(client, chat_rows(8))
+    bad_pairs = upload(client, [*dpo_rows(2), {**dpo_rows(1)[0], "non_preferred_output": []}])
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=good.id, validation_file=bad_pairs.id, method={"type": "dpo"}
+    )
+    failed, _ = wait_for(client, job.id, {"failed", "succeeded"})
+    assert failed.error.code == "invalid_training_file"  # the chat file is not pairs
+    assert "line 1: messages[2].role: the last turn must be a user turn" in failed.error.message
+
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=upload(client, dpo_rows(4)).id,
+        validation_file=bad_pairs.id,
+        method={"type": "dpo"},
+    )
+    failed, _ = wait_for(client, job.id, {"failed", "succeeded"})
+    assert (failed.error.code, failed.error.param) == ("invalid_validation_file", "validation_file")
+    assert "line 3: non_preferred_output: empty array" in failed.error.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param", "words"),
+    [
+        ({"training_file": "ds-nothere"}, "training_file", "no file"),
+        ({"validation_file": "file-x"}, "validation_file", "no file"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
+            "method.supervised.hyperparameters.n_epochs",
+            "greater than or equal to 1",
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}}},
+            "method.dpo.hyperparameters.beta",
+            "greater than 0",
+        ),
+        ({"hyperparameters": {"batch_size": 0}}, "hyperparameters.batch_size", "greater"),
+        ({"method": {"type": "reinforcement"}}, "method.type", "not supported"),
+        ({"suffix": "a:b"}, "suffix", "pattern"),
+        (
+            {"method": {"type": "dpo"}, "hyperparameters": {"n_epochs": 2}},
+            "hyperparameters",
+            "method.dpo.hyperparameters",
+        ),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ],
+)
+def test_bad_requests_are_refused_in_openais_shape(client, base, kwargs, param, words):
+    from openai import BadRequestError
+
+    train = upload(client, chat_rows(4))
+    with pytest.raises(BadRequestError) as refused:
+        client.fine_tuning.jobs.create(**{"model": base, "training_file": train.id, **kwargs})
+    error = refused.value
+    assert error.status_code == 400 and error.type == "invalid_request_error"
+    assert error.param == param and words in error.message
+    assert list(client.fine_tuning.jobs.list()) == []  # nothing was queued
+
+
+def test_unknown_ids_wrong_purpose_and_missing_keys(client, server):
+    from openai import AuthenticationError, BadRequestError, NotFoundError, OpenAI
+
+    with pytest.raises(NotFoundError) as missing:
+        client.fine_tuning.jobs.retrieve("job-nothere")
+    assert missing.value.code == "fine_tuning_job_not_found"
+    for call in (
+        lambda: client.fine_tuning.jobs.list_events("job-nothere"),
+        lambda: client.fine_tuning.jobs.checkpoints.list("job-nothere"),
+        lambda: client.files.retrieve("ds-nothere"),
+        lambda: client.files.content("ds-nothere"),
+        lambda: client.files.delete("ds-nothere"),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    with pytest.raises(BadRequestError) as purpose:
+        client.files.create(file=jsonl(chat_rows(1)), purpose="assistants")
+    assert purpose.value.param == "purpose"
+    stranger = OpenAI(base_url=server.url + "/v1", api_key="tl-nothere.wrong", max_retries=0)
+    with pytest.raises(AuthenticationError) as refused:
+        stranger.fine_tuning.jobs.list()
+    assert refused.value.body["type"] == "authentication_error"
