@@ -398,3 +398,28 @@ def test_unknown_ids_wrong_purpose_and_missing_keys(client, server):
     with pytest.raises(AuthenticationError) as refused:
         stranger.fine_tuning.jobs.list()
     assert refused.value.body["type"] == "authentication_error"
+
+
+def test_files_are_datasets_listed_in_pages(client, server, api_key):
+    import httpx
+
+    files = [upload(client, chat_rows(2, offset=10 * i), f"f{i}.jsonl") for i in range(3)]
+    assert upload(client, chat_rows(2), "again.jsonl").id == files[0].id  # same bytes, same id
+    page = client.files.list(limit=2)
+    assert [f.id for f in page.data] == [files[2].id, files[1].id] and page.has_more
+    assert [f.id for f in client.files.list(limit=1, order="asc")] == [f.id for f in files]
+    assert list(client.files.list(purpose="batch")) == []
+    # The Vertex-style API sees the same datasets, and its sft jobs are fine-tuning jobs here.
+    with httpx.Client(base_url=server.url, headers={"x-api-key": api_key}) as http:
+        assert http.get(f"/v1/datasets/{files[1].id}").json()["sha256"]
+        job = http.post(
+            "/v1/tuningJobs",
+            json={"tuned_model_display_name": "vertex-made", "train_dataset": files[1].id},
+        ).json()
+    listed = client.fine_tuning.jobs.retrieve(job["id"])
+    assert (listed.status, listed.training_file, listed.method.type) == (
+        "queued",
+        files[1].id,
+        "supervised",
+    )
+    assert listed.hyperparameters.n_epochs == 3  # TuneLab's default, resolved

@@ -57,14 +57,10 @@ def file_object(dataset: Dataset) -> dict[str, Any]:
 
 def files_page(db: Database, after: str | None, limit: int, order: str) -> dict[str, Any]:
     newest_first = order == "desc"
-    key = (
-        (Dataset.created_at.desc(), Dataset.id.desc())
-        if newest_first
-        else (
-            Dataset.created_at,
-            Dataset.id,
-        )
-    )
+    if newest_first:
+        key = (Dataset.created_at.desc(), Dataset.id.desc())
+    else:
+        key = (Dataset.created_at.asc(), Dataset.id.asc())
     with db.session() as s:
         query = select(Dataset).order_by(*key).limit(limit + 1)
         if after:
@@ -200,9 +196,8 @@ def job_object(
         "id": job.id,
         "object": "fine_tuning.job",
         "created_at": unix(job.created_at),
-        "finished_at": unix(job.ended_at)
-        if status in ("succeeded", "failed") or (job.state == S.CANCELLED)
-        else None,
+        # ended_at is set on reaching a terminal state (CANCELLING reads "cancelled" before).
+        "finished_at": unix(job.ended_at),
         "error": error_of(job),
         "fine_tuned_model": fine_tuned_model_of(job, request),
         "hyperparameters": {k: v for k, v in hyper.items() if k != "beta"},
