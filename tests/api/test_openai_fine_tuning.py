@@ -337,6 +337,11 @@ def test_bad_files_fail_the_job_with_their_line_numbers(client, worker, base):
     assert (failed.error.code, failed.error.param) == ("invalid_validation_file", "validation_file")
     assert "line 3: non_preferred_output: empty array" in failed.error.message
 
+    job = client.fine_tuning.jobs.create(model="no-such-base", training_file=good.id)
+    failed, _ = wait_for(client, job.id, {"failed", "succeeded"})
+    assert (failed.error.code, failed.error.param) == ("model_not_found", "model")
+    assert "no-such-base" in failed.error.message
+
 
 @pytest.mark.parametrize(
     ("kwargs", "param", "words"),

@@ -55,6 +55,8 @@ def create(body: FineTuningJobCreate, services: ServicesDep) -> dict:
     tuned_from = _tuned_model(services, body.model)
     config = build_config(body, tuned_from)
     name = fine_tuned_model_name(config.base_model, body.suffix)
+    while _tuned_model(services, name) is not None:  # a new name must not add a version
+        name = fine_tuned_model_name(config.base_model, body.suffix)
     datasets = {"train": body.training_file, "validation": body.validation_file}
     job, _ = submit_job(
         services.db, services.artifacts, config=config, name=name, datasets=datasets
