@@ -13,14 +13,8 @@ from tunelab.api.openai_ft import (
     fine_tuned_model_name,
     request_record,
 )
-from tunelab.api.openai_views import (
-    REQUEST_EVENT,
-    checkpoints_page,
-    events_page,
-    get_ft_job,
-    job_objects,
-    jobs_page,
-)
+from tunelab.api.openai_job_log import checkpoints_page, events_page
+from tunelab.api.openai_views import REQUEST_EVENT, get_ft_job, job_objects, jobs_page
 from tunelab.jobs import store
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
