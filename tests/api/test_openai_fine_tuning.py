@@ -247,52 +247,47 @@ def test_jobs_list_in_pages_newest_first_with_a_metadata_filter(client, base):
     assert client.files.delete(train.id).deleted
 
 
-def test_pause_resume_and_cancel_queued_and_running_jobs(client, base, services):
+def test_pause_resume_and_cancel_a_queued_job(client, base):
+    """No worker: every action takes effect at once."""
     from openai import ConflictError
 
     train = upload(client, chat_rows(16))
     queued = client.fine_tuning.jobs.create(model=base, training_file=train.id)
     assert client.fine_tuning.jobs.pause(queued.id).status == "paused"
     assert client.fine_tuning.jobs.resume(queued.id).status == "queued"
-    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    cancelled = client.fine_tuning.jobs.cancel(queued.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(ConflictError) as again:
         client.fine_tuning.jobs.cancel(queued.id)
     assert again.value.code == "invalid_job_state" and "CANCELLED" in again.value.message
     with pytest.raises(ConflictError):
         client.fine_tuning.jobs.resume(queued.id)
 
-    # A running job pauses after a checkpoint, resumes from it, and can then be cancelled.
-    long = client.fine_tuning.jobs.create(
+
+def test_a_running_job_pauses_resumes_and_cancels(client, worker, base):
+    """Pause lands after a checkpoint, resume continues from it, cancel stops it at a step."""
+    train = upload(client, chat_rows(16))
+    job = client.fine_tuning.jobs.create(
         model=base,
         training_file=train.id,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 200}}},
     )
-    from tunelab.jobs.worker import Worker  # the fixture's part: a worker, started here
-
-    w = Worker(services.db, services.artifacts, lease_seconds=30)
-    thread = threading.Thread(target=w.run_forever, kwargs={"poll_seconds": 0.1}, daemon=True)
-    thread.start()
-    try:
-        wait_for(client, long.id, {"running"})
-        client.fine_tuning.jobs.pause(long.id)
-        paused, _ = wait_for(client, long.id, {"paused"})
-        assert paused.finished_at is None and paused.fine_tuned_model is None
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)]
-        assert "paused after a checkpoint" in messages
-        assert client.fine_tuning.jobs.resume(long.id).status == "queued"
-        resumed, _ = wait_for(client, long.id, {"running"})
-        assert client.fine_tuning.jobs.cancel(resumed.id).status == "cancelled"
-        wait_for(client, long.id, {"cancelled"})
-        deadline = time.monotonic() + 60
-        while "cancelled; stopped at a step boundary" not in [
-            e.message for e in client.fine_tuning.jobs.list_events(long.id, limit=100)
-        ]:
-            assert time.monotonic() < deadline, "the worker never carried out the cancel"
-            time.sleep(0.2)
-        assert client.fine_tuning.jobs.retrieve(long.id).finished_at is not None
-    finally:
-        w.shutdown.set()
-        thread.join(60)
+    wait_for(client, job.id, {"running"})
+    client.fine_tuning.jobs.pause(job.id)
+    paused, _ = wait_for(client, job.id, {"paused"})
+    assert paused.finished_at is None and paused.fine_tuned_model is None
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "paused after a checkpoint" in messages
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    wait_for(client, job.id, {"running"})
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    deadline = time.monotonic() + 60
+    while client.fine_tuning.jobs.retrieve(job.id).finished_at is None:  # the worker stops it
+        assert time.monotonic() < deadline, "the worker never carried out the cancel"
+        time.sleep(0.2)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "cancelled; stopped at a step boundary" in messages
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
 # ---------------------------------------------------------------------------------- errors
