@@ -423,3 +423,23 @@ def test_files_are_datasets_listed_in_pages(client, server, api_key):
         "supervised",
     )
     assert listed.hyperparameters.n_epochs == 3  # TuneLab's default, resolved
+
+
+@pytest.fixture
+def small_body_server(services):
+    """A server whose JSON body limit is 2 KB (uploads keep their own, larger limit)."""
+    from tunelab.api.app import create_app
+
+    with LiveServer(create_app(services, body_limit=2048, upload_limit=64 * 1024)) as live:
+        yield live
+
+
+def test_file_uploads_get_the_upload_limit_not_the_json_one(small_body_server, api_key):
+    from openai import APIStatusError, OpenAI
+
+    client = OpenAI(base_url=small_body_server.url + "/v1", api_key=api_key, max_retries=0)
+    rows = chat_rows(60)  # ~8 KB: over the JSON limit, under the upload limit
+    assert client.files.create(file=jsonl(rows), purpose="fine-tune").bytes > 2048
+    with pytest.raises(APIStatusError) as refused:
+        client.files.create(file=jsonl(chat_rows(600)), purpose="fine-tune")
+    assert refused.value.status_code == 413
