@@ -47,11 +47,15 @@ def create_app(
         BodyLimitMiddleware,
         default_limit=body_limit,
         upload_limit=upload_limit,
-        upload_prefix="/v1/datasets",
+        upload_prefix=("/v1/datasets", "/v1/files"),
     )
     app.include_router(health.router)
     secured = [Depends(require_key)]
     for module in (datasets, jobs, tuned_models, endpoints, keys):
+        app.include_router(module.router, dependencies=secured)
+    from tunelab.api.routes import openai_files, openai_fine_tuning
+
+    for module in (openai_files, openai_fine_tuning):  # OpenAI's shapes, errors included
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
         from tunelab.api.routes import embeddings, openai_compat, predict

@@ -12,7 +12,11 @@ from tunelab.api.errors import error_body
 
 class BodyLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, default_limit: int, upload_limit: int, upload_prefix: str
+        self,
+        app: ASGIApp,
+        default_limit: int,
+        upload_limit: int,
+        upload_prefix: str | tuple[str, ...],
     ) -> None:
         self.app, self.default_limit, self.upload_limit, self.upload_prefix = (
             app,
