@@ -48,9 +48,10 @@ def create_app(
     for module in (datasets, jobs, tuned_models, endpoints):
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
-        from tunelab.api.routes import embeddings, openai_compat, predict
+        from tunelab.api.routes import embeddings, openai_compat, predict, vertex
 
         app.include_router(predict.router, dependencies=secured)
+        app.include_router(vertex.router, dependencies=secured)
         app.include_router(openai_compat.router, dependencies=secured)
         app.include_router(embeddings.router, dependencies=secured)
     mount_studio(app)  # public page and assets; every API call they make needs a key

@@ -17,13 +17,13 @@ def get_services(request: Request) -> Services:
 
 
 def require_key(request: Request) -> ApiKey:
-    """Bearer token (``Authorization: Bearer tl-…``, as the openai client sends it) or
-    ``x-api-key`` (as Vertex-style clients do)."""
+    """Bearer token (``Authorization: Bearer tl-…``, as the openai client sends it),
+    ``x-goog-api-key`` (as Google's SDKs send an API key) or ``x-api-key``."""
     header = request.headers.get("authorization", "")
     presented = (
         header[7:].strip()
         if header.lower().startswith("bearer ")
-        else request.headers.get("x-api-key")
+        else request.headers.get("x-goog-api-key") or request.headers.get("x-api-key")
     )
     key = auth.verify_key(request.app.state.services.db, presented)
     if key is None:

@@ -81,7 +81,9 @@ def shaped_error(
         return status, error_body(code, message, details)
     status = 400 if status == 422 else status
     if style == "openai":
-        kind = _OPENAI_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        kind = _OPENAI_TYPE.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         param = details.get("param", details.get("field"))
         return status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
     google = _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
