@@ -97,16 +97,27 @@ def error_response(
     return JSONResponse(body, status_code=status, **kw)
 
 
-def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic's errors as ``{field, message, type}``, the field without the ``body`` prefix."""
+def validation_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors as ``{field, message, type}``, the field written as the client wrote
+    it (``messages[0].content``): the location is followed through the body the client sent, so
+    the names pydantic gives the members of a union (``str``, ``list[str]``) are left out."""
     out = []
     for e in errors:
-        loc = [str(p) for p in e.get("loc", ())]
+        loc = list(e.get("loc", ()))
         if loc and loc[0] == "body":
             loc = loc[1:]
-        field = ""
-        for part in loc:
-            field += f"[{part}]" if part.isdigit() else (f".{part}" if field else part)
+        field, value = "", body
+        for i, part in enumerate(loc):
+            if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+                field, value = f"{field}[{part}]", value[part]
+            elif (
+                isinstance(value, dict)
+                and isinstance(part, str)
+                and (part in value or (i == len(loc) - 1 and e.get("type") == "missing"))
+            ):
+                field, value = (f"{field}.{part}" if field else part), value.get(part)
+            else:
+                break
         out.append({"field": field, "message": e.get("msg", ""), "type": e.get("type")})
     return out
 
@@ -129,7 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 for e in raw
             ]
         else:  # the field as the client wrote it: messages[0].content
-            errors = validation_errors(raw)
+            errors = validation_errors(raw, exc.body)
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         details = {"errors": errors, "param": first["field"] or None}
