@@ -18,6 +18,13 @@ from starlette.concurrency import iterate_in_threadpool
 from tunelab.api.errors import ApiError
 
 
+def check_name(name: str, param: str) -> str:
+    """A model or endpoint name from a URL path: control characters never belong in one."""
+    if not name or len(name) > 300 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ApiError(400, "invalid_request", f"{param}: not a valid name", {"param": param})
+    return name
+
+
 def _refused(exc: ValueError, param: str | None) -> ApiError:
     from tunelab.serving.engine import PromptTooLongError
 

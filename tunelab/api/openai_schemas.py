@@ -19,6 +19,9 @@ MAX_TEXT = 1_000_000
 """Characters in one message or prompt (the body limit bounds the whole request too)."""
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+ModelName = Annotated[str, Field(min_length=1, max_length=140, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""A model's name: which names exist is the resolver's business; control characters never
+belong in one (a NUL would reach the filesystem as an error, not a lookup)."""
 Stop = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -64,7 +67,7 @@ class StreamOptions(BaseModel):
 
 class _OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str = Field(..., min_length=1, max_length=140)
+    model: ModelName
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, le=1000, description="Extension: 0 disables.")
@@ -188,7 +191,7 @@ class CompletionRequest(_OpenAIRequest):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str = Field(..., min_length=1, max_length=140)
+    model: ModelName
     input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)] = Field(
         ..., description="A text or a list of up to 2048 texts."
     )

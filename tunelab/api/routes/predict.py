@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from tunelab.api.errors import ApiError
-from tunelab.api.inference import generate_all
+from tunelab.api.inference import check_name, generate_all
 from tunelab.api.vertex_schemas import Instance, PredictRequest
 from tunelab.serving.generation import GenerationParams
 
@@ -97,6 +97,7 @@ async def _predict(endpoint: str, body: PredictRequest, request: Request) -> dic
     from tunelab.serving.engine import GenerationRequest
     from tunelab.serving.pool import ModelNotAvailable
 
+    check_name(endpoint, "endpoint")
     pool = request.app.state.inference
     # An embedding model answers with vectors, not text (tunelab/api/routes/embeddings.py).
     embedding = await asyncio.to_thread(pool.embedding_target, endpoint)

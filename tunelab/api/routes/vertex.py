@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError, shaped_error
-from tunelab.api.inference import generate_all, open_stream, stream_deltas
+from tunelab.api.inference import check_name, generate_all, open_stream, stream_deltas
 from tunelab.api.vertex_schemas import GenerateContentRequest
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def get_model(project: str, location: str, model: str, services: ServicesDep) ->
 def _endpoint_target(request: Request, endpoint: str):
     from tunelab.serving.pool import ModelNotAvailable
 
+    check_name(endpoint, "endpoint")
     try:
         return request.app.state.inference.endpoint_target(endpoint)
     except ModelNotAvailable as exc:
@@ -113,6 +114,7 @@ def _endpoint_target(request: Request, endpoint: str):
 def _model_target(request: Request, model: str):
     from tunelab.serving.pool import ModelNotAvailable
 
+    check_name(model, "model")
     try:
         return request.app.state.inference.target(model)
     except ModelNotAvailable as exc:
