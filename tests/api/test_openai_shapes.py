@@ -94,6 +94,29 @@ def test_stream_finish_reason_usage_and_models_retrieve(tuned_server):
     assert caught.value.code == "model_not_found"
 
 
+def test_a_failure_after_the_stream_opened_is_an_error_event(tuned_server):
+    """The status line is sent with the first chunk: a later failure (here the engine shut
+    down under the request) ends the stream with OpenAI's error event, which the client
+    raises, instead of a dropped connection."""
+    import openai
+
+    server, key, _, pool = tuned_server
+    client = _client(server, key)
+    stream = client.chat.completions.create(
+        model="shape-model",
+        messages=[{"role": "user", "content": "item 1: the"}],
+        max_tokens=2000,
+        stream=True,
+    )
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    pool.target("shape-model").engine.close(drain=False)
+    with pytest.raises(openai.APIError) as caught:
+        for _ in stream:
+            pass
+    assert "engine was closed" in caught.value.message
+
+
 REFUSED = [
     ("stream", "yes"),
     ("stream", 1),
