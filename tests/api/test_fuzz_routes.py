@@ -198,6 +198,7 @@ def test_no_route_answers_5xx_to_any_body(tuned_server):
             max_examples=150,
             deadline=None,
             database=None,
+            derandomize=True,  # the same draws every run: CI is reproducible, never flaky
             suppress_health_check=list(HealthCheck),
         )
         @given(target=st.sampled_from(targets), data=st.data())
