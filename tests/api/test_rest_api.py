@@ -39,7 +39,8 @@ def test_every_route_but_health_refuses_without_a_valid_key(services, api_key, i
                     assert response.status_code == 200, path
                     continue
                 assert response.status_code == 401, (method, path, response.status_code)
-                assert response.json()["error"]["code"] == "unauthenticated"
+                # OpenAI's and TuneLab's shapes say "unauthenticated"; Google's gives the status.
+                assert response.json()["error"]["code"] in ("unauthenticated", 401)
 
 
 def test_openapi_spec_is_served_only_with_a_key(live, api_key):

@@ -113,7 +113,7 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
             headers=headers,
             json={"instances": [{"content": "x", "task_type": "NOPE"}]},
         )
-        assert bad.status_code == 422 and "task_type" in bad.json()["error"]["message"]
+        assert bad.status_code == 400 and "task_type" in bad.json()["error"]["message"]
 
         import tunelab
         from tunelab.sdk.models import TextEmbeddingModel

@@ -58,9 +58,10 @@ def create_app(
     for module in (openai_files, openai_fine_tuning):  # OpenAI's shapes, errors included
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
-        from tunelab.api.routes import embeddings, openai_compat, predict
+        from tunelab.api.routes import embeddings, openai_compat, predict, vertex
 
         app.include_router(predict.router, dependencies=secured)
+        app.include_router(vertex.router, dependencies=secured)
         app.include_router(openai_compat.router, dependencies=secured)
         app.include_router(embeddings.router, dependencies=secured)
     app.include_router(docs.schema_router, dependencies=secured)

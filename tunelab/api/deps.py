@@ -18,14 +18,15 @@ def get_services(request: Request) -> Services:
 
 
 def require_key(request: Request) -> ApiKey:
-    """Bearer token (``Authorization: Bearer tl-…``, as the openai client sends it) or
-    ``x-api-key`` (as Vertex-style clients do), holding the scope the matched route needs
-    (tunelab.api.scopes). The key's ``last_used_at`` is recorded, at most once a minute."""
+    """Bearer token (``Authorization: Bearer tl-…``, as the openai client sends it),
+    ``x-goog-api-key`` (as Google's SDKs send an API key) or ``x-api-key``, holding the scope
+    the matched route needs (tunelab.api.scopes). The key's ``last_used_at`` is recorded, at
+    most once a minute."""
     header = request.headers.get("authorization", "")
     presented = (
         header[7:].strip()
         if header.lower().startswith("bearer ")
-        else request.headers.get("x-api-key")
+        else request.headers.get("x-goog-api-key") or request.headers.get("x-api-key")
     )
     key = auth.verify_key(request.app.state.services.db, presented)
     if key is None:

@@ -62,12 +62,17 @@ __all__ = [
     "EngineClosedError",
     "GenerationRequest",
     "GenerationResult",
+    "PromptTooLongError",
     "TextStream",
 ]
 
 
 class EngineClosedError(RuntimeError):
     """The engine was closed before this request could be served."""
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit in the model's context (a client error: the API answers 400)."""
 
 
 @dataclass
@@ -402,7 +407,7 @@ class Engine:
         if not all(0 <= t < self.vocab_size for t in prompt):
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         if len(prompt) >= self.max_positions:
-            raise ValueError(
+            raise PromptTooLongError(
                 f"the prompt has {len(prompt)} tokens; this model reads at most "
                 f"{self.max_positions} tokens including the output"
             )

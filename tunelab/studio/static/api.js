@@ -89,6 +89,7 @@ export async function streamChat(body, onText, signal) {
         const payload = line.slice(5).trim();
         if (payload === "[DONE]") return finish;
         const chunk = JSON.parse(payload);
+        if (chunk.error) throw new ApiError(500, chunk); // generation failed after the stream opened
         const choice = chunk.choices && chunk.choices[0];
         if (!choice) continue;
         if (choice.delta && choice.delta.content) onText(choice.delta.content);
