@@ -12,7 +12,7 @@ from tunelab import __version__
 from tunelab.api.deps import require_key
 from tunelab.api.errors import install_error_handlers
 from tunelab.api.limits import BodyLimitMiddleware
-from tunelab.api.routes import datasets, endpoints, health, jobs, tuned_models
+from tunelab.api.routes import datasets, endpoints, exports, health, jobs, tuned_models
 from tunelab.services import Services
 from tunelab.studio import mount_studio
 
@@ -45,7 +45,7 @@ def create_app(
     )
     app.include_router(health.router)
     secured = [Depends(require_key)]
-    for module in (datasets, jobs, tuned_models, endpoints):
+    for module in (datasets, jobs, tuned_models, exports, endpoints):
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
         from tunelab.api.routes import embeddings, openai_compat, predict

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -188,19 +189,30 @@ def _pre_tokenizer(tokens: list[str]) -> str:
     """llama.cpp picks a pre-tokenizer (the regex that splits text before BPE) by name.
     convert_hf_to_gguf.py finds it by hashing a tokenization; we take the name from a GGUF that
     llama.cpp wrote for the same vocabulary (the catalog's embedded models), else ``default``."""
+    for known, pre in _known_vocabularies():
+        if len(known) == len(tokens) and list(known) == tokens:
+            return pre
+    logger.warning("pre-tokenizer of this vocabulary unknown; writing 'default'")
+    return "default"
+
+
+@functools.cache
+def _known_vocabularies() -> tuple[tuple[tuple[str, ...], str], ...]:
+    """(tokens, pre-tokenizer name) of each catalog GGUF; read once (parsing takes seconds)."""
     import gguf
 
     from tunelab.models.catalog import CATALOG
 
+    found = []
     for entry in CATALOG.values():
         path = entry.gguf_path()
         if path is None:
             continue
         reader = gguf.GGUFReader(path)
-        field = reader.fields.get("tokenizer.ggml.tokens")
-        if field is not None and len(field.data) == len(tokens):
-            known = field.contents()
-            if known == tokens:
-                return reader.fields["tokenizer.ggml.pre"].contents()
-    logger.warning("pre-tokenizer of this vocabulary unknown; writing 'default'")
-    return "default"
+        tokens, pre = (
+            reader.fields.get("tokenizer.ggml.tokens"),
+            reader.fields.get("tokenizer.ggml.pre"),
+        )
+        if tokens is not None and pre is not None:
+            found.append((tuple(tokens.contents()), pre.contents()))
+    return tuple(found)
