@@ -83,11 +83,23 @@ def read_lora(bundle: Path, model: torch.nn.Module) -> dict[str, LoraFactors]:
     """The adapter's factors per module name of ``model`` (e.g. ``model.layers.0.self_attn.
     q_proj``), in fp32, read and checked exactly as the serving engine reads them."""
     reader = AdapterCache(model, max_adapters=1)
+    # On a model already wrapped by PEFT, each adapted layer is a LoRA module holding the
+    # original nn.Linear as ``base_layer``: the reader checks shapes against that Linear.
+    reader._modules = _linear_layers(model)
     factors = reader._read(Path(bundle))  # the engine's checked reader; nothing is hooked
     return {
         name: LoraFactors(A=f.A.float(), B=f.B.float(), scale=float(f.scale))
         for name, f in factors.items()
     }
+
+
+def _linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    modules: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        key = name.removesuffix(".base_layer")
+        if isinstance(module, torch.nn.Linear) or key not in modules:
+            modules[key] = module
+    return modules
 
 
 @torch.no_grad()
