@@ -1,8 +1,9 @@
 // The registry: tuned models with their versions, lineage (dataset -> job -> model), metrics and
-// base-vs-tuned evaluation, and deploy / undeploy.
+// base-vs-tuned evaluation, deploy / undeploy, and export (export.js).
 import { api } from "./api.js";
 import { h, clear, when, fmt, errorBox, toast } from "./dom.js";
 import { kvTable, evaluationTable, pageHeader } from "./widgets.js";
+import { exportControl } from "./export.js";
 
 function lineageView(lineage, version) {
   const datasets = Object.keys(lineage.datasets || {});
@@ -54,6 +55,7 @@ export function renderModels(main) {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),
+              exportControl(v),
               h("div", { class: "version-body" },
                 h("div", {}, kvTable([
                   ["Created", when(v.create_time)],
