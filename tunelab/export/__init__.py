@@ -75,7 +75,7 @@ def _write(source: ExportSource, fmt: str, quantization: str | None, out: Path) 
         if fmt != "merged":
             raise ExportError(
                 f"{source.label} is an embedding model: it exports as 'merged' (a "
-                "sentence-transformers folder), not as {fmt!r}"
+                f"sentence-transformers folder), not as {fmt!r}"
             )
         from tunelab.export.embedding import write_sentence_transformers
 
