@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.export.source import ExportError, ExportSource, source_for
+from tunelab.serving.adapters import AdapterError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,14 @@ def export_model(
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(f"output {output} exists and is not an empty folder")
-    source = source_for(services, ref)
+    try:
+        source = source_for(services, ref)
+    except AdapterError as exc:  # e.g. a bundle whose base model is not the one registered
+        raise ExportError(str(exc)) from None
+    if source.method == "reward_model":
+        raise ExportError(
+            f"{source.label} is a reward model (an adapter with a scalar head): it is not exported"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
@@ -60,6 +68,9 @@ def export_model(
         if output.exists():
             output.rmdir()
         tmp.rename(output)
+    except AdapterError as exc:  # a LoRA variant the engine (and so the export) cannot apply
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(str(exc)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

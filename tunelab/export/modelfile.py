@@ -10,9 +10,12 @@ Go template then inserts too, so Ollama renders prompts exactly as TuneLab train
 
 from __future__ import annotations
 
+import logging
 import re
 
 from tunelab.export.source import ExportError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURE = 0.2
 _PROBE = "TUNELAB-PROBE-7f3a"
@@ -66,12 +69,18 @@ def modelfile(
     adapter_name: str | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
 ) -> str:
-    template = go_template(chatml_default_system(tokenizer))
-    stops = ["<|im_end|>", "<|im_start|>"]
     lines = [f"FROM ./{gguf_name}"]
     if adapter_name:
         lines.append(f"ADAPTER ./{adapter_name}")
-    lines.append(f'TEMPLATE """{template}"""')
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    try:
+        template = go_template(chatml_default_system(tokenizer))
+    except ExportError as exc:
+        # Not ChatML: Ollama then derives the template from the GGUF's tokenizer.chat_template
+        # when it knows the family; say so rather than write a template we cannot check.
+        logger.warning("Modelfile without TEMPLATE: %s", exc)
+        lines.append("# TEMPLATE: not ChatML; Ollama reads the chat template from the GGUF")
+    else:
+        lines.append(f'TEMPLATE """{template}"""')
+        lines += [f'PARAMETER stop "{s}"' for s in ("<|im_end|>", "<|im_start|>")]
     lines.append(f"PARAMETER temperature {temperature:g}")
     return "\n".join(lines) + "\n"
