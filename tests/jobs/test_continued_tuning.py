@@ -103,3 +103,30 @@ def test_bad_continuations_are_refused_at_submit(services, parent, tmp_path):
             datasets={"preference": val, "prompts": val},
         )
     assert len(store.list_jobs(services.db)) == 1  # only the parent's job: nothing queued
+
+
+def test_rest_refuses_an_impossible_chain_with_the_field(services, parent):
+    import httpx
+    from support import LiveServer
+
+    from tunelab.api.app import create_app
+    from tunelab.auth import create_key
+    from tunelab.registry.datasets import register_dataset
+
+    dataset = register_dataset(services.db, services.artifacts, parent[1]).id
+    key = create_key(services.db, "tests").secret
+    with LiveServer(create_app(services)) as server:
+        reply = httpx.post(
+            f"{server.url}/v1/tuningJobs",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "method": "sft",
+                "tuned_model_display_name": "x",
+                "train_dataset": dataset,
+                "config": {"base_model": "colors", "init_adapter": "colors@1"},
+            },
+        )
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert "give one of them" in error["message"]
+    assert error["details"]["field"] == "config.base_model"
