@@ -55,5 +55,7 @@ def test_merged_sentence_transformers_folder_embeds_as_tunelab(
     base = load_encoder(str(tiny_encoder_dir)).encode(texts)
     assert (served - base).abs().max() > 1e-4  # the adapter is in the merged weights
 
-    with pytest.raises(ExportError, match="embedding model: it exports as 'merged' .*not as 'gguf'"):
+    with pytest.raises(
+        ExportError, match="embedding model: it exports as 'merged' .*not as 'gguf'"
+    ):
         export_model(services, "emb", "gguf", tmp_path / "g")
