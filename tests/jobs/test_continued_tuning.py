@@ -2,6 +2,8 @@
 adapter on its base model (its first loss is the parent's eval loss), the new version's lineage
 points at the parent, and DPO chains from a supervised model the same way."""
 
+import json
+
 import pytest
 from support import color_rows, preference_rows, write_jsonl
 
@@ -66,6 +68,19 @@ def test_sft_from_a_tuned_model_starts_at_its_adapter(services, parent, tiny_mod
     assert ("job", child.id, "produced") in edges
     # transitively, the parent's own job and datasets are part of the chain
     assert ("job", version.source_job_id, "produced") in edges
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    shown = CliRunner().invoke(app, ["models", "lineage", "colors", "--json"])
+    assert shown.exit_code == 0, shown.output
+    ups = json.loads(shown.output)["upstream"]
+    assert {
+        "from": f"model_version:{version.id} (colors@1)",
+        "to": f"model_version:{v2.id}",
+        "relation": "init_adapter",
+    } in ups
 
 
 def test_dpo_chains_from_the_supervised_model(services, parent, tmp_path, tiny_model_dir):

@@ -47,6 +47,8 @@ def test_export_button_downloads_peft_and_gguf_archives(studio, page, services, 
     log_in(page, server.url, key)
     page.goto(server.url + "/#/models")
     page.wait_for_selector('[data-version="exportable@1"] button.export')
+    parent = page.locator('[data-version="exportable@1"] [data-testid="lineage-parent"]')
+    assert "imported" in parent.text_content()
     shoot(page, "models-export")
 
     name, tar = export_via_button(page, "exportable@1", "peft", tmp_path)

@@ -77,7 +77,13 @@ def lineage(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What made a model version (datasets, job, config), and what was made from its datasets."""
-    from tunelab.registry.models import ModelNotRegistered, downstream, get_version, upstream
+    from tunelab.registry.models import (
+        ModelNotRegistered,
+        downstream,
+        get_version,
+        upstream,
+        version_refs,
+    )
     from tunelab.services import open_services
 
     db = open_services().db
@@ -85,13 +91,16 @@ def lineage(
         v = get_version(db, name, version)
     except ModelNotRegistered as exc:
         fail(str(exc))
+    edges = upstream(db, "model_version", v.id)
+    refs = version_refs(db, {e.src_id for e in edges if e.src_kind == "model_version"})
     ups = [
         {
-            "from": f"{e.src_kind}:{e.src_id}",
+            "from": f"{e.src_kind}:{e.src_id}"
+            + (f" ({refs[e.src_id]})" if e.src_id in refs else ""),
             "to": f"{e.dst_kind}:{e.dst_id}",
             "relation": e.relation,
         }
-        for e in upstream(db, "model_version", v.id)
+        for e in edges
     ]
     datasets = {e["from"].split(":", 1)[1] for e in ups if e["from"].startswith("dataset:")}
     downs = [
