@@ -46,7 +46,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if quantization is not None and fmt not in ("gguf", "gguf-lora"):
-        raise ExportError(f"--quantization applies to gguf formats, not {fmt!r}")
+        raise ExportError(f"quantization applies to gguf formats, not {fmt!r}")
     quantization = quantization or ("f16" if fmt.startswith("gguf") else None)
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
