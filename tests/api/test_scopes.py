@@ -41,6 +41,8 @@ EXPECTED = {
     ("GET", "/v1/tunedModels"): "tune",
     ("GET", "/v1/tunedModels/{name}"): "tune",
     ("GET", "/v1/tunedModels/{name}/lineage"): "tune",
+    ("POST", "/v1/tunedModels/{name}:export"): "tune",
+    ("GET", "/v1/exports/{export_id}"): "tune",
     # OpenAI's fine-tuning API (files are datasets, jobs are tuning jobs)
     ("POST", "/v1/files"): "tune",
     ("GET", "/v1/files"): "tune",

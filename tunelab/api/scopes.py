@@ -34,6 +34,9 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         (ANY, r"/v1/datasets(/.*)?", "tune"),
         (ANY, r"/v1/tuningJobs(/.*)?", "tune"),
         (READ, r"/v1/tunedModels(/.*)?", "tune"),
+        # exporting a tuned model reads it, as the registry's GETs do
+        (frozenset({"POST"}), r"/v1/tunedModels/[^/]+:export", "tune"),
+        (READ, r"/v1/exports/[^/]+", "tune"),
         # OpenAI's fine-tuning API: its files are datasets and its jobs are tuning jobs
         (ANY, r"/v1/files(/.*)?", "tune"),
         (ANY, r"/v1/fine_tuning/jobs(/.*)?", "tune"),

@@ -29,7 +29,10 @@ def sft(
         None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
     ),
     base: str = typer.Option(
-        DEFAULT_BASE_MODEL, "--base", help="Base model: catalog name, folder or hub id."
+        DEFAULT_BASE_MODEL,
+        "--base",
+        help="Base model: catalog name, folder or hub id; or a tuned model NAME[@VERSION] to "
+        "continue tuning from its adapter.",
     ),
     epochs: int | None = typer.Option(None, help="Passes over the data (default 3)."),
     train_steps: int | None = typer.Option(
@@ -63,6 +66,7 @@ def sft(
     from tunelab.bundle import sha256_file
     from tunelab.configs import SFTConfig
     from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
     from tunelab.services import open_services
 
     try:
@@ -98,14 +102,17 @@ def sft(
     if restart:
         key += "-" + uuid.uuid4().hex[:8]
     services = open_services()
-    job, created = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=name,
-        datasets={"train": train, "validation": validation},
-        idempotency_key=key,
-    )
+    try:
+        job, created = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=name,
+            datasets={"train": train, "validation": validation},
+            idempotency_key=key,
+        )
+    except ContinuationError as exc:
+        fail(str(exc))
     console.print(f"{'submitted' if created else 'found'} tuning job {job.id} ({job.state})")
     if detach:
         print(job.id)

@@ -116,7 +116,11 @@ def dpo(
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Held-out preference pairs."
     ),
-    base: str = typer.Option(DEFAULT_BASE_MODEL, "--base", help="Base model."),
+    base: str = typer.Option(
+        DEFAULT_BASE_MODEL,
+        "--base",
+        help="Base model; or a tuned model NAME[@VERSION] (e.g. an SFT model) to start from.",
+    ),
     init_adapter: str | None = typer.Option(
         None, "--init-adapter", help=_help(DPOConfig, "init_adapter")
     ),
@@ -176,6 +180,7 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
     """Submit the job; the same name, parameters and dataset bytes find the same job."""
     from tunelab.bundle import sha256_file
     from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
 
     if not 1 <= len(name) <= 128:
         fail("--name must be 1 to 128 characters")
@@ -191,14 +196,17 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
     if restart:
         key += "-" + uuid.uuid4().hex[:8]
     services = _services()
-    job, created = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=name,
-        datasets=datasets,
-        idempotency_key=key,
-    )
+    try:
+        job, created = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=name,
+            datasets=datasets,
+            idempotency_key=key,
+        )
+    except ContinuationError as exc:
+        fail(str(exc))
     console.print(
         f"{'submitted' if created else 'found'} {config.method} job {job.id} ({job.state})"
     )

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.bundle import MANIFEST
 from tunelab.config import get_settings
 from tunelab.configs.dpo import DPOConfig
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.errors import PermanentError
+from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
 from tunelab.registry.datasets import get_dataset
 
@@ -70,29 +70,11 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 def prepare(ctx: StepContext) -> dict[str, Any]:
     """Resolve the base model and, with ``init_adapter``, the adapter to start from."""
     from tunelab.models import resolve_model
-    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
 
     config = DPOConfig(**ctx.job.config)
     base = resolve_model(config.base_model)
     out: dict[str, Any] = {"base_model": base.ref, "base_model_path": str(base.path)}
-    if config.init_adapter is None:
-        return out
-    try:
-        version = get_version(ctx.db, config.init_adapter)
-    except (ModelNotRegistered, ValueError):
-        version = None
-    if version is not None:
-        folder = ctx.store.local_path(adapter_artifact(ctx.db, version).uri)
-        out.update(init_adapter_dir=str(folder), init_adapter_version_id=version.id)
-    elif (Path(config.init_adapter) / MANIFEST).is_file():
-        out.update(init_adapter_dir=str(Path(config.init_adapter).resolve()))
-    else:
-        raise PermanentError(
-            "init_adapter_not_found",
-            f"init_adapter {config.init_adapter!r} is neither a registered tuned model nor an "
-            "adapter bundle folder",
-        )
-    return out
+    return out | resolve_init_adapter(ctx, config.init_adapter)
 
 
 def train(ctx: StepContext) -> dict[str, Any]:

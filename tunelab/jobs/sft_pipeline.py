@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from tunelab.bundle import read_manifest
 from tunelab.config import get_settings
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, validate_file
+from tunelab.jobs.errors import PermanentError
+from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
 from tunelab.registry.datasets import get_dataset
 
@@ -50,11 +53,14 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 
 def prepare(ctx: StepContext) -> dict[str, Any]:
-    """Resolve (and, once, convert) the base model so training starts from a local folder."""
+    """Resolve (and, once, convert) the base model so training starts from a local folder, and
+    the adapter a continued run starts from."""
     from tunelab.models import resolve_model
 
-    base = resolve_model(SFTConfig(**ctx.job.config).base_model)
-    return {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+    config = SFTConfig(**ctx.job.config)
+    base = resolve_model(config.base_model)
+    out = {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+    return out | resolve_init_adapter(ctx, config.init_adapter)
 
 
 def train(ctx: StepContext) -> dict[str, Any]:
@@ -79,17 +85,23 @@ def train(ctx: StepContext) -> dict[str, Any]:
             )
             ctx.on_metrics(metrics_path)
 
+    init = ctx.outputs["prepare"].get("init_adapter_dir")
     try:
         result = train_sft(
             config,
             _dataset_path(ctx, "train"),
             ctx.workdir,
             _dataset_path(ctx, "validation"),
+            Path(init) if init else None,
             on_progress=on_progress,
             should_stop=ctx.should_stop,
         )
     except TrainingInterrupted as exc:
         raise StopRequested from exc
+    except ValueError as exc:  # an init adapter that does not fit this run's LoRA
+        if init is None:
+            raise
+        raise PermanentError("invalid_init_adapter", str(exc)) from exc
     ctx.on_metrics(metrics_path)
     stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
     usage = dict(result.usage)
@@ -158,6 +170,9 @@ def register(ctx: StepContext) -> dict[str, Any]:
     inputs = [("dataset", ctx.job.datasets["train"], "train")]
     if "validation" in ctx.job.datasets:
         inputs.append(("dataset", ctx.job.datasets["validation"], "validation"))
+    parent = ctx.outputs["prepare"].get("init_adapter_version_id")
+    if parent:  # continued tuning: the version it started from
+        inputs.append(("model_version", parent, "init_adapter"))
     version = register_version(
         ctx.db,
         name=ctx.job.tuned_model_name,

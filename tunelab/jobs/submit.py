@@ -11,6 +11,7 @@ from tunelab.db.schema import TuningJob
 from tunelab.jobs import store
 from tunelab.jobs.pipeline import pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
+from tunelab.registry.continuation import resolve_continuation
 from tunelab.registry.datasets import register_dataset
 from tunelab.registry.models import add_lineage
 
@@ -29,11 +30,13 @@ def submit_job(
 
     ``config`` is the method's typed config (its ``method`` field picks the pipeline).
     Returns (job, created); with an idempotency key already used, the existing job.
+    Raises ContinuationError when ``base_model`` names a tuned model the job cannot start from.
     """
     if idempotency_key is not None:
         existing = store.find_by_idempotency_key(db, idempotency_key)
         if existing is not None:
             return existing, False
+    config = resolve_continuation(db, config)  # --base NAME@V of a tuned model
     method = config.method  # type: ignore[attr-defined]
     pipeline = pipeline_for(method)
     ids: dict[str, str | None] = {}

@@ -49,6 +49,7 @@ from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint,
 from tunelab.training.early_stopping import record_eval
 from tunelab.training.eval_loss import evaluate
 from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.init_adapter import init_adapter_from
 from tunelab.training.metrics import MetricsLog, plot_loss_curve
 from tunelab.training.precision import matmul_row_multiple, resolve_precision
 from tunelab.training.prefix_sharing import can_share_prefix, completion_loss_of
@@ -81,6 +82,7 @@ def train_sft(
     train_file: Path,
     run_dir: Path,
     validation_file: Path | None = None,
+    init_adapter_dir: Path | None = None,
     *,
     on_progress: ProgressCallback = no_progress,
     should_stop: Callable[[], bool] = lambda: False,
@@ -104,6 +106,8 @@ def train_sft(
         )
 
     model = _lora_model(base.path, config)
+    if init_adapter_dir is not None:  # continued tuning: step 0 is the parent adapter
+        init_adapter_from(model, init_adapter_dir)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(params, config.learning_rate)

@@ -260,3 +260,17 @@ def _walk(db: Database, kind: str, node_id: str, reverse: bool) -> list[LineageE
                 edges.append(e)
                 frontier.append((e.src_kind, e.src_id) if reverse else (e.dst_kind, e.dst_id))
     return edges
+
+
+def version_refs(db: Database, version_ids: set[str]) -> dict[str, str]:
+    """``name@version`` of each model version id (ids of deleted versions are left out), so
+    lineage can name a parent model rather than show its id."""
+    if not version_ids:
+        return {}
+    with db.session() as s:
+        rows = s.execute(
+            select(ModelVersion.id, ModelVersion.model_name, ModelVersion.version).where(
+                ModelVersion.id.in_(version_ids)
+            )
+        ).all()
+    return {i: f"{name}@{v}" for i, name, v in rows}

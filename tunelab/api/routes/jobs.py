@@ -13,6 +13,7 @@ from tunelab.jobs import store
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.views import job_view
+from tunelab.registry.continuation import ContinuationError
 from tunelab.registry.datasets import get_dataset
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuning jobs"])
@@ -47,14 +48,17 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
                 "not_found",
                 f"{role} dataset: no dataset {ref[:40]!r} (upload it with POST /v1/datasets)",
             )
-    job, _ = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=body.tuned_model_display_name,
-        datasets=roles,
-        idempotency_key=body.idempotency_key,
-    )
+    try:
+        job, _ = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=body.tuned_model_display_name,
+            datasets=roles,
+            idempotency_key=body.idempotency_key,
+        )
+    except ContinuationError as exc:  # config.base_model names a tuned model it cannot use
+        raise ApiError(422, "invalid_request", str(exc), {"field": "config.base_model"}) from None
     return job_view(services.db, job)
 
 

@@ -1,14 +1,24 @@
 // The registry: tuned models with their versions, lineage (dataset -> job -> model), metrics and
-// base-vs-tuned evaluation, and deploy / undeploy.
+// base-vs-tuned evaluation, deploy / undeploy, and export (export.js).
 import { api } from "./api.js";
 import { h, clear, when, fmt, errorBox, toast } from "./dom.js";
 import { kvTable, evaluationTable, pageHeader } from "./widgets.js";
+import { exportControl } from "./export.js";
 
 function lineageView(lineage, version) {
   const datasets = Object.keys(lineage.datasets || {});
   const byRelation = {};
   for (const e of lineage.upstream || []) if (e.from.kind === "dataset") byRelation[e.from.id] = e.relation;
+  // Continued tuning starts from another version (relation init_adapter); imports come from outside.
+  const direct = (lineage.upstream || []).filter((e) => e.to.id === version.id);
+  const parents = direct.filter((e) => e.from.kind === "model_version").map((e) => e.from.ref || e.from.id);
+  const imported = direct.some((e) => e.relation === "imported");
   return h("div", { class: "lineage", dataset: { testid: "lineage" } },
+    parents.length || imported
+      ? [h("div", { class: "node", dataset: { testid: "lineage-parent" } }, h("small", {}, imported ? "imported" : "started from"),
+          parents.length ? parents.map((p) => h("div", {}, h("code", {}, p))) : h("div", {}, "PEFT adapter")),
+        h("span", { class: "arrow" }, "→")]
+      : null,
     h("div", { class: "node" }, h("small", {}, "datasets"), datasets.length ? datasets.map((d) => h("div", {}, h("code", {}, d), byRelation[d] ? ` (${byRelation[d]})` : "")) : "—"),
     h("span", { class: "arrow" }, "→"),
     h("div", { class: "node" }, h("small", {}, "tuning job"), version.source_job ? h("a", { href: `#/jobs/${version.source_job}` }, version.source_job) : "—"),
@@ -54,6 +64,7 @@ export function renderModels(main) {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),
+              exportControl(v),
               h("div", { class: "version-body" },
                 h("div", {}, kvTable([
                   ["Created", when(v.create_time)],
