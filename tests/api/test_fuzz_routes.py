@@ -174,6 +174,7 @@ def test_no_route_answers_5xx_to_any_body(tuned_server):
             assert check(http, method, url, body, "valid").status_code < 400 or url in (
                 "/v1/tuningJobs",  # the dataset does not exist: 404
                 "/v1/fine_tuning/jobs",  # the training file does not exist: 400
+                "/v1/tunedModels/x:export",  # no model x, and "x" is no export format
                 "/v1/embeddings",  # shape-model is not an embedding model: 404
                 "/v1/endpoints/ep-none:undeploy",
             ), url
