@@ -169,7 +169,7 @@ def train_policy(
             ModelRunner(model, tokenizer),
             [p.input_ids for p in batch_prompts],
             k,
-            GenerationParams(
+            GenerationParams.model_construct(  # unchecked: the config bounds the length
                 temperature=1.0,  # the policy's own distribution, as REINFORCE requires
                 top_k=0,
                 top_p=1.0,
@@ -348,7 +348,9 @@ def evaluate_policy(
 
     def answer_and_score(use_policy: bool) -> tuple[list[np.ndarray], torch.Tensor]:
         answers, cut = [], []
-        greedy = GenerationParams(temperature=0, max_output_tokens=config.target_sequence_length)
+        greedy = GenerationParams.model_construct(  # unchecked: the config bounds the length
+            temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=config.target_sequence_length
+        )
         for start in range(0, len(prompts), batch_size):
             chunk = [p.input_ids for p in prompts[start : start + batch_size]]
             if use_policy:
