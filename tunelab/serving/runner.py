@@ -249,17 +249,19 @@ class ModelRunner:
         if not groups:
             return []
         # Rows of one adapter side by side: cheaper LoRA. The sort is stable.
-        order = sorted(groups, key=lambda g: g.adapter_key or "")
+        order = sorted(range(len(groups)), key=lambda i: groups[i].adapter_key or "")
         try:
-            generations, cache, mask = self._prefill(order)
+            generations, cache, mask = self._prefill([groups[i] for i in order])
         except Exception:
-            for g in order:
+            for g in groups:
                 self._unpin(g.adapter_key, g.n)
             raise
         self._merge([r for gen in generations for r in gen.rows], cache, mask)
         self._drop_finished()
-        by_group = {id(gen.group): gen for gen in generations}
-        return [by_group[id(g)] for g in groups]
+        in_order: list[Generation] = [None] * len(groups)  # type: ignore[list-item]
+        for gen, i in zip(generations, order, strict=True):
+            in_order[i] = gen
+        return in_order
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
@@ -297,32 +299,35 @@ class ModelRunner:
         """Generate every group to the end, synchronously, with continuous batching: at most
         ``max_batch_size`` rows at a time (None: all at once), groups admitted in the given
         order as rows free up. ``on_done(index, result)`` is called as each group finishes.
-        Results are in the groups' order."""
+        Results are in the groups' order. A group naming an adapter needs it loaded in the
+        runner's adapter cache."""
         if self.rows:
             raise RuntimeError("the runner is serving a batch already")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        for g in groups:  # before any pin, so a refusal leaves nothing pinned
+            if g.adapter_key is not None and (
+                self.adapters is None or g.adapter_key not in self.adapters
+            ):
+                raise ValueError(f"adapter {g.adapter_key!r} is not loaded in this runner")
         results: list[GenerationResult | None] = [None] * len(groups)
-        index_of: dict[int, int] = {}
         waiting = list(range(len(groups)))[::-1]  # a stack: next group last
-        live: list[Generation] = []
+        live: list[tuple[int, Generation]] = []
         try:
             while waiting or live:
                 room = (max_batch_size or (1 << 62)) - len(self.rows)
-                taken = []
+                taken: list[int] = []
                 while waiting and (groups[waiting[-1]].n <= room or not (self.rows or taken)):
-                    i = waiting[-1]
+                    i = waiting.pop()
                     self._pin(groups[i].adapter_key, groups[i].n)
-                    waiting.pop()
-                    taken.append(groups[i])
-                    index_of[id(groups[i])] = i
+                    taken.append(i)
                     room -= groups[i].n
-                live += self.start(taken)
+                live += zip(taken, self.start([groups[i] for i in taken]), strict=True)
                 if self.rows:
                     self.step()
-                for gen in [g for g in live if g.done]:
-                    live.remove(gen)
-                    i = index_of[id(gen.group)]
+                finished = [(i, g) for i, g in live if g.done]
+                live = [(i, g) for i, g in live if not g.done]
+                for i, gen in finished:
                     results[i] = gen.result()
                     if on_done is not None:
                         on_done(i, results[i])
