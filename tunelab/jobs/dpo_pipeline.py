@@ -10,7 +10,6 @@ version's lineage records it.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tunelab.configs.dpo import DPOConfig
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import training_reporter
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -102,22 +102,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
     config = DPOConfig(**ctx.job.config)
     prepared = ctx.outputs["prepare"]
     metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.85 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
+    on_progress = training_reporter(
+        ctx.report,
+        start=0.05,
+        share=0.85,
+        eval_every=(config.eval_every_steps if "validation" in ctx.job.datasets else None),
+        on_sync=lambda: ctx.on_metrics(metrics_path),
+    )
 
     init = prepared.get("init_adapter_dir")
     try:

@@ -11,6 +11,7 @@ from tunelab.config import get_settings
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, validate_file
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import rate_eta, training_reporter
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -62,22 +63,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
 
     config = SFTConfig(**ctx.job.config)
     metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:  # bound DB writes on fast steps
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.85 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
+    on_progress = training_reporter(
+        ctx.report,
+        start=0.05,
+        share=0.85,
+        eval_every=(config.eval_every_steps if "validation" in ctx.job.datasets else None),
+        on_sync=lambda: ctx.on_metrics(metrics_path),
+    )
 
     try:
         result = train_sft(
@@ -120,11 +113,15 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     trained = ctx.outputs["train"]
     adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
 
+    started = time.monotonic()
+
     def on_progress(p) -> None:
         ctx.check_stop()
         done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
         ctx.report(
-            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model", 0.9 + 0.06 * done, None
+            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model",
+            0.9 + 0.06 * done,
+            rate_eta(started, done, time.monotonic()),
         )
 
     report = evaluate_models(
