@@ -38,6 +38,7 @@ EXPECTED = {
     ("POST", "/v1/tuningJobs/{job_id}:resume"): "tune",
     ("GET", "/v1/tuningJobs/{job_id}/events"): "tune",
     ("GET", "/v1/tuningJobs/{job_id}/metrics"): "tune",
+    ("GET", "/v1/tuningMethods"): "tune",
     ("GET", "/v1/tunedModels"): "tune",
     ("GET", "/v1/tunedModels/{name}"): "tune",
     ("GET", "/v1/tunedModels/{name}/lineage"): "tune",

@@ -33,6 +33,7 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         # tune: datasets, tuning jobs, reading the registry
         (ANY, r"/v1/datasets(/.*)?", "tune"),
         (ANY, r"/v1/tuningJobs(/.*)?", "tune"),
+        (READ, r"/v1/tuningMethods", "tune"),
         (READ, r"/v1/tunedModels(/.*)?", "tune"),
         # admin: deploy (POST /v1/endpoints), undeploy, delete, and anything not listed above
     )

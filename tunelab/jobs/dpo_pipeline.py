@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.bundle import MANIFEST
-from tunelab.config import get_settings
 from tunelab.configs.dpo import DPOConfig
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
 from tunelab.jobs.progress import training_reporter
+from tunelab.jobs.usage import job_usage
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         raise PermanentError("invalid_init_adapter", str(exc)) from exc
     ctx.on_metrics(metrics_path)
     stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
-    usage = dict(result.usage)
-    price = get_settings().price_per_1k_tokens
-    usage["estimated_cost"] = (
-        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
-    )
+    usage = job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"])
     return {
         "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
         "usage": usage,

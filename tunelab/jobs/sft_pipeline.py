@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 from tunelab.bundle import read_manifest
-from tunelab.config import get_settings
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, validate_file
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
 from tunelab.jobs.progress import rate_eta, training_reporter
+from tunelab.jobs.usage import job_usage
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         raise StopRequested from exc
     ctx.on_metrics(metrics_path)
     stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
-    usage = dict(result.usage)
-    price = get_settings().price_per_1k_tokens
-    usage["estimated_cost"] = (
-        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
-    )
+    usage = job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"])
     return {
         "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
         "usage": usage,

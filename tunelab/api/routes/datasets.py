@@ -75,6 +75,11 @@ def validate(
     prompt_sequence_length: int = Query(512, ge=8, le=131072, description="preference, prompts"),
     target_sequence_length: int = Query(512, ge=1, le=131072, description="preference only"),
     instruction: str | None = Query(None, max_length=10_000, description="preference, prompts"),
+    purpose: str = Query(
+        "train",
+        pattern="^(train|validation)$",
+        description="train, or validation (a held-out set: no advice on its size)",
+    ),
 ) -> dict:
     """The validation report: every bad line with its number, then token statistics. ``kind``
     says how the file is read; the limits that apply are those of the method that reads it."""
@@ -105,4 +110,6 @@ def validate(
     else:
         report = validate_file(path, tokenizer, max_seq_length=max_seq_length, epochs=epochs)
     report.path = dataset.filename
+    if purpose == "validation":
+        report.drop_size_advice()
     return report.to_dict()

@@ -34,10 +34,12 @@ const KIND = {
   prompts: { noun: "prompts", format: '{"input_text"} or {"messages": [... a user turn last]}', checks: ["prompt_sequence_length", "instruction"] },
 };
 
-// [name, label, kind, default (the config's; "" = the server's default), hint]
+// [name, label, kind, default, hint]. The default and (where the hint is empty) the hint are
+// replaced by the config's own, from its JSON schema (GET /v1/tuningMethods): written once, on
+// the config class. The defaults here only show until that answer arrives.
 const COMMON_STEPS = [
-  ["epochs", "Epochs", "int", "", "Passes over the training data (server default 3). Give epochs or steps, not both."],
-  ["train_steps", "Train steps", "int", "", "Optimizer steps; an alternative to epochs."],
+  ["epochs", "Epochs", "int", "", ""],  // the hint is the config's: its default differs by method
+  ["train_steps", "Train steps", "int", "", ""],
 ];
 const FIELDS = {
   sft: [
@@ -55,13 +57,14 @@ const FIELDS = {
   ],
   dpo: [
     ...COMMON_STEPS,
-    ["beta", "Beta", "float", "", "How far the tuned model may move from the base (server default)."],
+    ["beta", "Beta", "float", "", ""],
     ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:,1,2,4,8,16", "", ""],
-    ["batch_size", "Batch size", "int", "", "Preference pairs per step."],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
+    ["batch_size", "Batch size", "int", "", ""],
     ["prompt_sequence_length", "Prompt sequence length", "int", "", ""],
     ["target_sequence_length", "Target sequence length", "int", "", ""],
-    ["seed", "Seed", "int", "", ""],
+    ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
+    ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
@@ -90,7 +93,7 @@ function reportView(report, kind) {
   const bad = report.error_count > 0;
   const noun = KIND[kind].noun;
   const tokenRows = kind === "prompts" ? [["Total tokens", report.total_tokens]] : [
-    ["Total tokens", report.total_tokens], ["Trained tokens (model turns)", report.trained_tokens], ["Billable tokens", report.billable_tokens]];
+    ["Total tokens", report.total_tokens], ["Trained tokens (model turns, one epoch)", report.trained_tokens], [`Billable tokens (all tokens × ${fmt(report.epochs ?? 1)} epochs)`, report.billable_tokens]];
   return h("div", { class: `report ${bad ? "has-errors" : "ok"}`, dataset: { errors: String(report.error_count), kind } },
     bad
       ? h("div", { class: "alert bad" }, h("strong", {}, `${report.error_count} error${report.error_count === 1 ? "" : "s"}`),
@@ -114,7 +117,7 @@ function reportView(report, kind) {
 const paramValue = (field) => (document.getElementById(`param-${field}`)?.value || "").trim();
 
 export function renderCreate(main) {
-  const state = { method: "sft", supported: { sft: true }, data: {}, busy: 0 };
+  const state = { method: "sft", supported: { sft: true }, schemas: {}, data: {}, busy: 0, baseError: null };
   const submitBtn = h("button", { id: "submit-job", type: "submit", disabled: true }, "Start tuning");
   const reason = h("span", { class: "muted small", id: "submit-reason" });
   const formError = h("div", { id: "form-error" });
@@ -130,7 +133,8 @@ export function renderCreate(main) {
   const taskLabel = h("label", { for: "task" }, "Task");
   const task = h("select", { id: "task" }, Object.entries(TASKS).map(([k, [label]]) => h("option", { value: k }, label)));
   const evalNote = h("p", { class: "muted small", id: "eval-note" });
-  const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}' });
+  const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}', "aria-label": "Extra config (JSON)" });
+  const baseError = h("div", { id: "base-model-error", role: "alert" });
 
   const roles = () => DATASETS[state.method];
   const kindOf = (role) => (roles().find(([r]) => r === role) || [])[4];
@@ -186,7 +190,14 @@ export function renderCreate(main) {
   async function withBusy(slot, fn) {
     state.busy += 1; update();
     clear(slot, h("p", { class: "muted" }, "Checking the data…"));
-    try { await fn(); } catch (err) { clear(slot, errorBox(err)); } finally { state.busy -= 1; update(); }
+    try { await fn(); } catch (err) {
+      if (err.code === "model_not_found") {
+        // The base model is wrong, not the data: say so where the base model is typed.
+        state.baseError = err.message;
+        clear(baseError, errorBox(err));
+        clear(slot, h("p", { class: "muted" }, "The data is checked once the base model is found."));
+      } else clear(slot, errorBox(err));
+    } finally { state.busy -= 1; update(); }
   }
 
   /** The server's report on a role's dataset, read as that role's kind with the form's limits. */
@@ -194,23 +205,35 @@ export function renderCreate(main) {
     const d = state.data[role];
     const kind = kindOf(role);
     if (!d || !kind) return;
-    const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE });
+    const optional = (roles().find(([r]) => r === role) || [])[3];
+    // A held-out set gets no advice on its size (that is for training sets).
+    const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE, purpose: optional ? "validation" : "train" });
     for (const field of KIND[kind].checks) if (paramValue(field)) q.set(field, paramValue(field));
     const ticket = (d.ticket = (d.ticket || 0) + 1);
     const report = await api(`/v1/datasets/${d.id}/validation?${q}`);
+    if (state.baseError) { state.baseError = null; clear(baseError); }
     if (state.data[role] !== d || d.ticket !== ticket || kindOf(role) !== kind) return; // a newer check is on its way
     d.report = report;
     blocks[role].refresh();
   }
 
+  /** The config's default and description for a field, from its JSON schema. */
+  function fromSchema(field, value, hint) {
+    const prop = ((state.schemas[state.method] || {}).properties || {})[field];
+    if (!prop) return [value, hint];
+    const d = prop.default;
+    return [d === null || d === undefined ? "" : String(d), hint || prop.description || ""];
+  }
+
   function renderParams() {
-    clear(params, FIELDS[state.method].map(([field, label, kind, value, hint]) => {
+    clear(params, FIELDS[state.method].map(([field, label, kind, jsValue, jsHint]) => {
+      const [value, hint] = fromSchema(field, jsValue, jsHint);
       // select: numeric options; choice: named ones, sent as text
       const input = kind.startsWith("select:") || kind.startsWith("choice:")
-        ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o || "server default")))
+        ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o)))
         : kind === "text"
           ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
-          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "server default" });
+          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "optional" });
       input.addEventListener("input", update);
       if (Object.values(KIND).some((k) => k.checks.includes(field))) input.addEventListener("change", revalidate);
       return h("div", { class: "param" }, h("label", { for: `param-${field}` }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
@@ -266,12 +289,33 @@ export function renderCreate(main) {
     return lines;
   }
 
+  /** DPO: how often the pairs are read, at the form's batch size and epochs or steps. */
+  function dpoGuidance() {
+    const lines = [h("p", {}, h("strong", {}, "DPO"), ": each step compares the chosen and the rejected answer of ",
+      "a batch of pairs and moves the model toward the chosen one, held near its starting point by beta. ",
+      "Vertex advises at least 16 pairs; a few hundred varied ones work better than more epochs.")];
+    const r = state.data.train && state.data.train.report;
+    if (r && r.ok) {
+      const [bsDefault] = fromSchema("batch_size", "8", "");
+      const [epochsDefault] = fromSchema("epochs", "", "");
+      const bs = Number(paramValue("batch_size") || bsDefault) || 8;
+      const epochs = Number(paramValue("epochs") || epochsDefault) || 1;
+      const perEpoch = Math.ceil(r.usable_examples / bs);
+      const stepsInput = paramValue("train_steps");
+      const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
+      lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable pairs → ${perEpoch} steps per epoch at batch size ${bs}; `,
+        h("strong", {}, `${steps} steps`), stepsInput ? " (train steps)." : ` over ${epochs} epoch${epochs === 1 ? "" : "s"}.`));
+    }
+    return lines;
+  }
+
   function renderGuidance() {
-    const rlhf = state.method === "rlhf";
-    taskLabel.hidden = task.hidden = rlhf;
-    clear(guidance, rlhf ? rlhfGuidance() : stepsGuidance());
+    const rlhf = state.method === "rlhf", dpo = state.method === "dpo";
+    taskLabel.hidden = task.hidden = rlhf || dpo;
+    clear(guidance, rlhf ? rlhfGuidance() : dpo ? dpoGuidance() : stepsGuidance());
     clear(evalNote, rlhf
       ? "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate)."
+      : dpo ? "With validation pairs, TuneLab measures reward accuracy and margins on them every few steps and stores the last evaluation on the model version."
       : "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.");
   }
 
@@ -280,6 +324,7 @@ export function renderCreate(main) {
     if (!state.supported[state.method]) problems.push("this server does not offer this method");
     if (!name.value.trim()) problems.push("give the tuned model a name");
     if (!base.value.trim()) problems.push("choose a base model");
+    else if (state.baseError) problems.push("the base model was not found");
     if (state.busy) problems.push("checking the data");
     for (const [role, , noun, optional] of roles()) {
       const d = state.data[role];
@@ -344,7 +389,7 @@ export function renderCreate(main) {
         h("fieldset", { class: "card" }, h("legend", {}, "1 · Method and model"),
           h("label", { for: "method" }, "Tuning method"), methodSelect, methodNote,
           h("label", { for: "display-name" }, "Tuned model name"), name,
-          h("label", { for: "base-model" }, "Base model"), base, datalist,
+          h("label", { for: "base-model" }, "Base model"), base, datalist, baseError,
           h("small", { class: "muted" }, "A catalog name, a model folder on the server, or a Hugging Face hub id.")),
         dataCards,
         h("fieldset", { class: "card" }, paramsLegend, params,
@@ -364,21 +409,17 @@ export function renderCreate(main) {
   setMethod();
 
   api("/v1/models").then(({ data }) => clear(datalist, data.filter((m) => m.owned_by !== "user").map((m) => h("option", { value: m.id })))).catch(() => {});
-  // Which methods does this server take? Ask with a dataset id that cannot exist: an unknown
-  // method is refused with 422 on "method", a known one with 404 on the dataset (or 422 on its
-  // config): either way no job is created.
-  for (const [method] of METHODS.slice(1)) {
-    api("/v1/tuningJobs", { method: "POST", json: { method, tuned_model_display_name: "studio-probe", train_dataset: "ds-studio-probe-none" } })
-      .catch((err) => err)
-      .then((err) => {
-        state.supported[method] = !(err && err.status === 422 && err.details && err.details.field === "method");
-        const option = [...methodSelect.options].find((o) => o.value === method);
-        option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
-        option.disabled = !state.supported[method];
-        option.dataset.supported = String(state.supported[method]);
-        if (!state.supported[method]) option.title = "not available on this server";
-        if (state.method === method) setMethod();
-      });
-  }
+  // Which methods this server takes, each with its config's JSON schema (defaults, hints).
+  api("/v1/tuningMethods").then(({ tuning_methods: methods }) => {
+    for (const m of methods) state.schemas[m.method] = m.config_schema;
+    for (const option of methodSelect.options) {
+      const method = option.value;
+      state.supported[method] = method in state.schemas;
+      option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
+      option.disabled = !state.supported[method];
+      option.dataset.supported = String(state.supported[method]);
+    }
+    if (!state.closed) setMethod();
+  }).catch((err) => clear(formError, errorBox(err)));
   return () => { state.closed = true; clearTimeout(revalidateTimer); };
 }

@@ -103,7 +103,8 @@ export function renderJob(main, jobId) {
       ["Created", when(job.create_time)],
       ["Started", when(job.start_time)],
       ["Ended", when(job.end_time)],
-      ["Attempts", fmt(job.attempts)],
+      // attempts counts the runs that failed and were retried; a clean run has none to show
+      job.attempts ? ["Failed attempts (retried)", fmt(job.attempts)] : null,
       ["Tuned model", job.tuned_model ? h("span", {}, h("a", { href: "#/models" }, job.tuned_model), " · ",
         h("a", { href: `#/playground?model=${encodeURIComponent(job.tuned_model_name)}`, id: "try-in-playground" }, "try it")) : "—"],
       ["Endpoint", job.endpoint || "—"],

@@ -33,8 +33,10 @@ export function evaluationTable(evaluation) {
 export function usageRows(usage) {
   if (!usage) return [];
   return [
-    ["Trained tokens", fmt(usage.trained_tokens)],
-    ["Billable tokens", fmt(usage.billable_tokens)],
+    // The same names as the data report, times the epochs run (tunelab/jobs/usage.py).
+    usage.billable_tokens != null ? ["Billable tokens", h("span", {}, fmt(usage.billable_tokens), h("small", { class: "muted" }, " all tokens × epochs"))] : null,
+    ["Trained tokens", h("span", {}, fmt(usage.trained_tokens), h("small", { class: "muted" }, usage.processed_tokens != null ? " model turns × epochs" : ""))],
+    usage.processed_tokens != null ? ["Processed tokens", h("span", {}, fmt(usage.processed_tokens), h("small", { class: "muted" }, " every token the batches carried"))] : null,
     ["Training time", usage.train_seconds != null ? `${fmt(usage.train_seconds, 3)} s` : "—"],
     ["Wall time", usage.wall_seconds != null ? `${fmt(usage.wall_seconds, 3)} s` : "—"],
     ["CPU time", usage.cpu_seconds != null ? `${fmt(usage.cpu_seconds, 3)} s` : "—"],
