@@ -240,8 +240,16 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     for chart in ("#loss-chart", "#accuracy-chart"):
         assert page.get_attribute(chart, "role") == "img"
         assert "train" in page.get_attribute(chart, "aria-label")
+    # Learning rate, gradient norm and throughput from metrics.jsonl; no DPO/RLHF chart here.
+    for chart in ("#lr-chart", "#grad-chart", "#speed-chart"):
+        page.wait_for_function(f"document.querySelector('{chart}')?.dataset.points > 0")
+    assert page.locator("#margin-chart, #kl-chart, #rlhf-reward-chart").count() == 0
     assert_fits(page)
     shot(page, "job-edges")
+    page.goto(f"{server.url}/#/jobs/{dpo}")
+    page.wait_for_function("document.querySelector('#margin-chart')?.dataset.points > 0")
+    assert page.locator("#reward-accuracy-chart").count() == 1
+    assert page.locator("#kl-chart").count() == 0 and page.is_hidden("#accuracy-chart")
 
     for hash_ in ("#/jobs", "#/models"):
         page.goto(server.url + "/" + hash_)

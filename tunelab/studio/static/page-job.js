@@ -50,16 +50,34 @@ function errorSection(error) {
     Object.keys(details).length ? h("details", {}, h("summary", {}, "Details"), h("pre", {}, JSON.stringify(details, null, 2))) : null);
 }
 
+// Charts beyond loss, each drawn only when its metrics exist (never an empty chart):
+// [id, title, y label, [[metrics.jsonl key, series name, color], ...]]
+const MORE_CHARTS = [
+  ["lr-chart", "Learning rate", "learning rate", [["learning_rate", "learning rate", "#7c3aed"]]],
+  ["grad-chart", "Gradient norm (before clipping)", "grad norm", [["grad_norm", "grad norm", "#0891b2"]]],
+  ["speed-chart", "Throughput", "per second", [["tokens_per_second", "tokens/s", "#059669"], ["pairs_per_second", "pairs/s", "#d97706"]]],
+  ["reward-accuracy-chart", "Reward accuracy (DPO, reward model)", "accuracy", [["reward_accuracy", "train", "#2563eb"], ["eval_reward_accuracy", "validation", "#dc2626"], ["in_batch_accuracy", "reward model", "#059669"]]],
+  ["margin-chart", "Reward margins (DPO)", "reward", [["reward_margin", "margin", "#2563eb"], ["eval_reward_margin", "validation margin", "#dc2626"], ["chosen_reward", "chosen", "#059669"], ["rejected_reward", "rejected", "#d97706"]]],
+  ["rlhf-reward-chart", "Reward (RLHF policy)", "reward", [["reward", "reward", "#2563eb"], ["penalized_reward", "reward − KL penalty", "#d97706"]]],
+  ["kl-chart", "KL to the base model (RLHF)", "KL", [["kl", "KL", "#dc2626"]]],
+];
+// Embedding jobs log retrieval metrics under names like eval_recall@10, eval_ndcg@10.
+const RETRIEVAL = /^(eval_)?(recall|ndcg|mrr|map)(@\d+)?/;
+
 export function renderJob(main, jobId) {
   const canvas = h("canvas", { class: "chart", id: "loss-chart", "aria-label": "Training and evaluation loss" });
   const accCanvas = h("canvas", { class: "chart small-chart", id: "accuracy-chart", "aria-label": "Accuracy" });
   const head = h("div", {}), summary = h("div", { class: "card" }), pipeline = h("div", { class: "card" });
   const usage = h("div", { class: "card" }), errorSlot = h("div", {}), evalSlot = h("div", { class: "card" });
   const events = h("div", { class: "card" });
+  const accTitle = h("h3", {}, "Accuracy (next token)");
+  const moreCharts = h("div", { class: "card", id: "more-charts", hidden: true });
+  const moreCanvases = {};
   clear(main, head, errorSlot,
     h("div", { class: "columns" },
       h("div", { class: "col-wide" },
-        h("div", { class: "card" }, h("h2", {}, "Loss"), canvas, h("h3", {}, "Accuracy (next token)"), accCanvas),
+        h("div", { class: "card" }, h("h2", {}, "Loss"), canvas, accTitle, accCanvas),
+        moreCharts,
         pipeline, evalSlot),
       h("div", { class: "col-narrow" }, summary, usage, events)));
   let timer = null, stopped = false, lastEvent = 0;
@@ -125,10 +143,29 @@ export function renderJob(main, jobId) {
         { name: "train loss", color: "#2563eb", points: pts("train_loss") },
         { name: "eval loss", color: "#dc2626", points: pts("eval_loss"), style: pts("eval_loss").length > 1 ? "line" : "points" },
       ], { xLabel: "step", yLabel: "loss", empty: running ? "Waiting for the first training step…" : "No metrics recorded" });
-      drawChart(accCanvas, [
+      const hasAcc = pts("train_accuracy").length + pts("eval_accuracy").length > 0;
+      accTitle.hidden = accCanvas.hidden = !hasAcc;
+      if (hasAcc) drawChart(accCanvas, [
         { name: "train accuracy", color: "#059669", points: pts("train_accuracy") },
         { name: "eval accuracy", color: "#d97706", points: pts("eval_accuracy") },
       ], { xLabel: "step", yLabel: "accuracy", empty: "—" });
+      const keys = new Set(metrics.flatMap((r) => Object.keys(r)));
+      const retrieval = [...keys].filter((k) => RETRIEVAL.test(k)).sort()
+        .map((k, i) => [k, k, ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"][i % 6]]);
+      const specs = [...MORE_CHARTS, ["retrieval-chart", "Retrieval (embedding)", "score", retrieval]];
+      const shown = specs.map(([id, title, yLabel, series]) => [id, title, yLabel, series.filter(([k]) => pts(k).length)])
+        .filter(([, , , series]) => series.length);
+      moreCharts.hidden = !shown.length;
+      if (shown.map(([id]) => id).join() !== moreCharts.dataset.ids) {
+        moreCharts.dataset.ids = shown.map(([id]) => id).join();
+        clear(moreCharts, shown.map(([id, title]) => {
+          moreCanvases[id] = h("canvas", { class: "chart small-chart", id, "aria-label": title });
+          return h("div", { class: "more-chart" }, h("h3", {}, title), moreCanvases[id]);
+        }));
+      }
+      for (const [id, , yLabel, series] of shown) {
+        drawChart(moreCanvases[id], series.map(([k, name, color]) => ({ name, color, points: pts(k) })), { xLabel: "step", yLabel });
+      }
     } catch (err) { /* the job view above already shows what went wrong */ }
 
     const evalStep = job.pipeline.find((s) => s.name === "evaluate");
