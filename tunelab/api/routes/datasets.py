@@ -113,3 +113,24 @@ def validate(
     if purpose == "validation":
         report.drop_size_advice()
     return report.to_dict()
+
+
+@router.get("/{dataset_id}/preview")
+def preview(
+    dataset_id: str,
+    services: ServicesDep,
+    base_model: str = Query(DEFAULT_BASE_MODEL, max_length=512),
+    rows: int = Query(5, ge=1, le=20),
+) -> dict:
+    """The first supervised examples rendered through the base model's chat template, with the
+    trained (model-turn) character spans: what the model will see."""
+    from tunelab.data.preview import preview_file
+    from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
+
+    dataset = _get(services, dataset_id)
+    try:
+        tokenizer = load_tokenizer(resolve_model(base_model).path)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
+    path = services.artifacts.local_path(dataset.uri)
+    return {"base_model": base_model, "rows": preview_file(path, tokenizer, rows)}

@@ -222,19 +222,25 @@ export function renderCreate(main) {
     const prop = ((state.schemas[state.method] || {}).properties || {})[field];
     if (!prop) return [value, hint];
     const d = prop.default;
-    return [d === null || d === undefined ? "" : String(d), hint || prop.description || ""];
+    // A float shows as one ("1.0", not "1"), as the config writes it.
+    const shown = d === null || d === undefined ? "" : prop.type === "number" && Number.isInteger(d) ? d.toFixed(1) : String(d);
+    return [shown, hint || prop.description || ""];
   }
 
   function renderParams() {
+    // What the user typed survives a redraw (the schemas may arrive after they started).
+    const typed = Object.fromEntries([...params.querySelectorAll("[data-touched]")].map((el) => [el.id, el.value]));
     clear(params, FIELDS[state.method].map(([field, label, kind, jsValue, jsHint]) => {
-      const [value, hint] = fromSchema(field, jsValue, jsHint);
+      const [schemaValue, hint] = fromSchema(field, jsValue, jsHint);
+      const value = typed[`param-${field}`] ?? schemaValue;
       // select: numeric options; choice: named ones, sent as text
       const input = kind.startsWith("select:") || kind.startsWith("choice:")
         ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o)))
         : kind === "text"
           ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
           : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "optional" });
-      input.addEventListener("input", update);
+      input.addEventListener("input", () => { input.dataset.touched = "1"; update(); });
+      if (typed[`param-${field}`] !== undefined) input.dataset.touched = "1";
       if (Object.values(KIND).some((k) => k.checks.includes(field))) input.addEventListener("change", revalidate);
       return h("div", { class: "param" }, h("label", { for: `param-${field}` }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
     }));
