@@ -396,7 +396,7 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     }
     for field, value in small.items():
         page.fill(f"#param-{field}", value)
-    page.click("#create-form details summary")
+    page.click("#extra-config-details summary")
     page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
     files = {
         "preference": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32)),

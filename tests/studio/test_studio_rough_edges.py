@@ -7,6 +7,7 @@ by the worker thread of the ``studio`` fixture on the tiny model.
 
 # ruff: noqa: F811  (pytest fixtures imported from test_studio_browser, then requested by name)
 import json
+import sys
 import time
 
 import httpx
@@ -18,6 +19,7 @@ from test_studio_browser import (  # noqa: F401  (fixtures)
     db_url,
     log_in,
     rows,
+    run_snippet,
     studio,
 )
 
@@ -145,6 +147,12 @@ def test_create_page_no_404s_dpo_defaults_base_model_error_and_validation_advice
     page.wait_for_selector("#validation-report .report.ok")
     assert "recommended" not in page.text_content("#validation-report")
     assert "Trained tokens (model turns, one epoch)" in page.text_content("#train-report")
+    # The dataset preview: the first examples through the chat template, answers marked.
+    page.click("#train-preview summary")
+    page.wait_for_selector("#train-preview-body .preview-row")
+    first = page.locator("#train-preview-body .preview-row").first
+    assert first.locator("mark.trained").first.inner_text().startswith(rows(20)[0]["output_text"])
+    assert rows(20)[0]["input_text"] in first.inner_text()
 
     page.problems.clear()
     page.fill("#base-model", "smolm2-135m-instruc")  # a typo
@@ -244,12 +252,54 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     for chart in ("#lr-chart", "#grad-chart", "#speed-chart"):
         page.wait_for_function(f"document.querySelector('{chart}')?.dataset.points > 0")
     assert page.locator("#margin-chart, #kl-chart, #rlhf-reward-chart").count() == 0
+    # The live log: the job's events and its metric rows, as `tunelab jobs logs -f` prints them.
+    log = page.text_content("#job-log")
+    assert "train_loss=" in log and "grad_norm=" in log and "[" in log
     assert_fits(page)
     shot(page, "job-edges")
+
+    # View code: the job as curl and SDK code, which run as shown and create the same job.
+    page.click("#job-view-code")
+    page.wait_for_selector("#job-snippet-curl")
+    auth = {"Authorization": f"Bearer {key}"}
+    for snippet, argv in (("curl", ["bash", "-c"]), ("python", [sys.executable, "-c"])):
+        page.click(f"#job-code .tab[data-tab={snippet}]")
+        code = page.text_content(f"#job-snippet-{snippet}")
+        out = run_snippet([*argv, code], key)
+        again = out.strip() if snippet == "python" else json.loads(out)["id"]
+        twin = httpx.get(f"{server.url}/v1/tuningJobs/{again.split('/')[-1]}", headers=auth)
+        twin = twin.json()
+        assert twin["config"] == job["config"] and twin["datasets"] == job["datasets"], snippet
+        httpx.post(f"{server.url}/v1/tuningJobs/{twin['id']}:cancel", headers=auth)
+        assert wait_done(server.url, key, twin["id"])[0]["state"] == "CANCELLED"
+    assert "tunelab jobs submit --method sft" in page.text_content("#job-code")
+
+    # Tune again with these settings: the form filled from the job, ready to submit.
+    page.click("#job-clone")
+    page.wait_for_selector("#cloned-from")
+    page.wait_for_selector("#train-report .report.ok")
+    page.wait_for_selector("#validation-report .report.ok")
+    assert page.input_value("#param-train_steps") == "6"
+    assert page.input_value("#param-batch_size") == "4"
+    assert page.input_value("#display-name") == job["display_name"]
+    assert page.input_value("#base-model") == tiny
+    page.wait_for_selector("#submit-job:not([disabled])")
+
     page.goto(f"{server.url}/#/jobs/{dpo}")
     page.wait_for_function("document.querySelector('#margin-chart')?.dataset.points > 0")
     assert page.locator("#reward-accuracy-chart").count() == 1
     assert page.locator("#kl-chart").count() == 0 and page.is_hidden("#accuracy-chart")
+
+    # Overlay: two jobs' loss curves on one chart, from the jobs list.
+    page.goto(server.url + "/#/jobs")
+    for job_id in (sft, dpo):
+        page.check(f"tr[data-job='{job_id}'] .overlay-pick")
+    page.wait_for_function(
+        "document.querySelector('#overlay-chart').getAttribute('aria-label').split(';').length == 2"
+    )
+    label = page.get_attribute("#overlay-chart", "aria-label")
+    assert f"edges-sft-{page.width}" in label and f"edges-dpo-{page.width}" in label
+    shot(page, "jobs-overlay")
 
     for hash_ in ("#/jobs", "#/models"):
         page.goto(server.url + "/" + hash_)

@@ -113,10 +113,23 @@ function reportView(report, kind) {
     ].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "number" ? fmt(v) : v))))));
 }
 
+/** One previewed line: the rendered text with its trained spans in <mark>, or its problems. */
+function previewRow(r) {
+  if (!r.text) return h("div", { class: "preview-row bad", dataset: { line: String(r.line) } }, h("small", { class: "muted" }, `line ${r.line}: `), (r.problems || []).join("; "));
+  const parts = [];
+  let at = 0;
+  for (const [start, end] of r.trained_spans) {
+    parts.push(r.text.slice(at, start), h("mark", { class: "trained" }, r.text.slice(start, end)));
+    at = end;
+  }
+  parts.push(r.text.slice(at));
+  return h("div", { class: "preview-row", dataset: { line: String(r.line) } }, h("small", { class: "muted" }, `line ${r.line}`), h("pre", { class: "rendered" }, parts));
+}
+
 /** A hyperparameter's current value in the form ("" when absent or empty). */
 const paramValue = (field) => (document.getElementById(`param-${field}`)?.value || "").trim();
 
-export function renderCreate(main) {
+export function renderCreate(main, fromJob) {
   const state = { method: "sft", supported: { sft: true }, schemas: {}, data: {}, busy: 0, baseError: null };
   const submitBtn = h("button", { id: "submit-job", type: "submit", disabled: true }, "Start tuning");
   const reason = h("span", { class: "muted small", id: "submit-reason" });
@@ -144,6 +157,22 @@ export function renderCreate(main) {
     const idInput = h("input", { id: `${role}-dataset-id`, placeholder: "ds-…", maxlength: "40" });
     const report = h("div", { id: `${role}-report` });
     const info = h("div", { class: "muted small", id: `${role}-dataset` });
+    // Supervised data only: the first examples as the model sees them (GET …/preview).
+    const previewBody = h("div", { id: `${role}-preview-body` });
+    const preview = h("details", { class: "preview", id: `${role}-preview`, hidden: true, ontoggle: () => preview.open && loadPreview() },
+      h("summary", {}, "Preview: the first examples as the model sees them"), previewBody);
+    async function loadPreview() {
+      const d = state.data[role];
+      if (!d) return;
+      clear(previewBody, h("p", { class: "muted" }, "Rendering…"));
+      try {
+        const q = new URLSearchParams({ base_model: base.value.trim() || DEFAULT_BASE, rows: "5" });
+        const { rows } = await api(`/v1/datasets/${d.id}/preview?${q}`);
+        clear(previewBody, h("p", { class: "hint" }, "Rendered with the base model's chat template; ",
+          h("mark", {}, "highlighted"), " text is trained (the model turns), the rest is context."),
+          rows.map((r) => previewRow(r)));
+      } catch (err) { clear(previewBody, errorBox(err)); }
+    }
     const legend = h("legend", {});
     const format = h("p", { class: "hint" });
     file.addEventListener("change", async () => {
@@ -170,7 +199,7 @@ export function renderCreate(main) {
       h("div", { class: "or" }, h("label", { for: `${role}-dataset-id` }, "or a dataset already uploaded"), h("div", { class: "param-row" }, idInput, useId, clearBtn)),
       h("p", { class: "hint" }, "The server reads only uploaded files: it cannot open a path on your machine, and reading paths on the server would expose its files. ",
         "Upload the file here, or with ", h("code", {}, `curl -F file=@${role}.jsonl …/v1/datasets`), " and paste its id."),
-      info, report);
+      info, report, preview);
     block.report = report;
     block.show = (number, title, kind) => {
       clear(legend, `${number} · ${title}`);
@@ -180,6 +209,8 @@ export function renderCreate(main) {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
       if (d && d.report) clear(report, reportView(d.report, kindOf(role)));
+      preview.hidden = !(d && kindOf(role) === "supervised");
+      if (preview.open) loadPreview();
     };
     return block;
   }
@@ -399,7 +430,7 @@ export function renderCreate(main) {
           h("small", { class: "muted" }, "A catalog name, a model folder on the server, or a Hugging Face hub id.")),
         dataCards,
         h("fieldset", { class: "card" }, paramsLegend, params,
-          h("details", {}, h("summary", {}, "Extra config (JSON)"), extra,
+          h("details", { id: "extra-config-details" }, h("summary", {}, "Extra config (JSON)"), extra,
             h("small", { class: "muted" }, "Merged into the config as given; for parameters this form does not show.")))),
       h("div", { class: "col-narrow" },
         h("div", { class: "card sticky" }, h("h2", {}, "Guidance"), taskLabel, task, guidance, evalNote,
@@ -426,6 +457,46 @@ export function renderCreate(main) {
       option.dataset.supported = String(state.supported[method]);
     }
     if (!state.closed) setMethod();
+    if (fromJob && !state.closed) return cloneJob(fromJob);
   }).catch((err) => clear(formError, errorBox(err)));
+
+  /** "Tune again with these settings": the job's method, base, datasets (by id) and config. */
+  async function cloneJob(jobId) {
+    const job = await api(`/v1/tuningJobs/${encodeURIComponent(jobId)}`);
+    if (state.closed) return;
+    methodSelect.value = job.method;
+    setMethod();
+    name.value = job.display_name;
+    base.value = job.config.base_model || job.base_model;
+    const shown = new Set(FIELDS[state.method].map(([f]) => f));
+    const leftover = {};
+    for (const [field, value] of Object.entries(job.config)) {
+      if (field === "method" || field === "base_model") continue;
+      const input = document.getElementById(`param-${field}`);
+      if (shown.has(field) && input) {
+        input.value = value === null ? "" : String(value);
+        input.dataset.touched = "1";
+      } else {
+        const prop = ((state.schemas[state.method] || {}).properties || {})[field];
+        if (!prop || JSON.stringify(prop.default) !== JSON.stringify(value)) leftover[field] = value;
+      }
+    }
+    extra.value = Object.keys(leftover).length ? JSON.stringify(leftover) : "";
+    if (extra.value) extra.closest("details").open = true;
+    clear(methodNote, methodNote.textContent, " ", h("strong", { id: "cloned-from" }, `Settings of job ${job.id}.`));
+    for (const [jobRole, id] of Object.entries(job.datasets)) {
+      // DPO takes its pairs as "preference" or "train"; the form names them "train".
+      const role = state.method === "dpo" && jobRole === "preference" ? "train" : jobRole;
+      const block = blocks[role];
+      if (!block) continue;
+      await withBusy(block.report, async () => {
+        const ds = await api(`/v1/datasets/${encodeURIComponent(id)}`);
+        state.data[role] = { id: ds.id, filename: ds.filename, report: null };
+        document.getElementById(`${role}-dataset-id`).value = ds.id;
+        await validate(role);
+      });
+    }
+    update();
+  }
   return () => { state.closed = true; clearTimeout(revalidateTimer); };
 }

@@ -1,9 +1,10 @@
 // One tuning job: state, progress and ETA, live loss and eval curves, pipeline steps with their
 // artifacts, usage and cost, the error on failure, evaluation results, cancel / pause / resume.
 import { api } from "./api.js";
-import { h, clear, badge, duration, when, fmt, progressBar, errorBox, toast } from "./dom.js";
+import { h, clear, badge, duration, when, fmt, progressBar, errorBox, toast, copyText } from "./dom.js";
 import { drawChart } from "./chart.js";
 import { kvTable, evaluationTable, usageRows, pageHeader } from "./widgets.js";
+import { jobCurl, jobSdk, jobCli } from "./job-code.js";
 
 const ACTIVE = ["QUEUED", "PENDING", "RUNNING", "CANCELLING"];
 const DATA_LABEL = { train: "Training data", validation: "Validation data", preference: "Preference pairs", prompts: "Prompts", eval: "Evaluation prompts" };
@@ -70,6 +71,17 @@ export function renderJob(main, jobId) {
   const head = h("div", {}), summary = h("div", { class: "card" }), pipeline = h("div", { class: "card" });
   const usage = h("div", { class: "card" }), errorSlot = h("div", {}), evalSlot = h("div", { class: "card" });
   const events = h("div", { class: "card" });
+  // The live log: events and metric rows as they arrive, as `tunelab jobs logs -f` prints them.
+  const logPre = h("pre", { class: "live-log", id: "job-log", tabindex: "0", "aria-label": "Job log" });
+  const logCard = h("div", { class: "card" }, h("h2", {}, "Log (live)"), logPre);
+  let metricRows = 0;
+  const logLine = (text) => {
+    const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+    logPre.append(text + "\n");
+    if (atEnd) logPre.scrollTop = logPre.scrollHeight;
+  };
+  const metricText = (r) => Object.entries(r).map(([k, v]) => `${k}=${typeof v === "number" && !Number.isInteger(v) ? +v.toPrecision(4) : v}`).join("  ");
+  const codePanel = h("section", { class: "card code-panel", id: "job-code", hidden: true });
   const accTitle = h("h3", {}, "Accuracy (next token)");
   const moreCharts = h("div", { class: "card", id: "more-charts", hidden: true });
   const moreCanvases = {};
@@ -78,10 +90,36 @@ export function renderJob(main, jobId) {
       h("div", { class: "col-wide" },
         h("div", { class: "card" }, h("h2", {}, "Loss"), canvas, accTitle, accCanvas),
         moreCharts,
-        pipeline, evalSlot),
-      h("div", { class: "col-narrow" }, summary, usage, events)));
+        codePanel, pipeline, evalSlot),
+      h("div", { class: "col-narrow" }, summary, usage, logCard, events)));
   let timer = null, stopped = false, lastEvent = 0;
   const log = [];
+
+  /** The job as curl, SDK and CLI code (each where it can express the job). */
+  async function toggleCode(job) {
+    codePanel.hidden = !codePanel.hidden;
+    const button = document.getElementById("job-view-code");
+    if (button) button.textContent = codePanel.hidden ? "View code" : "Hide code";
+    if (codePanel.hidden) return;
+    const filenames = {};
+    for (const [role, id] of Object.entries(job.datasets)) {
+      try { filenames[role] = (await api(`/v1/datasets/${encodeURIComponent(id)}`)).filename; } catch (_) { /* named by role */ }
+    }
+    const snippets = [["curl", "REST (curl)", jobCurl(job, location.origin)], ["python", "Python SDK", jobSdk(job, location.origin)], ["cli", "CLI", jobCli(job, filenames)]];
+    const tabs = h("div", { class: "tabs" }), bodies = h("div", {});
+    const show = (key) => {
+      for (const b of tabs.children) b.classList.toggle("active", b.dataset.tab === key);
+      for (const b of bodies.children) b.hidden = b.dataset.snippet !== key;
+    };
+    for (const [key, label, text] of snippets) {
+      tabs.append(h("button", { type: "button", class: "tab", dataset: { tab: key }, onclick: () => show(key) }, label));
+      bodies.append(h("div", { class: "snippet", dataset: { snippet: key } }, text
+        ? [h("button", { type: "button", class: "copy", onclick: async () => toast((await copyText(text)) ? `${label} code copied` : "Copy failed", "info") }, "Copy"), h("pre", { id: `job-snippet-${key}` }, text)]
+        : h("p", { class: "muted" }, `The ${label} cannot express a ${job.method} job with these datasets yet: use REST.`)));
+    }
+    clear(codePanel, h("h2", {}, "Code for this job"), h("p", { class: "muted small" }, "Creates the same job again; set ", h("code", {}, "TUNELAB_API_KEY"), " first."), tabs, bodies);
+    show("curl");
+  }
 
   async function act(action) {
     try {
@@ -108,6 +146,8 @@ export function renderJob(main, jobId) {
       pageHeader(job.display_name,
         h("button", { id: "job-pause", disabled: !pausable, onclick: () => act("pause") }, "Pause"),
         h("button", { id: "job-resume", disabled: job.state !== "PAUSED", onclick: () => act("resume") }, "Resume"),
+        h("a", { class: "button ghost", id: "job-clone", href: `#/create?from=${encodeURIComponent(job.id)}` }, "Tune again with these settings"),
+        h("button", { id: "job-view-code", class: "ghost", onclick: () => toggleCode(job) }, codePanel.hidden ? "View code" : "Hide code"),
         h("button", { id: "job-cancel", class: "danger", disabled: !["QUEUED", "PENDING", "RUNNING", "PAUSED"].includes(job.state) || job.requested_action === "cancel", onclick: () => act("cancel") }, "Cancel")),
       h("div", { class: "status-line" }, badge(job.state), h("span", { id: "job-step" }, job.step || ""),
         h("div", { class: "grow" }, progressBar(job.progress)),
@@ -138,6 +178,8 @@ export function renderJob(main, jobId) {
 
     try {
       const { metrics } = await api(`/v1/tuningJobs/${jobId}/metrics`);
+      for (const r of metrics.slice(metricRows)) logLine(`  ${metricText(r)}`);
+      metricRows = metrics.length;
       const pts = (key) => metrics.filter((r) => r[key] != null).map((r) => [r.step, r[key]]);
       drawChart(canvas, [
         { name: "train loss", color: "#2563eb", points: pts("train_loss") },
@@ -178,7 +220,10 @@ export function renderJob(main, jobId) {
 
     try {
       const { events: fresh } = await api(`/v1/tuningJobs/${jobId}/events?after=${lastEvent}`);
-      for (const e of fresh) { log.push(e); lastEvent = Math.max(lastEvent, e.id); }
+      for (const e of fresh) {
+        log.push(e); lastEvent = Math.max(lastEvent, e.id);
+        logLine(`${new Date(typeof e.time === "number" ? e.time * 1000 : e.time).toLocaleTimeString()} [${e.kind}] ${e.message || ""}`);
+      }
       clear(events, h("h2", {}, "Events"), h("ol", { class: "events" },
         log.slice(-40).reverse().map((e) => h("li", {}, h("span", { class: "muted small" }, when(e.time)), " ", h("strong", {}, e.kind), " ", e.message || ""))));
     } catch (err) { /* shown on next refresh */ }
