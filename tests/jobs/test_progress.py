@@ -98,3 +98,23 @@ def test_evaluations_left(step, total, every, left):
 def test_rate_eta():
     assert rate_eta(0.0, 0.25, 10.0) == pytest.approx(30.0)
     assert rate_eta(0.0, 0.0, 10.0) is None
+
+
+def test_metrics_are_mirrored_only_after_a_step_not_mid_evaluation():
+    """The metrics mirror stores rows past the last step it has: a sync at "evaluating" would
+    store step N's train row and skip the eval row appended for step N afterwards."""
+    clock, phases = Clock(), []
+    current = {"phase": None}
+    on_progress = training_reporter(
+        lambda *r: None,
+        0.0,
+        1.0,
+        2,
+        on_sync=lambda: phases.append(current["phase"]),
+        min_interval=0.0,
+        clock=clock,
+    )
+    for p in (Progress("loading"), Progress("evaluating", 2, 4), Progress("training", 2, 4)):
+        current["phase"] = p.phase
+        on_progress(p)
+    assert phases == ["training"]

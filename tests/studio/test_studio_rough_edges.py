@@ -248,6 +248,7 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     for chart in ("#loss-chart", "#accuracy-chart"):
         assert page.get_attribute(chart, "role") == "img"
         assert "train" in page.get_attribute(chart, "aria-label")
+    assert "eval loss" in page.get_attribute("#loss-chart", "aria-label")  # eval rows mirrored
     # Learning rate, gradient norm and throughput from metrics.jsonl; no DPO/RLHF chart here.
     for chart in ("#lr-chart", "#grad-chart", "#speed-chart"):
         page.wait_for_function(f"document.querySelector('{chart}')?.dataset.points > 0")

@@ -89,8 +89,8 @@ def training_reporter(
 ) -> Callable[[Progress], None]:
     """A recipe's ``on_progress`` for a pipeline step owning ``[start, start + share]`` of the
     job's bar. Reports at most once per ``min_interval`` seconds (bounding database writes on
-    fast steps) plus every evaluation and the last step; ``on_sync`` runs with each report (the
-    pipelines mirror metrics then)."""
+    fast steps) plus every evaluation and the last step; ``on_sync`` runs with each report of a
+    finished step (the pipelines mirror metrics then)."""
     timer = StepTimer(eval_every, clock)
     at = start
     last_report = -float("inf")
@@ -111,7 +111,11 @@ def training_reporter(
             text = f"{label}: {p.phase}" if label != "training" else p.phase
         last_report = now
         report(text, at, timer.eta(p.step, p.total_steps) if p.total_steps else None)
-        on_sync()
+        if p.phase == "training":
+            # Only after a step has finished (its evaluation included): the mirror copies rows
+            # past the last step it stored, so syncing at "evaluating" would store step N's
+            # train row and then never the eval row the evaluation appends for the same step.
+            on_sync()
 
     return on_progress
 

@@ -184,13 +184,14 @@ export function renderJob(main, jobId) {
       drawChart(canvas, [
         { name: "train loss", color: "#2563eb", points: pts("train_loss") },
         { name: "eval loss", color: "#dc2626", points: pts("eval_loss"), style: pts("eval_loss").length > 1 ? "line" : "points" },
-      ], { xLabel: "step", yLabel: "loss", empty: running ? "Waiting for the first training step…" : "No metrics recorded" });
+      // no legend for a series without data
+      ].filter((x) => x.points.length || x.name === "train loss"), { xLabel: "step", yLabel: "loss", empty: running ? "Waiting for the first training step…" : "No metrics recorded" });
       const hasAcc = pts("train_accuracy").length + pts("eval_accuracy").length > 0;
       accTitle.hidden = accCanvas.hidden = !hasAcc;
       if (hasAcc) drawChart(accCanvas, [
         { name: "train accuracy", color: "#059669", points: pts("train_accuracy") },
         { name: "eval accuracy", color: "#d97706", points: pts("eval_accuracy") },
-      ], { xLabel: "step", yLabel: "accuracy", empty: "—" });
+      ].filter((x) => x.points.length), { xLabel: "step", yLabel: "accuracy", empty: "—" });
       const keys = new Set(metrics.flatMap((r) => Object.keys(r)));
       const retrieval = [...keys].filter((k) => RETRIEVAL.test(k)).sort()
         .map((k, i) => [k, k, ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"][i % 6]]);
