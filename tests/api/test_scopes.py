@@ -31,6 +31,7 @@ EXPECTED = {
     ("GET", "/v1/datasets/{dataset_id}"): "tune",
     ("GET", "/v1/datasets/{dataset_id}/validation"): "tune",
     ("GET", "/v1/datasets/{dataset_id}/preview"): "tune",
+    ("GET", "/v1/embeddingData/validation"): "tune",
     ("POST", "/v1/tuningJobs"): "tune",
     ("GET", "/v1/tuningJobs"): "tune",
     ("GET", "/v1/tuningJobs/{job_id}"): "tune",

@@ -359,3 +359,50 @@ def test_models_page_shows_an_embedding_models_retrieval_metrics(studio, service
     assert "ndcg@10" in card and "12 queries" in card and "No evaluation" not in card
     assert_fits(page)
     assert page.problems == []
+
+
+def test_create_page_checks_embedding_files_together_with_line_numbers(studio, page, tmp_path):
+    """Embedding tuning in the Studio: corpus, queries and labels uploaded, checked together by
+    the server (labels name ids of the other two), each error shown in its file's card."""
+    server, key, _ = studio
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": f"passage {i}"}) + "\n" for i in range(4))
+    )
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(4))
+    )
+    bad = tmp_path / "train-bad.tsv"
+    bad.write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq9\td1\t1\nq2\td2\t1\n")
+    good = tmp_path / "train.tsv"
+    good.write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    log_in(page, server.url, key)
+    page.goto(server.url + "/#/create")
+    page.wait_for_selector("#method option[value=embedding][data-supported=true]", state="attached")
+    page.select_option("#method", "embedding")
+    assert page.input_value("#base-model") == "all-minilm-l6-v2"  # the method's own default
+    assert page.input_value("#param-train_steps") == "60" and "Embedding" in page.text_content(
+        "#guidance"
+    )
+    page.fill("#display-name", f"emb-studio-{page.width}")
+    page.set_input_files("#corpus-file", str(corpus))
+    page.wait_for_selector("#corpus-report p.muted")  # waits for the queries and labels
+    page.set_input_files("#queries-file", str(queries))
+    page.set_input_files("#train_labels-file", str(bad))
+    page.wait_for_selector("#train_labels-report .report.has-errors")
+    lines = page.eval_on_selector_all(
+        "#train_labels-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
+    )
+    assert lines == ["3"]  # q9 is not a query id
+    assert "q9" in page.text_content("#train_labels-report")
+    assert page.is_disabled("#submit-job")
+    assert "errors in the training labels" in page.text_content("#submit-reason")
+    page.set_input_files("#train_labels-file", str(good))
+    page.wait_for_selector("#train_labels-report .report.ok")
+    page.wait_for_selector("#corpus-report .report.ok")
+    assert "4 passages" in page.text_content("#corpus-report")
+    page.wait_for_selector("#submit-job:not([disabled])")
+    assert_fits(page)
+    shot(page, "create-embedding")
+    assert page.problems == []

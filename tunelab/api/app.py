@@ -15,6 +15,7 @@ from tunelab.api.limits import BodyLimitMiddleware
 from tunelab.api.routes import (
     datasets,
     docs,
+    embedding_data,
     endpoints,
     health,
     jobs,
@@ -60,7 +61,7 @@ def create_app(
     )
     app.include_router(health.router)
     secured = [Depends(require_key)]
-    for module in (datasets, jobs, methods, tuned_models, endpoints, keys):
+    for module in (datasets, embedding_data, jobs, methods, tuned_models, endpoints, keys):
         app.include_router(module.router, dependencies=secured)
     if inference is not None:
         from tunelab.api.routes import embeddings, openai_compat, predict

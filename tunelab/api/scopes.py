@@ -32,6 +32,7 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         (READ, r"/openapi\.json", "inference"),
         # tune: datasets, tuning jobs, reading the registry
         (ANY, r"/v1/datasets(/.*)?", "tune"),
+        (READ, r"/v1/embeddingData/validation", "tune"),
         (ANY, r"/v1/tuningJobs(/.*)?", "tune"),
         (READ, r"/v1/tuningMethods", "tune"),
         (READ, r"/v1/tunedModels(/.*)?", "tune"),

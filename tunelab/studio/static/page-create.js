@@ -9,6 +9,7 @@ const METHODS = [
   ["sft", "Supervised tuning", "Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model learns to answer like the outputs."],
   ["rlhf", "RLHF", "Preference pairs (prompt, two candidates, choice) train a reward model; then reinforcement learning on prompts earns its reward, with a KL penalty to the base model."],
   ["dpo", "DPO", "Preference pairs (prompt, chosen, rejected), optimised directly without a reward model."],
+  ["embedding", "Embedding tuning", "A corpus, queries and labels (which passages answer which query), as Vertex takes them: the encoder learns to rank the labelled passages first."],
 ];
 
 // The datasets each method takes, by the role POST /v1/tuningJobs names them with:
@@ -22,6 +23,13 @@ const DATASETS = {
     ["train", "Preference pairs", "training data", false, "preference"],
     ["validation", "Validation pairs (optional)", "validation data", true, "preference"],
   ],
+  embedding: [
+    ["corpus", "Corpus", "corpus", false, "corpus"],
+    ["queries", "Queries", "queries", false, "queries"],
+    ["train_labels", "Training labels", "training labels", false, "labels"],
+    ["test_labels", "Test labels (optional)", "test labels", true, "labels"],
+    ["validation_labels", "Validation labels (optional)", "validation labels", true, "labels"],
+  ],
   rlhf: [
     ["preference", "Preference pairs", "preference pairs", false, "preference"],
     ["prompts", "Prompts", "prompts", false, "prompts"],
@@ -32,6 +40,10 @@ const KIND = {
   supervised: { noun: "examples", format: '{"input_text", "output_text"}, or chat {"messages": [...]} / {"contents": [...]}', checks: ["max_seq_length", "epochs"] },
   preference: { noun: "pairs", format: '{"input_text" or "messages", "candidate_0", "candidate_1", "choice": 0 | 1}', checks: ["prompt_sequence_length", "target_sequence_length", "instruction"] },
   prompts: { noun: "prompts", format: '{"input_text"} or {"messages": [... a user turn last]}', checks: ["prompt_sequence_length", "instruction"] },
+  // Embedding files are checked together (labels name ids of the corpus and the queries).
+  corpus: { noun: "passages", format: '{"_id", "text", "title" (optional)}', checks: [], joint: true },
+  queries: { noun: "queries", format: '{"_id", "text"}', checks: [], joint: true },
+  labels: { noun: "labels", format: "TSV: query-id<TAB>corpus-id<TAB>score, after a header line", checks: [], joint: true },
 };
 
 // [name, label, kind, default, hint]. The default and (where the hint is empty) the hint are
@@ -66,6 +78,16 @@ const FIELDS = {
     ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
     ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
   ],
+  embedding: [
+    ["train_steps", "Train steps", "int", "", ""],
+    ["batch_size", "Batch size", "int", "", ""],
+    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16,32", "", ""],
+    ["output_dimensionality", "Output dimensionality", "int", "", ""],
+    ["temperature", "Temperature", "float", "", ""],
+    ["max_seq_length", "Max sequence length", "int", "", ""],
+    ["seed", "Seed", "int", "", ""],
+  ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
     ["reward_model_train_steps", "Reward model train steps", "int", "50", "Steps of 8 pairs. Vertex recommends 100-500; a small model learns a clear preference in 10-20."],
@@ -88,6 +110,22 @@ const TASKS = {
   summarization: ["Summarization", "100-500+ examples", 200, 1000],
   extractive_qa: ["Extractive question answering", "100+ examples", 100, 500],
 };
+
+/** The joint check of an embedding data set, as it concerns one of its files. */
+function jointReportView(report, role, kind) {
+  const errors = report.errors.filter((e) => e.role === role);
+  const s = report.stats || {};
+  const count = kind === "corpus" ? s.corpus : kind === "queries" ? s.queries : (s[role.replace("_labels", "")] || {}).labels;
+  return h("div", { class: `report ${errors.length ? "has-errors" : "ok"}`, dataset: { errors: String(errors.length), kind } },
+    errors.length
+      ? [h("div", { class: "alert bad" }, h("strong", {}, `${errors.length} error${errors.length === 1 ? "" : "s"}`), ": fix these lines and upload the file again."),
+         h("table", { class: "grid errors" },
+           h("thead", {}, h("tr", {}, h("th", {}, "Line"), h("th", {}, "Field"), h("th", {}, "Problem"))),
+           h("tbody", {}, errors.map((e) => h("tr", { dataset: { line: String(e.line) } },
+             h("td", {}, e.line ? `line ${e.line}` : "file"), h("td", {}, e.field || "—"), h("td", {}, `${e.message} (${e.code})`)))))]
+      : report.ok ? h("div", { class: "alert ok" }, h("strong", {}, "Valid"), `: ${fmt(count)} ${KIND[kind].noun}.`)
+      : h("div", { class: "alert warn" }, "Fine, but the other files have errors."));
+}
 
 function reportView(report, kind) {
   const bad = report.error_count > 0;
@@ -208,7 +246,7 @@ export function renderCreate(main, fromJob) {
     block.refresh = () => {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
-      if (d && d.report) clear(report, reportView(d.report, kindOf(role)));
+      if (d && d.report) clear(report, KIND[kindOf(role)].joint ? jointReportView(d.report, role, kindOf(role)) : reportView(d.report, kindOf(role)));
       preview.hidden = !(d && kindOf(role) === "supervised");
       if (preview.open) loadPreview();
     };
@@ -236,6 +274,7 @@ export function renderCreate(main, fromJob) {
     const d = state.data[role];
     const kind = kindOf(role);
     if (!d || !kind) return;
+    if (KIND[kind].joint) return validateJoint(role);
     const optional = (roles().find(([r]) => r === role) || [])[3];
     // A held-out set gets no advice on its size (that is for training sets).
     const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE, purpose: optional ? "validation" : "train" });
@@ -256,6 +295,22 @@ export function renderCreate(main, fromJob) {
     // A float shows as one ("1.0", not "1"), as the config writes it.
     const shown = d === null || d === undefined ? "" : prop.type === "number" && Number.isInteger(d) ? d.toFixed(1) : String(d);
     return [shown, hint || prop.description || ""];
+  }
+
+  /** Corpus, queries and labels are checked together, once the three required ones are there. */
+  async function validateJoint(role) {
+    const present = roles().filter(([r]) => state.data[r]).map(([r]) => r);
+    const missing = roles().filter(([r, , , optional]) => !optional && !state.data[r]).map(([, , noun]) => noun);
+    if (missing.length) {
+      state.data[role].report = null;
+      clear(blocks[role].report, h("p", { class: "muted" }, `Checked together with the ${missing.join(" and ")}, once uploaded.`));
+      return;
+    }
+    const q = new URLSearchParams(present.map((r) => [r, state.data[r].id]));
+    const ticket = (state.jointTicket = (state.jointTicket || 0) + 1);
+    const report = await api(`/v1/embeddingData/validation?${q}`);
+    if (ticket !== state.jointTicket || state.method !== "embedding") return;
+    for (const r of present) { state.data[r].report = report; blocks[r].refresh(); }
   }
 
   function renderParams() {
@@ -346,12 +401,22 @@ export function renderCreate(main, fromJob) {
     return lines;
   }
 
+  function embeddingGuidance() {
+    const r = state.data.train_labels && state.data.train_labels.report;
+    const lines = [h("p", {}, h("strong", {}, "Embedding tuning"), ": each step scores every query of a batch against every labelled passage ",
+      "of the batch (the others are negatives); the test labels measure recall@k, NDCG@10 and MRR of the base and the tuned encoder.")];
+    if (r && r.ok && r.stats) lines.push(h("p", { id: "steps-estimate" }, `${r.stats.train.queries} training queries with ${r.stats.train.positives} positive labels; `,
+      r.stats.test_from_split ? "no test labels: 20% of the training queries are held out for the test." : `${r.stats.test.queries} test queries.`));
+    return lines;
+  }
+
   function renderGuidance() {
-    const rlhf = state.method === "rlhf", dpo = state.method === "dpo";
-    taskLabel.hidden = task.hidden = rlhf || dpo;
-    clear(guidance, rlhf ? rlhfGuidance() : dpo ? dpoGuidance() : stepsGuidance());
+    const rlhf = state.method === "rlhf", dpo = state.method === "dpo", emb = state.method === "embedding";
+    taskLabel.hidden = task.hidden = rlhf || dpo || emb;
+    clear(guidance, rlhf ? rlhfGuidance() : dpo ? dpoGuidance() : emb ? embeddingGuidance() : stepsGuidance());
     clear(evalNote, rlhf
       ? "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate)."
+      : emb ? "Without test labels, 20% of the training queries are held out to compare the tuned encoder with its base."
       : dpo ? "With validation pairs, TuneLab measures reward accuracy and margins on them every few steps and stores the last evaluation on the model version."
       : "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.");
   }
@@ -366,7 +431,8 @@ export function renderCreate(main, fromJob) {
     for (const [role, , noun, optional] of roles()) {
       const d = state.data[role];
       if (!d) { if (!optional) problems.push(`upload the ${noun}`); continue; }
-      if (d.report && !d.report.ok) problems.push(`errors in the ${noun}`);
+      const joint = KIND[kindOf(role)].joint; // one report for all the embedding files: this file's errors
+      if (d.report && !d.report.ok && (!joint || d.report.errors.some((e) => e.role === role))) problems.push(`errors in the ${noun}`);
       else if (!d.report && !state.busy) problems.push(`the ${noun} not checked yet`);
     }
     if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
@@ -384,7 +450,11 @@ export function renderCreate(main, fromJob) {
   }
 
   function setMethod() {
+    const previous = state.method;
     state.method = methodSelect.value;
+    // Each method's own default base model (an encoder for embeddings), unless one was typed.
+    const defaultOf = (m) => (((state.schemas[m] || {}).properties || {}).base_model || {}).default;
+    if (defaultOf(state.method) && (!base.value.trim() || base.value.trim() === (defaultOf(previous) || DEFAULT_BASE))) base.value = defaultOf(state.method);
     const [, label, about] = METHODS.find(([id]) => id === state.method);
     clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, ` ${label} is not available on this server yet.`));
     clear(dataCards, roles().map(([role, title, , optional, kind], i) => {
