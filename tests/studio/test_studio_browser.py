@@ -362,8 +362,8 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     kind, RLHFConfig's defaults in the form, a job created with the datasets by role."""
     server, key, tiny = studio
     open_rlhf_wizard(page, server.url, key, tiny, "studio-concise")
-    # The form copies RLHFConfig's defaults (the Studio has no schema endpoint to read them
-    # from): read them from the config itself, so the two cannot drift apart unnoticed.
+    # The form shows RLHFConfig's defaults (read from its JSON schema, GET /v1/tuningMethods):
+    # compared with the config itself.
     from tunelab.configs.rlhf import RLHFConfig
 
     fields = [
@@ -396,7 +396,7 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     }
     for field, value in small.items():
         page.fill(f"#param-{field}", value)
-    page.click("#create-form details summary")
+    page.click("#extra-config-details summary")
     page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
     files = {
         "preference": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32)),

@@ -15,11 +15,13 @@ from tunelab.api.limits import BodyLimitMiddleware
 from tunelab.api.routes import (
     datasets,
     docs,
+    embedding_data,
     endpoints,
     exports,
     health,
     jobs,
     keys,
+    methods,
     tuned_models,
 )
 from tunelab.auth import UsageRecorder
@@ -60,7 +62,7 @@ def create_app(
     )
     app.include_router(health.router)
     secured = [Depends(require_key)]
-    for module in (datasets, jobs, tuned_models, exports, endpoints, keys):
+    for module in (datasets, embedding_data, jobs, methods, tuned_models, exports, endpoints, keys):
         app.include_router(module.router, dependencies=secured)
     from tunelab.api.routes import openai_files, openai_fine_tuning
 

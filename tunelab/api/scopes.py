@@ -32,7 +32,9 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         (READ, r"/openapi\.json", "inference"),
         # tune: datasets, tuning jobs, reading the registry
         (ANY, r"/v1/datasets(/.*)?", "tune"),
+        (READ, r"/v1/embeddingData/validation", "tune"),
         (ANY, r"/v1/tuningJobs(/.*)?", "tune"),
+        (READ, r"/v1/tuningMethods", "tune"),
         (READ, r"/v1/tunedModels(/.*)?", "tune"),
         # exporting a tuned model reads it, as the registry's GETs do
         (frozenset({"POST"}), r"/v1/tunedModels/[^/]+:export", "tune"),

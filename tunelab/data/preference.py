@@ -591,7 +591,7 @@ def _finish(report: ValidationReport, noun: str) -> None:
         why = "the file has no lines" if report.lines == 0 else f"no line is a usable {noun}"
         report.add_error(0, "empty_dataset", None, f"no usable {noun}s: {why}")
     elif 0 < usable < MIN_EXAMPLES:
-        report.warnings.append(f"only {usable} usable {noun}s: at least {MIN_EXAMPLES} advised")
+        report.advise_size(f"only {usable} usable {noun}s: at least {MIN_EXAMPLES} advised")
     if report.truncated:
         report.warnings.append(
             f"{report.truncated} {noun}(s) truncated to the sequence-length limits"

@@ -118,6 +118,16 @@ class ValidationReport:
         if len(self.errors) < self.max_errors:
             self.errors.append(LineError(line, code, field, message, file=self.path))
 
+    def advise_size(self, message: str) -> None:
+        """A warning about the set's size, which is advice for a training set only."""
+        self.warnings.append(message)
+        self.__dict__.setdefault("size_advice", []).append(message)
+
+    def drop_size_advice(self) -> None:
+        """Read as a validation or evaluation set: its size advice does not apply."""
+        for message in self.__dict__.pop("size_advice", []):
+            self.warnings.remove(message)
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["errors"] = [e.to_dict() for e in self.errors]
@@ -330,12 +340,12 @@ def _finish(report: ValidationReport) -> None:
             why = "no line is a valid example"
         report.add_error(0, "empty_dataset", None, f"no usable examples: {why}")
     elif usable < MIN_EXAMPLES:
-        report.warnings.append(
+        report.advise_size(
             f"only {_n(usable, 'usable example')}: Vertex requires at least {MIN_EXAMPLES} "
             f"and recommends {low} to {high}"
         )
     elif usable < low:
-        report.warnings.append(f"{_n(usable, 'usable example')}: {low} to {high} are recommended")
+        report.advise_size(f"{_n(usable, 'usable example')}: {low} to {high} are recommended")
     if report.truncated:
         report.warnings.append(
             f"{_n(report.truncated, 'example')} longer than max_seq_length="

@@ -10,16 +10,16 @@ version's lineage records it.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import get_settings
 from tunelab.configs.dpo import DPOConfig
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import training_reporter
+from tunelab.jobs.usage import job_usage
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -84,22 +84,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
     config = DPOConfig(**ctx.job.config)
     prepared = ctx.outputs["prepare"]
     metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.85 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
+    on_progress = training_reporter(
+        ctx.report,
+        start=0.05,
+        share=0.85,
+        eval_every=(config.eval_every_steps if "validation" in ctx.job.datasets else None),
+        on_sync=lambda: ctx.on_metrics(metrics_path),
+    )
 
     init = prepared.get("init_adapter_dir")
     try:
@@ -118,11 +110,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         raise PermanentError("invalid_init_adapter", str(exc)) from exc
     ctx.on_metrics(metrics_path)
     stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
-    usage = dict(result.usage)
-    price = get_settings().price_per_1k_tokens
-    usage["estimated_cost"] = (
-        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
-    )
+    usage = job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"])
     return {
         "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
         "usage": usage,

@@ -8,13 +8,13 @@ and the tuned model side by side; it is stored on the model version.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.configs.embedding import EmbeddingConfig
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import training_reporter
 from tunelab.registry.datasets import get_dataset
 
 ROLES = ("corpus", "queries", "train_labels", "test_labels", "validation_labels")
@@ -79,22 +79,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
     config = EmbeddingConfig(**ctx.job.config)
     data = _load(ctx)
     metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.8 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
+    on_progress = training_reporter(
+        ctx.report,
+        start=0.05,
+        share=0.8,
+        eval_every=None,
+        on_sync=lambda: ctx.on_metrics(metrics_path),
+    )
 
     try:
         result = train_embedding(

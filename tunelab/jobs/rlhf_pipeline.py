@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tunelab.configs.rlhf import RLHFConfig
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import training_reporter
 from tunelab.registry.datasets import get_dataset
 from tunelab.training.atomic import write_bytes
 from tunelab.training.metrics import MetricsLog
@@ -265,24 +265,14 @@ def _registered_reward_model(ctx: StepContext):
 def _progress(ctx: StepContext, what: str, start: float, share: float):
     """A recipe's progress callback: job progress, and metrics mirrored at most once a second."""
     config = RLHFConfig(**ctx.job.config)
-    last_sync = 0.0
-
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(f"{what}: {p.phase}", start, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training {what} {p.step}/{p.total_steps}",
-                start + share * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            _sync_metrics(ctx, config)
-
-    return on_progress
+    return training_reporter(
+        ctx.report,
+        start=start,
+        share=share,
+        eval_every=None,  # the stages report no evaluations of their own; steps time them
+        label=f"training {what}",
+        on_sync=lambda: _sync_metrics(ctx, config),
+    )
 
 
 def _sync_metrics(ctx: StepContext, config: RLHFConfig) -> None:

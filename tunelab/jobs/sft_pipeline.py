@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.bundle import read_manifest
-from tunelab.config import get_settings
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import DatasetValidationError, validate_file
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested, register_pipeline
+from tunelab.jobs.progress import rate_eta, training_reporter
+from tunelab.jobs.usage import job_usage
 from tunelab.registry.datasets import get_dataset
 
 logger = logging.getLogger(__name__)
@@ -68,22 +69,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
 
     config = SFTConfig(**ctx.job.config)
     metrics_path = ctx.workdir / "metrics.jsonl"
-    last_sync = 0.0
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(p.phase, 0.05, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:  # bound DB writes on fast steps
-            last_sync = now
-            ctx.report(
-                f"training step {p.step}/{p.total_steps}",
-                0.05 + 0.85 * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            ctx.on_metrics(metrics_path)
+    on_progress = training_reporter(
+        ctx.report,
+        start=0.05,
+        share=0.85,
+        eval_every=(config.eval_every_steps if "validation" in ctx.job.datasets else None),
+        on_sync=lambda: ctx.on_metrics(metrics_path),
+    )
 
     init = ctx.outputs["prepare"].get("init_adapter_dir")
     try:
@@ -104,11 +97,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         raise PermanentError("invalid_init_adapter", str(exc)) from exc
     ctx.on_metrics(metrics_path)
     stored = ctx.store.put_dir(result.adapter_dir, f"jobs/{ctx.job.id}/adapter")
-    usage = dict(result.usage)
-    price = get_settings().price_per_1k_tokens
-    usage["estimated_cost"] = (
-        round(usage["billable_tokens"] / 1000 * price, 6) if price is not None else None
-    )
+    usage = job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"])
     return {
         "adapter": {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
         "usage": usage,
@@ -132,11 +121,15 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     trained = ctx.outputs["train"]
     adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
 
+    started = time.monotonic()
+
     def on_progress(p) -> None:
         ctx.check_stop()
         done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
         ctx.report(
-            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model", 0.9 + 0.06 * done, None
+            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model",
+            0.9 + 0.06 * done,
+            rate_eta(started, done, time.monotonic()),
         )
 
     report = evaluate_models(

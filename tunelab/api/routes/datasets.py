@@ -75,6 +75,11 @@ def validate(
     prompt_sequence_length: int = Query(512, ge=8, le=131072, description="preference, prompts"),
     target_sequence_length: int = Query(512, ge=1, le=131072, description="preference only"),
     instruction: str | None = Query(None, max_length=10_000, description="preference, prompts"),
+    purpose: str = Query(
+        "train",
+        pattern="^(train|validation)$",
+        description="train, or validation (a held-out set: no advice on its size)",
+    ),
 ) -> dict:
     """The validation report: every bad line with its number, then token statistics. ``kind``
     says how the file is read; the limits that apply are those of the method that reads it."""
@@ -105,4 +110,27 @@ def validate(
     else:
         report = validate_file(path, tokenizer, max_seq_length=max_seq_length, epochs=epochs)
     report.path = dataset.filename
+    if purpose == "validation":
+        report.drop_size_advice()
     return report.to_dict()
+
+
+@router.get("/{dataset_id}/preview")
+def preview(
+    dataset_id: str,
+    services: ServicesDep,
+    base_model: str = Query(DEFAULT_BASE_MODEL, max_length=512),
+    rows: int = Query(5, ge=1, le=20),
+) -> dict:
+    """The first supervised examples rendered through the base model's chat template, with the
+    trained (model-turn) character spans: what the model will see."""
+    from tunelab.data.preview import preview_file
+    from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
+
+    dataset = _get(services, dataset_id)
+    try:
+        tokenizer = load_tokenizer(resolve_model(base_model).path)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
+    path = services.artifacts.local_path(dataset.uri)
+    return {"base_model": base_model, "rows": preview_file(path, tokenizer, rows)}

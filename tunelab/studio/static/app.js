@@ -16,7 +16,7 @@ const ROUTES = [
   [/^#\/jobs$/, () => renderJobs(main), "jobs", "tune"],
   [/^#\/models$/, () => renderModels(main), "models", "tune"],
   [/^#\/playground(?:\?model=(.*))?$/, (m) => renderPlayground(main, m[1] && decodeURIComponent(m[1])), "playground", "inference"],
-  [/^#\/create$/, () => renderCreate(main), "create", "tune"],
+  [/^#\/create(?:\?from=([\w.-]+))?$/, (m) => renderCreate(main, m[1]), "create", "tune"],
 ];
 let scopesKnown = false;
 const home = () => (can("tune") ? "#/jobs" : "#/playground");

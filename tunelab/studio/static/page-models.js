@@ -26,6 +26,21 @@ function lineageView(lineage, version) {
     h("div", { class: "node" }, h("small", {}, "model version"), h("code", {}, `${version.name}@${version.version}`)));
 }
 
+const LABELS = {
+  eval_loss: "DPO loss", eval_reward_accuracy: "Reward accuracy", eval_reward_margin: "Reward margin",
+  eval_logp_margin: "Log-prob margin (chosen − rejected)", eval_reference_logp_margin: "Reference log-prob margin",
+};
+
+/** Results a method stores as an object on the version's metrics (DPO: `evaluation`, the last
+ * evaluation on its validation pairs), shown as tables rather than "[object Object]". */
+function nestedMetrics(metrics) {
+  const nested = Object.entries(metrics || {}).filter(([, x]) => x && typeof x === "object" && Object.keys(x).length);
+  if (!nested.length) return null;
+  return nested.map(([name, values]) => h("div", { class: "nested-metrics", dataset: { testid: `metrics-${name}` } },
+    h("h3", {}, name === "evaluation" ? "Evaluation on the validation pairs" : name),
+    kvTable(Object.entries(values).map(([k, x]) => [LABELS[k] || k, x !== null && typeof x === "object" ? JSON.stringify(x) : fmt(x)]))));
+}
+
 export function renderModels(main) {
   const list = h("div", { id: "models-list" });
   clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create", dataset: { needs: "tune" } }, "Create tuned model")), list);
@@ -70,9 +85,11 @@ export function renderModels(main) {
                   ["Created", when(v.create_time)],
                   ["Base model", h("span", { class: "path" }, v.base_model)],
                   ["Adapter sha256", h("code", { class: "small" }, v.adapter_sha256)],
-                  ...Object.entries(v.metrics || {}).map(([k, x]) => [k, fmt(x)]),
+                  // scalars here; a nested result (DPO's evaluation on its validation pairs) below
+                  ...Object.entries(v.metrics || {}).filter(([, x]) => x === null || typeof x !== "object").map(([k, x]) => [k, fmt(x)]),
                 ])),
-                h("div", {}, lineage ? lineageView(lineage, v) : null, evaluationTable(v.evaluation))));
+                h("div", {}, lineage ? lineageView(lineage, v) : null,
+                  v.evaluation ? evaluationTable(v.evaluation) : nestedMetrics(v.metrics) || evaluationTable(null))));
           })));
       }
       clear(list, cards);
