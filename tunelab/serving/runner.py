@@ -49,11 +49,11 @@ from tunelab.serving.sampling import RowSampling, make_generator, sample_batch
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-
 class PromptTooLongError(ValueError):
     """The prompt does not fit in the model's context (a client error: the API answers 400)."""
 
+
+@dataclass
 class GenerationResult:
     texts: list[str]
     """One completion per candidate, stop sequences trimmed, end-of-sequence not included."""
