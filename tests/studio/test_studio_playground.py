@@ -137,6 +137,7 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
         assert f"max_output_tokens={settings[side]['max_tokens']}" in python
         assert "message_history=[" in python
     assert_fits(page)
+    page.evaluate("window.scrollTo(0, 0)")  # else the sticky top bar lands mid-page
     shot(page, "playground-compare")
 
     if page.width == LAPTOP:  # the code runs as shown (once: the widths show the same code)
