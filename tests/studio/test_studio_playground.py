@@ -46,15 +46,17 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
         lambda r: page.chat_requests.append(r) if r.url.endswith("/v1/chat/completions") else None,
     )
     log_in(page, server.url, key)
-    page.goto(f"{server.url}/#/playground?model={name}")
+    # The job page's "try it" opens the playground on the version the job made.
+    page.goto(f"{server.url}/#/jobs/{job}")
+    page.click("#try-in-playground")
     page.wait_for_selector("#main[data-playground-ready=true]")
+    assert page.input_value("#version-a") == "1"
     assert page.is_hidden("#side-b")
     page.check("#compare")
     assert page.is_visible("#side-b")
     # Side A: the tuned model at version 1; side B starts on its base, with its own parameters.
     assert page.input_value("#model-a") == name and page.input_value("#model-b") == tiny
     assert page.is_disabled("#version-b")
-    page.select_option("#version-a", "1")
     settings = {
         "a": {"temperature": "0", "top_p": "0.9", "top_k": "5", "max_tokens": "6"},
         "b": {"temperature": "0", "top_p": "0.5", "top_k": "0", "max_tokens": "3"},
@@ -151,4 +153,56 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
     # New chat forgets both conversations.
     page.click("#new-chat")
     assert page.locator("#sides .turn").count() == 0
+    assert page.problems == []
+
+
+def test_a_failing_side_shows_its_error_and_keeps_it_out_of_the_history(studio, page, tmp_path):
+    """One side's model is refused (404): that side shows the error, the other side answers,
+    and the refused turn is not sent again with the next prompt."""
+    server, key, tiny = studio
+    page.chat_requests = []
+    page.on(
+        "request",
+        lambda r: page.chat_requests.append(r) if r.url.endswith("/v1/chat/completions") else None,
+    )
+    # A base model by path is listed once the server has loaded it: ask it once over REST.
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": tiny, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+        timeout=120,
+    )
+    r.raise_for_status()
+    log_in(page, server.url, key)
+    page.goto(f"{server.url}/#/playground")
+    page.wait_for_selector("#main[data-playground-ready=true]")
+    page.check("#compare")
+    page.select_option("#model-a", tiny)
+    # A model that went away after the page listed it (deleted meanwhile).
+    page.eval_on_selector(
+        "#model-b",
+        "s => { s.append(new Option('gone-model', 'gone-model')); s.value = 'gone-model'; }",
+    )
+    for side in ("a", "b"):
+        page.fill(f"#param-{side}-max_tokens", "3")
+    page.fill("#prompt", "hello")
+    page.click("#send")
+    for side in ("a", "b"):
+        page.wait_for_selector(f"#chat-{side} .turn.assistant[data-done=true]", timeout=300_000)
+    assert "gone-model" in page.text_content("#chat-b .turn.assistant .alert.bad")
+    assert page.locator("#chat-a .alert.bad").count() == 0
+    assert page.get_attribute("#chat-a .turn.assistant", "data-completion-tokens")
+    # the 404 (and chromium's console line about it) is the point of this test
+    assert all("404" in p for p in page.problems), page.problems
+    page.problems.clear()
+
+    page.chat_requests.clear()
+    page.select_option("#model-b", tiny)
+    page.fill("#prompt", "again")
+    page.click("#send")
+    page.wait_for_selector("#chat-b .turn.assistant:nth-of-type(4)[data-done=true]")
+    page.wait_for_selector("#chat-a .turn.assistant:nth-of-type(4)[data-done=true]")
+    sent = {json.dumps(json.loads(r.post_data)["messages"]) for r in page.chat_requests}
+    by_turns = sorted(len(json.loads(m)) for m in sent)
+    assert by_turns == [1, 3], sent  # B: just the new prompt; A: its answered turn and the new one
     assert page.problems == []

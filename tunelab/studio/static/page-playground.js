@@ -217,12 +217,15 @@ export function renderPlayground(main, preselect) {
           h("optgroup", { label: "Tuned models" }, Object.keys(env.tunedBase).map((n) => h("option", { value: n }, n))),
           h("optgroup", { label: "Base models" }, bases.map((n) => h("option", { value: n }, n))));
       }
-      const has = (name) => name && [...a.model.options].some((o) => o.value === name);
-      if (has(preselect)) a.model.value = preselect;
+      const has = (select, value) => value && [...select.options].some((o) => o.value === value);
+      // ?model=name or ?model=name@version (a job page links to the version it made)
+      const [, preName, preVersion] = /^(.*?)(?:@(\d+))?$/.exec(preselect || "");
+      if (has(a.model, preName)) a.model.value = preName;
       // Side B starts on side A's base model: the comparison people make first.
       const base = env.tunedBase[a.model.value];
-      if (has(base)) b.model.value = base;
+      if (has(b.model, base)) b.model.value = base;
       await Promise.all([a.loadVersions(), b.loadVersions()]);
+      if (has(a.version, preVersion)) a.version.value = preVersion;
       renderAll();
       main.dataset.playgroundReady = "true";
     } catch (err) {
