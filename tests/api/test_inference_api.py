@@ -147,6 +147,17 @@ def test_vertex_predict_and_sdk_end_to_end(served, tmp_path):
     first = chat.send_message("item 1: the", temperature=0, max_output_tokens=4)
     chat.send_message("and item 2?", temperature=0, max_output_tokens=4)
     assert len(chat.history) == 4 and chat.history[1]["content"] == first.text
+    # A conversation carried over (Vertex's message_history, as the playground's View code
+    # writes it) goes on where it was: greedy, the same second answer.
+    resumed = (
+        ChatModel.from_pretrained(base)
+        .get_tuned_model("sdk-model")
+        .start_chat(context="Be brief.", message_history=chat.history[:2])
+    )
+    second = resumed.send_message("and item 2?", temperature=0, max_output_tokens=4)
+    assert second.text == chat.history[3]["content"]
+    with pytest.raises(ValueError, match=r"message_history\[0\]: expected"):
+        ChatModel(base).start_chat(message_history=[{"author": "bot", "content": "hi"}])
 
     raw = httpx.post(
         f"{server.url}/v1/endpoints/{job.tuned_model_endpoint_name}:predict",

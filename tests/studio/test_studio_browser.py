@@ -224,27 +224,29 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
 
     # Playground: the tuned model, a streamed completion, side by side with its base.
     page.goto(url + "/#/playground")
-    page.wait_for_selector("#model-select option[value=studio-colors]", state="attached")
-    page.select_option("#model-select", "studio-colors")
-    page.fill("#param-temperature", "0")
-    page.fill("#param-max_tokens", "8")
-    page.fill("#prompt", "item 3: the yellow one")
+    page.wait_for_selector("#model-a option[value=studio-colors]", state="attached")
+    page.select_option("#model-a", "studio-colors")
     page.check("#compare")
+    page.select_option("#model-b", tiny)
+    for side in ("a", "b"):
+        page.fill(f"#param-{side}-temperature", "0")
+        page.fill(f"#param-{side}-max_tokens", "8")
+    page.fill("#prompt", "item 3: the yellow one")
     page.click("#send")
-    page.wait_for_selector("#output-main[data-done=true]", timeout=300_000)
-    page.wait_for_selector("#output-base[data-done=true]", timeout=300_000)
-    assert not page.query_selector("#outputs .alert.bad"), page.text_content("#outputs")
-    assert "chunks" in page.text_content("#output-main-status")
-    streamed = page.text_content("#output-main-text")
+    page.wait_for_selector("#chat-a .turn.assistant[data-done=true]", timeout=300_000)
+    page.wait_for_selector("#chat-b .turn.assistant[data-done=true]", timeout=300_000)
+    assert not page.query_selector("#sides .alert.bad"), page.text_content("#sides")
+    assert "completion tokens" in page.text_content("#chat-a .turn.assistant .stats")
+    streamed = page.text_content("#chat-a .turn.assistant .output-text")
     assert streamed.strip(), "the tuned model streamed nothing"
 
     # View code: each snippet is for this prompt and these parameters, and each works.
-    page.click("#view-code")
-    page.wait_for_selector("#snippet-curl", state="attached")
-    snippets = {k: page.text_content(f"#snippet-{k}") for k in ("python", "openai", "curl")}
+    page.click("#view-code-a")
+    page.wait_for_selector("#snippet-a-curl", state="attached")
+    snippets = {k: page.text_content(f"#snippet-a-{k}") for k in ("python", "openai", "curl")}
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
-    page.click(".tab[data-tab=curl]")
-    page.click("#copy-curl")
+    page.click("#code-a .tab[data-tab=curl]")
+    page.click("#copy-a-curl")
     # Wait for the copy's own toast: an earlier one (the redeploy above) may still be showing.
     page.wait_for_function(
         "/copied|Copy failed/.test(document.querySelector('#toast.show')?.textContent || '')"
@@ -571,12 +573,12 @@ def test_the_studio_shows_only_what_the_key_scope_allows(studio, services, brows
 
     context, page = logged_in("inference")
     page.wait_for_url("**/#/playground")
-    page.wait_for_selector("#model-select option", state="attached")
+    page.wait_for_selector("#model-a option", state="attached")
     for nav in ("create", "jobs", "models"):
         assert page.is_hidden(f"#nav a[data-page={nav}]"), nav
     assert page.is_visible("#nav a[data-page=playground]")
     assert not page.query_selector("#main .alert.bad"), page.text_content("#main")
-    tuned = page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
+    tuned = page.eval_on_selector_all("#model-a option", "os => os.map(o => o.value)")
     assert "scoped-colors" in tuned  # from /v1/models: the registry itself needs tune
     page.goto(server.url + "/#/create")  # typed by hand: sent back to a page the key may use
     page.wait_for_url("**/#/playground")

@@ -164,10 +164,25 @@ class ChatModel(TextGenerationModel):
         max_output_tokens: int | None = None,
         top_p: float | None = None,
         top_k: int | None = None,
+        message_history: list[dict[str, str]] | None = None,
     ) -> ChatSession:
-        return ChatSession(
+        """``message_history`` continues a conversation, as Vertex's does: earlier turns as
+        ``{"author": "user" | "model", "content": ...}``, oldest first."""
+        session = ChatSession(
             self, context, _parameters(temperature, max_output_tokens, top_p, top_k, None, None)
         )
+        for i, turn in enumerate(message_history or []):
+            if turn.get("author") not in ("user", "model") or not isinstance(
+                turn.get("content"), str
+            ):
+                raise ValueError(
+                    f"message_history[{i}]: expected {{'author': 'user' or 'model', "
+                    f"'content': text}}, got {turn!r}"
+                )
+        session.history = [
+            {"author": t["author"], "content": t["content"]} for t in message_history or []
+        ]
+        return session
 
 
 class ChatSession:

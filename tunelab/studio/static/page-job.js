@@ -164,7 +164,7 @@ export function renderJob(main, jobId) {
       // attempts counts the runs that failed and were retried; a clean run has none to show
       job.attempts ? ["Failed attempts (retried)", fmt(job.attempts)] : null,
       ["Tuned model", job.tuned_model ? h("span", {}, h("a", { href: "#/models" }, job.tuned_model), " · ",
-        h("a", { href: `#/playground?model=${encodeURIComponent(job.tuned_model_name)}`, id: "try-in-playground" }, "try it")) : "—"],
+        h("a", { href: `#/playground?model=${encodeURIComponent(job.tuned_model)}`, id: "try-in-playground" }, "try it")) : "—"],
       ["Endpoint", job.endpoint || "—"],
     ]), h("details", {}, h("summary", {}, "Hyperparameters"), kvTable(Object.entries(job.config).map(([k, v]) => [k, fmt(v)]))));
     clear(usage, h("h2", {}, "Usage"), job.usage ? kvTable(usageRows(job.usage), { id: "job-usage" }) : h("p", { class: "muted" }, "Reported when training ends."));
