@@ -13,6 +13,7 @@ from tunelab.jobs.pipeline import pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.registry.datasets import register_dataset
 from tunelab.registry.models import add_lineage
+from tunelab.registry.names import check_tuned_model_name
 
 
 def submit_job(
@@ -28,8 +29,10 @@ def submit_job(
     """Register the datasets (paths, or ids of datasets already registered) and queue the job.
 
     ``config`` is the method's typed config (its ``method`` field picks the pipeline).
-    Returns (job, created); with an idempotency key already used, the existing job.
+    Returns (job, created); with an idempotency key already used, the existing job. Raises
+    :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take.
     """
+    check_tuned_model_name(name)
     if idempotency_key is not None:
         existing = store.find_by_idempotency_key(db, idempotency_key)
         if existing is not None:

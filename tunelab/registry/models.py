@@ -41,7 +41,11 @@ def register_version(
     """Add the next version of ``name``. ``inputs`` are lineage sources: (kind, id, relation).
 
     Idempotent per source job: a job retried after registering gets its version back.
+    Raises :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take.
     """
+    from tunelab.registry.names import check_tuned_model_name
+
+    check_tuned_model_name(name)
     with db.session() as s:
         if source_job_id is not None:
             existing = s.scalar(
