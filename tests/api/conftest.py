@@ -34,3 +34,13 @@ def http(live, api_key):
 def db_url(tmp_path):
     """The API tests exercise HTTP, not the database: SQLite only (the store tests cover both)."""
     return f"sqlite:///{tmp_path / 'tunelab.db'}"
+
+
+@pytest.fixture
+def tiny_base(tiny_model_dir):
+    """The tiny model made servable by the operator (``tunelab models add-base``): requests and
+    job configs name it; the server never loads a folder a request names."""
+    from tunelab.models.bases import add_base
+
+    add_base("tiny-llama", str(tiny_model_dir))
+    return "tiny-llama"

@@ -103,11 +103,17 @@ def check_adapter_folder(
     if not claims:
         raise AdapterError(f"{where} does not say which base model it was tuned from")
     if not any(_same_base(c, base_dir, base_ref) for c in claims):
+        served = f" ({base_ref})" if base_ref and not _looks_like_path(base_ref) else ""
+        claim = "another base model" if _looks_like_path(claims[0]) else f"base model {claims[0]!r}"
         raise AdapterError(
-            f"{where} was tuned from another base model than the one this engine serves"
-            + (f" ({base_ref})" if base_ref and "/" not in base_ref else "")
-            + "; serve it from an engine of its own base model"
+            f"{where} was tuned from {claim}, not the one this engine serves{served}; serve it "
+            "from an engine of its own base model"
         )
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Folders are not named in messages a server may show (hub ids and names are)."""
+    return ref.startswith(("/", "~", ".")) or ref.count("/") > 1 or "\\" in ref
 
 
 _verified: dict[tuple, bool] = {}
