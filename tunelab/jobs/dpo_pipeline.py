@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.bundle import MANIFEST
 from tunelab.config import get_settings
 from tunelab.configs.dpo import DPOConfig
 from tunelab.data.validation import DatasetValidationError
@@ -70,28 +69,29 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 def prepare(ctx: StepContext) -> dict[str, Any]:
     """Resolve the base model and, with ``init_adapter``, the adapter to start from."""
     from tunelab.models import resolve_model
-    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
+    from tunelab.registry.resolve import ModelNotFound, resolve
+    from tunelab.services import Services
 
     config = DPOConfig(**ctx.job.config)
     base = resolve_model(config.base_model)
     out: dict[str, Any] = {"base_model": base.ref, "base_model_path": str(base.path)}
     if config.init_adapter is None:
         return out
+    # The one resolver; a folder is accepted here because REST refuses one at submit
+    # (tunelab.registry.resolve.check_request_config): only the operator's CLI can name it.
     try:
-        version = get_version(ctx.db, config.init_adapter)
-    except (ModelNotRegistered, ValueError):
-        version = None
-    if version is not None:
-        folder = ctx.store.local_path(adapter_artifact(ctx.db, version).uri)
-        out.update(init_adapter_dir=str(folder), init_adapter_version_id=version.id)
-    elif (Path(config.init_adapter) / MANIFEST).is_file():
-        out.update(init_adapter_dir=str(Path(config.init_adapter).resolve()))
-    else:
+        target = resolve(Services(ctx.db, ctx.store), config.init_adapter, allow_folder=True)
+    except ModelNotFound:
+        target = None
+    if target is None or target.adapter_dir is None:
         raise PermanentError(
             "init_adapter_not_found",
             f"init_adapter {config.init_adapter!r} is neither a registered tuned model nor an "
             "adapter bundle folder",
         )
+    out["init_adapter_dir"] = str(Path(target.adapter_dir).resolve())
+    if target.version is not None:
+        out["init_adapter_version_id"] = target.version.id
     return out
 
 

@@ -172,7 +172,9 @@ def get_version(db: Database, name: str, version: int | None = None) -> ModelVer
     """A version of ``name`` (the latest when ``version`` is None). ``name@3`` also works."""
     if version is None and "@" in name:
         name, _, v = name.rpartition("@")
-        version = int(v) if v.isdigit() else None
+        if not v.isdigit():  # no aliases: "x@latest" is not silently x's latest version
+            raise ModelNotRegistered(f"{name}@{v}: a version is a number (name@3)")
+        version = int(v)
     versions = get_versions(db, name)
     if version is None:
         return versions[-1]
