@@ -163,3 +163,24 @@ def test_sdk_reaches_the_same_name_check(live, api_key, tiny_base, tmp_path):
             train_dataset=str(train),
             tuned_model_display_name="smollm2-135m-instruct",
         )
+
+
+def test_an_unexpected_error_shows_no_server_text(services, api_key):
+    """A 500 says what kind of error happened; its text (which can hold paths) stays in the log."""
+    secret = f"{Path.home()}/.tunelab/artifacts/jobs/x/adapter"
+
+    class BrokenPool:
+        def target(self, name):
+            raise OSError(f"[Errno 2] No such file or directory: '{secret}'")
+
+        def close(self):
+            pass
+
+    with LiveServer(create_app(services, inference=BrokenPool())) as live:
+        answer = httpx.post(
+            f"{live.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {api_key}"},
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert answer.status_code == 500 and "OSError" in answer.text
+    assert secret not in answer.text and str(Path.home()) not in answer.text

@@ -65,4 +65,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse(error_body("internal", f"{type(exc).__name__}: {exc}"), status_code=500)
+        # The message stays in the log: an unexpected error's text can hold server paths.
+        message = f"internal error ({type(exc).__name__}); the server log has the details"
+        return JSONResponse(error_body("internal", message), status_code=500)
