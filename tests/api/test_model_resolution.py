@@ -59,7 +59,7 @@ def test_request_strings_never_become_paths(server, tiny_model_dir, tmp_path):
             _assert_no_paths(answer.text.replace(ref, "<ref>"), tiny_model_dir, tmp_path)
     assert pool._engines == {}  # nothing was loaded for any of them
     names = {m["id"] for m in client.get("/v1/models").json()["data"]}
-    assert names == {"smollm2-135m-instruct", "all-minilm-l6-v2", "tiny-llama"}
+    assert names == {"smollm2-135m-instruct", "tiny-llama"}
 
 
 def test_operator_base_is_served_and_one_engine_per_resolved_base(
@@ -93,7 +93,7 @@ def test_operator_base_is_served_and_one_engine_per_resolved_base(
     )
     assert predicted.status_code == 200 and len(pool._engines) == 1
     names = {m["id"] for m in client.get("/v1/models").json()["data"]}
-    assert names == {"smollm2-135m-instruct", "all-minilm-l6-v2", "tiny-llama", "by-folder"}
+    assert names == {"smollm2-135m-instruct", "tiny-llama", "by-folder"}
 
 
 def test_validation_report_and_job_configs_name_no_server_paths(

@@ -100,10 +100,13 @@ class InferencePool:
     def model_names(self) -> list[tuple[str, str]]:
         """(name, owner) for /v1/models: the servable base models and every tuned model; never
         a spelling a request used."""
-        from tunelab.models.bases import servable_base_names
+        from tunelab.models.bases import operator_bases
+        from tunelab.models.catalog import CATALOG
         from tunelab.registry.models import list_models
 
-        names = [(n, "tunelab") for n in sorted(servable_base_names())]
+        # The generative catalog (the embedding catalog answers /v1/embeddings only, so chat
+        # clients such as the Studio's playground do not offer it) and the operator's bases.
+        names = [(n, "tunelab") for n in sorted(set(CATALOG) | set(operator_bases()))]
         return names + [(m.name, "user") for m in list_models(self.services.db)]
 
     def close(self) -> None:
