@@ -53,13 +53,6 @@ class ModelTarget:
     def method(self) -> str | None:
         return self.version.method if self.version is not None else None
 
-    @property
-    def adapter_key(self) -> str | None:
-        """A stable id of the adapter: the version id (the folder for an operator's folder)."""
-        if self.version is not None:
-            return self.version.id
-        return str(self.adapter_dir) if self.adapter_dir is not None else None
-
 
 def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> ModelTarget:
     """The model ``ref`` names, without loading anything. See the module docstring.
@@ -71,7 +64,7 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
     from tunelab.registry.endpoints import deployed_version
     from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_versions
 
-    if not isinstance(ref, str) or not ref or len(ref) > MAX_REF_LENGTH:
+    if not isinstance(ref, str) or not ref or (len(ref) > MAX_REF_LENGTH and not allow_folder):
         raise ModelNotFound("a model reference must be a non-empty name of at most 140 characters")
     version: ModelVersion | None = None
     if ENDPOINT_ID.match(ref):
