@@ -83,3 +83,13 @@ def inference_server(services, api_key):
             yield server, api_key
     finally:
         pool.close()
+
+
+@pytest.fixture
+def tiny_base(tiny_model_dir):
+    """The tiny model made servable by the operator (``tunelab models add-base``): requests and
+    job configs name it; the server never loads a folder a request names."""
+    from tunelab.models.bases import add_base
+
+    add_base("tiny-llama", str(tiny_model_dir))
+    return "tiny-llama"

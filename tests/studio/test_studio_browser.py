@@ -69,15 +69,18 @@ def studio(services, tiny_model_dir):
     from tunelab.api.app import create_app
     from tunelab.auth import create_key
     from tunelab.jobs.worker import Worker
+    from tunelab.models.bases import add_base
     from tunelab.serving.pool import InferencePool
 
+    # The operator makes the tiny model servable by name; the Studio never sends a folder.
+    add_base("tiny-llama", str(tiny_model_dir))
     key = create_key(services.db, "studio-tests").secret
     pool = InferencePool(services)
     worker = Worker(services.db, services.artifacts)
     thread = threading.Thread(target=worker.run_forever, kwargs={"poll_seconds": 0.2}, daemon=True)
     thread.start()
     with LiveServer(create_app(services, inference=pool)) as server:
-        yield server, key, str(tiny_model_dir)
+        yield server, key, "tiny-llama"
     worker.shutdown.set()
     thread.join(30)
     pool.close()

@@ -166,4 +166,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return error_response(request, 500, "internal", f"{type(exc).__name__}: {exc}")
+        # The message stays in the log: an unexpected error's text can hold server paths.
+        message = f"internal error ({type(exc).__name__}); the server log has the details"
+        return error_response(request, 500, "internal", message)

@@ -13,6 +13,7 @@ name is served by ``/v1/chat/completions`` the moment the job succeeds, like any
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -128,7 +129,9 @@ def base_label(base_model: str) -> str:
     local folder by its own name (the full path is no part of a model name)."""
     path = Path(base_model)
     label = path.name if path.is_absolute() or path.is_dir() else base_model
-    return label.replace(":", "-")[:48] or "base"
+    # Only name characters (tunelab.models.names.OPENAI_FT_NAME), so the name stays one.
+    label = re.sub(r"[^A-Za-z0-9._-]", "-", label).lstrip("._-")[:48]
+    return label or "base"
 
 
 def fine_tuned_model_name(base_model: str, suffix: str | None) -> str:

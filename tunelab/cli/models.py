@@ -11,7 +11,10 @@ from rich.table import Table
 
 from tunelab.cli.tune import fail
 
-app = typer.Typer(help="Tuned models in the registry.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tuned models in the registry, and the base models the server may load.",
+    no_args_is_help=True,
+)
 out = Console()
 
 
@@ -170,3 +173,51 @@ def import_(
     except (AdapterImportError, ModelNotFoundError) as exc:
         fail(str(exc))
     out.print(f"imported {folder} as {version.model_name}@{version.version} on {base}")
+
+
+@app.command("add-base")
+def add_base(
+    name: str = typer.Argument(..., help="The name requests will use: 1-128 letters, digits, -_."),
+    source: str = typer.Argument(
+        ..., help="A local Hugging Face model folder (safetensors) or a hub id (org/name)."
+    ),
+) -> None:
+    """Make a base model servable under NAME (the server never loads a folder a request names;
+    this is how the operator makes one available to requests, tuning jobs and the Studio)."""
+    from tunelab.models.bases import add_base as add
+    from tunelab.models.catalog import ModelNotFoundError, UnsafeModelError
+    from tunelab.models.names import InvalidModelName
+    from tunelab.registry.models import list_models
+    from tunelab.services import open_services
+
+    tuned = {m.name for m in list_models(open_services().db)}
+    try:
+        stored = add(name, source, taken=tuned)
+    except (InvalidModelName, ModelNotFoundError, UnsafeModelError, FileNotFoundError) as exc:
+        fail(str(exc))
+    out.print(f"base model [bold]{name}[/] -> {stored}")
+
+
+@app.command("list-bases")
+def list_bases() -> None:
+    """The base models requests may name: the catalog and those added with add-base."""
+    from tunelab.models.bases import catalog_names, operator_bases
+
+    table = Table("name", "source")
+    for name in sorted(catalog_names()):
+        table.add_row(name, "catalog")
+    for name, source in sorted(operator_bases().items()):
+        table.add_row(name, source)
+    out.print(table)
+
+
+@app.command("remove-base")
+def remove_base(name: str) -> None:
+    """Stop serving a base model added with add-base (its files are left alone)."""
+    from tunelab.models.bases import remove_base as remove
+
+    try:
+        remove(name)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    out.print(f"base model {name} removed")

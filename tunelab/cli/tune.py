@@ -24,7 +24,9 @@ console = Console(stderr=True)
 @app.command("sft")
 def sft(
     train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
     ),
@@ -86,8 +88,12 @@ def sft(
         )
     except ValidationError as exc:
         fail(config_errors(exc))
-    if not 1 <= len(name) <= 128:
-        fail("--name must be 1 to 128 characters")
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
+
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
 
     # The same command (name, parameters, dataset bytes) maps to the same job.
     key_src = json.dumps(

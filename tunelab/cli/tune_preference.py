@@ -33,7 +33,9 @@ def rlhf(
     prompts: Path = typer.Option(
         ..., "--prompts", exists=True, dir_okay=False, help="Prompts for reinforcement learning."
     ),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     eval_prompts: Path | None = typer.Option(
         None, "--eval", exists=True, dir_okay=False, help="Held-out prompts: tuned vs base."
     ),
@@ -112,7 +114,9 @@ def dpo(
     preference: Path = typer.Option(
         ..., "--preference", exists=True, dir_okay=False, help="Human-preference pairs (JSONL)."
     ),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Held-out preference pairs."
     ),
@@ -181,9 +185,12 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
     from tunelab.bundle import sha256_file
     from tunelab.jobs.submit import submit_job
     from tunelab.registry.continuation import ContinuationError
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
-    if not 1 <= len(name) <= 128:
-        fail("--name must be 1 to 128 characters")
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
     key_src = json.dumps(
         {
             "name": name,

@@ -524,11 +524,9 @@ def _prompt_encoder(tokenizer, prompt_len: int, instruction: str | None) -> Enco
 
 def _report(path, tokenizer, max_seq_length: int, max_errors: int) -> ValidationReport:
     # validation imports formats, which imports this module: import it when first used.
-    from tunelab.data.validation import ValidationReport
+    from tunelab.data.validation import ValidationReport, _tokenizer_name
 
-    name = None
-    if tokenizer is not None:
-        name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    name = _tokenizer_name(tokenizer)
     return ValidationReport(
         path=str(path), tokenizer=name, max_seq_length=max_seq_length, max_errors=max_errors
     )

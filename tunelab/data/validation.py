@@ -71,7 +71,8 @@ class ValidationReport:
     sha256: str = ""
     """Of the file's bytes, computed while streaming."""
     tokenizer: str | None = None
-    """Name or path of the tokenizer the tokens were counted with; None: structure only."""
+    """Name of the tokenizer the tokens were counted with (a folder's last part, never its
+    path); None: structure only."""
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     max_example_tokens: int = MAX_EXAMPLE_TOKENS
     epochs: int = 1
@@ -356,9 +357,12 @@ def _finish(report: ValidationReport) -> None:
 
 
 def _tokenizer_name(tokenizer: Any | None) -> str | None:
+    """The tokenizer's name for reports, never a folder: reports reach API clients, and a
+    tokenizer loaded from disk has its full path as ``name_or_path``."""
     if tokenizer is None:
         return None
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    return Path(name).name if Path(name).is_absolute() or name.startswith("~") else name
 
 
 def _n(count: int, noun: str) -> str:

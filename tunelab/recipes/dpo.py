@@ -38,7 +38,12 @@ import torch
 from safetensors.torch import load_file, save
 
 from tunelab import __version__
-from tunelab.bundle import MANIFEST, file_hashes, read_manifest, read_tuning_config
+from tunelab.bundle import (
+    MANIFEST,
+    file_hashes,
+    read_tuning_config,
+    verify_adapter_bundle,
+)
 from tunelab.configs.dpo import DPOConfig
 from tunelab.data.batching import epoch_batches
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
@@ -303,7 +308,7 @@ def _from_adapter(adapter_dir: Path, base_path: Path):
     """The base model with a tuned adapter loaded as the trainable starting point."""
     from peft import PeftModel
 
-    read_manifest(adapter_dir)  # a complete bundle, not any folder
+    verify_adapter_bundle(adapter_dir)  # safetensors only, every file as its manifest lists
     adapter_base = read_tuning_config(adapter_dir)["base_model"]
     if resolve_model(adapter_base).path != base_path:
         raise ValueError(

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from tunelab import __version__
-from tunelab.bundle import MANIFEST, file_hashes, read_tuning_config
+from tunelab.bundle import MANIFEST, file_hashes, read_tuning_config, verify_adapter_bundle
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.data.batching import collate, epoch_batches
 from tunelab.data.preference import EncodedPrompt, ended, load_prompts, sequence
@@ -301,6 +301,7 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _check_same_base(reward_model_dir: Path, base_path: Path) -> None:
+    verify_adapter_bundle(reward_model_dir)  # before PEFT reads it: safetensors, sha256s
     rm_base = read_tuning_config(reward_model_dir)["base_model"]
     if resolve_model(rm_base).path != base_path:
         raise ValueError(
@@ -330,6 +331,8 @@ def evaluate_policy(
     """
     from peft import PeftModel
 
+    for bundle in (policy_dir, reward_model_dir):  # safetensors only, sha256s as listed
+        verify_adapter_bundle(bundle)
     config = RLHFConfig(**_config_fields(read_tuning_config(policy_dir)))
     base = resolve_model(config.base_model)
     tokenizer = load_tokenizer(base.path)

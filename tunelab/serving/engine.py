@@ -333,7 +333,7 @@ class Engine:
         prompt = self.runner.check_prompt(prompt)
         if request.adapter is not None:
             key, folder = request.adapter
-            check_adapter_folder(Path(folder), self.model_dir, self.base_ref)
+            check_adapter_folder(Path(folder), self.model_dir, self.base_ref, f"adapter {key}")
         job = _Job(request, prompt, sink)
         with self._submit_lock:  # never queued behind close()'s wake-up once the thread is gone
             if self._closing:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from tunelab.bundle import read_manifest, read_tuning_config
+from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 
 
@@ -44,7 +44,7 @@ class LoadedModel:
 def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = None) -> LoadedModel:
     """A base model, optionally with a tuned adapter on top (then its own base is used)."""
     if adapter_dir is not None:
-        read_manifest(adapter_dir)  # refuse folders that are not complete bundles
+        verify_adapter_bundle(adapter_dir)  # safetensors only, every file as the manifest says
         tuning = read_tuning_config(adapter_dir)
         base = resolve_model(tuning["base_model"])
         from peft import PeftModel
