@@ -14,3 +14,25 @@ def init(url: str | None = None, api_key: str | None = None) -> None:
     from tunelab.sdk.client import init as _init
 
     _init(url=url, api_key=api_key)
+
+
+# The SDK's public names, importable as ``from tunelab import TextGenerationModel`` (as the README
+# shows). Loaded on first use (PEP 562), so ``import tunelab`` stays light for the server and CLI.
+_SDK_NAMES = {
+    "ChatModel",
+    "ChatSession",
+    "SupervisedTuningJob",
+    "TextEmbeddingModel",
+    "TextGenerationModel",
+    "TextGenerationResponse",
+    "TuneLabError",
+    "TuningJob",
+}
+
+
+def __getattr__(name: str):
+    if name in _SDK_NAMES:
+        import tunelab.sdk
+
+        return getattr(tunelab.sdk, name)
+    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")

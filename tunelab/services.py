@@ -25,22 +25,19 @@ def open_services() -> Services:
     )
 
 
-def resolve_model_ref(services: Services, ref: str) -> tuple[str | None, Path | None]:
+def resolve_model_ref(
+    services: Services, ref: str, *, allow_folder: bool = False
+) -> tuple[str | None, Path | None]:
     """What a model reference names: (base model ref, None) or (None, adapter bundle folder).
 
-    Tried in order: a registered tuned model (``name`` or ``name@version``), an adapter bundle
-    folder, then a base model (catalog name, folder, hub id).
+    By the one resolver (:func:`tunelab.registry.resolve.resolve`): an endpoint id, a servable
+    base model, a registered tuned model (``name`` or ``name@version``); with ``allow_folder``
+    (the operator's CLI and the worker, never a request) also an adapter bundle folder.
+    Raises :class:`tunelab.registry.resolve.ModelNotFound`.
     """
-    from tunelab.bundle import MANIFEST
-    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
+    from tunelab.registry.resolve import resolve
 
-    try:
-        version = get_version(services.db, ref)
-    except ModelNotRegistered:
-        version = None
-    if version is not None:
-        artifact = adapter_artifact(services.db, version)
-        return None, services.artifacts.local_path(artifact.uri)
-    if (Path(ref) / MANIFEST).is_file():
-        return None, Path(ref)
-    return ref, None
+    target = resolve(services, ref, allow_folder=allow_folder)
+    if target.adapter_dir is not None:
+        return None, target.adapter_dir
+    return target.base_model, None

@@ -31,7 +31,7 @@ def rows(n, seed):
 
 
 @pytest.fixture
-def served(services, api_key, tmp_path, tiny_model_dir):
+def served(services, api_key, tmp_path, tiny_base):
     """A server with three tuned adapters on the tiny base model and a worker thread."""
     for k in range(3):
         train = write_jsonl(tmp_path / f"t{k}.jsonl", rows(24, k))
@@ -41,7 +41,7 @@ def served(services, api_key, tmp_path, tiny_model_dir):
             name=f"tuned-{k}",
             datasets={"train": train},
             config=SFTConfig(
-                base_model=str(tiny_model_dir), train_steps=6, seed=k, learning_rate_multiplier=10
+                base_model=tiny_base, train_steps=6, seed=k, learning_rate_multiplier=10
             ),
         )
         assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
@@ -50,7 +50,7 @@ def served(services, api_key, tmp_path, tiny_model_dir):
     thread = threading.Thread(target=worker.run_forever, kwargs={"poll_seconds": 0.2}, daemon=True)
     thread.start()
     with LiveServer(create_app(services, inference=pool)) as server:
-        yield server, api_key, str(tiny_model_dir)
+        yield server, api_key, tiny_base
     worker.shutdown.set()
     thread.join(30)
     pool.close()
@@ -147,6 +147,17 @@ def test_vertex_predict_and_sdk_end_to_end(served, tmp_path):
     first = chat.send_message("item 1: the", temperature=0, max_output_tokens=4)
     chat.send_message("and item 2?", temperature=0, max_output_tokens=4)
     assert len(chat.history) == 4 and chat.history[1]["content"] == first.text
+    # A conversation carried over (Vertex's message_history, as the playground's View code
+    # writes it) goes on where it was: greedy, the same second answer.
+    resumed = (
+        ChatModel.from_pretrained(base)
+        .get_tuned_model("sdk-model")
+        .start_chat(context="Be brief.", message_history=chat.history[:2])
+    )
+    second = resumed.send_message("and item 2?", temperature=0, max_output_tokens=4)
+    assert second.text == chat.history[3]["content"]
+    with pytest.raises(ValueError, match=r"message_history\[0\]: expected"):
+        ChatModel(base).start_chat(message_history=[{"author": "bot", "content": "hi"}])
 
     raw = httpx.post(
         f"{server.url}/v1/endpoints/{job.tuned_model_endpoint_name}:predict",

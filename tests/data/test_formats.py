@@ -94,9 +94,15 @@ def test_supervised_kind_is_registered():
 
 
 def test_invalid_json():
-    [problem] = parse('{"input_text": "a",')
+    [problem] = parse('{"input_text" "a"}')
     assert problem.code == "invalid_json" and problem.field is None
-    assert "column" in problem.message
+    assert "(column 15)" in problem.message
+
+
+@pytest.mark.parametrize("text", ['{"input_text": "a",', '{"input_text": "a"\n', '{"a": 1  \r\n'])
+def test_invalid_json_at_the_end_of_a_line_says_so_not_column_1(text):
+    [problem] = parse_line(text, 1)
+    assert "at the end of the line" in problem.message and "column" not in problem.message
 
 
 def test_not_an_object():

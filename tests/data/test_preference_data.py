@@ -105,6 +105,54 @@ def test_every_bad_preference_line_is_reported_with_its_number(tmp_path):
     assert report.sha256 == hashlib.sha256((tmp_path / "data.jsonl").read_bytes()).hexdigest()
 
 
+def openai_pair(prompt, preferred, rejected):
+    """A line of OpenAI's DPO format."""
+    return {
+        "input": {"messages": prompt},
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def test_openai_dpo_format_is_read_as_a_pair():
+    line = openai_pair(
+        [{"role": "system", "content": "Be brief."}, user("Capital of Peru?")],
+        "Lima.",
+        "It is Lima, a city.",
+    )
+    parsed = parse_line(json.dumps(line), 4, kind="preference")
+    assert parsed.format == "preference_openai"
+    assert [t.role for t in parsed.prompt] == ["system", "user"]
+    assert (parsed.chosen, parsed.rejected, parsed.line) == ("Lima.", "It is Lima, a city.", 4)
+
+
+def test_every_bad_openai_dpo_line_is_reported_with_its_field(tmp_path):
+    good = openai_pair([user("Q")], "A.", "A, well.")
+    lines = [
+        good,  # 1 fine
+        {**good, "input": {"messages": [{"role": "assistant", "content": "Q"}]}},  # 2
+        {**good, "preferred_output": [{"role": "user", "content": "A."}]},  # 3
+        {**good, "non_preferred_output": []},  # 4
+        {**good, "non_preferred_output": good["preferred_output"] * 2},  # 5
+        {**good, "non_preferred_output": [{"role": "assistant", "content": " A. "}]},  # 6
+        {"preferred_output": good["preferred_output"], "non_preferred_output": []},  # 7
+        {**good, "input": ["Q"]},  # 8
+    ]
+    report = validate_preference_file(write(tmp_path, lines), None)
+    found = {(e.line, e.code, e.field) for e in report.errors}
+    assert found == {
+        (2, "turn_order", "input.messages[0].role"),
+        (3, "unknown_role", "preferred_output[0].role"),
+        (4, "empty_field", "non_preferred_output"),
+        (5, "wrong_length", "non_preferred_output"),
+        (6, "identical_candidates", "non_preferred_output"),
+        (7, "missing_field", "input"),
+        (7, "empty_field", "non_preferred_output"),
+        (8, "wrong_type", "input"),
+    }
+    assert report.examples == 1
+
+
 def test_every_bad_prompt_line_is_reported(tmp_path):
     lines = [
         {"input_text": "What is 2 plus 2?"},

@@ -65,6 +65,9 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
     again = CliRunner().invoke(cli, args)  # the same command finds the finished job
     assert again.exit_code == 0 and "already tuned" in again.output
 
+    from tunelab.models.bases import add_base
+
+    add_base("tiny-bert", str(tiny_encoder_dir))  # requests name bases, never folders
     pool = InferencePool(services)
     with LiveServer(create_app(services, inference=pool)) as server:
         from openai import OpenAI
@@ -78,9 +81,16 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
         assert len(floats.data[0].embedding) == 8
         assert sum(x * x for x in floats.data[0].embedding) == pytest.approx(1, abs=1e-4)
         assert out.usage.prompt_tokens > 0
-        base = client.embeddings.create(model=str(tiny_encoder_dir), input="PQS access")
+        base = client.embeddings.create(model="tiny-bert", input="PQS access")
         assert len(base.data[0].embedding) == 32
         from openai import NotFoundError
+
+        with pytest.raises(NotFoundError):
+            client.embeddings.create(model=str(tiny_encoder_dir), input="x")
+        with pytest.raises(NotFoundError, match="embedding model"):  # an encoder base too
+            client.chat.completions.create(
+                model="tiny-bert", messages=[{"role": "user", "content": "x"}]
+            )
 
         with pytest.raises(NotFoundError):
             client.embeddings.create(model="no-such-model", input="x")
@@ -113,7 +123,7 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
             headers=headers,
             json={"instances": [{"content": "x", "task_type": "NOPE"}]},
         )
-        assert bad.status_code == 422 and "task_type" in bad.json()["error"]["message"]
+        assert bad.status_code == 400 and "task_type" in bad.json()["error"]["message"]
 
         import tunelab
         from tunelab.sdk.models import TextEmbeddingModel

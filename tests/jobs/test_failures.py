@@ -169,11 +169,13 @@ def test_usage_is_recorded(services, tmp_path, tiny_model_dir, monkeypatch, pric
     )
     Worker(services.db, services.artifacts).run_job(job.id)
     usage = store.get_job(services.db, job.id).usage
-    dataset_tokens = store.steps_of(services.db, job.id)[0].outputs["reports"]["train"][
-        "total_tokens"
-    ]
+    report = store.steps_of(services.db, job.id)[0].outputs["reports"]["train"]
+    dataset_tokens = report["total_tokens"]
     assert usage["billable_tokens"] == 2 * dataset_tokens  # tokens x epochs, as Vertex bills
-    assert usage["trained_tokens"] == 2 * dataset_tokens
+    # Trained tokens mean what the data report means (model turns), times the epochs; every
+    # token the batches carried is processed_tokens. Trained never exceeds billable.
+    assert usage["trained_tokens"] == 2 * report["trained_tokens"] < usage["billable_tokens"]
+    assert usage["processed_tokens"] == 2 * dataset_tokens
     assert usage["wall_seconds"] > 0 and usage["cpu_seconds"] > 0 and usage["peak_rss_mb"] > 0
     if price:
         assert usage["estimated_cost"] == pytest.approx(usage["billable_tokens"] / 1000 * 0.008)

@@ -47,7 +47,16 @@ def make_adapter_bundle(
     (folder / "tuning_config.json").write_text(
         json.dumps({"method": "sft", "base_model": base_model or str(base_dir)})
     )
-    (folder / "manifest.json").write_text(json.dumps({"kind": "lora_adapter"}))
+    return rehash(folder)
+
+
+def rehash(folder: Path) -> Path:
+    """Write the manifest with every file's sha256, as the recipes write it (adapters are loaded
+    only after tunelab.bundle.verify_adapter_bundle); a test that edits a file calls it again."""
+    from tunelab.bundle import file_hashes
+
+    manifest = {"kind": "lora_adapter", "files": file_hashes(folder)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from lora_helpers import make_adapter_bundle
+from lora_helpers import make_adapter_bundle, rehash
 from peft import PeftModel
 
 from tunelab.models import load_causal_lm
@@ -143,15 +143,17 @@ def test_adapter_of_another_base_model_is_refused(tmp_path, tiny_model_dir, defa
     # The same folder naming this engine's base, by reference or by path, is accepted.
     tuning = {"base_model": "my-base"}
     (folder / "tuning_config.json").write_text(json.dumps(tuning))
+    with pytest.raises(AdapterError, match="tuning_config.json .*does not match its manifest"):
+        check_adapter_folder(folder, tiny_model_dir, base_ref="my-base")
+    rehash(folder)
     check_adapter_folder(folder, tiny_model_dir, base_ref="my-base")
     with pytest.raises(AdapterError):
         check_adapter_folder(folder, default_model_dir, base_ref="smollm2-135m-instruct")
-    # A plain PEFT folder (no bundle files): adapter_config.json names the base.
+    # A plain PEFT folder (no manifest to check its files against) is not served.
     (folder / "tuning_config.json").unlink()
     (folder / "manifest.json").unlink()
-    check_adapter_folder(folder, tiny_model_dir)
-    with pytest.raises(AdapterError, match="tuned from base model"):
-        check_adapter_folder(folder, default_model_dir)
+    with pytest.raises(AdapterError, match="no manifest.json"):
+        check_adapter_folder(folder, tiny_model_dir)
 
 
 def test_folders_that_are_not_servable_adapters_are_refused(tmp_path, tiny_model_dir, bundles):
@@ -161,12 +163,13 @@ def test_folders_that_are_not_servable_adapters_are_refused(tmp_path, tiny_model
     pickled.mkdir()
     (pickled / "adapter_config.json").write_text("{}")
     (pickled / "adapter_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(AdapterError, match="safetensors only"):
+    with pytest.raises(AdapterError, match="only safetensors are accepted"):
         check_adapter_folder(pickled, tiny_model_dir)
 
     dora = make_adapter_bundle(tiny_model_dir, tmp_path / "dora", seed=1)
     config = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    rehash(dora)
     cache = AdapterCache(load_causal_lm(tiny_model_dir))
     with pytest.raises(AdapterError, match="DoRA"):
         cache.ensure("dora", dora)
@@ -179,6 +182,7 @@ def test_folders_that_are_not_servable_adapters_are_refused(tmp_path, tiny_model
         {key: torch.zeros(8, 32), key.replace("lora_A", "lora_B"): torch.zeros(64, 8)},
         wrong / "adapter_model.safetensors",
     )
+    rehash(wrong)
     with pytest.raises(AdapterError, match="does not fit"):
         cache.ensure("wrong", wrong)
     assert len(cache) == 0

@@ -69,15 +69,18 @@ def studio(services, tiny_model_dir):
     from tunelab.api.app import create_app
     from tunelab.auth import create_key
     from tunelab.jobs.worker import Worker
+    from tunelab.models.bases import add_base
     from tunelab.serving.pool import InferencePool
 
+    # The operator makes the tiny model servable by name; the Studio never sends a folder.
+    add_base("tiny-llama", str(tiny_model_dir))
     key = create_key(services.db, "studio-tests").secret
     pool = InferencePool(services)
     worker = Worker(services.db, services.artifacts)
     thread = threading.Thread(target=worker.run_forever, kwargs={"poll_seconds": 0.2}, daemon=True)
     thread.start()
     with LiveServer(create_app(services, inference=pool)) as server:
-        yield server, key, str(tiny_model_dir)
+        yield server, key, "tiny-llama"
     worker.shutdown.set()
     thread.join(30)
     pool.close()
@@ -224,27 +227,29 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
 
     # Playground: the tuned model, a streamed completion, side by side with its base.
     page.goto(url + "/#/playground")
-    page.wait_for_selector("#model-select option[value=studio-colors]", state="attached")
-    page.select_option("#model-select", "studio-colors")
-    page.fill("#param-temperature", "0")
-    page.fill("#param-max_tokens", "8")
-    page.fill("#prompt", "item 3: the yellow one")
+    page.wait_for_selector("#model-a option[value=studio-colors]", state="attached")
+    page.select_option("#model-a", "studio-colors")
     page.check("#compare")
+    page.select_option("#model-b", tiny)
+    for side in ("a", "b"):
+        page.fill(f"#param-{side}-temperature", "0")
+        page.fill(f"#param-{side}-max_tokens", "8")
+    page.fill("#prompt", "item 3: the yellow one")
     page.click("#send")
-    page.wait_for_selector("#output-main[data-done=true]", timeout=300_000)
-    page.wait_for_selector("#output-base[data-done=true]", timeout=300_000)
-    assert not page.query_selector("#outputs .alert.bad"), page.text_content("#outputs")
-    assert "chunks" in page.text_content("#output-main-status")
-    streamed = page.text_content("#output-main-text")
+    page.wait_for_selector("#chat-a .turn.assistant[data-done=true]", timeout=300_000)
+    page.wait_for_selector("#chat-b .turn.assistant[data-done=true]", timeout=300_000)
+    assert not page.query_selector("#sides .alert.bad"), page.text_content("#sides")
+    assert "completion tokens" in page.text_content("#chat-a .turn.assistant .stats")
+    streamed = page.text_content("#chat-a .turn.assistant .output-text")
     assert streamed.strip(), "the tuned model streamed nothing"
 
     # View code: each snippet is for this prompt and these parameters, and each works.
-    page.click("#view-code")
-    page.wait_for_selector("#snippet-curl", state="attached")
-    snippets = {k: page.text_content(f"#snippet-{k}") for k in ("python", "openai", "curl")}
+    page.click("#view-code-a")
+    page.wait_for_selector("#snippet-a-curl", state="attached")
+    snippets = {k: page.text_content(f"#snippet-a-{k}") for k in ("python", "openai", "curl")}
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
-    page.click(".tab[data-tab=curl]")
-    page.click("#copy-curl")
+    page.click("#code-a .tab[data-tab=curl]")
+    page.click("#copy-a-curl")
     # Wait for the copy's own toast: an earlier one (the redeploy above) may still be showing.
     page.wait_for_function(
         "/copied|Copy failed/.test(document.querySelector('#toast.show')?.textContent || '')"
@@ -362,8 +367,8 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     kind, RLHFConfig's defaults in the form, a job created with the datasets by role."""
     server, key, tiny = studio
     open_rlhf_wizard(page, server.url, key, tiny, "studio-concise")
-    # The form copies RLHFConfig's defaults (the Studio has no schema endpoint to read them
-    # from): read them from the config itself, so the two cannot drift apart unnoticed.
+    # The form shows RLHFConfig's defaults (read from its JSON schema, GET /v1/tuningMethods):
+    # compared with the config itself.
     from tunelab.configs.rlhf import RLHFConfig
 
     fields = [
@@ -396,7 +401,7 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     }
     for field, value in small.items():
         page.fill(f"#param-{field}", value)
-    page.click("#create-form details summary")
+    page.click("#extra-config-details summary")
     page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
     files = {
         "preference": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32)),
@@ -537,4 +542,92 @@ def test_job_page_pause_resume_and_cancel(studio, page, tmp_path):
     page.click("#job-cancel")
     wait_state(page, ("CANCELLED",))
     assert page.is_disabled("#job-cancel") and page.is_disabled("#job-pause")
+    assert page.errors == []
+
+
+def test_the_studio_shows_only_what_the_key_scope_allows(studio, services, browser, tmp_path):
+    """An inference key sees the playground and no Create, Jobs or Models; a tune key sees Create
+    but no Deploy; an admin key sees Deploy. The server refuses the rest anyway (403)."""
+    from tunelab.auth import create_key
+    from tunelab.registry.models import register_version
+
+    server, admin_key, _ = studio
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"not loaded: the page only lists it")
+    register_version(
+        services.db, name="scoped-colors", method="sft", base_model="b",
+        adapter_uri=str(adapter), adapter_sha256="0" * 64, adapter_size=1, config={},
+        data_stats=None, metrics=None, source_job_id=None,
+    )  # fmt: skip
+    keys = {
+        "inference": create_key(services.db, "app", "inference").secret,
+        "tune": create_key(services.db, "colleague", "tune").secret,
+        "admin": admin_key,
+    }
+
+    def logged_in(scope):
+        context = browser.new_context(viewport={"width": WIDTHS[0], "height": 900})
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        log_in(page, server.url, keys[scope])
+        return context, page
+
+    context, page = logged_in("inference")
+    page.wait_for_url("**/#/playground")
+    page.wait_for_selector("#model-a option", state="attached")
+    for nav in ("create", "jobs", "models"):
+        assert page.is_hidden(f"#nav a[data-page={nav}]"), nav
+    assert page.is_visible("#nav a[data-page=playground]")
+    assert not page.query_selector("#main .alert.bad"), page.text_content("#main")
+    tuned = page.eval_on_selector_all("#model-a option", "os => os.map(o => o.value)")
+    assert "scoped-colors" in tuned  # from /v1/models: the registry itself needs tune
+    page.goto(server.url + "/#/create")  # typed by hand: sent back to a page the key may use
+    page.wait_for_url("**/#/playground")
+    assert not page.query_selector("#create-form")
+    shoot(page, "scope-inference")
+    assert page.errors == []
+    context.close()
+
+    version = "[data-version='scoped-colors@1']"
+    context, page = logged_in("tune")
+    assert page.is_visible("#nav a[data-page=create]")
+    page.click("#nav a[data-page=models]")
+    page.wait_for_selector(version)
+    assert page.is_visible("#main .page-header a[href='#/create']")
+    assert page.is_hidden(f"{version} button.deploy")
+    assert page.errors == []
+    context.close()
+
+    context, page = logged_in("admin")
+    page.click("#nav a[data-page=models]")
+    page.wait_for_selector(f"{version} button.deploy", state="visible")
+    context.close()
+
+
+def test_the_api_reference_uses_the_studio_key(studio, page):
+    """/docs fetches the schema with the key the Studio holds in the tab and sends it with "Try
+    it out"; without a key it asks for one. Swagger UI comes from a CDN: stubbed here, offline."""
+    server, key, _ = studio
+    stub = """window.SwaggerUIBundle = (o) => {
+        window.docs = { paths: Object.keys(o.spec.paths),
+                        auth: o.requestInterceptor({ headers: {} }).headers.Authorization };
+    };"""
+    page.route(
+        "https://cdn.jsdelivr.net/**",
+        lambda route: route.fulfill(
+            body=stub if route.request.url.endswith(".js") else "",
+            content_type="text/javascript" if route.request.url.endswith(".js") else "text/css",
+        ),
+    )
+    page.goto(server.url + "/docs")
+    page.wait_for_selector("#docs-login:not([hidden])")  # no key in this tab yet
+    assert page.evaluate("window.docs") is None
+    log_in(page, server.url, key)
+    page.goto(server.url + "/docs")
+    page.wait_for_function("window.docs !== undefined")
+    docs = page.evaluate("window.docs")
+    assert "/v1/tuningJobs" in docs["paths"] and "/v1/chat/completions" in docs["paths"]
+    assert docs["auth"] == f"Bearer {key}"
     assert page.errors == []

@@ -7,12 +7,16 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunelab.api.errors import error_body
+from tunelab.api.errors import Style, shaped_error, style_for
 
 
 class BodyLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, default_limit: int, upload_limit: int, upload_prefix: str
+        self,
+        app: ASGIApp,
+        default_limit: int,
+        upload_limit: int,
+        upload_prefix: str | tuple[str, ...],
     ) -> None:
         self.app, self.default_limit, self.upload_limit, self.upload_prefix = (
             app,
@@ -30,9 +34,10 @@ class BodyLimitMiddleware:
             if scope["path"].startswith(self.upload_prefix)
             else self.default_limit
         )
+        style = style_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(send, limit)
+            await self._reject(send, limit, style)
             return
         seen = 0
         rejected = False
@@ -48,7 +53,7 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     rejected = True
-                    await self._reject(send, limit)
+                    await self._reject(send, limit, style)
                     return {"type": "http.disconnect"}
             return message
 
@@ -63,14 +68,15 @@ class BodyLimitMiddleware:
                 raise
 
     @staticmethod
-    async def _reject(send: Send, limit: int) -> None:
-        body = json.dumps(
-            error_body(
-                "payload_too_large",
-                f"request body is over the limit of {limit} bytes",
-                {"limit_bytes": limit},
-            )
-        ).encode()
+    async def _reject(send: Send, limit: int, style: Style) -> None:
+        _, error = shaped_error(
+            style,
+            413,
+            "payload_too_large",
+            f"request body is over the limit of {limit} bytes",
+            {"limit_bytes": limit},
+        )
+        body = json.dumps(error).encode()
         await send(
             {
                 "type": "http.response.start",

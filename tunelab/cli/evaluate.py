@@ -71,12 +71,13 @@ def evaluate_cmd(
     """Evaluate one or more models on the same examples: metrics, intervals, differences."""
     from pydantic import ValidationError
 
-    from tunelab.bundle import NotABundleError
+    from tunelab.bundle import BundleIntegrityError, NotABundleError
     from tunelab.data.validation import DatasetValidationError
     from tunelab.evaluation.report import default_report_dir, save_report
     from tunelab.evaluation.runner import evaluate_models
     from tunelab.models import ModelNotFoundError
     from tunelab.models.catalog import UnsafeModelError
+    from tunelab.registry.resolve import ModelNotFound
     from tunelab.serving.generation import GenerationParams
 
     if task is not None and task not in TASK_NAMES:
@@ -128,7 +129,9 @@ def evaluate_cmd(
     except (
         DatasetValidationError,
         ModelNotFoundError,
+        ModelNotFound,
         NotABundleError,
+        BundleIntegrityError,
         UnsafeModelError,
     ) as exc:
         _fail(str(exc))

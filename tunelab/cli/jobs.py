@@ -44,6 +44,12 @@ def submit(
         config = config_class(method)(**params)
     except (ValidationError, KeyError) as exc:
         fail(config_errors(exc) if isinstance(exc, ValidationError) else str(exc))
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
+
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
     services = open_services()
     job, created = submit_job(
         services.db,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -10,7 +11,10 @@ from rich.table import Table
 
 from tunelab.cli.tune import fail
 
-app = typer.Typer(help="Tuned models in the registry.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tuned models in the registry, and the base models the server may load.",
+    no_args_is_help=True,
+)
 out = Console()
 
 
@@ -76,7 +80,13 @@ def lineage(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What made a model version (datasets, job, config), and what was made from its datasets."""
-    from tunelab.registry.models import ModelNotRegistered, downstream, get_version, upstream
+    from tunelab.registry.models import (
+        ModelNotRegistered,
+        downstream,
+        get_version,
+        upstream,
+        version_refs,
+    )
     from tunelab.services import open_services
 
     db = open_services().db
@@ -84,13 +94,16 @@ def lineage(
         v = get_version(db, name, version)
     except ModelNotRegistered as exc:
         fail(str(exc))
+    edges = upstream(db, "model_version", v.id)
+    refs = version_refs(db, {e.src_id for e in edges if e.src_kind == "model_version"})
     ups = [
         {
-            "from": f"{e.src_kind}:{e.src_id}",
+            "from": f"{e.src_kind}:{e.src_id}"
+            + (f" ({refs[e.src_id]})" if e.src_id in refs else ""),
             "to": f"{e.dst_kind}:{e.dst_id}",
             "relation": e.relation,
         }
-        for e in upstream(db, "model_version", v.id)
+        for e in edges
     ]
     datasets = {e["from"].split(":", 1)[1] for e in ups if e["from"].startswith("dataset:")}
     downs = [
@@ -116,3 +129,95 @@ def lineage(
     for e in downs:
         if e["to"].startswith("model_version:"):
             out.print(f"  {e['from']} --{e['relation']}--> {e['to']}")
+
+
+@app.command("export")
+def export(
+    model: str = typer.Argument(..., help="NAME or NAME@VERSION of a tuned model."),
+    fmt: str = typer.Option(
+        ..., "--format", help="peft | merged | gguf | gguf-lora (embedding models: merged)."
+    ),
+    output: Path = typer.Option(..., "--output", help="Folder to create (or an empty one)."),
+    quantization: str | None = typer.Option(
+        None, "--quantization", help="f16 (default) or q8_0; GGUF formats only."
+    ),
+) -> None:
+    """Write a tuned model in a format other tools load: PEFT/vLLM, transformers, llama.cpp,
+    Ollama (a Modelfile beside the GGUF)."""
+    from tunelab.export import ExportError, export_model
+    from tunelab.registry.models import ModelNotRegistered
+    from tunelab.services import open_services
+
+    try:
+        result = export_model(open_services(), model, fmt, output, quantization)
+    except (ModelNotRegistered, ExportError) as exc:
+        fail(str(exc))
+    out.print(f"exported {result.model} as {result.format} to {result.folder}:")
+    for name in result.files:
+        out.print(f"  {name}")
+
+
+@app.command("import")
+def import_(
+    folder: Path = typer.Argument(..., help="A PEFT LoRA adapter folder (safetensors)."),
+    name: str = typer.Option(..., "--name", help="Tuned model name to register it under."),
+    base: str = typer.Option(..., "--base", help="Base model it was tuned from."),
+) -> None:
+    """Register an existing PEFT LoRA adapter as a version of NAME (lineage: imported)."""
+    from tunelab.models.catalog import ModelNotFoundError
+    from tunelab.registry.importing import AdapterImportError, import_adapter
+    from tunelab.services import open_services
+
+    try:
+        version = import_adapter(open_services(), folder, name=name, base=base)
+    except (AdapterImportError, ModelNotFoundError) as exc:
+        fail(str(exc))
+    out.print(f"imported {folder} as {version.model_name}@{version.version} on {base}")
+
+
+@app.command("add-base")
+def add_base(
+    name: str = typer.Argument(..., help="The name requests will use: 1-128 letters, digits, -_."),
+    source: str = typer.Argument(
+        ..., help="A local Hugging Face model folder (safetensors) or a hub id (org/name)."
+    ),
+) -> None:
+    """Make a base model servable under NAME (the server never loads a folder a request names;
+    this is how the operator makes one available to requests, tuning jobs and the Studio)."""
+    from tunelab.models.bases import add_base as add
+    from tunelab.models.catalog import ModelNotFoundError, UnsafeModelError
+    from tunelab.models.names import InvalidModelName
+    from tunelab.registry.models import list_models
+    from tunelab.services import open_services
+
+    tuned = {m.name for m in list_models(open_services().db)}
+    try:
+        stored = add(name, source, taken=tuned)
+    except (InvalidModelName, ModelNotFoundError, UnsafeModelError, FileNotFoundError) as exc:
+        fail(str(exc))
+    out.print(f"base model [bold]{name}[/] -> {stored}")
+
+
+@app.command("list-bases")
+def list_bases() -> None:
+    """The base models requests may name: the catalog and those added with add-base."""
+    from tunelab.models.bases import catalog_names, operator_bases
+
+    table = Table("name", "source")
+    for name in sorted(catalog_names()):
+        table.add_row(name, "catalog")
+    for name, source in sorted(operator_bases().items()):
+        table.add_row(name, source)
+    out.print(table)
+
+
+@app.command("remove-base")
+def remove_base(name: str) -> None:
+    """Stop serving a base model added with add-base (its files are left alone)."""
+    from tunelab.models.bases import remove_base as remove
+
+    try:
+        remove(name)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    out.print(f"base model {name} removed")

@@ -13,7 +13,10 @@ def predict(
         ..., help="The prompt (a user turn, as input_text is in training)."
     ),
     model: str = typer.Option(
-        ..., "--model", help="Tuned model name, adapter folder, or base model."
+        ...,
+        "--model",
+        help="Tuned model (name or name@version), endpoint id, base model name (catalog or "
+        "added with `tunelab models add-base`), or an adapter bundle folder on this machine.",
     ),
     system: str | None = typer.Option(None, "--system", help="System instruction."),
     temperature: float = typer.Option(0.2, help="0 means greedy."),
@@ -25,7 +28,9 @@ def predict(
     """Generate a response, formatted exactly as the model was trained."""
     from pydantic import ValidationError
 
+    from tunelab.bundle import BundleIntegrityError, NotABundleError
     from tunelab.models import ModelNotFoundError
+    from tunelab.registry.resolve import ModelNotFound
     from tunelab.services import open_services, resolve_model_ref
     from tunelab.serving.generation import (
         GenerationParams,
@@ -46,10 +51,11 @@ def predict(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     services = open_services()
-    base_ref, adapter = resolve_model_ref(services, model)
     try:
+        # The operator's own CLI may name an adapter bundle folder; every load is checked.
+        base_ref, adapter = resolve_model_ref(services, model, allow_folder=True)
         loaded = load_for_inference(base_ref=base_ref, adapter_dir=adapter)
-    except ModelNotFoundError as exc:
-        err.print(f"[red]error:[/] no tuned model named {model!r}, and {exc}")
+    except (ModelNotFound, ModelNotFoundError, BundleIntegrityError, NotABundleError) as exc:
+        err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     print(generate(loaded, as_messages(prompt, system), params))

@@ -24,12 +24,17 @@ console = Console(stderr=True)
 @app.command("sft")
 def sft(
     train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
     ),
     base: str = typer.Option(
-        DEFAULT_BASE_MODEL, "--base", help="Base model: catalog name, folder or hub id."
+        DEFAULT_BASE_MODEL,
+        "--base",
+        help="Base model: catalog name, folder or hub id; or a tuned model NAME[@VERSION] to "
+        "continue tuning from its adapter.",
     ),
     epochs: int | None = typer.Option(None, help="Passes over the data (default 3)."),
     train_steps: int | None = typer.Option(
@@ -63,6 +68,7 @@ def sft(
     from tunelab.bundle import sha256_file
     from tunelab.configs import SFTConfig
     from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
     from tunelab.services import open_services
 
     try:
@@ -82,8 +88,12 @@ def sft(
         )
     except ValidationError as exc:
         fail(config_errors(exc))
-    if not 1 <= len(name) <= 128:
-        fail("--name must be 1 to 128 characters")
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
+
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
 
     # The same command (name, parameters, dataset bytes) maps to the same job.
     key_src = json.dumps(
@@ -98,14 +108,17 @@ def sft(
     if restart:
         key += "-" + uuid.uuid4().hex[:8]
     services = open_services()
-    job, created = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=name,
-        datasets={"train": train, "validation": validation},
-        idempotency_key=key,
-    )
+    try:
+        job, created = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=name,
+            datasets={"train": train, "validation": validation},
+            idempotency_key=key,
+        )
+    except ContinuationError as exc:
+        fail(str(exc))
     console.print(f"{'submitted' if created else 'found'} tuning job {job.id} ({job.state})")
     if detach:
         print(job.id)

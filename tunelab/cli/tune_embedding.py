@@ -30,7 +30,9 @@ def embedding(
         dir_okay=False,
         help="TSV with header query-id, corpus-id, score.",
     ),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     test_labels: Path | None = typer.Option(
         None,
         "--test-labels",
@@ -75,8 +77,12 @@ def embedding(
         )
     except ValidationError as exc:
         fail(config_errors(exc))
-    if not 1 <= len(name) <= 128:
-        fail("--name must be 1 to 128 characters")
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
+
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
     files = {
         "corpus": corpus,
         "queries": queries,

@@ -33,7 +33,9 @@ def rlhf(
     prompts: Path = typer.Option(
         ..., "--prompts", exists=True, dir_okay=False, help="Prompts for reinforcement learning."
     ),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     eval_prompts: Path | None = typer.Option(
         None, "--eval", exists=True, dir_okay=False, help="Held-out prompts: tuned vs base."
     ),
@@ -112,11 +114,17 @@ def dpo(
     preference: Path = typer.Option(
         ..., "--preference", exists=True, dir_okay=False, help="Human-preference pairs (JSONL)."
     ),
-    name: str = typer.Option(..., "--name", help="Name of the tuned model (1-128 characters)."),
+    name: str = typer.Option(
+        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+    ),
     validation: Path | None = typer.Option(
         None, "--validation", exists=True, dir_okay=False, help="Held-out preference pairs."
     ),
-    base: str = typer.Option(DEFAULT_BASE_MODEL, "--base", help="Base model."),
+    base: str = typer.Option(
+        DEFAULT_BASE_MODEL,
+        "--base",
+        help="Base model; or a tuned model NAME[@VERSION] (e.g. an SFT model) to start from.",
+    ),
     init_adapter: str | None = typer.Option(
         None, "--init-adapter", help=_help(DPOConfig, "init_adapter")
     ),
@@ -176,9 +184,13 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
     """Submit the job; the same name, parameters and dataset bytes find the same job."""
     from tunelab.bundle import sha256_file
     from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
+    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
-    if not 1 <= len(name) <= 128:
-        fail("--name must be 1 to 128 characters")
+    try:
+        check_tuned_model_name(name)
+    except InvalidModelName as exc:
+        fail(f"--name: {exc}")
     key_src = json.dumps(
         {
             "name": name,
@@ -191,14 +203,17 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
     if restart:
         key += "-" + uuid.uuid4().hex[:8]
     services = _services()
-    job, created = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=name,
-        datasets=datasets,
-        idempotency_key=key,
-    )
+    try:
+        job, created = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=name,
+            datasets=datasets,
+            idempotency_key=key,
+        )
+    except ContinuationError as exc:
+        fail(str(exc))
     console.print(
         f"{'submitted' if created else 'found'} {config.method} job {job.id} ({job.state})"
     )

@@ -40,7 +40,15 @@ class SFTConfig(BaseModel):
         DEFAULT_BASE_MODEL,
         min_length=1,
         max_length=512,
-        description="Catalog name, local model folder, or Hugging Face hub id.",
+        description="Catalog name, local model folder, or Hugging Face hub id; a tuned model "
+        "(name or name@version) continues tuning from its adapter on its base model.",
+    )
+    init_adapter: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="Start from this tuned model's adapter (registered name or name@version); "
+        "set from base_model when that names a tuned model. Its base must be base_model.",
     )
     epochs: int | None = Field(
         None,

@@ -53,12 +53,20 @@ class Format:
     parse: Callable[[dict[str, Any], int], Parsed]
 
 
+def _where(text: str, pos: int) -> str:
+    """Where in the line JSON broke. json counts the line's own newline as a new line, so a
+    line cut short used to read "(column 1)"; it is the end of the line."""
+    if pos >= len(text.rstrip()):
+        return "(at the end of the line: is it cut short?)"
+    return f"(column {pos + 1})"
+
+
 def parse_line(text: str, line: int, kind: str = "supervised") -> Parsed:
     """Parse one JSONL line (already decoded) of data of the given kind."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return [Problem("invalid_json", None, f"invalid JSON: {exc.msg} (column {exc.colno})")]
+        return [Problem("invalid_json", None, f"invalid JSON: {exc.msg} {_where(text, exc.pos)}")]
     except RecursionError:
         return [Problem("invalid_json", None, "invalid JSON: nested too deeply")]
     return parse_record(obj, line, kind)

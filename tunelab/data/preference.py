@@ -5,7 +5,13 @@ Human preference (Vertex AI's RLHF format), one pair per line::
     {"input_text": str, "candidate_0": str, "candidate_1": str, "choice": 0 | 1}
     {"messages": [{"role", "content"}, ... a user turn last], "candidate_0", "candidate_1", "choice"}
 
-``choice`` names the preferred candidate. Prompts (what reinforcement learning samples answers
+``choice`` names the preferred candidate. OpenAI's DPO format is read too, so files made for its
+fine-tuning API work unchanged::
+
+    {"input": {"messages": [... a user turn last]},
+     "preferred_output": [{"role": "assistant", "content": str}],
+     "non_preferred_output": [{"role": "assistant", "content": str}]}
+ Prompts (what reinforcement learning samples answers
 to, and evaluation prompts)::
 
     {"input_text": str}     or     {"messages": [..., a user turn last]}
@@ -66,7 +72,7 @@ class PreferenceExample:
     rejected: str
     line: int
     format: str
-    """``preference_text`` or ``preference_messages``."""
+    """``preference_text``, ``preference_messages`` or ``preference_openai``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,59 @@ def _parse_preference_messages(obj: dict[str, Any], line: int) -> PreferenceExam
     if problems:
         return problems
     return PreferenceExample(turns, *candidates, line, "preference_messages")
+
+
+def _parse_preference_openai(obj: dict[str, Any], line: int) -> PreferenceExample | list[Problem]:
+    """OpenAI's DPO line: the conversation under ``input.messages``, each answer a one-message
+    list with an assistant turn."""
+    problems: list[Problem] = []
+    turns: tuple[Turn, ...] = ()
+    if "input" not in obj:
+        problems.append(Problem("missing_field", "input", "missing required field"))
+    elif _is_object(obj["input"], "input", problems):
+        inner: list[Problem] = []
+        turns = _prompt_messages(obj["input"], inner)
+        # The shared checker names fields from the conversation's root; here it sits in "input".
+        problems += [
+            Problem(p.code, f"input.{p.field}" if p.field else "input", p.message) for p in inner
+        ]
+    chosen = _openai_answer(obj, "preferred_output", problems)
+    rejected = _openai_answer(obj, "non_preferred_output", problems)
+    if chosen is not None and rejected is not None and chosen.strip() == rejected.strip():
+        problems.append(
+            Problem(
+                "identical_candidates",
+                "non_preferred_output",
+                "the preferred and non-preferred outputs are the same text: no preference",
+            )
+        )
+    if problems:
+        return problems
+    return PreferenceExample(turns, chosen, rejected, line, "preference_openai")
+
+
+def _openai_answer(obj: dict[str, Any], key: str, problems: list[Problem]) -> str | None:
+    """The text of ``[{"role": "assistant", "content": str}]`` under ``key``."""
+    messages = _list(obj, key, key, problems)
+    if messages is None:
+        return None
+    if len(messages) != 1:
+        problems.append(
+            Problem(
+                "wrong_length",
+                key,
+                f"expected exactly one assistant message, got {len(messages)}",
+            )
+        )
+        return None
+    path = f"{key}[0]"
+    if not _is_object(messages[0], path, problems):
+        return None
+    role = _string(messages[0], "role", f"{path}.role", problems)
+    if role is not None and role != "assistant":
+        problems.append(_unknown_role(role, f"{path}.role", ("assistant",)))
+    content = _string(messages[0], "content", f"{path}.content", problems)
+    return content if role == "assistant" else None
 
 
 def _parse_prompt_text(obj: dict[str, Any], line: int) -> PromptExample | list[Problem]:
@@ -217,6 +276,13 @@ PREFERENCE_FORMATS = (
         ("messages",),
         '{"messages": [... a user turn last], "candidate_0", "candidate_1", "choice": 0|1}',
         _parse_preference_messages,
+    ),
+    Format(
+        "preference_openai",
+        ("input", "preferred_output", "non_preferred_output"),
+        '{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content"}], '
+        '"non_preferred_output": [...]}',
+        _parse_preference_openai,
     ),
 )
 PROMPT_FORMATS = (
@@ -458,11 +524,9 @@ def _prompt_encoder(tokenizer, prompt_len: int, instruction: str | None) -> Enco
 
 def _report(path, tokenizer, max_seq_length: int, max_errors: int) -> ValidationReport:
     # validation imports formats, which imports this module: import it when first used.
-    from tunelab.data.validation import ValidationReport
+    from tunelab.data.validation import ValidationReport, _tokenizer_name
 
-    name = None
-    if tokenizer is not None:
-        name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    name = _tokenizer_name(tokenizer)
     return ValidationReport(
         path=str(path), tokenizer=name, max_seq_length=max_seq_length, max_errors=max_errors
     )
@@ -525,7 +589,7 @@ def _finish(report: ValidationReport, noun: str) -> None:
         why = "the file has no lines" if report.lines == 0 else f"no line is a usable {noun}"
         report.add_error(0, "empty_dataset", None, f"no usable {noun}s: {why}")
     elif 0 < usable < MIN_EXAMPLES:
-        report.warnings.append(f"only {usable} usable {noun}s: at least {MIN_EXAMPLES} advised")
+        report.advise_size(f"only {usable} usable {noun}s: at least {MIN_EXAMPLES} advised")
     if report.truncated:
         report.warnings.append(
             f"{report.truncated} {noun}(s) truncated to the sequence-length limits"

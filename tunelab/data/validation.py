@@ -71,7 +71,8 @@ class ValidationReport:
     sha256: str = ""
     """Of the file's bytes, computed while streaming."""
     tokenizer: str | None = None
-    """Name or path of the tokenizer the tokens were counted with; None: structure only."""
+    """Name of the tokenizer the tokens were counted with (a folder's last part, never its
+    path); None: structure only."""
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     max_example_tokens: int = MAX_EXAMPLE_TOKENS
     epochs: int = 1
@@ -117,6 +118,16 @@ class ValidationReport:
         self.error_count += 1
         if len(self.errors) < self.max_errors:
             self.errors.append(LineError(line, code, field, message, file=self.path))
+
+    def advise_size(self, message: str) -> None:
+        """A warning about the set's size, which is advice for a training set only."""
+        self.warnings.append(message)
+        self.__dict__.setdefault("size_advice", []).append(message)
+
+    def drop_size_advice(self) -> None:
+        """Read as a validation or evaluation set: its size advice does not apply."""
+        for message in self.__dict__.pop("size_advice", []):
+            self.warnings.remove(message)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -330,12 +341,12 @@ def _finish(report: ValidationReport) -> None:
             why = "no line is a valid example"
         report.add_error(0, "empty_dataset", None, f"no usable examples: {why}")
     elif usable < MIN_EXAMPLES:
-        report.warnings.append(
+        report.advise_size(
             f"only {_n(usable, 'usable example')}: Vertex requires at least {MIN_EXAMPLES} "
             f"and recommends {low} to {high}"
         )
     elif usable < low:
-        report.warnings.append(f"{_n(usable, 'usable example')}: {low} to {high} are recommended")
+        report.advise_size(f"{_n(usable, 'usable example')}: {low} to {high} are recommended")
     if report.truncated:
         report.warnings.append(
             f"{_n(report.truncated, 'example')} longer than max_seq_length="
@@ -346,9 +357,12 @@ def _finish(report: ValidationReport) -> None:
 
 
 def _tokenizer_name(tokenizer: Any | None) -> str | None:
+    """The tokenizer's name for reports, never a folder: reports reach API clients, and a
+    tokenizer loaded from disk has its full path as ``name_or_path``."""
     if tokenizer is None:
         return None
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    return Path(name).name if Path(name).is_absolute() or name.startswith("~") else name
 
 
 def _n(count: int, noun: str) -> str:

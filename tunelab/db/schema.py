@@ -212,6 +212,9 @@ class ApiKey(Base):
     """The key's public prefix (also the first characters of the secret), used to find it."""
     name: Mapped[str] = mapped_column(String(128))
     secret_sha256: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
+    """``inference``, ``tune`` or ``admin``, each allowing what the one before does and more
+    (tunelab.auth.SCOPES); keys made before scopes existed are ``admin``, as they could do all."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()

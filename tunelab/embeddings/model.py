@@ -230,6 +230,9 @@ def load_encoder(
     if folder.is_dir() and is_embedding_bundle(folder):
         from peft import PeftModel
 
+        from tunelab.bundle import verify_adapter_bundle
+
+        verify_adapter_bundle(folder)  # safetensors only, every file as the manifest lists it
         cfg = json.loads((folder / EMBEDDING_CONFIG).read_text())
         base_ref, base_path = _bundle_base(cfg)
         model = _load_base(base_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tunelab.embeddings.data import passage_text
-from tunelab.embeddings.model import Encoder, is_embedding_model, load_encoder
+from tunelab.embeddings.model import EMBEDDING_CATALOG, Encoder, is_embedding_model, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -80,26 +80,29 @@ class EncoderCache:
 
 
 def embedding_target(pool, name: str) -> EmbeddingTarget | None:
-    """The embedding model ``name`` (model, ``model@version``, endpoint id) means, or None."""
-    from tunelab.registry.endpoints import deployed_version
-    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
+    """The embedding model ``name`` (tuned model, ``model@version``, endpoint id, servable base)
+    means, or None when it names a generative model or nothing (the generative path then
+    answers, with its not-found error). Resolved by :func:`tunelab.registry.resolve.resolve`."""
+    from tunelab.models.bases import operator_bases
+    from tunelab.registry.resolve import ModelNotFound, resolve
 
-    services = pool.services
     cache: EncoderCache = pool.__dict__.setdefault("_embedding_encoders", EncoderCache())
-    version = deployed_version(services.db, name)
-    if version is None:
-        try:
-            version = get_version(services.db, name)
-        except (ModelNotRegistered, ValueError):
-            version = None
-    if version is not None:
-        if version.method != "embedding":
+    try:
+        target = resolve(pool.services, name)
+    except ModelNotFound:
+        return None
+    if target.kind == "tuned":
+        if target.method != "embedding":
             return None
-        folder = Path(services.artifacts.local_path(adapter_artifact(services.db, version).uri))
-        encoder, lock = cache.get(version.id, lambda: load_encoder(folder))
-        return EmbeddingTarget(name, version.id, encoder, lock)
-    if is_embedding_model(name):
-        encoder, lock = cache.get(name, lambda: load_encoder(name))
+        folder = Path(target.adapter_dir)
+        encoder, lock = cache.get(target.version.id, lambda: load_encoder(folder))
+        return EmbeddingTarget(name, target.version.id, encoder, lock)
+    # A servable base: the embedding catalog by name, an operator's encoder by its folder.
+    source = operator_bases().get(name)
+    if source is None and name in EMBEDDING_CATALOG:
+        source = name
+    if source is not None and is_embedding_model(source):
+        encoder, lock = cache.get(source, lambda: load_encoder(source))
         return EmbeddingTarget(name, name, encoder, lock)
     return None
 

@@ -1,9 +1,9 @@
 """What a user may name as a model to evaluate, and loading it.
 
-A reference is resolved as ``tunelab predict`` resolves ``--model``
-(:func:`tunelab.services.resolve_model_ref`), in this order: a registered tuned model (``name``
-or ``name@version``), an adapter bundle folder (it has ``manifest.json``), or a base model
-(catalog name, local folder or hub id, see :func:`tunelab.models.resolve_model`).
+A reference is resolved as ``tunelab predict`` resolves ``--model``, by the one resolver
+(:func:`tunelab.registry.resolve.resolve`, with the operator's ``allow_folder``): an endpoint
+id, a servable base model, a registered tuned model (``name`` or ``name@version``), an adapter
+bundle folder (it has ``manifest.json``), or a base model folder or hub id.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tunelab.bundle import read_manifest
-from tunelab.models import load_tokenizer, resolve_model
+from tunelab.bundle import verify_adapter_bundle
+from tunelab.models import load_tokenizer
 from tunelab.serving.generation import LoadedModel, load_for_inference
 
 
@@ -35,18 +35,20 @@ class ModelRef:
 def resolve_model_ref(ref: str) -> ModelRef:
     """Find what ``ref`` names, without loading weights.
 
-    Raises :class:`tunelab.models.ModelNotFoundError` when it names nothing, and
-    :class:`tunelab.bundle.NotABundleError` for an incomplete adapter folder.
+    Raises :class:`tunelab.models.ModelNotFoundError` or
+    :class:`tunelab.registry.resolve.ModelNotFound` when it names nothing, and
+    :class:`tunelab.bundle.BundleIntegrityError` for an adapter that fails its check (pickle
+    weights, a file that differs from the manifest).
     """
+    from tunelab.registry.resolve import base_folder, resolve
     from tunelab.services import open_services
-    from tunelab.services import resolve_model_ref as resolve_in_registry
 
-    base_ref, adapter = resolve_in_registry(open_services(), ref)
-    if adapter is not None:
-        read_manifest(adapter)  # refuse a folder that is not a complete bundle
-        is_folder = Path(ref).expanduser().resolve() == Path(adapter).resolve()
-        return ModelRef(ref, "adapter" if is_folder else "tuned", Path(adapter), None)
-    return ModelRef(ref, "base", None, resolve_model(base_ref or ref).path)
+    target = resolve(open_services(), ref, allow_folder=True)
+    if target.adapter_dir is not None:
+        verify_adapter_bundle(target.adapter_dir)
+        kind = "adapter" if target.kind == "folder" else "tuned"
+        return ModelRef(ref, kind, Path(target.adapter_dir), None)
+    return ModelRef(ref, "base", None, base_folder(target))
 
 
 def load_model_ref(ref: str | ModelRef) -> LoadedModel:

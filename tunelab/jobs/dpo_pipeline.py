@@ -13,11 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunelab.bundle import MANIFEST
 from tunelab.configs.dpo import DPOConfig
 from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
+from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext
+from tunelab.jobs.usage import job_usage
 
 logger = logging.getLogger(__name__)
 
@@ -59,50 +60,34 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 def prepare(ctx: StepContext) -> dict[str, Any]:
     """Resolve the base model and, with ``init_adapter``, the adapter to start from."""
     from tunelab.models import resolve_model
-    from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
 
     config = DPOConfig(**ctx.job.config)
     base = resolve_model(config.base_model)
     out: dict[str, Any] = {"base_model": base.ref, "base_model_path": str(base.path)}
-    if config.init_adapter is None:
-        return out
-    try:
-        version = get_version(ctx.db, config.init_adapter)
-    except (ModelNotRegistered, ValueError):
-        version = None
-    if version is not None:
-        folder = ctx.store.local_path(adapter_artifact(ctx.db, version).uri)
-        out.update(init_adapter_dir=str(folder), init_adapter_version_id=version.id)
-    elif (Path(config.init_adapter) / MANIFEST).is_file():
-        out.update(init_adapter_dir=str(Path(config.init_adapter).resolve()))
-    else:
-        raise PermanentError(
-            "init_adapter_not_found",
-            f"init_adapter {config.init_adapter!r} is neither a registered tuned model nor an "
-            "adapter bundle folder",
-        )
-    return out
+    return out | resolve_init_adapter(ctx, config.init_adapter)
 
 
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.dpo import train_dpo
 
+    config = DPOConfig(**ctx.job.config)
     init = ctx.outputs["prepare"].get("init_adapter_dir")
     try:
         result = steps.train_in_job(
             ctx,
             train_dpo,
-            DPOConfig(**ctx.job.config),
+            config,
             _dataset_path(ctx, "preference"),
             ctx.workdir,
             _dataset_path(ctx, "validation"),
             Path(init) if init else None,
+            eval_every=config.eval_every_steps if _role(ctx, "validation") else None,
         )
     except ValueError as exc:  # an init adapter on another base model
         raise PermanentError("invalid_init_adapter", str(exc)) from exc
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
-        "usage": steps.with_cost(result.usage),
+        "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"]),
         "evaluation": result.evaluation,
         "final_train_loss": result.final_train_loss,
         "steps": result.steps,

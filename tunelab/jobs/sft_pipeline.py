@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from tunelab.bundle import read_manifest
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import validate_file
 from tunelab.jobs import steps
+from tunelab.jobs.errors import PermanentError
+from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested
+from tunelab.jobs.progress import rate_eta
+from tunelab.jobs.usage import job_usage
 
 logger = logging.getLogger(__name__)
 
@@ -33,27 +39,39 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 
 def prepare(ctx: StepContext) -> dict[str, Any]:
-    """Resolve (and, once, convert) the base model so training starts from a local folder."""
+    """Resolve (and, once, convert) the base model so training starts from a local folder, and
+    the adapter a continued run starts from."""
     from tunelab.models import resolve_model
 
-    base = resolve_model(SFTConfig(**ctx.job.config).base_model)
-    return {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+    config = SFTConfig(**ctx.job.config)
+    base = resolve_model(config.base_model)
+    out = {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+    return out | resolve_init_adapter(ctx, config.init_adapter)
 
 
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.sft import train_sft
 
-    result = steps.train_in_job(
-        ctx,
-        train_sft,
-        SFTConfig(**ctx.job.config),
-        steps.dataset_path(ctx, "train"),
-        ctx.workdir,
-        steps.dataset_path(ctx, "validation"),
-    )
+    config = SFTConfig(**ctx.job.config)
+    init = ctx.outputs["prepare"].get("init_adapter_dir")
+    try:
+        result = steps.train_in_job(
+            ctx,
+            train_sft,
+            config,
+            steps.dataset_path(ctx, "train"),
+            ctx.workdir,
+            steps.dataset_path(ctx, "validation"),
+            Path(init) if init else None,
+            eval_every=config.eval_every_steps if "validation" in ctx.job.datasets else None,
+        )
+    except ValueError as exc:  # an init adapter that does not fit this run's LoRA
+        if init is None:
+            raise
+        raise PermanentError("invalid_init_adapter", str(exc)) from exc
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
-        "usage": steps.with_cost(result.usage),
+        "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"]),
         "best_step": result.best_step,
         "best_eval_loss": result.best_eval_loss,
         "final_train_loss": result.final_train_loss,
@@ -74,11 +92,15 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     trained = ctx.outputs["train"]
     adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
 
+    started = time.monotonic()
+
     def on_progress(p) -> None:
         ctx.check_stop()
         done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
         ctx.report(
-            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model", 0.9 + 0.06 * done, None
+            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model",
+            0.9 + 0.06 * done,
+            rate_eta(started, done, time.monotonic()),
         )
 
     report = evaluate_models(
@@ -110,6 +132,9 @@ def register(ctx: StepContext) -> dict[str, Any]:
     inputs = [("dataset", ctx.job.datasets["train"], "train")]
     if "validation" in ctx.job.datasets:
         inputs.append(("dataset", ctx.job.datasets["validation"], "validation"))
+    parent = ctx.outputs["prepare"].get("init_adapter_version_id")
+    if parent:  # continued tuning: the version it started from
+        inputs.append(("model_version", parent, "init_adapter"))
     metrics = ("best_eval_loss", "best_step", "final_train_loss", "steps", "stopped_early")
     version = steps.register_adapter(
         ctx, trained["adapter"], {k: trained.get(k) for k in metrics}, inputs

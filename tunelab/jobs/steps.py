@@ -5,7 +5,6 @@ method does differently."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,29 +61,22 @@ def training_progress(
     share: float,
     sync_metrics: Callable[[], None],
     what: str = "",
+    eval_every: int | None = None,
 ) -> Callable[[Any], None]:
     """A recipe's progress callback: the job's progress bar from ``start`` over ``share`` of it,
-    and the metrics mirrored into the store at most once a second (bounding DB writes on fast
-    steps)."""
-    last_sync = 0.0
-    label = f"{what}: " if what else ""
+    never going back during an evaluation, with an ETA that counts the evaluations still to
+    come (tunelab.jobs.progress), and the metrics mirrored into the store after finished steps
+    at most once a second (bounding DB writes on fast steps)."""
+    from tunelab.jobs.progress import training_reporter
 
-    def on_progress(p) -> None:
-        nonlocal last_sync
-        if p.phase != "training" or not p.total_steps:
-            ctx.report(f"{label}{p.phase}", start, None)
-            return
-        now = time.monotonic()
-        if now - last_sync >= 1.0 or p.step == p.total_steps:
-            last_sync = now
-            ctx.report(
-                f"training {what + ' ' if what else 'step '}{p.step}/{p.total_steps}",
-                start + share * p.step / p.total_steps,
-                p.eta_seconds,
-            )
-            sync_metrics()
-
-    return on_progress
+    return training_reporter(
+        ctx.report,
+        start=start,
+        share=share,
+        eval_every=eval_every,
+        label=f"training {what}" if what else "training",
+        on_sync=sync_metrics,
+    )
 
 
 @contextmanager
@@ -178,9 +170,16 @@ def register_standard_pipeline(
     )
 
 
-def train_in_job(ctx: StepContext, recipe: Callable[..., Any], *args: Any, share: float = 0.85):
+def train_in_job(
+    ctx: StepContext,
+    recipe: Callable[..., Any],
+    *args: Any,
+    share: float = 0.85,
+    eval_every: int | None = None,
+):
     """Run ``recipe(*args)`` in the job's workdir under its stop requests, with its progress on
-    the job's bar (from 5% over ``share`` of it) and its metrics mirrored into the store."""
+    the job's bar (from 5% over ``share`` of it; ``eval_every``: the steps between in-training
+    evaluations, for the ETA) and its metrics mirrored into the store."""
     metrics_path = ctx.workdir / "metrics.jsonl"
 
     def sync() -> None:
@@ -189,7 +188,7 @@ def train_in_job(ctx: StepContext, recipe: Callable[..., Any], *args: Any, share
     with stops_as_job_stops():
         result = recipe(
             *args,
-            on_progress=training_progress(ctx, 0.05, share, sync),
+            on_progress=training_progress(ctx, 0.05, share, sync, eval_every=eval_every),
             should_stop=ctx.should_stop,
         )
     sync()

@@ -11,8 +11,10 @@ from tunelab.db.schema import TuningJob
 from tunelab.jobs import store
 from tunelab.jobs.pipeline import pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
+from tunelab.registry.continuation import resolve_continuation
 from tunelab.registry.datasets import register_dataset
 from tunelab.registry.models import add_lineage
+from tunelab.registry.names import check_tuned_model_name
 
 
 def submit_job(
@@ -28,12 +30,16 @@ def submit_job(
     """Register the datasets (paths, or ids of datasets already registered) and queue the job.
 
     ``config`` is the method's typed config (its ``method`` field picks the pipeline).
-    Returns (job, created); with an idempotency key already used, the existing job.
+    Returns (job, created); with an idempotency key already used, the existing job. Raises
+    :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take, and
+    ContinuationError when ``base_model`` names a tuned model the job cannot start from.
     """
+    check_tuned_model_name(name)
     if idempotency_key is not None:
         existing = store.find_by_idempotency_key(db, idempotency_key)
         if existing is not None:
             return existing, False
+    config = resolve_continuation(db, config)  # --base NAME@V of a tuned model
     method = config.method  # type: ignore[attr-defined]
     pipeline = pipeline_for(method)
     ids: dict[str, str | None] = {}

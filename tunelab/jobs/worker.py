@@ -103,13 +103,20 @@ class Worker:
             name: s.outputs for name, s in done.items() if s.state in ("SUCCEEDED", "SKIPPED")
         }
         base_progress = 0.0
+        shown = 0.0  # the bar never goes backwards within a run, whatever a step reports
+
+        def report(text: str, progress: float, eta: float | None) -> None:
+            nonlocal shown
+            shown = max(shown, progress)
+            store.set_progress(self.db, job.id, self.id, text, shown, eta)
+
         ctx = StepContext(
             db=self.db,
             store=self.artifacts,
             job=job,
             workdir=workdir,
             outputs=outputs,
-            report=lambda text, p, eta: store.set_progress(self.db, job.id, self.id, text, p, eta),
+            report=report,
             should_stop=self._should_stop,
             on_metrics=lambda path: self._sync_metrics(job.id, path),
         )
@@ -121,9 +128,7 @@ class Worker:
                     continue
                 ctx.check_stop()
                 store.set_step_state(self.db, job.id, name, "RUNNING")
-                store.set_progress(
-                    self.db, job.id, self.id, _STEP_TEXT.get(name, name), base_progress, None
-                )
+                report(_STEP_TEXT.get(name, name), base_progress, None)
                 result = step(ctx)
                 state = "SKIPPED" if "skipped" in result else "SUCCEEDED"
                 store.set_step_state(self.db, job.id, name, state, outputs=result)

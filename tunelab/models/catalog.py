@@ -2,11 +2,15 @@
 
 A base model reference is one of:
 - a catalog name (``smollm2-135m-instruct``, the embedded default, converted once from GGUF);
+- a name the operator added with ``tunelab models add-base`` (:mod:`tunelab.models.bases`);
 - a local Hugging Face model folder (``config.json`` + ``*.safetensors``);
 - a Hugging Face hub id (``org/name``), downloaded as safetensors only.
 
 Weights are only ever read from safetensors: a folder that has only pickle checkpoints
 (``pytorch_model.bin``, ``*.pt``) is refused, because unpickling runs arbitrary code.
+
+This resolver is the operator's (CLI, job steps): it accepts folders and hub ids. What a
+request may name is decided by :mod:`tunelab.registry.resolve`, which only passes it names.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ def resolve_model(ref: str) -> ResolvedModel:
     if ref in CATALOG:
         return ResolvedModel(ref=ref, path=_ensure_catalog_model(CATALOG[ref]), source="catalog")
     looked.append(f"catalog names: {', '.join(sorted(CATALOG))}")
+    from tunelab.models.bases import operator_bases
+
+    added = operator_bases()
+    if ref in added:
+        resolved = resolve_model(added[ref])
+        return ResolvedModel(ref=ref, path=resolved.path, source=resolved.source)
+    if added:
+        looked.append(f"added base models: {', '.join(sorted(added))}")
 
     folder = Path(ref).expanduser()
     if folder.is_dir():

@@ -42,7 +42,7 @@ point and resumed ends with the adapter an uninterrupted run would have.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ from typing import Any, Unpack
 import numpy as np
 import torch
 
-from tunelab.bundle import read_tuning_config
+from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.data.batching import collate
 from tunelab.data.preference import ended, load_prompts, sequence
@@ -64,6 +64,8 @@ from tunelab.losses.rl import (
 )
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.reward_head import load_head, score
+from tunelab.serving.generation import GenerationParams
+from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
@@ -106,6 +108,7 @@ def train_policy(
 
     # ---------------------------------------------------------------- model
     model = lora_model(base.path, config.adapter_size, config.lora_alpha)  # policy: "default"
+    verify_adapter_bundle(reward_model_dir)  # safetensors only, every file as listed
     model.load_adapter(reward_model_dir, adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY)
     reward_head = load_head(reward_model_dir)
@@ -127,8 +130,17 @@ def train_policy(
         model.eval()
         batch_prompts = [prompts[i] for i in order.at(step)]
         torch.manual_seed(_step_seed(config.seed, step))
-        answers, cut = generate(
-            model, [p.input_ids for p in batch_prompts], k, config.target_sequence_length, tokenizer
+        answers, cut = sample_answers(
+            ModelRunner(model, tokenizer),
+            [p.input_ids for p in batch_prompts],
+            k,
+            GenerationParams.model_construct(  # unchecked: the config bounds the length
+                temperature=1.0,  # the policy's own distribution, as REINFORCE requires
+                top_k=0,
+                top_p=1.0,
+                max_output_tokens=config.target_sequence_length,
+                seed=_step_seed(config.seed, step),
+            ),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
         prompt_of = [p.input_ids for p in batch_prompts for _ in range(k)]
@@ -185,81 +197,7 @@ def train_policy(
     return PolicyResult(last=last, **run.result(adapter_dir))
 
 
-# -------------------------------------------------------------------- rollouts and adapters
-
-
-@torch.no_grad()
-def generate(
-    model,
-    prompts: Sequence[np.ndarray],
-    samples: int,
-    max_new_tokens: int,
-    tokenizer,
-    greedy: bool = False,
-) -> tuple[list[np.ndarray], list[bool]]:
-    """``samples`` answers to each prompt from whichever adapter is active, prompt-major.
-
-    Sampling is from the model's own distribution (temperature 1, no top-k or top-p), as the
-    policy gradient assumes; ``greedy`` decodes the most likely token at each step instead. An
-    answer runs to and including the end-of-turn token; ``cut[i]`` marks one stopped by
-    ``max_new_tokens`` instead.
-
-    A plain decoding loop over the KV cache rather than ``generate()``: tokens are drawn by
-    inverse-CDF sampling (one uniform number per row and a binary search in the cumulative
-    probabilities), several times faster on a CPU than ``torch.multinomial`` over a 49k
-    vocabulary, which ``generate()`` uses.
-    """
-    from transformers import DynamicCache
-
-    pad_id, end_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    rows = [p for p in prompts for _ in range(samples)]
-    width = max(len(p) for p in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (N, W) left-padded
-    attention = torch.zeros_like(ids)
-    for r, p in enumerate(rows):
-        ids[r, width - len(p) :] = torch.from_numpy(p)
-        attention[r, width - len(p) :] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, W): padding does not shift them
-    cache = DynamicCache()
-    step_input, new = ids, []
-    done = torch.zeros(len(rows), dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        logits = (
-            model(
-                input_ids=step_input,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            .logits[:, -1]
-            .float()
-        )  # (N, V)
-        if greedy:
-            token = logits.argmax(-1)
-        else:
-            cdf = logits.softmax(-1).cumsum(-1)  # (N, V): inverse-CDF sampling, one draw per row
-            draw = torch.rand(len(rows), 1) * cdf[:, -1:]
-            token = torch.searchsorted(cdf, draw).squeeze(-1).clamp(max=logits.shape[-1] - 1)
-        token = torch.where(done, torch.full_like(token, pad_id), token)  # (N,)
-        new.append(token)
-        done |= token == end_id
-        if bool(done.all()):
-            break
-        step_input = token[:, None]
-        attention = torch.cat([attention, torch.ones_like(step_input)], dim=-1)
-        positions = positions[:, -1:] + 1
-    answers, cut = [], []
-    for row in torch.stack(new, dim=1).numpy():  # (N, <= max_new_tokens)
-        stop = np.flatnonzero(row == end_id)
-        if len(stop):
-            answers.append(row[: stop[0] + 1].astype(np.int64))
-            cut.append(False)
-        else:
-            answers.append(row.astype(np.int64))
-            cut.append(True)
-    return answers, cut
+# -------------------------------------------------------------------- adapters
 
 
 @contextmanager
@@ -277,6 +215,7 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _check_same_base(reward_model_dir: Path, base_path: Path) -> None:
+    verify_adapter_bundle(reward_model_dir)  # before PEFT reads it: safetensors, sha256s
     rm_base = read_tuning_config(reward_model_dir)["base_model"]
     if resolve_model(rm_base).path != base_path:
         raise ValueError(
@@ -306,6 +245,8 @@ def evaluate_policy(
     """
     from peft import PeftModel
 
+    for bundle in (policy_dir, reward_model_dir):  # safetensors only, sha256s as listed
+        verify_adapter_bundle(bundle)
     config = RLHFConfig(**_config_fields(read_tuning_config(policy_dir)))
     base = resolve_model(config.base_model)
     tokenizer = load_tokenizer(base.path)
@@ -324,13 +265,16 @@ def evaluate_policy(
 
     def answer_and_score(use_policy: bool) -> tuple[list[np.ndarray], torch.Tensor]:
         answers, cut = [], []
+        greedy = GenerationParams.model_construct(  # unchecked: the config bounds the length
+            temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=config.target_sequence_length
+        )
         for start in range(0, len(prompts), batch_size):
             chunk = [p.input_ids for p in prompts[start : start + batch_size]]
             if use_policy:
-                a, c = generate(model, chunk, 1, config.target_sequence_length, tokenizer, True)
+                a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
             else:
                 with model.disable_adapter():
-                    a, c = generate(model, chunk, 1, config.target_sequence_length, tokenizer, True)
+                    a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
             answers += a
             cut += c
         scores = []

@@ -35,6 +35,7 @@ from tunelab.data.template import Encoded
 from tunelab.data.validation import ValidationReport, load_supervised
 from tunelab.losses.lm import completion_loss
 from tunelab.training.eval_loss import evaluate
+from tunelab.training.init_adapter import init_adapter_from
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
@@ -51,6 +52,7 @@ def train_sft(
     train_file: Path,
     run_dir: Path,
     validation_file: Path | None = None,
+    init_adapter_dir: Path | None = None,
     **hooks: Unpack[RunHooks],
 ) -> SFTResult:
     """Tune a LoRA adapter on the examples of ``train_file`` (the best one on
@@ -72,6 +74,8 @@ def train_sft(
 
     # ---------------------------------------------------------------- model
     model = lora_model(base.path, config.adapter_size, config.lora_alpha)
+    if init_adapter_dir is not None:  # continued tuning: step 0 is the parent adapter
+        init_adapter_from(model, init_adapter_dir)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     order = BatchOrder([len(e.input_ids) for e in train], config.batch_size, config.seed)
     run.start(

@@ -41,7 +41,11 @@ def register_version(
     """Add the next version of ``name``. ``inputs`` are lineage sources: (kind, id, relation).
 
     Idempotent per source job: a job retried after registering gets its version back.
+    Raises :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take.
     """
+    from tunelab.registry.names import check_tuned_model_name
+
+    check_tuned_model_name(name)
     with db.session() as s:
         if source_job_id is not None:
             existing = s.scalar(
@@ -168,7 +172,9 @@ def get_version(db: Database, name: str, version: int | None = None) -> ModelVer
     """A version of ``name`` (the latest when ``version`` is None). ``name@3`` also works."""
     if version is None and "@" in name:
         name, _, v = name.rpartition("@")
-        version = int(v) if v.isdigit() else None
+        if not v.isdigit():  # no aliases: "x@latest" is not silently x's latest version
+            raise ModelNotRegistered(f"{name}@{v}: a version is a number (name@3)")
+        version = int(v)
     versions = get_versions(db, name)
     if version is None:
         return versions[-1]
@@ -260,3 +266,17 @@ def _walk(db: Database, kind: str, node_id: str, reverse: bool) -> list[LineageE
                 edges.append(e)
                 frontier.append((e.src_kind, e.src_id) if reverse else (e.dst_kind, e.dst_id))
     return edges
+
+
+def version_refs(db: Database, version_ids: set[str]) -> dict[str, str]:
+    """``name@version`` of each model version id (ids of deleted versions are left out), so
+    lineage can name a parent model rather than show its id."""
+    if not version_ids:
+        return {}
+    with db.session() as s:
+        rows = s.execute(
+            select(ModelVersion.id, ModelVersion.model_name, ModelVersion.version).where(
+                ModelVersion.id.in_(version_ids)
+            )
+        ).all()
+    return {i: f"{name}@{v}" for i, name, v in rows}

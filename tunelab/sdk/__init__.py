@@ -23,7 +23,7 @@ from tunelab.sdk.models import (
     TextGenerationModel,
     TextGenerationResponse,
 )
-from tunelab.sdk.tuning import SupervisedTuningJob
+from tunelab.sdk.tuning import SupervisedTuningJob, TuningJob
 
 __all__ = [
     "ChatModel",
@@ -33,5 +33,6 @@ __all__ = [
     "TextGenerationModel",
     "TextGenerationResponse",
     "TuneLabError",
+    "TuningJob",
     "init",
 ]

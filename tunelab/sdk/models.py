@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunelab.sdk.client import client
+from tunelab.sdk.tuning import TuningJob, submit
 
 
 @dataclass
@@ -77,6 +79,74 @@ class TextGenerationModel:
             prediction["content"], [c["content"] for c in prediction["candidates"]], raw
         )
 
+    def tune_model_rlhf(
+        self,
+        *,
+        prompt_data: str | Path,
+        preference_data: str | Path,
+        model_display_name: str,
+        prompt_sequence_length: int | None = None,
+        target_sequence_length: int | None = None,
+        reward_model_learning_rate_multiplier: float | None = None,
+        reinforcement_learning_rate_multiplier: float | None = None,
+        reward_model_train_steps: int | None = None,
+        reinforcement_learning_train_steps: int | None = None,
+        kl_coeff: float | None = None,
+        instruction: str | None = None,
+        eval_data: str | Path | None = None,
+        **config: Any,
+    ) -> TuningJob:
+        """RLHF with Vertex's parameters (``TextGenerationModel.tune_model_rlhf``): a reward
+        model on the preference pairs, then reinforcement learning on the prompts. Each data
+        argument is a JSONL path to upload or a dataset id; None leaves RLHFConfig's default."""
+        return submit(
+            "rlhf",
+            model_display_name,
+            {"preference": preference_data, "prompts": prompt_data, "eval": eval_data},
+            {
+                "base_model": self.model,
+                "prompt_sequence_length": prompt_sequence_length,
+                "target_sequence_length": target_sequence_length,
+                "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
+                "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
+                "reward_model_train_steps": reward_model_train_steps,
+                "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
+                "kl_coeff": kl_coeff,
+                "instruction": instruction,
+                **config,
+            },
+        )
+
+    def tune_model_dpo(
+        self,
+        *,
+        preference_data: str | Path,
+        model_display_name: str,
+        beta: float | None = None,
+        epochs: int | None = None,
+        train_steps: int | None = None,
+        learning_rate_multiplier: float | None = None,
+        adapter_size: int | None = None,
+        validation_data: str | Path | None = None,
+        **config: Any,
+    ) -> TuningJob:
+        """Direct preference optimisation on preference pairs (Vertex's preference-tuning
+        parameters: ``beta``, ``epochs``, ``learning_rate_multiplier``, ``adapter_size``)."""
+        return submit(
+            "dpo",
+            model_display_name,
+            {"preference": preference_data, "validation": validation_data},
+            {
+                "base_model": self.model,
+                "beta": beta,
+                "epochs": epochs,
+                "train_steps": train_steps,
+                "learning_rate_multiplier": learning_rate_multiplier,
+                "adapter_size": adapter_size,
+                **config,
+            },
+        )
+
 
 class ChatModel(TextGenerationModel):
     @classmethod
@@ -94,10 +164,25 @@ class ChatModel(TextGenerationModel):
         max_output_tokens: int | None = None,
         top_p: float | None = None,
         top_k: int | None = None,
+        message_history: list[dict[str, str]] | None = None,
     ) -> ChatSession:
-        return ChatSession(
+        """``message_history`` continues a conversation, as Vertex's does: earlier turns as
+        ``{"author": "user" | "model", "content": ...}``, oldest first."""
+        session = ChatSession(
             self, context, _parameters(temperature, max_output_tokens, top_p, top_k, None, None)
         )
+        for i, turn in enumerate(message_history or []):
+            if turn.get("author") not in ("user", "model") or not isinstance(
+                turn.get("content"), str
+            ):
+                raise ValueError(
+                    f"message_history[{i}]: expected {{'author': 'user' or 'model', "
+                    f"'content': text}}, got {turn!r}"
+                )
+        session.history = [
+            {"author": t["author"], "content": t["content"]} for t in message_history or []
+        ]
+        return session
 
 
 class ChatSession:
@@ -150,3 +235,40 @@ class TextEmbeddingModel:
             json={"instances": [{"content": t} for t in texts]},
         )
         return [p["embeddings"]["values"] for p in raw["predictions"]]
+
+    def tune_model(
+        self,
+        *,
+        training_data: str | Path,
+        corpus_data: str | Path,
+        queries_data: str | Path,
+        model_display_name: str,
+        test_data: str | Path | None = None,
+        validation_data: str | Path | None = None,
+        batch_size: int | None = None,
+        train_steps: int | None = None,
+        learning_rate_multiplier: float | None = None,
+        output_dimensionality: int | None = None,
+        **config: Any,
+    ) -> TuningJob:
+        """Embedding tuning as Vertex's ``TextEmbeddingModel.tune_model``: corpus and queries
+        (JSONL), and labels (TSV query-id, corpus-id, score) for training, test and validation."""
+        return submit(
+            "embedding",
+            model_display_name,
+            {
+                "corpus": corpus_data,
+                "queries": queries_data,
+                "train_labels": training_data,
+                "test_labels": test_data,
+                "validation_labels": validation_data,
+            },
+            {
+                "base_model": self.model,
+                "batch_size": batch_size,
+                "train_steps": train_steps,
+                "learning_rate_multiplier": learning_rate_multiplier,
+                "output_dimensionality": output_dimensionality,
+                **config,
+            },
+        )

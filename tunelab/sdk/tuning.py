@@ -105,3 +105,25 @@ def train(
         },
     }
     return SupervisedTuningJob(client().request("POST", "/v1/tuningJobs", json=body))
+
+
+TuningJob = SupervisedTuningJob
+"""The job object is the same for every method (state, refresh, tuned model, cancel)."""
+
+
+def submit(
+    method: str,
+    tuned_model_display_name: str,
+    datasets: dict[str, str | Path | None],
+    config: dict[str, Any],
+) -> TuningJob:
+    """Upload each dataset given (or pass its id through) and create the job; the calls of
+    every method (``sft.train``, ``tune_model_rlhf``, ``tune_model_dpo``, ``tune_model``) end here.
+    Parameters left as None are the config's defaults."""
+    body = {
+        "method": method,
+        "tuned_model_display_name": tuned_model_display_name,
+        "datasets": {role: upload_dataset(d) for role, d in datasets.items() if d is not None},
+        "config": {k: v for k, v in config.items() if v is not None},
+    }
+    return TuningJob(client().request("POST", "/v1/tuningJobs", json=body))

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.bundle import MANIFEST
+from tunelab.bundle import BundleIntegrityError, NotABundleError, verify_adapter_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -69,40 +69,71 @@ class AdapterCacheFull(RuntimeError):
     """Loading one more adapter would exceed the bound and every loaded adapter is pinned."""
 
 
-def check_adapter_folder(folder: Path, base_dir: Path, base_ref: str | None = None) -> None:
-    """Refuse, with a message naming the folder, an adapter that this base model cannot serve.
+def check_adapter_folder(
+    folder: Path, base_dir: Path, base_ref: str | None = None, label: str | None = None
+) -> None:
+    """Refuse, with a message naming the adapter, an adapter that this base model cannot serve.
 
-    Accepted: a folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (never a
-    pickle) whose base model is ``base_dir``. The base model is read from the bundle's
-    ``tuning_config.json`` (``base_model`` reference or ``base_model_path``), or, for a plain
-    PEFT folder, from ``adapter_config.json``'s ``base_model_name_or_path``; it matches when
-    it names ``base_ref`` or resolves to the same folder as ``base_dir``.
+    Accepted: a bundle that passes :func:`tunelab.bundle.verify_adapter_bundle` (safetensors
+    only, every file as its manifest lists it) with ``adapter_config.json`` and
+    ``adapter_model.safetensors``, whose base model is ``base_dir``. The base model is read from
+    the bundle's ``tuning_config.json`` (``base_model`` reference or ``base_model_path``); it
+    matches when it names ``base_ref`` or resolves to the same folder as ``base_dir``.
+    ``label`` names the adapter in messages (a server shows no folder); default the folder.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder {folder} does not exist")
+    where = label or f"adapter {folder}"
+    try:
+        verified_bundle(folder, where)
+    except (BundleIntegrityError, NotABundleError) as exc:
+        raise AdapterError(str(exc)) from None
     if not (folder / CONFIG).is_file():
-        raise AdapterError(f"{folder} is not a LoRA adapter: it has no {CONFIG}")
+        raise AdapterError(f"{where} is not a LoRA adapter: it has no {CONFIG}")
     if not (folder / WEIGHTS).is_file():
         raise AdapterError(
-            f"{folder} has no {WEIGHTS}; adapters are loaded from safetensors only, never pickle"
+            f"{where} has no {WEIGHTS}; adapters are loaded from safetensors only, never pickle"
         )
     tuning = folder / "tuning_config.json"
     if tuning.is_file():
-        if not (folder / MANIFEST).is_file():
-            raise AdapterError(f"{folder} is an incomplete adapter bundle: it has no {MANIFEST}")
         config = json.loads(tuning.read_text())
         claims = [c for c in (config.get("base_model"), config.get("base_model_path")) if c]
     else:
         config = json.loads((folder / CONFIG).read_text())
         claims = [c for c in [config.get("base_model_name_or_path")] if c]
     if not claims:
-        raise AdapterError(f"{folder} does not say which base model it was tuned from")
+        raise AdapterError(f"{where} does not say which base model it was tuned from")
     if not any(_same_base(c, base_dir, base_ref) for c in claims):
+        served = f" ({base_ref})" if base_ref and not _looks_like_path(base_ref) else ""
+        claim = "another base model" if _looks_like_path(claims[0]) else f"base model {claims[0]!r}"
         raise AdapterError(
-            f"adapter {folder} was tuned from base model {claims[0]!r}, but this engine serves "
-            f"{base_ref or base_dir!s}; serve it from an engine of its own base model"
+            f"{where} was tuned from {claim}, not the one this engine serves{served}; serve it "
+            "from an engine of its own base model"
         )
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Folders are not named in messages a server may show (hub ids and names are)."""
+    return ref.startswith(("/", "~", ".")) or ref.count("/") > 1 or "\\" in ref
+
+
+_verified: dict[tuple, bool] = {}
+"""Bundles verified at request time, by their files' (name, size, mtime, inode): a request
+does not re-hash an unchanged adapter; loading it (``AdapterCache.ensure``) always does."""
+
+
+def verified_bundle(folder: Path, label: str) -> None:
+    """:func:`verify_adapter_bundle`, remembered while the folder's files are unchanged."""
+    stamp = []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            st = p.stat()
+            stamp.append((p.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    key = (str(folder), tuple(stamp))
+    if key not in _verified:
+        verify_adapter_bundle(folder, label)
+        if len(_verified) > 1024:
+            _verified.clear()
+        _verified[key] = True
 
 
 def _same_base(claim: str, base_dir: Path, base_ref: str | None) -> bool:
@@ -289,11 +320,15 @@ class AdapterCache:
             self._entries.move_to_end(key)
             return
         folder = Path(folder)
-        factors = self._read(folder)
+        try:  # hashed again at load: the files read now are the files the manifest lists
+            verify_adapter_bundle(folder, f"adapter {key}")
+        except (BundleIntegrityError, NotABundleError) as exc:
+            raise AdapterError(str(exc)) from None
+        factors = self._read(folder, key)
         nbytes = sum(f.A.nbytes + f.B.nbytes for f in factors.values())
         if self.max_bytes is not None and nbytes > self.max_bytes:
             raise AdapterError(
-                f"adapter {folder} holds {nbytes} bytes of weights, more than the engine's bound "
+                f"adapter {key} holds {nbytes} bytes of weights, more than the engine's bound "
                 f"of {self.max_bytes} bytes for all adapters"
             )
         self._make_room(nbytes)
@@ -351,8 +386,9 @@ class AdapterCache:
                 )
             self.evict(victim)
 
-    def _read(self, folder: Path) -> dict[str, _Factors]:
-        """An adapter's factors per target module name, checked against the base model."""
+    def _read(self, folder: Path, key: str) -> dict[str, _Factors]:
+        """An adapter's factors per target module name, checked against the base model.
+        Messages name the adapter by its key, never by its folder."""
         from safetensors.torch import load_file
 
         config = json.loads((folder / CONFIG).read_text())
@@ -372,7 +408,7 @@ class AdapterCache:
         ]
         if unsupported:
             raise AdapterError(
-                f"adapter {folder} uses {', '.join(unsupported)}, which this engine does not "
+                f"adapter {key} uses {', '.join(unsupported)}, which this engine does not "
                 "serve (plain LoRA on linear layers only)"
             )
         alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
@@ -382,23 +418,22 @@ class AdapterCache:
         for raw, tensor in weights.items():
             match = _WEIGHT_KEY.match(raw.removeprefix(_PEFT_PREFIX))
             if match is None:
-                raise AdapterError(f"adapter {folder} has a weight this engine cannot apply: {raw}")
+                raise AdapterError(f"adapter {key} has a weight this engine cannot apply: {raw}")
             pairs.setdefault(match["module"], {})[match["which"]] = tensor
         factors: dict[str, _Factors] = {}
         for name, pair in pairs.items():
             module = self._modules.get(name)
             if not isinstance(module, torch.nn.Linear):
                 raise AdapterError(
-                    f"adapter {folder} targets {name}, which is not a linear layer of the "
-                    "base model"
+                    f"adapter {key} targets {name}, which is not a linear layer of the base model"
                 )
             if set(pair) != {"A", "B"}:
-                raise AdapterError(f"adapter {folder} lacks lora_A or lora_B for {name}")
+                raise AdapterError(f"adapter {key} lacks lora_A or lora_B for {name}")
             A, B = pair["A"], pair["B"]
             r = A.shape[0]
             if A.shape != (r, module.in_features) or B.shape != (module.out_features, r):
                 raise AdapterError(
-                    f"adapter {folder} does not fit {name}: lora_A {tuple(A.shape)}, "
+                    f"adapter {key} does not fit {name}: lora_A {tuple(A.shape)}, "
                     f"lora_B {tuple(B.shape)} for a ({module.out_features}, "
                     f"{module.in_features}) layer"
                 )
@@ -410,7 +445,7 @@ class AdapterCache:
                 scale=a / math.sqrt(r) if rslora else a / r,
             )
         if not factors:
-            raise AdapterError(f"adapter {folder} has no LoRA weights")
+            raise AdapterError(f"adapter {key} has no LoRA weights")
         return factors
 
 

@@ -1,16 +1,18 @@
 """Generating from a base model or a tuned adapter, with the prompt rendered exactly as in
-training (the tokenizer and chat template saved in the adapter bundle)."""
+training (the tokenizer and chat template saved in the adapter bundle): the parameters of a
+request, loading a model for ``predict`` and ``eval``, and one prompt's answer through the
+model runner (``runner.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
 
-from tunelab.bundle import read_manifest, read_tuning_config
-from tunelab.data.template import prompt_ids
+from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 
 
@@ -31,11 +33,18 @@ class LoadedModel:
     name: str
     adapter_dir: Path | None
 
+    @cached_property
+    def runner(self):
+        """The model runner over this model (its adapter, if any, on every row)."""
+        from tunelab.serving.runner import ModelRunner
+
+        return ModelRunner(self.model, self.tokenizer)
+
 
 def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = None) -> LoadedModel:
     """A base model, optionally with a tuned adapter on top (then its own base is used)."""
     if adapter_dir is not None:
-        read_manifest(adapter_dir)  # refuse folders that are not complete bundles
+        verify_adapter_bundle(adapter_dir)  # safetensors only, every file as the manifest says
         tuning = read_tuning_config(adapter_dir)
         base = resolve_model(tuning["base_model"])
         from peft import PeftModel
@@ -50,25 +59,14 @@ def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = N
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, adapter_dir=adapter_dir)
 
 
-@torch.no_grad()
 def generate(loaded: LoadedModel, messages: list[dict[str, str]], params: GenerationParams) -> str:
-    tokenizer = loaded.tokenizer
-    ids = torch.tensor([prompt_ids(tokenizer, messages)])
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
-    sample = params.temperature > 0
-    out = loaded.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=params.max_output_tokens,
-        do_sample=sample,
-        temperature=params.temperature if sample else None,
-        top_p=params.top_p if sample else None,
-        top_k=(params.top_k or None) if sample else None,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    """The model's response to one chat prompt, through the model runner that every face
+    generates with (so ``tunelab predict`` answers as the server does)."""
+    from tunelab.serving.runner import RowGroup
+
+    runner = loaded.runner
+    result = runner.generate([RowGroup(runner.check_prompt(runner.render(messages)), params)])
+    return result[0].texts[0].strip()
 
 
 def as_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:

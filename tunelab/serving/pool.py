@@ -36,56 +36,58 @@ class InferencePool:
         self.services = services
         self.engine_options = engine_options
         self._engines: dict[str, object] = {}
+        """Engines by the resolved folder of their base model: however a base is reached (its
+        name, a tuned model's stored reference), it is loaded once."""
         self._lock = threading.Lock()
 
     def engine_for_base(self, base_ref: str):
+        """The engine of a base model the operator names (``serve --preload``): a servable
+        name, or a tuned model's stored base reference."""
+        from tunelab.registry.resolve import ModelTarget
+
+        return self._engine(ModelTarget(ref=base_ref, kind="base", base_model=base_ref))
+
+    def _engine(self, resolved):
+        from tunelab.registry.resolve import base_folder
+
+        path = base_folder(resolved)
+        key = str(path.resolve())
         with self._lock:
-            if base_ref not in self._engines:
-                from tunelab.models import load_tokenizer, resolve_model
+            if key not in self._engines:
+                from tunelab.models import load_tokenizer
                 from tunelab.serving.engine import Engine
 
-                path = resolve_model(base_ref).path
-                logger.info("loading base model %s for serving", base_ref)
-                self._engines[base_ref] = Engine(
-                    path, load_tokenizer(path), base_ref=base_ref, **self.engine_options
+                logger.info("loading base model %s for serving", resolved.base_model)
+                self._engines[key] = Engine(
+                    path, load_tokenizer(path), base_ref=resolved.base_model, **self.engine_options
                 )
-            return self._engines[base_ref]
+            return self._engines[key]
 
     def target(self, name: str) -> Target:
-        """A tuned model (``name`` or ``name@version``) or a base model."""
-        from tunelab.models import ModelNotFoundError
-        from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_version
+        """What a request's model reference names (tuned model, endpoint id or servable base),
+        by :func:`tunelab.registry.resolve.resolve`; nothing else, and no path in errors."""
+        from tunelab.registry.resolve import ModelNotFound, resolve
 
         try:
-            version = get_version(self.services.db, name)
-        except (ModelNotRegistered, ValueError):
-            version = None
-        if version is not None and version.method == "embedding":
-            raise ModelNotAvailable(
-                f"{name!r} is an embedding model: use /v1/embeddings or :predict"
-            )
-        if version is not None:
-            folder = self.services.artifacts.local_path(
-                adapter_artifact(self.services.db, version).uri
-            )
-            return Target(
-                name,
-                version.base_model,
-                (version.id, folder),
-                self.engine_for_base(version.base_model),
-            )
-        try:
-            return Target(name, name, None, self.engine_for_base(name))
-        except ModelNotFoundError as exc:
-            raise ModelNotAvailable(f"no tuned or base model named {name!r}: {exc}") from None
+            resolved = resolve(self.services, name)
+            if resolved.method == "embedding":
+                raise ModelNotAvailable(
+                    f"{name!r} is an embedding model: use /v1/embeddings or :predict"
+                )
+            if resolved.kind == "base" and _is_embedding_base(name):
+                raise ModelNotAvailable(
+                    f"{name!r} is an embedding model: use /v1/embeddings or :predict"
+                )
+            engine = self._engine(resolved)
+        except ModelNotFound as exc:
+            raise ModelNotAvailable(str(exc)) from None
+        if resolved.kind == "tuned":
+            adapter = (resolved.version.id, resolved.adapter_dir)
+            return Target(name, resolved.base_model, adapter, engine)
+        return Target(name, resolved.base_model, None, engine)
 
     def endpoint_target(self, endpoint: str) -> Target:
         """An endpoint id serves its newest deployed version; a model name is accepted too."""
-        from tunelab.registry.endpoints import deployed_version
-
-        version = deployed_version(self.services.db, endpoint)
-        if version is not None:
-            return self.target(f"{version.model_name}@{version.version}")
         return self.target(endpoint)
 
     def embedding_target(self, name: str):
@@ -96,11 +98,15 @@ class InferencePool:
         return embedding_target(self, name)
 
     def model_names(self) -> list[tuple[str, str]]:
-        """(name, owner) for /v1/models: the base models and every tuned model."""
+        """(name, owner) for /v1/models: the servable base models and every tuned model; never
+        a spelling a request used."""
+        from tunelab.models.bases import operator_bases
         from tunelab.models.catalog import CATALOG
         from tunelab.registry.models import list_models
 
-        names = [(n, "tunelab") for n in sorted(set(CATALOG) | set(self._engines))]
+        # The generative catalog (the embedding catalog answers /v1/embeddings only, so chat
+        # clients such as the Studio's playground do not offer it) and the operator's bases.
+        names = [(n, "tunelab") for n in sorted(set(CATALOG) | set(operator_bases()))]
         return names + [(m.name, "user") for m in list_models(self.services.db)]
 
     def close(self) -> None:
@@ -108,3 +114,13 @@ class InferencePool:
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
+
+
+def _is_embedding_base(name: str) -> bool:
+    """An encoder (the embedding catalog, or an encoder folder the operator added) is served
+    by /v1/embeddings only, never loaded as a causal LM."""
+    from tunelab.embeddings.model import EMBEDDING_CATALOG, is_embedding_model
+    from tunelab.models.bases import operator_bases
+
+    added = operator_bases()
+    return is_embedding_model(added[name]) if name in added else name in EMBEDDING_CATALOG

@@ -1,7 +1,7 @@
 """Choosing the next token from logits, one row at a time: greedy, temperature, top-k, top-p.
 
-The engine decodes rows that belong to different requests in one forward pass, so every row
-carries its own parameters and its own random generator. These functions are pure: they take
+The runner (``runner.py``) decodes rows that belong to different requests in one forward pass,
+so every row carries its own parameters and its own random generator. These functions are pure: they take
 logits and parameters and return tokens, with no state beyond the generator passed in.
 
 The order of the filters is the one Hugging Face ``generate`` and Vertex AI use: divide by the
@@ -70,12 +70,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample_row(logits: torch.Tensor, params: RowSampling, generator: torch.Generator) -> int:
     """The next token of one row. logits: (V,) float."""
-    if params.greedy:
-        return int(torch.argmax(logits))
-    scaled = logits.float() / params.temperature
-    filtered = filter_logits(scaled, params.top_k, params.top_p)
-    probs = torch.softmax(filtered, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return sample_batch(logits[None], [params], [generator])[0]
 
 
 def sample_batch(
@@ -83,11 +78,28 @@ def sample_batch(
 ) -> list[int]:
     """The next token of every row. logits: (B, V); params and generators: one per row.
 
-    Greedy rows share one argmax over the batch; sampled rows are drawn one by one, each with its
-    own generator, so a row's draw does not depend on its neighbours.
+    Greedy rows share one argmax over the batch. Sampled rows are drawn together by inverse-CDF
+    sampling: one uniform number per row, from the row's own generator (so a row's draw does
+    not depend on its neighbours), and a binary search in the row's cumulative probabilities;
+    several times faster on a CPU than ``torch.multinomial`` over a 49k vocabulary.
     """
     greedy = torch.argmax(logits, dim=-1).tolist()  # (B,)
-    return [
-        greedy[i] if p.greedy else sample_row(logits[i], p, generators[i])
-        for i, p in enumerate(params)
-    ]
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if not sampled:
+        return greedy
+    temperature = torch.tensor([params[i].temperature for i in sampled])  # (S,)
+    scaled = logits[sampled].float() / temperature[:, None]  # (S, V)
+    for j, i in enumerate(sampled):
+        p = params[i]
+        if p.top_k > 0 or p.top_p < 1.0:
+            scaled[j] = filter_logits(scaled[j], p.top_k, p.top_p)
+    # float64 sums: u * total stays below the total, so the search never runs off the end.
+    cdf = torch.softmax(scaled, dim=-1).double().cumsum(-1)  # (S, V)
+    u = torch.cat([torch.rand(1, generator=generators[i], dtype=torch.float64) for i in sampled])
+    draw = (u * cdf[:, -1])[:, None]  # (S, 1)
+    # right=True: the first token whose cumulative mass exceeds the draw, so a token of zero
+    # probability (filtered out) is never picked.
+    tokens = torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    for j, i in enumerate(sampled):
+        greedy[i] = int(tokens[j])
+    return greedy

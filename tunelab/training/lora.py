@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.bundle import read_manifest, read_tuning_config
+from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.models import load_causal_lm, resolve_model
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,12 +51,12 @@ def adapter_model(adapter_dir: Path, base_path: Path):
     Raises ValueError when the bundle was tuned on another base model."""
     from peft import PeftModel
 
-    read_manifest(adapter_dir)  # a complete bundle, not any folder
+    verify_adapter_bundle(adapter_dir)  # safetensors only, every file as its manifest lists
     adapter_base = read_tuning_config(adapter_dir)["base_model"]
     if resolve_model(adapter_base).path != base_path:
         raise ValueError(
-            f"init_adapter was tuned on {adapter_base!r}, not on this run's base model "
-            f"({base_path}); give --base {adapter_base}"
+            f"init_adapter was tuned on {adapter_base!r}, not on this run's base model; "
+            f"give --base {adapter_base}"
         )
     return PeftModel.from_pretrained(load_causal_lm(base_path), adapter_dir, is_trainable=True)
 

@@ -75,12 +75,18 @@ def validate(
     prompt_sequence_length: int = Query(512, ge=8, le=131072, description="preference, prompts"),
     target_sequence_length: int = Query(512, ge=1, le=131072, description="preference only"),
     instruction: str | None = Query(None, max_length=10_000, description="preference, prompts"),
+    purpose: str = Query(
+        "train",
+        pattern="^(train|validation)$",
+        description="train, or validation (a held-out set: no advice on its size)",
+    ),
 ) -> dict:
     """The validation report: every bad line with its number, then token statistics. ``kind``
     says how the file is read; the limits that apply are those of the method that reads it."""
     from tunelab.data.preference import validate_preference_file, validate_prompt_file
     from tunelab.data.validation import validate_file
-    from tunelab.models import ModelNotFoundError, load_tokenizer, resolve_model
+    from tunelab.models import load_tokenizer
+    from tunelab.registry.resolve import ModelNotFound, resolve_base_name
 
     if kind not in KINDS:
         raise ApiError(
@@ -90,10 +96,10 @@ def validate(
             {"field": "kind"},
         )
     dataset = _get(services, dataset_id)
-    try:
-        tokenizer = load_tokenizer(resolve_model(base_model).path)
-    except ModelNotFoundError as exc:
-        raise ApiError(404, "model_not_found", str(exc)) from None
+    try:  # a servable base model's name only: a request never names a folder or a hub id
+        tokenizer = load_tokenizer(resolve_base_name(base_model))
+    except ModelNotFound as exc:
+        raise ApiError(404, "model_not_found", str(exc), {"field": "base_model"}) from None
     path = services.artifacts.local_path(dataset.uri)
     prompt_kw = dict(prompt_sequence_length=prompt_sequence_length, instruction=instruction)
     if kind == "preference":
@@ -104,5 +110,29 @@ def validate(
         report = validate_prompt_file(path, tokenizer, **prompt_kw)
     else:
         report = validate_file(path, tokenizer, max_seq_length=max_seq_length, epochs=epochs)
-    report.path = dataset.filename
+    report.path, report.tokenizer = dataset.filename, base_model  # names, never server paths
+    if purpose == "validation":
+        report.drop_size_advice()
     return report.to_dict()
+
+
+@router.get("/{dataset_id}/preview")
+def preview(
+    dataset_id: str,
+    services: ServicesDep,
+    base_model: str = Query(DEFAULT_BASE_MODEL, max_length=512),
+    rows: int = Query(5, ge=1, le=20),
+) -> dict:
+    """The first supervised examples rendered through the base model's chat template, with the
+    trained (model-turn) character spans: what the model will see."""
+    from tunelab.data.preview import preview_file
+    from tunelab.models import load_tokenizer
+    from tunelab.registry.resolve import ModelNotFound, resolve_base_name
+
+    dataset = _get(services, dataset_id)
+    try:  # a servable base model's name only: a request never names a folder or a hub id
+        tokenizer = load_tokenizer(resolve_base_name(base_model))
+    except ModelNotFound as exc:
+        raise ApiError(404, "model_not_found", str(exc), {"field": "base_model"}) from None
+    path = services.artifacts.local_path(dataset.uri)
+    return {"base_model": base_model, "rows": preview_file(path, tokenizer, rows)}

@@ -7,22 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.api.errors import ApiError
+from tunelab.api.openai_schemas import EmbeddingRequest
 
 router = APIRouter(prefix="/v1", tags=["embeddings"])
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options are accepted and ignored
-    model: str = Field(..., min_length=1, max_length=140)
-    input: str | list[str] = Field(..., description="A text or a list of up to 2048 texts.")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, le=8192)
 
 
 async def _target(request: Request, name: str):
@@ -31,26 +23,26 @@ async def _target(request: Request, name: str):
     pool = request.app.state.inference
     target = await asyncio.to_thread(embedding_target, pool, name)
     if target is None:
-        raise ApiError(404, "model_not_found", f"{name!r} is not an embedding model")
+        raise ApiError(
+            404, "model_not_found", f"{name!r} is not an embedding model", {"param": "model"}
+        )
     return target
 
 
-async def _embed(target, texts: list[str], **options):
+async def _embed(target, texts: list[str], param: str, **options):
     from tunelab.embeddings.serving import InvalidEmbeddingRequest, embed
 
     try:
         return await asyncio.to_thread(embed, target, texts, **options)
     except InvalidEmbeddingRequest as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from None
+        raise ApiError(400, "invalid_request", str(exc), {"param": param}) from None
 
 
 @router.post("/embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if not 1 <= len(texts) <= 2048:
-        raise ApiError(422, "invalid_request", "input must hold 1 to 2048 texts")
     target = await _target(request, body.model)
-    results = await _embed(target, texts, dimensions=body.dimensions)
+    results = await _embed(target, texts, "input", dimensions=body.dimensions)
     data = []
     for i, r in enumerate(results):
         vector: Any = r.values
@@ -73,7 +65,10 @@ async def vertex_predictions(target, instances, parameters) -> dict[str, Any]:
         text = instance.content if instance.content is not None else instance.prompt
         if text is None or instance.messages:
             raise ApiError(
-                422, "invalid_request", f"instances[{i}]: an embedding instance needs content"
+                400,
+                "invalid_request",
+                f"instances[{i}]: an embedding instance needs content",
+                {"param": f"instances[{i}].content"},
             )
         texts.append(text)
         task_types.append(instance.task_type)
@@ -81,6 +76,7 @@ async def vertex_predictions(target, instances, parameters) -> dict[str, Any]:
     results = await _embed(
         target,
         texts,
+        "instances",
         task_types=task_types,
         titles=titles,
         dimensions=getattr(parameters, "outputDimensionality", None),

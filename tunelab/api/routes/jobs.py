@@ -13,7 +13,10 @@ from tunelab.jobs import store
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.views import job_view
+from tunelab.registry.continuation import ContinuationError
 from tunelab.registry.datasets import get_dataset
+from tunelab.registry.names import InvalidModelName, check_tuned_model_name
+from tunelab.registry.resolve import ModelNotFound, check_request_config
 
 router = APIRouter(prefix="/v1/tuningJobs", tags=["tuning jobs"])
 
@@ -32,6 +35,16 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         raise ApiError(
             422, "invalid_config", f"{len(errors)} invalid tuning parameter(s)", {"errors": errors}
         ) from None
+    try:  # the same name rule as every face; models named by the config must be servable
+        check_tuned_model_name(body.tuned_model_display_name)
+    except InvalidModelName as exc:
+        raise ApiError(
+            422, "invalid_request", str(exc), {"field": "tuned_model_display_name"}
+        ) from None
+    try:
+        check_request_config(services, config)
+    except ModelNotFound as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
     roles = body.dataset_roles()
     if not roles:
         raise ApiError(
@@ -47,14 +60,17 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
                 "not_found",
                 f"{role} dataset: no dataset {ref[:40]!r} (upload it with POST /v1/datasets)",
             )
-    job, _ = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=body.tuned_model_display_name,
-        datasets=roles,
-        idempotency_key=body.idempotency_key,
-    )
+    try:
+        job, _ = submit_job(
+            services.db,
+            services.artifacts,
+            config=config,
+            name=body.tuned_model_display_name,
+            datasets=roles,
+            idempotency_key=body.idempotency_key,
+        )
+    except ContinuationError as exc:  # config.base_model names a tuned model it cannot use
+        raise ApiError(422, "invalid_request", str(exc), {"field": "config.base_model"}) from None
     return job_view(services.db, job)
 
 

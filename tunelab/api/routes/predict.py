@@ -1,5 +1,8 @@
-"""Vertex-style prediction: ``POST /v1/endpoints/{endpoint}:predict`` with ``instances`` (a
-``prompt``, or chat ``messages`` with an optional ``context``) and ``parameters``."""
+"""Vertex-style prediction: ``POST /v1/endpoints/{endpoint}:predict``, also at Vertex's resource
+paths (``/v1/projects/{p}/locations/{l}/endpoints/{endpoint}:predict`` and the publisher-model
+path), with ``instances`` (a ``prompt``, or chat ``messages`` with an optional ``context`` and
+``examples``) and ``parameters``. Bodies are in tunelab/api/vertex_schemas.py; errors are in
+Google's shape (tunelab/api/errors.py)."""
 
 from __future__ import annotations
 
@@ -7,88 +10,94 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.api.errors import ApiError
+from tunelab.api.inference import check_name, generate_all
+from tunelab.api.vertex_schemas import Instance, PredictRequest
 from tunelab.serving.generation import GenerationParams
 
-router = APIRouter(prefix="/v1/endpoints", tags=["prediction"])
+router = APIRouter(prefix="/v1", tags=["prediction"])
+
+_ROLES = {
+    "user": "user",
+    "model": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    author: str | None = Field(None, max_length=32, description="Vertex chat name for the role.")
-    role: str | None = Field(None, max_length=32)
-    content: str = Field(..., max_length=1_000_000)
-
-
-class Instance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str | None = Field(None, max_length=1_000_000)
-    content: str | None = Field(None, max_length=1_000_000, description="Alias of prompt.")
-    messages: list[Message] | None = Field(None, max_length=1000)
-    context: str | None = Field(None, max_length=1_000_000, description="System instruction.")
-    # Embedding models (tunelab/api/routes/embeddings.py): Vertex's task type and document title.
-    task_type: str | None = Field(None, max_length=32)
-    title: str | None = Field(None, max_length=100_000)
-
-
-class Parameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    temperature: float = Field(0.2, ge=0, le=2)
-    maxOutputTokens: int = Field(256, ge=1, le=8192)
-    topP: float = Field(0.8, gt=0, le=1)
-    topK: int = Field(40, ge=0, le=1000)
-    candidateCount: int = Field(1, ge=1, le=8)
-    stopSequences: list[str] = Field(default_factory=list, max_length=16)
-    seed: int | None = None
-    # Embedding models only: truncate vectors to this size; refuse over-long inputs if false.
-    outputDimensionality: int | None = Field(None, ge=1, le=8192)
-    autoTruncate: bool = True
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    instances: list[Instance] = Field(..., min_length=1, max_length=64)
-    parameters: Parameters = Field(default_factory=Parameters)
-
-
-def instance_messages(instance: Instance) -> tuple[list[dict[str, str]], bool]:
-    """(messages, is_chat). A prompt is one user turn, exactly as ``input_text`` in training."""
+def instance_messages(instance: Instance, index: int = 0) -> tuple[list[dict[str, str]], bool]:
+    """(messages, is_chat). A prompt is one user turn, exactly as ``input_text`` in training; a
+    chat instance is its context (the system turn), its examples (user/model exchanges before
+    the conversation, as Vertex's chat models read them), then its messages."""
+    where = f"instances[{index}]"
     system = [{"role": "system", "content": instance.context}] if instance.context else []
     if instance.messages:
-        roles = {
-            "user": "user",
-            "model": "assistant",
-            "assistant": "assistant",
-            "bot": "assistant",
-            "system": "system",
-        }
+        examples = []
+        for ex in instance.examples or []:
+            examples += [
+                {"role": "user", "content": ex.input.content},
+                {"role": "assistant", "content": ex.output.content},
+            ]
         out = []
         for i, m in enumerate(instance.messages):
             who = (m.role or m.author or ("user" if i % 2 == 0 else "model")).lower()
-            if who not in roles:
+            if who not in _ROLES:
                 raise ApiError(
-                    422,
+                    400,
                     "invalid_request",
-                    f"instances.messages[{i}]: unknown role {who!r}",
-                    {"allowed": sorted(roles)},
+                    f"{where}.messages[{i}]: unknown role {who!r}",
+                    {"allowed": sorted(_ROLES), "param": f"{where}.messages[{i}].author"},
                 )
-            out.append({"role": roles[who], "content": m.content})
-        return system + out, True
+            out.append({"role": _ROLES[who], "content": m.content})
+        return system + examples + out, True
+    if instance.examples:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{where}.examples: examples belong to a chat instance (give messages)",
+            {"param": f"{where}.examples"},
+        )
     text = instance.prompt if instance.prompt is not None else instance.content
     if text is None:
         raise ApiError(
-            422, "invalid_request", "each instance needs a prompt (or content) or messages"
+            400,
+            "invalid_request",
+            f"{where}: each instance needs a prompt (or content) or messages",
+            {"param": f"{where}.prompt"},
         )
     return system + [{"role": "user", "content": text}], False
 
 
-@router.post("/{endpoint}:predict")
+@router.post("/endpoints/{endpoint}:predict")
 async def predict(endpoint: str, body: PredictRequest, request: Request) -> dict[str, Any]:
+    return await _predict(endpoint, body, request)
+
+
+@router.post("/projects/{project}/locations/{location}/endpoints/{endpoint}:predict")
+async def predict_resource(
+    project: str, location: str, endpoint: str, body: PredictRequest, request: Request
+) -> dict[str, Any]:
+    """Vertex's resource path; the project and location name this server."""
+    return await _predict(endpoint, body, request)
+
+
+@router.post(
+    "/projects/{project}/locations/{location}/publishers/{publisher}/models/{model}:predict"
+)
+async def predict_publisher_model(
+    project: str, location: str, publisher: str, model: str, body: PredictRequest, request: Request
+) -> dict[str, Any]:
+    """A model by name (``TextGenerationModel.from_pretrained``'s path); the publisher is any."""
+    return await _predict(model, body, request)
+
+
+async def _predict(endpoint: str, body: PredictRequest, request: Request) -> dict[str, Any]:
     from tunelab.serving.engine import GenerationRequest
     from tunelab.serving.pool import ModelNotAvailable
 
+    check_name(endpoint, "endpoint")
     pool = request.app.state.inference
     # An embedding model answers with vectors, not text (tunelab/api/routes/embeddings.py).
     embedding = await asyncio.to_thread(pool.embedding_target, endpoint)
@@ -108,22 +117,20 @@ async def predict(endpoint: str, body: PredictRequest, request: Request) -> dict
         max_output_tokens=p.maxOutputTokens,
         seed=p.seed,
     )
-    futures, chats = [], []
-    for instance in body.instances:
-        messages, is_chat = instance_messages(instance)
+    requests, chats = [], []
+    for i, instance in enumerate(body.instances):
+        messages, is_chat = instance_messages(instance, i)
         chats.append(is_chat)
-        futures.append(
-            target.engine.submit(
-                GenerationRequest(
-                    messages=messages,
-                    adapter=target.adapter,
-                    params=params,
-                    stop_sequences=p.stopSequences,
-                    candidate_count=p.candidateCount,
-                )
+        requests.append(
+            GenerationRequest(
+                messages=messages,
+                adapter=target.adapter,
+                params=params,
+                stop_sequences=p.stopSequences,
+                candidate_count=p.candidateCount,
             )
         )
-    results = [await asyncio.wrap_future(f) for f in futures]
+    results = await generate_all(target.engine, requests, param="instances")
     predictions = []
     for result, is_chat in zip(results, chats, strict=True):
         candidates = [

@@ -15,6 +15,7 @@ from tunelab.registry.models import (
     get_versions,
     list_models,
     upstream,
+    version_refs,
 )
 
 router = APIRouter(prefix="/v1/tunedModels", tags=["tuned models"])
@@ -50,14 +51,20 @@ def lineage(name: str, services: ServicesDep, version: int | None = Query(None, 
     except ModelNotRegistered as exc:
         raise ApiError(404, "not_found", str(exc)) from None
 
+    def node(kind: str, node_id: str) -> dict:
+        ref = refs.get(node_id) if kind == "model_version" else None
+        return {"kind": kind, "id": node_id} | ({"ref": ref} if ref else {})
+
     def edge(e) -> dict:
         return {
-            "from": {"kind": e.src_kind, "id": e.src_id},
-            "to": {"kind": e.dst_kind, "id": e.dst_id},
+            "from": node(e.src_kind, e.src_id),
+            "to": node(e.dst_kind, e.dst_id),
             "relation": e.relation,
         }
 
     ups = upstream(services.db, "model_version", v.id)
+    # name@version of the model versions in the chain (continued tuning's parents)
+    refs = version_refs(services.db, {e.src_id for e in ups if e.src_kind == "model_version"})
     datasets = sorted({e.src_id for e in ups if e.src_kind == "dataset"})
     return {
         "model_version": version_view(v),

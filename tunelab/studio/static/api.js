@@ -38,20 +38,30 @@ export async function api(path, { method = "GET", json, body, key, signal } = {}
   return data;
 }
 
-/** Check a key against an authenticated endpoint without storing it. */
+/** Check a key without storing it; answers its name and scopes (any key may ask). */
 export async function verifyKey(key) {
-  await api("/v1/tuningJobs?limit=1", { key });
+  return api("/v1/keys/me", { key });
+}
+
+// What the logged-in key may do: "inference", "tune", "admin" (each includes the ones before).
+// Set at login and on load; the pages hide what the key lacks (the server refuses it anyway).
+let scopes = [];
+export const can = (scope) => scopes.includes(scope);
+export function setScopes(granted) {
+  scopes = granted;
+  for (const s of ["inference", "tune", "admin"]) document.body.classList.toggle(`can-${s}`, granted.includes(s));
 }
 
 /**
- * POST to an OpenAI-style streaming endpoint and call onText for every text delta.
- * Reads the server-sent events from the response body as they arrive.
+ * POST to the OpenAI-style streaming chat endpoint and call onText for every text delta.
+ * Reads the server-sent events as they arrive; asks for the final usage chunk
+ * (stream_options.include_usage) and answers {finish, usage}.
  */
 export async function streamChat(body, onText, signal) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: headers(undefined, { "Content-Type": "application/json" }),
-    body: JSON.stringify({ ...body, stream: true }),
+    body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
     signal,
   });
   if (!response.ok) {
@@ -67,6 +77,7 @@ export async function streamChat(body, onText, signal) {
   const decoder = new TextDecoder();
   let buffer = "";
   let finish = null;
+  let usage = null;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -78,8 +89,10 @@ export async function streamChat(body, onText, signal) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data:")) continue;
         const payload = line.slice(5).trim();
-        if (payload === "[DONE]") return finish;
+        if (payload === "[DONE]") return { finish, usage };
         const chunk = JSON.parse(payload);
+        if (chunk.error) throw new ApiError(500, chunk); // generation failed after the stream opened
+        if (chunk.usage) usage = chunk.usage; // the last chunk, with no choices
         const choice = chunk.choices && chunk.choices[0];
         if (!choice) continue;
         if (choice.delta && choice.delta.content) onText(choice.delta.content);
@@ -87,5 +100,5 @@ export async function streamChat(body, onText, signal) {
       }
     }
   }
-  return finish;
+  return { finish, usage };
 }

@@ -1,5 +1,5 @@
 // The Studio shell: login, hash routing, and the page modules.
-import { getKey, setKey, clearKey, verifyKey } from "./api.js";
+import { getKey, setKey, clearKey, verifyKey, api, can, setScopes } from "./api.js";
 import { h, clear, toast } from "./dom.js";
 import { renderJobs } from "./page-jobs.js";
 import { renderJob } from "./page-job.js";
@@ -10,13 +10,16 @@ import { renderCreate } from "./page-create.js";
 const main = document.getElementById("main");
 let cleanup = null; // the current page's teardown (stops its polling)
 
+// [hash pattern, render, nav page, the key scope the page needs]
 const ROUTES = [
-  [/^#\/jobs\/([\w.-]+)$/, (m) => renderJob(main, m[1]), "jobs"],
-  [/^#\/jobs$/, () => renderJobs(main), "jobs"],
-  [/^#\/models$/, () => renderModels(main), "models"],
-  [/^#\/playground(?:\?model=(.*))?$/, (m) => renderPlayground(main, m[1] && decodeURIComponent(m[1])), "playground"],
-  [/^#\/create$/, () => renderCreate(main), "create"],
+  [/^#\/jobs\/([\w.-]+)$/, (m) => renderJob(main, m[1]), "jobs", "tune"],
+  [/^#\/jobs$/, () => renderJobs(main), "jobs", "tune"],
+  [/^#\/models$/, () => renderModels(main), "models", "tune"],
+  [/^#\/playground(?:\?model=(.*))?$/, (m) => renderPlayground(main, m[1] && decodeURIComponent(m[1])), "playground", "inference"],
+  [/^#\/create(?:\?from=([\w.-]+))?$/, (m) => renderCreate(main, m[1]), "create", "tune"],
 ];
+let scopesKnown = false;
+const home = () => (can("tune") ? "#/jobs" : "#/playground");
 
 function renderLogin(message) {
   document.getElementById("topbar").hidden = true;
@@ -29,9 +32,11 @@ function renderLogin(message) {
     button.disabled = true;
     error.hidden = true;
     try {
-      await verifyKey(input.value.trim());
+      const me = await verifyKey(input.value.trim());
       setKey(input.value.trim());
-      if (!location.hash || location.hash === "#/login") location.hash = "#/jobs";
+      setScopes(me.scopes);
+      scopesKnown = true;
+      if (!location.hash || location.hash === "#/login") location.hash = home();
       route();
     } catch (err) {
       error.textContent = err.status === 401 ? "That API key was refused." : `Could not check the key: ${err.message}`;
@@ -47,29 +52,42 @@ function renderLogin(message) {
   input.focus();
 }
 
-function route() {
+async function route() {
   if (cleanup) { cleanup(); cleanup = null; }
   if (!getKey()) return renderLogin();
+  if (!scopesKnown) {
+    try {
+      setScopes((await api("/v1/keys/me")).scopes);
+      scopesKnown = true;
+    } catch (err) {
+      if (err.status !== 401) renderLogin(`Could not check the key: ${err.message}`);
+      return; // a 401 has already shown the login form
+    }
+  }
   document.getElementById("topbar").hidden = false;
-  const hash = location.hash || "#/jobs";
-  for (const [pattern, render, page] of ROUTES) {
+  const hash = location.hash || home();
+  for (const [pattern, render, page, needs] of ROUTES) {
     const m = hash.match(pattern);
     if (!m) continue;
+    if (!can(needs)) break; // a page this key may not use: go to one it may
     document.body.dataset.page = page;
     for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
     cleanup = render(m) || null;
     return;
   }
-  location.hash = "#/jobs";
+  location.hash = home();
 }
 
 window.addEventListener("hashchange", route);
 window.addEventListener("tunelab:logout", (e) => {
   if (cleanup) { cleanup(); cleanup = null; }
+  scopesKnown = false;
   renderLogin(e.detail);
 });
 document.getElementById("logout").addEventListener("click", () => {
   clearKey();
+  scopesKnown = false;
+  setScopes([]);
   toast("Logged out");
   route();
 });

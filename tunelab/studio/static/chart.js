@@ -26,6 +26,11 @@ window.addEventListener("resize", () => {
  */
 export function drawChart(canvas, series, { xLabel = "", yLabel = "", empty = "No data yet" } = {}) {
   drawn.set(canvas, [series, { xLabel, yLabel, empty }]);
+  // A canvas has no text: name it as an image, with what it shows (the last value of each series).
+  canvas.dataset.title ||= canvas.getAttribute("aria-label") || yLabel || "chart";
+  canvas.setAttribute("role", "img");
+  const last = series.filter((s) => s.points.length).map((s) => `${s.name} ${+s.points[s.points.length - 1][1].toPrecision(4)} at ${xLabel || "x"} ${s.points[s.points.length - 1][0]}`);
+  canvas.setAttribute("aria-label", `${canvas.dataset.title}: ${last.length ? last.join("; ") : empty}`);
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600, height = canvas.clientHeight || 260;
   canvas.width = Math.round(width * ratio);

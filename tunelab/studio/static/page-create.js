@@ -9,6 +9,7 @@ const METHODS = [
   ["sft", "Supervised tuning", "Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model learns to answer like the outputs."],
   ["rlhf", "RLHF", "Preference pairs (prompt, two candidates, choice) train a reward model; then reinforcement learning on prompts earns its reward, with a KL penalty to the base model."],
   ["dpo", "DPO", "Preference pairs (prompt, chosen, rejected), optimised directly without a reward model."],
+  ["embedding", "Embedding tuning", "A corpus, queries and labels (which passages answer which query), as Vertex takes them: the encoder learns to rank the labelled passages first."],
 ];
 
 // The datasets each method takes, by the role POST /v1/tuningJobs names them with:
@@ -22,6 +23,13 @@ const DATASETS = {
     ["train", "Preference pairs", "training data", false, "preference"],
     ["validation", "Validation pairs (optional)", "validation data", true, "preference"],
   ],
+  embedding: [
+    ["corpus", "Corpus", "corpus", false, "corpus"],
+    ["queries", "Queries", "queries", false, "queries"],
+    ["train_labels", "Training labels", "training labels", false, "labels"],
+    ["test_labels", "Test labels (optional)", "test labels", true, "labels"],
+    ["validation_labels", "Validation labels (optional)", "validation labels", true, "labels"],
+  ],
   rlhf: [
     ["preference", "Preference pairs", "preference pairs", false, "preference"],
     ["prompts", "Prompts", "prompts", false, "prompts"],
@@ -32,12 +40,18 @@ const KIND = {
   supervised: { noun: "examples", format: '{"input_text", "output_text"}, or chat {"messages": [...]} / {"contents": [...]}', checks: ["max_seq_length", "epochs"] },
   preference: { noun: "pairs", format: '{"input_text" or "messages", "candidate_0", "candidate_1", "choice": 0 | 1}', checks: ["prompt_sequence_length", "target_sequence_length", "instruction"] },
   prompts: { noun: "prompts", format: '{"input_text"} or {"messages": [... a user turn last]}', checks: ["prompt_sequence_length", "instruction"] },
+  // Embedding files are checked together (labels name ids of the corpus and the queries).
+  corpus: { noun: "passages", format: '{"_id", "text", "title" (optional)}', checks: [], joint: true },
+  queries: { noun: "queries", format: '{"_id", "text"}', checks: [], joint: true },
+  labels: { noun: "labels", format: "TSV: query-id<TAB>corpus-id<TAB>score, after a header line", checks: [], joint: true },
 };
 
-// [name, label, kind, default (the config's; "" = the server's default), hint]
+// [name, label, kind, default, hint]. The default and (where the hint is empty) the hint are
+// replaced by the config's own, from its JSON schema (GET /v1/tuningMethods): written once, on
+// the config class. The defaults here only show until that answer arrives.
 const COMMON_STEPS = [
-  ["epochs", "Epochs", "int", "", "Passes over the training data (server default 3). Give epochs or steps, not both."],
-  ["train_steps", "Train steps", "int", "", "Optimizer steps; an alternative to epochs."],
+  ["epochs", "Epochs", "int", "", ""],  // the hint is the config's: its default differs by method
+  ["train_steps", "Train steps", "int", "", ""],
 ];
 const FIELDS = {
   sft: [
@@ -55,12 +69,23 @@ const FIELDS = {
   ],
   dpo: [
     ...COMMON_STEPS,
-    ["beta", "Beta", "float", "", "How far the tuned model may move from the base (server default)."],
+    ["beta", "Beta", "float", "", ""],
     ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:,1,2,4,8,16", "", ""],
-    ["batch_size", "Batch size", "int", "", "Preference pairs per step."],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
+    ["batch_size", "Batch size", "int", "", ""],
     ["prompt_sequence_length", "Prompt sequence length", "int", "", ""],
     ["target_sequence_length", "Target sequence length", "int", "", ""],
+    ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
+    ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
+  ],
+  embedding: [
+    ["train_steps", "Train steps", "int", "", ""],
+    ["batch_size", "Batch size", "int", "", ""],
+    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16,32", "", ""],
+    ["output_dimensionality", "Output dimensionality", "int", "", ""],
+    ["temperature", "Temperature", "float", "", ""],
+    ["max_seq_length", "Max sequence length", "int", "", ""],
     ["seed", "Seed", "int", "", ""],
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
@@ -86,11 +111,27 @@ const TASKS = {
   extractive_qa: ["Extractive question answering", "100+ examples", 100, 500],
 };
 
+/** The joint check of an embedding data set, as it concerns one of its files. */
+function jointReportView(report, role, kind) {
+  const errors = report.errors.filter((e) => e.role === role);
+  const s = report.stats || {};
+  const count = kind === "corpus" ? s.corpus : kind === "queries" ? s.queries : (s[role.replace("_labels", "")] || {}).labels;
+  return h("div", { class: `report ${errors.length ? "has-errors" : "ok"}`, dataset: { errors: String(errors.length), kind } },
+    errors.length
+      ? [h("div", { class: "alert bad" }, h("strong", {}, `${errors.length} error${errors.length === 1 ? "" : "s"}`), ": fix these lines and upload the file again."),
+         h("table", { class: "grid errors" },
+           h("thead", {}, h("tr", {}, h("th", {}, "Line"), h("th", {}, "Field"), h("th", {}, "Problem"))),
+           h("tbody", {}, errors.map((e) => h("tr", { dataset: { line: String(e.line) } },
+             h("td", {}, e.line ? `line ${e.line}` : "file"), h("td", {}, e.field || "—"), h("td", {}, `${e.message} (${e.code})`)))))]
+      : report.ok ? h("div", { class: "alert ok" }, h("strong", {}, "Valid"), `: ${fmt(count)} ${KIND[kind].noun}.`)
+      : h("div", { class: "alert warn" }, "Fine, but the other files have errors."));
+}
+
 function reportView(report, kind) {
   const bad = report.error_count > 0;
   const noun = KIND[kind].noun;
   const tokenRows = kind === "prompts" ? [["Total tokens", report.total_tokens]] : [
-    ["Total tokens", report.total_tokens], ["Trained tokens (model turns)", report.trained_tokens], ["Billable tokens", report.billable_tokens]];
+    ["Total tokens", report.total_tokens], ["Trained tokens (model turns, one epoch)", report.trained_tokens], [`Billable tokens (all tokens × ${fmt(report.epochs ?? 1)} epochs)`, report.billable_tokens]];
   return h("div", { class: `report ${bad ? "has-errors" : "ok"}`, dataset: { errors: String(report.error_count), kind } },
     bad
       ? h("div", { class: "alert bad" }, h("strong", {}, `${report.error_count} error${report.error_count === 1 ? "" : "s"}`),
@@ -110,11 +151,24 @@ function reportView(report, kind) {
     ].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "number" ? fmt(v) : v))))));
 }
 
+/** One previewed line: the rendered text with its trained spans in <mark>, or its problems. */
+function previewRow(r) {
+  if (!r.text) return h("div", { class: "preview-row bad", dataset: { line: String(r.line) } }, h("small", { class: "muted" }, `line ${r.line}: `), (r.problems || []).join("; "));
+  const parts = [];
+  let at = 0;
+  for (const [start, end] of r.trained_spans) {
+    parts.push(r.text.slice(at, start), h("mark", { class: "trained" }, r.text.slice(start, end)));
+    at = end;
+  }
+  parts.push(r.text.slice(at));
+  return h("div", { class: "preview-row", dataset: { line: String(r.line) } }, h("small", { class: "muted" }, `line ${r.line}`), h("pre", { class: "rendered" }, parts));
+}
+
 /** A hyperparameter's current value in the form ("" when absent or empty). */
 const paramValue = (field) => (document.getElementById(`param-${field}`)?.value || "").trim();
 
-export function renderCreate(main) {
-  const state = { method: "sft", supported: { sft: true }, data: {}, busy: 0 };
+export function renderCreate(main, fromJob) {
+  const state = { method: "sft", supported: { sft: true }, schemas: {}, data: {}, busy: 0, baseError: null };
   const submitBtn = h("button", { id: "submit-job", type: "submit", disabled: true }, "Start tuning");
   const reason = h("span", { class: "muted small", id: "submit-reason" });
   const formError = h("div", { id: "form-error" });
@@ -130,7 +184,8 @@ export function renderCreate(main) {
   const taskLabel = h("label", { for: "task" }, "Task");
   const task = h("select", { id: "task" }, Object.entries(TASKS).map(([k, [label]]) => h("option", { value: k }, label)));
   const evalNote = h("p", { class: "muted small", id: "eval-note" });
-  const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}' });
+  const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}', "aria-label": "Extra config (JSON)" });
+  const baseError = h("div", { id: "base-model-error", role: "alert" });
 
   const roles = () => DATASETS[state.method];
   const kindOf = (role) => (roles().find(([r]) => r === role) || [])[4];
@@ -140,6 +195,22 @@ export function renderCreate(main) {
     const idInput = h("input", { id: `${role}-dataset-id`, placeholder: "ds-…", maxlength: "40" });
     const report = h("div", { id: `${role}-report` });
     const info = h("div", { class: "muted small", id: `${role}-dataset` });
+    // Supervised data only: the first examples as the model sees them (GET …/preview).
+    const previewBody = h("div", { id: `${role}-preview-body` });
+    const preview = h("details", { class: "preview", id: `${role}-preview`, hidden: true, ontoggle: () => preview.open && loadPreview() },
+      h("summary", {}, "Preview: the first examples as the model sees them"), previewBody);
+    async function loadPreview() {
+      const d = state.data[role];
+      if (!d) return;
+      clear(previewBody, h("p", { class: "muted" }, "Rendering…"));
+      try {
+        const q = new URLSearchParams({ base_model: base.value.trim() || DEFAULT_BASE, rows: "5" });
+        const { rows } = await api(`/v1/datasets/${d.id}/preview?${q}`);
+        clear(previewBody, h("p", { class: "hint" }, "Rendered with the base model's chat template; ",
+          h("mark", {}, "highlighted"), " text is trained (the model turns), the rest is context."),
+          rows.map((r) => previewRow(r)));
+      } catch (err) { clear(previewBody, errorBox(err)); }
+    }
     const legend = h("legend", {});
     const format = h("p", { class: "hint" });
     file.addEventListener("change", async () => {
@@ -166,7 +237,7 @@ export function renderCreate(main) {
       h("div", { class: "or" }, h("label", { for: `${role}-dataset-id` }, "or a dataset already uploaded"), h("div", { class: "param-row" }, idInput, useId, clearBtn)),
       h("p", { class: "hint" }, "The server reads only uploaded files: it cannot open a path on your machine, and reading paths on the server would expose its files. ",
         "Upload the file here, or with ", h("code", {}, `curl -F file=@${role}.jsonl …/v1/datasets`), " and paste its id."),
-      info, report);
+      info, report, preview);
     block.report = report;
     block.show = (number, title, kind) => {
       clear(legend, `${number} · ${title}`);
@@ -175,7 +246,9 @@ export function renderCreate(main) {
     block.refresh = () => {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
-      if (d && d.report) clear(report, reportView(d.report, kindOf(role)));
+      if (d && d.report) clear(report, KIND[kindOf(role)].joint ? jointReportView(d.report, role, kindOf(role)) : reportView(d.report, kindOf(role)));
+      preview.hidden = !(d && kindOf(role) === "supervised");
+      if (preview.open) loadPreview();
     };
     return block;
   }
@@ -186,7 +259,14 @@ export function renderCreate(main) {
   async function withBusy(slot, fn) {
     state.busy += 1; update();
     clear(slot, h("p", { class: "muted" }, "Checking the data…"));
-    try { await fn(); } catch (err) { clear(slot, errorBox(err)); } finally { state.busy -= 1; update(); }
+    try { await fn(); } catch (err) {
+      if (err.code === "model_not_found") {
+        // The base model is wrong, not the data: say so where the base model is typed.
+        state.baseError = err.message;
+        clear(baseError, errorBox(err));
+        clear(slot, h("p", { class: "muted" }, "The data is checked once the base model is found."));
+      } else clear(slot, errorBox(err));
+    } finally { state.busy -= 1; update(); }
   }
 
   /** The server's report on a role's dataset, read as that role's kind with the form's limits. */
@@ -194,24 +274,59 @@ export function renderCreate(main) {
     const d = state.data[role];
     const kind = kindOf(role);
     if (!d || !kind) return;
-    const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE });
+    if (KIND[kind].joint) return validateJoint(role);
+    const optional = (roles().find(([r]) => r === role) || [])[3];
+    // A held-out set gets no advice on its size (that is for training sets).
+    const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE, purpose: optional ? "validation" : "train" });
     for (const field of KIND[kind].checks) if (paramValue(field)) q.set(field, paramValue(field));
     const ticket = (d.ticket = (d.ticket || 0) + 1);
     const report = await api(`/v1/datasets/${d.id}/validation?${q}`);
+    if (state.baseError) { state.baseError = null; clear(baseError); }
     if (state.data[role] !== d || d.ticket !== ticket || kindOf(role) !== kind) return; // a newer check is on its way
     d.report = report;
     blocks[role].refresh();
   }
 
+  /** The config's default and description for a field, from its JSON schema. */
+  function fromSchema(field, value, hint) {
+    const prop = ((state.schemas[state.method] || {}).properties || {})[field];
+    if (!prop) return [value, hint];
+    const d = prop.default;
+    // A float shows as one ("1.0", not "1"), as the config writes it.
+    const shown = d === null || d === undefined ? "" : prop.type === "number" && Number.isInteger(d) ? d.toFixed(1) : String(d);
+    return [shown, hint || prop.description || ""];
+  }
+
+  /** Corpus, queries and labels are checked together, once the three required ones are there. */
+  async function validateJoint(role) {
+    const present = roles().filter(([r]) => state.data[r]).map(([r]) => r);
+    const missing = roles().filter(([r, , , optional]) => !optional && !state.data[r]).map(([, , noun]) => noun);
+    if (missing.length) {
+      state.data[role].report = null;
+      clear(blocks[role].report, h("p", { class: "muted" }, `Checked together with the ${missing.join(" and ")}, once uploaded.`));
+      return;
+    }
+    const q = new URLSearchParams(present.map((r) => [r, state.data[r].id]));
+    const ticket = (state.jointTicket = (state.jointTicket || 0) + 1);
+    const report = await api(`/v1/embeddingData/validation?${q}`);
+    if (ticket !== state.jointTicket || state.method !== "embedding") return;
+    for (const r of present) { state.data[r].report = report; blocks[r].refresh(); }
+  }
+
   function renderParams() {
-    clear(params, FIELDS[state.method].map(([field, label, kind, value, hint]) => {
+    // What the user typed survives a redraw (the schemas may arrive after they started).
+    const typed = Object.fromEntries([...params.querySelectorAll("[data-touched]")].map((el) => [el.id, el.value]));
+    clear(params, FIELDS[state.method].map(([field, label, kind, jsValue, jsHint]) => {
+      const [schemaValue, hint] = fromSchema(field, jsValue, jsHint);
+      const value = typed[`param-${field}`] ?? schemaValue;
       // select: numeric options; choice: named ones, sent as text
       const input = kind.startsWith("select:") || kind.startsWith("choice:")
-        ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o || "server default")))
+        ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o)))
         : kind === "text"
           ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
-          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "server default" });
-      input.addEventListener("input", update);
+          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "optional" });
+      input.addEventListener("input", () => { input.dataset.touched = "1"; update(); });
+      if (typed[`param-${field}`] !== undefined) input.dataset.touched = "1";
       if (Object.values(KIND).some((k) => k.checks.includes(field))) input.addEventListener("change", revalidate);
       return h("div", { class: "param" }, h("label", { for: `param-${field}` }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
     }));
@@ -266,12 +381,43 @@ export function renderCreate(main) {
     return lines;
   }
 
+  /** DPO: how often the pairs are read, at the form's batch size and epochs or steps. */
+  function dpoGuidance() {
+    const lines = [h("p", {}, h("strong", {}, "DPO"), ": each step compares the chosen and the rejected answer of ",
+      "a batch of pairs and moves the model toward the chosen one, held near its starting point by beta. ",
+      "Vertex advises at least 16 pairs; a few hundred varied ones work better than more epochs.")];
+    const r = state.data.train && state.data.train.report;
+    if (r && r.ok) {
+      const [bsDefault] = fromSchema("batch_size", "8", "");
+      const [epochsDefault] = fromSchema("epochs", "", "");
+      const bs = Number(paramValue("batch_size") || bsDefault) || 8;
+      const epochs = Number(paramValue("epochs") || epochsDefault) || 1;
+      const perEpoch = Math.ceil(r.usable_examples / bs);
+      const stepsInput = paramValue("train_steps");
+      const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
+      lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable pairs → ${perEpoch} steps per epoch at batch size ${bs}; `,
+        h("strong", {}, `${steps} steps`), stepsInput ? " (train steps)." : ` over ${epochs} epoch${epochs === 1 ? "" : "s"}.`));
+    }
+    return lines;
+  }
+
+  function embeddingGuidance() {
+    const r = state.data.train_labels && state.data.train_labels.report;
+    const lines = [h("p", {}, h("strong", {}, "Embedding tuning"), ": each step scores every query of a batch against every labelled passage ",
+      "of the batch (the others are negatives); the test labels measure recall@k, NDCG@10 and MRR of the base and the tuned encoder.")];
+    if (r && r.ok && r.stats) lines.push(h("p", { id: "steps-estimate" }, `${r.stats.train.queries} training queries with ${r.stats.train.positives} positive labels; `,
+      r.stats.test_from_split ? "no test labels: 20% of the training queries are held out for the test." : `${r.stats.test.queries} test queries.`));
+    return lines;
+  }
+
   function renderGuidance() {
-    const rlhf = state.method === "rlhf";
-    taskLabel.hidden = task.hidden = rlhf;
-    clear(guidance, rlhf ? rlhfGuidance() : stepsGuidance());
+    const rlhf = state.method === "rlhf", dpo = state.method === "dpo", emb = state.method === "embedding";
+    taskLabel.hidden = task.hidden = rlhf || dpo || emb;
+    clear(guidance, rlhf ? rlhfGuidance() : dpo ? dpoGuidance() : emb ? embeddingGuidance() : stepsGuidance());
     clear(evalNote, rlhf
       ? "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate)."
+      : emb ? "Without test labels, 20% of the training queries are held out to compare the tuned encoder with its base."
+      : dpo ? "With validation pairs, TuneLab measures reward accuracy and margins on them every few steps and stores the last evaluation on the model version."
       : "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.");
   }
 
@@ -280,11 +426,13 @@ export function renderCreate(main) {
     if (!state.supported[state.method]) problems.push("this server does not offer this method");
     if (!name.value.trim()) problems.push("give the tuned model a name");
     if (!base.value.trim()) problems.push("choose a base model");
+    else if (state.baseError) problems.push("the base model was not found");
     if (state.busy) problems.push("checking the data");
     for (const [role, , noun, optional] of roles()) {
       const d = state.data[role];
       if (!d) { if (!optional) problems.push(`upload the ${noun}`); continue; }
-      if (d.report && !d.report.ok) problems.push(`errors in the ${noun}`);
+      const joint = KIND[kindOf(role)].joint; // one report for all the embedding files: this file's errors
+      if (d.report && !d.report.ok && (!joint || d.report.errors.some((e) => e.role === role))) problems.push(`errors in the ${noun}`);
       else if (!d.report && !state.busy) problems.push(`the ${noun} not checked yet`);
     }
     if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
@@ -302,7 +450,11 @@ export function renderCreate(main) {
   }
 
   function setMethod() {
+    const previous = state.method;
     state.method = methodSelect.value;
+    // Each method's own default base model (an encoder for embeddings), unless one was typed.
+    const defaultOf = (m) => (((state.schemas[m] || {}).properties || {}).base_model || {}).default;
+    if (defaultOf(state.method) && (!base.value.trim() || base.value.trim() === (defaultOf(previous) || DEFAULT_BASE))) base.value = defaultOf(state.method);
     const [, label, about] = METHODS.find(([id]) => id === state.method);
     clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, ` ${label} is not available on this server yet.`));
     clear(dataCards, roles().map(([role, title, , optional, kind], i) => {
@@ -344,11 +496,11 @@ export function renderCreate(main) {
         h("fieldset", { class: "card" }, h("legend", {}, "1 · Method and model"),
           h("label", { for: "method" }, "Tuning method"), methodSelect, methodNote,
           h("label", { for: "display-name" }, "Tuned model name"), name,
-          h("label", { for: "base-model" }, "Base model"), base, datalist,
+          h("label", { for: "base-model" }, "Base model"), base, datalist, baseError,
           h("small", { class: "muted" }, "A catalog name, a model folder on the server, or a Hugging Face hub id.")),
         dataCards,
         h("fieldset", { class: "card" }, paramsLegend, params,
-          h("details", {}, h("summary", {}, "Extra config (JSON)"), extra,
+          h("details", { id: "extra-config-details" }, h("summary", {}, "Extra config (JSON)"), extra,
             h("small", { class: "muted" }, "Merged into the config as given; for parameters this form does not show.")))),
       h("div", { class: "col-narrow" },
         h("div", { class: "card sticky" }, h("h2", {}, "Guidance"), taskLabel, task, guidance, evalNote,
@@ -364,21 +516,57 @@ export function renderCreate(main) {
   setMethod();
 
   api("/v1/models").then(({ data }) => clear(datalist, data.filter((m) => m.owned_by !== "user").map((m) => h("option", { value: m.id })))).catch(() => {});
-  // Which methods does this server take? Ask with a dataset id that cannot exist: an unknown
-  // method is refused with 422 on "method", a known one with 404 on the dataset (or 422 on its
-  // config): either way no job is created.
-  for (const [method] of METHODS.slice(1)) {
-    api("/v1/tuningJobs", { method: "POST", json: { method, tuned_model_display_name: "studio-probe", train_dataset: "ds-studio-probe-none" } })
-      .catch((err) => err)
-      .then((err) => {
-        state.supported[method] = !(err && err.status === 422 && err.details && err.details.field === "method");
-        const option = [...methodSelect.options].find((o) => o.value === method);
-        option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
-        option.disabled = !state.supported[method];
-        option.dataset.supported = String(state.supported[method]);
-        if (!state.supported[method]) option.title = "not available on this server";
-        if (state.method === method) setMethod();
+  // Which methods this server takes, each with its config's JSON schema (defaults, hints).
+  api("/v1/tuningMethods").then(({ tuning_methods: methods }) => {
+    for (const m of methods) state.schemas[m.method] = m.config_schema;
+    for (const option of methodSelect.options) {
+      const method = option.value;
+      state.supported[method] = method in state.schemas;
+      option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
+      option.disabled = !state.supported[method];
+      option.dataset.supported = String(state.supported[method]);
+    }
+    if (!state.closed) setMethod();
+    if (fromJob && !state.closed) return cloneJob(fromJob);
+  }).catch((err) => clear(formError, errorBox(err)));
+
+  /** "Tune again with these settings": the job's method, base, datasets (by id) and config. */
+  async function cloneJob(jobId) {
+    const job = await api(`/v1/tuningJobs/${encodeURIComponent(jobId)}`);
+    if (state.closed) return;
+    methodSelect.value = job.method;
+    setMethod();
+    name.value = job.display_name;
+    base.value = job.config.base_model || job.base_model;
+    const shown = new Set(FIELDS[state.method].map(([f]) => f));
+    const leftover = {};
+    for (const [field, value] of Object.entries(job.config)) {
+      if (field === "method" || field === "base_model") continue;
+      const input = document.getElementById(`param-${field}`);
+      if (shown.has(field) && input) {
+        input.value = value === null ? "" : String(value);
+        input.dataset.touched = "1";
+      } else {
+        const prop = ((state.schemas[state.method] || {}).properties || {})[field];
+        if (!prop || JSON.stringify(prop.default) !== JSON.stringify(value)) leftover[field] = value;
+      }
+    }
+    extra.value = Object.keys(leftover).length ? JSON.stringify(leftover) : "";
+    if (extra.value) extra.closest("details").open = true;
+    clear(methodNote, methodNote.textContent, " ", h("strong", { id: "cloned-from" }, `Settings of job ${job.id}.`));
+    for (const [jobRole, id] of Object.entries(job.datasets)) {
+      // DPO takes its pairs as "preference" or "train"; the form names them "train".
+      const role = state.method === "dpo" && jobRole === "preference" ? "train" : jobRole;
+      const block = blocks[role];
+      if (!block) continue;
+      await withBusy(block.report, async () => {
+        const ds = await api(`/v1/datasets/${encodeURIComponent(id)}`);
+        state.data[role] = { id: ds.id, filename: ds.filename, report: null };
+        document.getElementById(`${role}-dataset-id`).value = ds.id;
+        await validate(role);
       });
+    }
+    update();
   }
   return () => { state.closed = true; clearTimeout(revalidateTimer); };
 }

@@ -1,14 +1,24 @@
 // The registry: tuned models with their versions, lineage (dataset -> job -> model), metrics and
-// base-vs-tuned evaluation, and deploy / undeploy.
+// base-vs-tuned evaluation, deploy / undeploy, and export (export.js).
 import { api } from "./api.js";
 import { h, clear, when, fmt, errorBox, toast } from "./dom.js";
 import { kvTable, evaluationTable, pageHeader } from "./widgets.js";
+import { exportControl } from "./export.js";
 
 function lineageView(lineage, version) {
   const datasets = Object.keys(lineage.datasets || {});
   const byRelation = {};
   for (const e of lineage.upstream || []) if (e.from.kind === "dataset") byRelation[e.from.id] = e.relation;
+  // Continued tuning starts from another version (relation init_adapter); imports come from outside.
+  const direct = (lineage.upstream || []).filter((e) => e.to.id === version.id);
+  const parents = direct.filter((e) => e.from.kind === "model_version").map((e) => e.from.ref || e.from.id);
+  const imported = direct.some((e) => e.relation === "imported");
   return h("div", { class: "lineage", dataset: { testid: "lineage" } },
+    parents.length || imported
+      ? [h("div", { class: "node", dataset: { testid: "lineage-parent" } }, h("small", {}, imported ? "imported" : "started from"),
+          parents.length ? parents.map((p) => h("div", {}, h("code", {}, p))) : h("div", {}, "PEFT adapter")),
+        h("span", { class: "arrow" }, "→")]
+      : null,
     h("div", { class: "node" }, h("small", {}, "datasets"), datasets.length ? datasets.map((d) => h("div", {}, h("code", {}, d), byRelation[d] ? ` (${byRelation[d]})` : "")) : "—"),
     h("span", { class: "arrow" }, "→"),
     h("div", { class: "node" }, h("small", {}, "tuning job"), version.source_job ? h("a", { href: `#/jobs/${version.source_job}` }, version.source_job) : "—"),
@@ -16,9 +26,24 @@ function lineageView(lineage, version) {
     h("div", { class: "node" }, h("small", {}, "model version"), h("code", {}, `${version.name}@${version.version}`)));
 }
 
+const LABELS = {
+  eval_loss: "DPO loss", eval_reward_accuracy: "Reward accuracy", eval_reward_margin: "Reward margin",
+  eval_logp_margin: "Log-prob margin (chosen − rejected)", eval_reference_logp_margin: "Reference log-prob margin",
+};
+
+/** Results a method stores as an object on the version's metrics (DPO: `evaluation`, the last
+ * evaluation on its validation pairs), shown as tables rather than "[object Object]". */
+function nestedMetrics(metrics) {
+  const nested = Object.entries(metrics || {}).filter(([, x]) => x && typeof x === "object" && Object.keys(x).length);
+  if (!nested.length) return null;
+  return nested.map(([name, values]) => h("div", { class: "nested-metrics", dataset: { testid: `metrics-${name}` } },
+    h("h3", {}, name === "evaluation" ? "Evaluation on the validation pairs" : name),
+    kvTable(Object.entries(values).map(([k, x]) => [LABELS[k] || k, x !== null && typeof x === "object" ? JSON.stringify(x) : fmt(x)]))));
+}
+
 export function renderModels(main) {
   const list = h("div", { id: "models-list" });
-  clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create" }, "Create tuned model")), list);
+  clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create", dataset: { needs: "tune" } }, "Create tuned model")), list);
   let stopped = false;
 
   async function load() {
@@ -46,22 +71,25 @@ export function renderModels(main) {
                 h("h3", {}, `Version ${v.version}`),
                 endpoint ? h("span", { class: "badge ok" }, `deployed on ${endpoint.id}`) : h("span", { class: "badge muted" }, "not deployed"),
                 endpoint
-                  ? h("button", { class: "undeploy", onclick: async () => {
+                  ? h("button", { class: "undeploy", dataset: { needs: "admin" }, onclick: async () => {
                       try { await api(`/v1/endpoints/${endpoint.id}:undeploy`, { method: "POST", json: { model_version_id: v.id } }); toast(`${ref} undeployed`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Undeploy")
-                  : h("button", { class: "deploy", onclick: async () => {
+                  : h("button", { class: "deploy", dataset: { needs: "admin" }, onclick: async () => {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),
+              exportControl(v),
               h("div", { class: "version-body" },
                 h("div", {}, kvTable([
                   ["Created", when(v.create_time)],
                   ["Base model", h("span", { class: "path" }, v.base_model)],
                   ["Adapter sha256", h("code", { class: "small" }, v.adapter_sha256)],
-                  ...Object.entries(v.metrics || {}).map(([k, x]) => [k, fmt(x)]),
+                  // scalars here; a nested result (DPO's evaluation on its validation pairs) below
+                  ...Object.entries(v.metrics || {}).filter(([, x]) => x === null || typeof x !== "object").map(([k, x]) => [k, fmt(x)]),
                 ])),
-                h("div", {}, lineage ? lineageView(lineage, v) : null, evaluationTable(v.evaluation))));
+                h("div", {}, lineage ? lineageView(lineage, v) : null,
+                  v.evaluation ? evaluationTable(v.evaluation) : nestedMetrics(v.metrics) || evaluationTable(null))));
           })));
       }
       clear(list, cards);

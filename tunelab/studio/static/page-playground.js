@@ -1,9 +1,11 @@
-// Prompt playground: pick a base or tuned model, set the system instruction and sampling
-// parameters, stream the answer, compare with the base model side by side, and view the code.
-import { api, streamChat } from "./api.js";
+// Prompt playground for comparing: one or two sides, each with its own model (a base, or a tuned
+// model at a version), its own sampling parameters and its own conversation. One system
+// instruction and one prompt box feed both sides; every answer shows its token counts and
+// latency, and each side's View code is that side's exact request.
+import { api, can, streamChat } from "./api.js";
 import { h, clear, errorBox, toast, copyText } from "./dom.js";
 import { pageHeader } from "./widgets.js";
-import { SNIPPETS } from "./snippets.js";
+import { SNIPPETS, requestBody } from "./snippets.js";
 
 const PARAMS = [
   // id, label, min, max, step, default, hint
@@ -13,144 +15,233 @@ const PARAMS = [
   ["max_tokens", "Max output tokens", 1, 2048, 1, 256, "The answer stops after this many tokens."],
 ];
 
-function paramControl([id, label, min, max, step, value, hint], onChange) {
-  const range = h("input", { type: "range", min, max, step, value: String(value), "aria-label": label });
-  const number = h("input", { type: "number", id: `param-${id}`, min, max, step, value: String(value) });
+const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+
+function paramControl(side, [id, label, min, max, step, value, hint], onChange) {
+  const inputId = `param-${side}-${id}`;
+  const range = h("input", { type: "range", min, max, step, value: String(value), "aria-label": `${label} (side ${side.toUpperCase()})` });
+  const number = h("input", { type: "number", id: inputId, min, max, step, value: String(value), dataset: { param: id } });
   range.addEventListener("input", () => { number.value = range.value; onChange(); });
   number.addEventListener("input", () => { range.value = number.value; onChange(); });
-  return h("div", { class: "param" }, h("label", { for: `param-${id}` }, label), h("div", { class: "param-row" }, range, number),
+  return h("div", { class: "param" }, h("label", { for: inputId }, label), h("div", { class: "param-row" }, range, number),
     h("small", { class: "muted" }, hint));
 }
 
-function outputPane(id, title) {
-  const text = h("pre", { class: "output-text", id: `${id}-text` });
-  const status = h("span", { class: "muted small", id: `${id}-status` });
-  const pane = h("div", { class: "card output", id }, h("div", { class: "output-head" }, h("h3", {}, title), status), text);
-  return { pane, text, status };
+/** One side of the comparison: its pickers, parameters, conversation and code panel. */
+function makeSide(id, env) {
+  const model = h("select", { id: `model-${id}`, "aria-label": `Model, side ${id.toUpperCase()}` });
+  const version = h("select", { id: `version-${id}`, "aria-label": `Version, side ${id.toUpperCase()}` });
+  const chat = h("div", { class: "chat", id: `chat-${id}`, "aria-live": "polite" });
+  const code = h("section", { class: "code-panel", id: `code-${id}`, hidden: true });
+  const viewCode = h("button", { id: `view-code-${id}`, type: "button", class: "ghost" }, "View code");
+  const params = h("details", { class: "side-params", open: true },
+    h("summary", {}, "Parameters"), PARAMS.map((p) => paramControl(id, p, () => side.renderCode())));
+  const card = h("section", { class: "card side", id: `side-${id}`, dataset: { side: id } },
+    h("div", { class: "output-head" }, h("h3", {}, `Side ${id.toUpperCase()}`), viewCode),
+    h("div", { class: "pickers" },
+      h("label", { for: `model-${id}` }, "Model", model),
+      h("label", { for: `version-${id}` }, "Version", version)),
+    params, chat, code);
+
+  const side = {
+    id, card, model, version, chat,
+    history: [], // [{role, content}]: the turns answered so far, sent again with every prompt
+    lastRequest: null, // the body of the request that made the last answer
+    modelRef() { return model.value && version.value ? `${model.value}@${version.value}` : model.value; },
+    param(name) { return Number(document.getElementById(`param-${id}-${name}`).value); },
+    /** The request this side sends for `prompt`: the system turn, its history, the prompt. */
+    request(prompt) {
+      const system = env.system();
+      return {
+        model: side.modelRef(),
+        messages: [...(system ? [{ role: "system", content: system }] : []), ...side.history, { role: "user", content: prompt }],
+        temperature: side.param("temperature"), top_p: side.param("top_p"), top_k: side.param("top_k"), max_tokens: side.param("max_tokens"),
+      };
+    },
+    async loadVersions() {
+      const name = model.value;
+      const tuned = name in env.tunedBase;
+      version.disabled = !tuned;
+      if (!tuned) return clear(version, h("option", { value: "" }, "—"));
+      clear(version, h("option", { value: "" }, "latest"));
+      // The registry's versions need the tune scope; an inference key serves the latest only.
+      if (!can("tune")) return;
+      try {
+        const { versions } = await api(`/v1/tunedModels/${encodeURIComponent(name)}`);
+        if (model.value !== name) return; // picked another model meanwhile
+        version.append(...versions.map((v) => h("option", { value: String(v.version) }, `${v.version}`)));
+      } catch (err) {
+        env.showError(err);
+      }
+    },
+    renderCode() {
+      if (code.hidden) return;
+      // The code for the last answer, unless a new prompt is being typed: then for that one.
+      const typed = env.prompt();
+      const body = typed.trim() || !side.lastRequest ? side.request(typed) : side.lastRequest;
+      const name = body.model.split("@")[0];
+      const p = {
+        server: location.origin, model: body.model, isTuned: name in env.tunedBase, baseModel: env.tunedBase[name] || body.model,
+        messages: body.messages, temperature: body.temperature, topP: body.top_p, topK: body.top_k, maxTokens: body.max_tokens,
+      };
+      const tabs = h("div", { class: "tabs" });
+      const bodies = h("div", {});
+      const show = (key) => {
+        for (const b of tabs.children) b.classList.toggle("active", b.dataset.tab === key);
+        for (const s of bodies.children) s.hidden = s.dataset.snippet !== key;
+        code.dataset.tab = key;
+      };
+      for (const [key, label, make] of SNIPPETS) {
+        const text = make(p);
+        tabs.append(h("button", { type: "button", class: "tab", dataset: { tab: key }, onclick: () => show(key) }, label));
+        bodies.append(h("div", { class: "snippet", dataset: { snippet: key } },
+          h("button", { type: "button", class: "copy", id: `copy-${id}-${key}`, onclick: async () => {
+            const ok = await copyText(text);
+            toast(ok ? `${label} code copied` : "Copy failed: select the text and copy it by hand", ok ? "info" : "bad");
+          } }, "Copy"),
+          h("pre", { id: `snippet-${id}-${key}` }, text)));
+      }
+      code.dataset.request = JSON.stringify(requestBody(p));
+      clear(code, h("div", { class: "output-head" },
+        h("h4", {}, body === side.lastRequest ? "Code for the last answer" : "Code for the next prompt"),
+        h("span", { class: "muted small" }, "Set ", h("code", {}, "TUNELAB_API_KEY"), " first.")), tabs, bodies);
+      show(code.dataset.tab || "python");
+    },
+    reset() { side.history = []; side.lastRequest = null; clear(chat); side.renderCode(); },
+    /** Send `prompt` with this side's settings and stream the answer into a new turn. */
+    async send(prompt, signal) {
+      const body = side.request(prompt);
+      const text = h("pre", { class: "output-text" });
+      const stats = h("div", { class: "stats muted small" }, "streaming…");
+      const turn = h("div", { class: "turn assistant", dataset: { done: "false" } }, h("div", { class: "who muted small" }, body.model), text, stats);
+      chat.append(h("div", { class: "turn user" }, h("pre", { class: "output-text" }, prompt)), turn);
+      const started = performance.now();
+      let first = null;
+      try {
+        const { finish, usage } = await streamChat(body, (piece) => {
+          if (first === null) first = performance.now() - started;
+          text.textContent += piece;
+        }, signal);
+        const total = performance.now() - started;
+        side.history = [...side.history, { role: "user", content: prompt }, { role: "assistant", content: text.textContent }];
+        side.lastRequest = body;
+        Object.assign(turn.dataset, {
+          promptTokens: usage ? usage.prompt_tokens : "", completionTokens: usage ? usage.completion_tokens : "",
+          firstTokenMs: first === null ? "" : Math.round(first), totalMs: Math.round(total),
+        });
+        clear(stats,
+          usage ? `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens · ` : "",
+          `first token ${first === null ? "—" : seconds(first)} · total ${seconds(total)} · ${finish || "done"}`);
+      } catch (err) {
+        // A stopped or failed answer stays on screen but out of the history: the next prompt
+        // is sent as if this turn had not happened.
+        turn.classList.add("dropped");
+        clear(stats, err.name === "AbortError" ? "stopped · not kept in the conversation" : errorBox(err));
+      } finally {
+        turn.dataset.done = "true";
+        side.renderCode();
+      }
+    },
+  };
+  viewCode.addEventListener("click", () => {
+    code.hidden = !code.hidden;
+    viewCode.textContent = code.hidden ? "View code" : "Hide code";
+    side.renderCode();
+  });
+  model.addEventListener("change", async () => { await side.loadVersions(); side.renderCode(); });
+  version.addEventListener("change", () => side.renderCode());
+  return side;
 }
 
 export function renderPlayground(main, preselect) {
-  const select = h("select", { id: "model-select" });
-  const system = h("textarea", { id: "system", rows: "3", placeholder: "Optional: how the model should behave (a system turn, as in training)." });
-  const prompt = h("textarea", { id: "prompt", rows: "6", placeholder: "Type a prompt…" });
+  const system = h("textarea", { id: "system", rows: "2", placeholder: "Optional: how the models should behave (a system turn, as in training)." });
+  const prompt = h("textarea", { id: "prompt", rows: "4", placeholder: "Type a prompt… (Ctrl+Enter sends)" });
   const compare = h("input", { type: "checkbox", id: "compare" });
-  const compareLabel = h("label", { class: "inline", for: "compare" }, compare, " Compare with the base model, side by side");
   const send = h("button", { id: "send", type: "submit" }, "Send");
   const stop = h("button", { id: "stop", type: "button", class: "ghost", disabled: true }, "Stop");
-  const outputs = h("div", { class: "outputs", id: "outputs" });
-  const codePanel = h("section", { class: "card code-panel", id: "code-panel", hidden: true });
-  const viewCode = h("button", { id: "view-code", type: "button", class: "ghost" }, "View code");
-  const status = h("div", {});
-  let tunedBase = {}; // tuned model name -> base model
+  const newChat = h("button", { id: "new-chat", type: "button", class: "ghost" }, "New chat");
+  const sides = h("div", { class: "sides", id: "sides" });
+  const status = h("div", { id: "playground-status" });
   let controller = null;
 
-  const values = () => ({
-    server: location.origin,
-    model: select.value,
-    isTuned: select.value in tunedBase,
-    baseModel: tunedBase[select.value] || select.value,
-    system: system.value.trim(),
-    prompt: prompt.value,
-    temperature: Number(document.getElementById("param-temperature").value),
-    topP: Number(document.getElementById("param-top_p").value),
-    topK: Number(document.getElementById("param-top_k").value),
-    maxTokens: Number(document.getElementById("param-max_tokens").value),
-  });
-
-  function renderCode() {
-    if (codePanel.hidden) return;
-    const p = values();
-    const tabs = h("div", { class: "tabs" });
-    const bodies = h("div", {});
-    const show = (key) => {
-      for (const b of tabs.children) b.classList.toggle("active", b.dataset.tab === key);
-      for (const s of bodies.children) s.hidden = s.dataset.snippet !== key;
-      codePanel.dataset.tab = key;
-    };
-    for (const [key, label, make] of SNIPPETS) {
-      const text = make(p);
-      tabs.append(h("button", { type: "button", class: "tab", dataset: { tab: key }, onclick: () => show(key) }, label));
-      bodies.append(h("div", { class: "snippet", dataset: { snippet: key } },
-        h("button", { type: "button", class: "copy", id: `copy-${key}`, onclick: async () => {
-          const ok = await copyText(text);
-          toast(ok ? `${label} code copied` : "Copy failed: select the text and copy it by hand", ok ? "info" : "bad");
-        } }, "Copy"),
-        h("pre", { id: `snippet-${key}` }, text)));
-    }
-    clear(codePanel, h("div", { class: "output-head" }, h("h2", {}, "Code for this prompt"),
-      h("span", { class: "muted small" }, "Set ", h("code", {}, "TUNELAB_API_KEY"), " to your API key before running it.")), tabs, bodies);
-    show(codePanel.dataset.tab || "python");
-  }
+  const env = {
+    tunedBase: {}, // tuned model name -> its base model (null when the key may not read it)
+    system: () => system.value.trim(),
+    prompt: () => prompt.value,
+    showError: (err) => clear(status, errorBox(err)),
+  };
+  const [a, b] = [makeSide("a", env), makeSide("b", env)];
+  const active = () => (compare.checked ? [a, b] : [a]);
+  const renderAll = () => { for (const s of [a, b]) s.renderCode(); };
+  const layout = () => {
+    b.card.hidden = !compare.checked;
+    sides.classList.toggle("side-by-side", compare.checked);
+    renderAll();
+  };
 
   const form = h("form", { class: "playground", onsubmit: (e) => { e.preventDefault(); run(); } },
-    h("div", { class: "card controls" },
-      h("label", { for: "model-select" }, "Model"), select,
-      h("div", { class: "compare-row" }, compareLabel),
+    h("div", { class: "card composer" },
       h("label", { for: "system" }, "System instruction"), system,
-      PARAMS.map((p) => paramControl(p, renderCode))),
-    h("div", { class: "work" },
-      h("div", { class: "card" }, h("label", { for: "prompt" }, "Prompt"), prompt,
-        h("div", { class: "actions" }, send, stop, viewCode)),
-      outputs, codePanel));
+      h("label", { for: "prompt" }, "Prompt"), prompt,
+      h("div", { class: "actions" }, send, stop, newChat,
+        h("label", { class: "inline", for: "compare" }, compare, " Compare two sides"))),
+    sides);
+  sides.append(a.card, b.card);
   clear(main, pageHeader("Prompt playground"), status, form);
+  layout();
 
-  for (const el of [system, prompt, select]) el.addEventListener("input", renderCode);
-  select.addEventListener("change", () => { compare.disabled = !(select.value in tunedBase); renderCode(); });
-  viewCode.addEventListener("click", () => { codePanel.hidden = !codePanel.hidden; viewCode.textContent = codePanel.hidden ? "View code" : "Hide code"; renderCode(); });
+  for (const el of [system, prompt]) el.addEventListener("input", renderAll);
+  compare.addEventListener("change", layout);
+  newChat.addEventListener("click", () => { for (const s of [a, b]) s.reset(); });
   stop.addEventListener("click", () => controller && controller.abort());
   prompt.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); } });
 
-  async function load() {
-    try {
-      const [{ data }, { tuned_models: tuned }] = await Promise.all([api("/v1/models"), api("/v1/tunedModels")]);
-      // Text models only: embedding models (and the bases they were tuned from) do not chat.
-      const embedding = new Set(tuned.filter((m) => m.method === "embedding").flatMap((m) => [m.name, m.base_model]));
-      tunedBase = Object.fromEntries(tuned.filter((m) => m.method !== "embedding").map((m) => [m.name, m.base_model]));
-      const bases = data.filter((m) => !(m.id in tunedBase) && !embedding.has(m.id)).map((m) => m.id);
-      for (const b of Object.values(tunedBase)) if (!bases.includes(b)) bases.push(b);
-      clear(select,
-        h("optgroup", { label: "Tuned models" }, Object.keys(tunedBase).map((n) => h("option", { value: n }, n))),
-        h("optgroup", { label: "Base models" }, bases.map((b) => h("option", { value: b }, b))));
-      if (preselect && [...select.options].some((o) => o.value === preselect)) select.value = preselect;
-      compare.disabled = !(select.value in tunedBase);
-      renderCode();
-    } catch (err) {
-      clear(status, errorBox(err));
-    }
+  // The registry (which base each tuned model has) needs the tune scope; an inference key only
+  // knows the served names, so its tuned models come from /v1/models, without their bases.
+  async function tunedModels() {
+    if (can("tune")) return api("/v1/tunedModels");
+    const { data } = await api("/v1/models");
+    return { tuned_models: data.filter((m) => m.owned_by === "user").map((m) => ({ name: m.id, method: "", base_model: null })) };
   }
 
-  async function streamInto(pane, model, p, signal) {
-    const started = performance.now();
-    let pieces = 0;
-    pane.pane.dataset.done = "false";
-    pane.status.textContent = "streaming…";
+  async function load() {
     try {
-      const finish = await streamChat({
-        model,
-        messages: [...(p.system ? [{ role: "system", content: p.system }] : []), { role: "user", content: p.prompt }],
-        temperature: p.temperature, top_p: p.topP, top_k: p.topK, max_tokens: p.maxTokens,
-      }, (text) => { pane.text.textContent += text; pieces += 1; }, signal);
-      pane.status.textContent = `${finish || "done"} · ${pieces} chunks · ${((performance.now() - started) / 1000).toFixed(1)} s`;
+      const [{ data }, { tuned_models: tuned }] = await Promise.all([api("/v1/models"), tunedModels()]);
+      // Text models only: embedding models (and the bases they were tuned from) do not chat.
+      const embedding = new Set(tuned.filter((m) => m.method === "embedding").flatMap((m) => [m.name, m.base_model]));
+      env.tunedBase = Object.fromEntries(tuned.filter((m) => m.method !== "embedding").map((m) => [m.name, m.base_model]));
+      const bases = data.filter((m) => !(m.id in env.tunedBase) && !embedding.has(m.id)).map((m) => m.id);
+      for (const base of Object.values(env.tunedBase)) if (base && !bases.includes(base)) bases.push(base);
+      for (const s of [a, b]) {
+        clear(s.model,
+          h("optgroup", { label: "Tuned models" }, Object.keys(env.tunedBase).map((n) => h("option", { value: n }, n))),
+          h("optgroup", { label: "Base models" }, bases.map((n) => h("option", { value: n }, n))));
+      }
+      const has = (select, value) => value && [...select.options].some((o) => o.value === value);
+      // ?model=name or ?model=name@version (a job page links to the version it made)
+      const [, preName, preVersion] = /^(.*?)(?:@(\d+))?$/.exec(preselect || "");
+      if (has(a.model, preName)) a.model.value = preName;
+      // Side B starts on side A's base model: the comparison people make first.
+      const base = env.tunedBase[a.model.value];
+      if (has(b.model, base)) b.model.value = base;
+      await Promise.all([a.loadVersions(), b.loadVersions()]);
+      if (has(a.version, preVersion)) a.version.value = preVersion;
+      renderAll();
+      main.dataset.playgroundReady = "true";
     } catch (err) {
-      pane.status.textContent = err.name === "AbortError" ? "stopped" : "";
-      if (err.name !== "AbortError") pane.pane.append(errorBox(err));
-    } finally {
-      pane.pane.dataset.done = "true";
+      env.showError(err);
     }
   }
 
   async function run() {
-    const p = values();
-    if (!p.model) return toast("Pick a model first", "bad");
-    if (!p.prompt.trim()) return toast("Type a prompt first", "bad");
+    const text = prompt.value;
+    const empty = active().find((s) => !s.model.value);
+    if (empty) return toast(`Pick a model for side ${empty.id.toUpperCase()} first`, "bad");
+    if (!text.trim()) return toast("Type a prompt first", "bad");
     controller = new AbortController();
     send.disabled = true; stop.disabled = false;
-    const panes = [outputPane("output-main", p.model)];
-    const both = compare.checked && p.isTuned;
-    if (both) panes.push(outputPane("output-base", `${p.baseModel} (base)`));
-    clear(outputs, panes.map((x) => x.pane));
-    outputs.classList.toggle("side-by-side", both);
-    await Promise.all([streamInto(panes[0], p.model, p, controller.signal), both ? streamInto(panes[1], p.baseModel, p, controller.signal) : null]);
+    prompt.value = "";
+    await Promise.all(active().map((s) => s.send(text, controller.signal)));
     send.disabled = false; stop.disabled = true; controller = null;
   }
 

@@ -1,15 +1,21 @@
-// "View code": the current prompt and parameters as Python SDK, openai-client and curl code.
-// Strings are written with JSON.stringify, whose output is also a valid Python string literal.
+// "View code": one playground side's request (its model, its whole conversation, its parameters)
+// as Python SDK, openai-client and curl code. Strings are written with JSON.stringify, whose output
+// is also a valid Python string literal.
+//
+// p: {server, model, isTuned, baseModel, messages: [{role, content}] (the system turn first, if
+//     any, and the user turn to answer last), temperature, topP, topK, maxTokens}
 
 const q = (s) => JSON.stringify(s);
 
-function messages(p) {
-  return [...(p.system ? [{ role: "system", content: p.system }] : []), { role: "user", content: p.prompt }];
-}
-
 export function pythonSdk(p) {
   const params = [`temperature=${p.temperature}`, `max_output_tokens=${p.maxTokens}`, `top_p=${p.topP}`, `top_k=${p.topK}`];
-  const cls = p.system ? "ChatModel" : "TextGenerationModel";
+  const system = p.messages.find((m) => m.role === "system");
+  const turns = p.messages.filter((m) => m.role !== "system");
+  const last = turns[turns.length - 1];
+  const history = turns.slice(0, -1);
+  // One prompt and nothing else is a plain prediction; a system turn or earlier turns is a chat.
+  const chat = Boolean(system) || history.length > 0;
+  const cls = chat ? "ChatModel" : "TextGenerationModel";
   const model = p.isTuned
     ? `${cls}.from_pretrained(${q(p.baseModel)}).get_tuned_model(${q(p.model)})`
     : `${cls}.from_pretrained(${q(p.model)})`;
@@ -22,15 +28,26 @@ export function pythonSdk(p) {
     `tunelab.init(url=${q(p.server)}, api_key=os.environ["TUNELAB_API_KEY"])`,
     `model = ${model}`,
   ];
-  const call = p.system
-    ? [`chat = model.start_chat(`, `    context=${q(p.system)},`, ...params.map((x) => `    ${x},`), ")",
-       `response = chat.send_message(${q(p.prompt)})`]
-    : ["response = model.predict(", `    ${q(p.prompt)},`, ...params.map((x) => `    ${x},`), ")"];
+  const author = (m) => (m.role === "assistant" ? "model" : "user");
+  const call = chat
+    ? [
+        "chat = model.start_chat(",
+        ...(system ? [`    context=${q(system.content)},`] : []),
+        ...(history.length
+          ? ["    message_history=[",
+             ...history.map((m) => `        {"author": ${q(author(m))}, "content": ${q(m.content)}},`),
+             "    ],"]
+          : []),
+        ...params.map((x) => `    ${x},`),
+        ")",
+        `response = chat.send_message(${q(last ? last.content : "")})`,
+      ]
+    : ["response = model.predict(", `    ${q(last ? last.content : "")},`, ...params.map((x) => `    ${x},`), ")"];
   return [...head, ...call, "print(response.text)", ""].join("\n");
 }
 
 export function openaiClient(p) {
-  const msgs = messages(p).map((m) => `        ${JSON.stringify(m).replace(/^\{"role":/, '{"role": ').replace(/,"content":/, ', "content": ')},`);
+  const msgs = p.messages.map((m) => `        {"role": ${q(m.role)}, "content": ${q(m.content)}},`);
   return [
     "import os",
     "",
@@ -52,10 +69,13 @@ export function openaiClient(p) {
   ].join("\n");
 }
 
+/** The chat-completions body of a side's request, as the page sends it (less the streaming). */
+export function requestBody(p) {
+  return { model: p.model, messages: p.messages, temperature: p.temperature, top_p: p.topP, top_k: p.topK, max_tokens: p.maxTokens };
+}
+
 export function curl(p) {
-  const body = JSON.stringify({
-    model: p.model, messages: messages(p), temperature: p.temperature, top_p: p.topP, top_k: p.topK, max_tokens: p.maxTokens,
-  }, null, 2);
+  const body = JSON.stringify(requestBody(p), null, 2);
   const shellQuoted = "'" + body.replaceAll("'", "'\\''") + "'";
   return [
     `curl -sS ${p.server}/v1/chat/completions \\`,

@@ -10,6 +10,7 @@ const interval = (m) => (m ? h("span", {}, fmt(m.value), h("small", { class: "mu
 
 /** Base against tuned on the validation set: each metric with its 95% bootstrap interval. */
 export function evaluationTable(evaluation) {
+  if (evaluation && !evaluation.models && evaluation.metrics) return retrievalTable(evaluation);
   if (!evaluation || !evaluation.models) return h("p", { class: "muted" }, "No evaluation: give a validation set to compare the tuned model with its base.");
   const [base, tuned] = [evaluation.models[0], evaluation.models[evaluation.models.length - 1]];
   const diff = (evaluation.differences && evaluation.differences.tuned) || {};
@@ -33,8 +34,10 @@ export function evaluationTable(evaluation) {
 export function usageRows(usage) {
   if (!usage) return [];
   return [
-    ["Trained tokens", fmt(usage.trained_tokens)],
-    ["Billable tokens", fmt(usage.billable_tokens)],
+    // The same names as the data report, times the epochs run (tunelab/jobs/usage.py).
+    usage.billable_tokens != null ? ["Billable tokens", h("span", {}, fmt(usage.billable_tokens), h("small", { class: "muted" }, " all tokens × epochs"))] : null,
+    ["Trained tokens", h("span", {}, fmt(usage.trained_tokens), h("small", { class: "muted" }, usage.processed_tokens != null ? " model turns × epochs" : ""))],
+    usage.processed_tokens != null ? ["Processed tokens", h("span", {}, fmt(usage.processed_tokens), h("small", { class: "muted" }, " every token the batches carried"))] : null,
     ["Training time", usage.train_seconds != null ? `${fmt(usage.train_seconds, 3)} s` : "—"],
     ["Wall time", usage.wall_seconds != null ? `${fmt(usage.wall_seconds, 3)} s` : "—"],
     ["CPU time", usage.cpu_seconds != null ? `${fmt(usage.cpu_seconds, 3)} s` : "—"],
@@ -44,3 +47,18 @@ export function usageRows(usage) {
 }
 
 export const pageHeader = (title, ...extra) => h("div", { class: "page-header" }, h("h1", {}, title), h("div", { class: "actions" }, extra));
+
+/** An embedding model's evaluation: retrieval metrics (recall@k, NDCG, MRR) of the base and the
+ * tuned encoder on each labelled set, {metrics: {set: {metric: {base, tuned, delta}}}}. */
+export function retrievalTable(evaluation) {
+  return h("div", { class: "evaluation retrieval", dataset: { testid: "evaluation" } },
+    Object.entries(evaluation.metrics).map(([set, metrics]) => [
+      h("p", { class: "muted" }, `Retrieval on the ${set} labels · ${fmt((evaluation.queries || {})[set])} queries`,
+        set === "test" && evaluation.test_from_split ? " (20% of the training queries, held out)" : ""),
+      h("table", { class: "grid", dataset: { set } },
+        h("thead", {}, h("tr", {}, h("th", {}, "Metric"), h("th", {}, "Base"), h("th", {}, "Tuned"), h("th", {}, "Tuned − base"))),
+        h("tbody", {}, Object.entries(metrics).map(([name, m]) => h("tr", { dataset: { metric: name } },
+          h("td", {}, name), h("td", {}, fmt(m.base)), h("td", {}, fmt(m.tuned)),
+          h("td", { class: m.delta > 0 ? "good" : m.delta < 0 ? "worse" : "" }, `${m.delta > 0 ? "+" : ""}${fmt(m.delta)}`))))),
+    ]));
+}
