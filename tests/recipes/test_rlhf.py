@@ -58,9 +58,10 @@ def test_policy_trains_with_the_per_step_numbers(tmp_path, tiny_model_dir, setup
         assert 1 <= row["response_length"] <= 6
         assert row["penalized_reward"] == pytest.approx(row["reward"] - 0.1 * row["kl"], abs=1e-5)
     # Before the first update the policy's LoRA is zero: policy and reference are the same
-    # model, so the KL of step 1 is exactly 0. After updates it is not.
-    assert rows[0]["kl"] == 0.0
-    assert any(r["kl"] != 0.0 for r in rows[1:])
+    # model, so the KL of step 1 is 0 (to float rounding: the policy's log-probs come from the
+    # fused training forward, the reference's from PEFT's plain one). After updates it is not.
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert any(abs(r["kl"]) > 1e-4 for r in rows[1:])
 
     files = {p.name for p in result.adapter_dir.iterdir()}
     assert {
