@@ -27,7 +27,7 @@ def test_tuning_methods_carry_each_config_schema_with_its_defaults(http):
     assert methods["sft"]["properties"]["adapter_size"]["default"] == 8
 
 
-def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path, tiny_model_dir):
+def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path, tiny_base):
     rows = [
         {"input_text": "Colour of the sky?", "output_text": "blue"},
         {
@@ -41,7 +41,7 @@ def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path,
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"input_text": "x"}\n')
     ds = _upload(http, path)
-    r = http.get(f"/v1/datasets/{ds}/preview", params={"base_model": str(tiny_model_dir)})
+    r = http.get(f"/v1/datasets/{ds}/preview", params={"base_model": tiny_base})
     assert r.status_code == 200, r.text
     first, second, bad = r.json()["rows"]
     start, end = first["trained_spans"][0]
@@ -56,11 +56,11 @@ def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path,
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
-def test_a_held_out_set_gets_no_training_size_advice(http, tmp_path, tiny_model_dir):
+def test_a_held_out_set_gets_no_training_size_advice(http, tmp_path, tiny_base):
     ds = _upload(
         http, write_jsonl(tmp_path / "v.jsonl", [{"input_text": "a", "output_text": "b"}] * 5)
     )
-    params = {"base_model": str(tiny_model_dir)}
+    params = {"base_model": tiny_base}
     as_train = http.get(f"/v1/datasets/{ds}/validation", params=params).json()
     assert any("Vertex requires at least 16" in w for w in as_train["warnings"])
     held_out = http.get(
