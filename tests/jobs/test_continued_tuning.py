@@ -19,9 +19,10 @@ def run(services, config, name, **datasets):
     job, _ = submit_job(
         services.db, services.artifacts, config=config, name=name, datasets=datasets
     )
-    done = Worker(services.db, services.artifacts).run_job(job.id)
+    Worker(services.db, services.artifacts).run_job(job.id)
+    done = store.get_job(services.db, job.id)
     assert done.state == "SUCCEEDED", done.error
-    return store.get_job(services.db, job.id)
+    return done
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from test_studio_browser import browser, db_url, log_in, page, shoot, studio  # 
 pytestmark = pytest.mark.browser
 
 
-def imported_model(services, base_dir, folder, name):
-    """A tuned model in the registry without a training run: a PEFT adapter, imported."""
+def imported_model(services, base_dir, base, folder, name):
+    """A tuned model in the registry without a training run: a PEFT adapter made on the base
+    model's folder, imported onto the base model ``base`` named as the operator added it."""
     from peft import LoraConfig, get_peft_model
 
     from tunelab.models import load_causal_lm
@@ -24,7 +25,7 @@ def imported_model(services, base_dir, folder, name):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(load_causal_lm(base_dir), lora)
     model.save_pretrained(folder, safe_serialization=True)
-    return import_adapter(services, folder, name=name, base=str(base_dir))
+    return import_adapter(services, folder, name=name, base=base)
 
 
 def export_via_button(page, ref: str, choice: str, tmp_path):  # noqa: F811
@@ -41,9 +42,15 @@ def export_via_button(page, ref: str, choice: str, tmp_path):  # noqa: F811
     return download.suggested_filename, tarfile.open(fileobj=io.BytesIO(path.read_bytes()))
 
 
-def test_export_button_downloads_peft_and_gguf_archives(studio, page, services, tmp_path):  # noqa: F811
-    server, key, tiny = studio
-    imported_model(services, tiny, tmp_path / "adapter", "exportable")
+def test_export_button_downloads_peft_and_gguf_archives(
+    studio,  # noqa: F811
+    page,  # noqa: F811
+    services,
+    tiny_model_dir,
+    tmp_path,
+):
+    server, key, tiny = studio  # tiny: the base's name (add_base), never its folder
+    imported_model(services, tiny_model_dir, tiny, tmp_path / "adapter", "exportable")
     log_in(page, server.url, key)
     page.goto(server.url + "/#/models")
     page.wait_for_selector('[data-version="exportable@1"] button.export')

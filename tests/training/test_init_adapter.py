@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from tunelab.bundle import file_hashes
 from tunelab.models import load_causal_lm
 from tunelab.training.init_adapter import init_adapter_from
 
@@ -24,7 +25,9 @@ def parent_bundle(base_dir, folder, *, rank, alpha, targets, **options):
                 p.normal_(0, 0.3)
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "tuning_config.json").write_text(json.dumps({"base_model": str(base_dir)}))
-    (folder / "manifest.json").write_text(json.dumps({"kind": "lora_adapter"}))
+    # the manifest as the recipes write it: every file with its sha256 (bundles are verified)
+    manifest = {"kind": "lora_adapter", "files": file_hashes(folder)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 

@@ -32,7 +32,7 @@ def write_gguf_lora(source: ExportSource, path: Path, quantization: str = "f16")
     model = load_causal_lm(source.base.path)
     check_llama(model)
     config = model.config
-    factors = read_lora(source.bundle, model)
+    factors = read_lora(source.bundle, model, source.label)
     alpha = float(source.adapter_config().get("lora_alpha", 8))
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     dtype = np.float16 if quantization == "f16" else np.float32

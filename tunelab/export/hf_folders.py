@@ -38,7 +38,7 @@ def write_peft(source: ExportSource, out: Path) -> list[Path]:
 def merged_model(source: ExportSource, dtype: torch.dtype = torch.float32):
     """The base model (fp32) with the adapter merged into its weights, and the tokenizer."""
     model = load_causal_lm(source.base.path, dtype=dtype)
-    merge_lora(model, read_lora(source.bundle, model))
+    merge_lora(model, read_lora(source.bundle, model, source.label))
     model.config.use_cache = True  # a model for inference now
     return model, load_tokenizer(source.bundle)
 

@@ -1,7 +1,7 @@
 """What an export starts from: a registered model version, its adapter bundle, its base model,
 and the adapter's LoRA factors read by the serving engine's own checked reader.
 
-Reading the factors through :class:`tunelab.serving.adapters.AdapterCache` (safetensors only,
+Reading the factors through :func:`tunelab.serving.adapters.read_adapter` (safetensors only,
 PEFT variants the engine cannot apply refused by name, every shape checked against the base
 model's linear layers) means an export holds exactly the adapter the server serves.
 """
@@ -17,7 +17,7 @@ import torch
 
 from tunelab.bundle import read_manifest, read_tuning_config
 from tunelab.models import ResolvedModel, resolve_model
-from tunelab.serving.adapters import CONFIG, AdapterCache, check_adapter_folder
+from tunelab.serving.adapters import CONFIG, check_adapter_folder, read_adapter
 
 
 class ExportError(ValueError):
@@ -79,14 +79,15 @@ def source_for(services, ref: str) -> ExportSource:
     )
 
 
-def read_lora(bundle: Path, model: torch.nn.Module) -> dict[str, LoraFactors]:
+def read_lora(
+    bundle: Path, model: torch.nn.Module, label: str | None = None
+) -> dict[str, LoraFactors]:
     """The adapter's factors per module name of ``model`` (e.g. ``model.layers.0.self_attn.
     q_proj``), in fp32, read and checked exactly as the serving engine reads them."""
-    reader = AdapterCache(model, max_adapters=1)
     # On a model already wrapped by PEFT, each adapted layer is a LoRA module holding the
     # original nn.Linear as ``base_layer``: the reader checks shapes against that Linear.
-    reader._modules = _linear_layers(model)
-    factors = reader._read(Path(bundle))  # the engine's checked reader; nothing is hooked
+    # The engine's reader: the bundle verified against its manifest, then every factor checked.
+    factors = read_adapter(Path(bundle), _linear_layers(model), label or Path(bundle).name)
     return {
         name: LoraFactors(A=f.A.float(), B=f.B.float(), scale=float(f.scale))
         for name, f in factors.items()

@@ -54,11 +54,6 @@ def import_adapter(services, folder: Path, *, name: str, base: str) -> ModelVers
     resolved = resolve_model(base)
     model = load_causal_lm(resolved.path)
     _check_targets(folder, config, model)
-    try:
-        factors = read_lora(folder, model)
-    except AdapterError as exc:
-        raise AdapterImportError(str(exc)) from None
-    logger.info("importing %s: %d adapted layers on %s", folder, len(factors), resolved.ref)
 
     import_id = "imp-" + uuid.uuid4().hex[:16]
     with tempfile.TemporaryDirectory(prefix=".import-") as tmp_name:
@@ -90,6 +85,13 @@ def import_adapter(services, folder: Path, *, name: str, base: str) -> ModelVers
                 "files": file_hashes(tmp),
             },
         )
+        # The bundle is checked as the engine will load it (manifest, then every factor's
+        # shape against the base model) before anything is stored or registered.
+        try:
+            factors = read_lora(tmp, model, folder.name)
+        except AdapterError as exc:
+            raise AdapterImportError(str(exc)) from None
+        logger.info("importing %s: %d adapted layers on %s", folder, len(factors), resolved.ref)
         stored = services.artifacts.put_dir(tmp, f"imports/{import_id}/adapter")
     return register_version(
         services.db,

@@ -389,64 +389,85 @@ class AdapterCache:
     def _read(self, folder: Path, key: str) -> dict[str, _Factors]:
         """An adapter's factors per target module name, checked against the base model.
         Messages name the adapter by its key, never by its folder."""
-        from safetensors.torch import load_file
+        return _read_factors(folder, key, self._modules)
 
-        config = json.loads((folder / CONFIG).read_text())
-        unsupported = [
-            what
-            for what, bad in (
-                (f"peft_type {config.get('peft_type')}", config.get("peft_type", "LORA") != "LORA"),
-                ("DoRA (use_dora)", bool(config.get("use_dora"))),
-                (f"bias={config.get('bias')!r}", config.get("bias", "none") != "none"),
-                ("lora_bias", bool(config.get("lora_bias"))),
-                ("modules_to_save", bool(config.get("modules_to_save"))),
-                ("fan_in_fan_out", bool(config.get("fan_in_fan_out"))),
-                ("trainable_token_indices", bool(config.get("trainable_token_indices"))),
-                ("target_parameters", bool(config.get("target_parameters"))),
-            )
-            if bad
-        ]
-        if unsupported:
+
+def read_adapter(
+    folder: Path, modules: dict[str, torch.nn.Module], label: str
+) -> dict[str, _Factors]:
+    """An adapter bundle's LoRA factors per target module name, read exactly as the engine
+    loads them: the bundle verified first (:func:`tunelab.bundle.verify_adapter_bundle`),
+    then every factor checked against ``modules`` (module name -> the base model's layer).
+    Nothing is hooked. Raises ``AdapterError`` naming the adapter as ``label``."""
+    folder = Path(folder)
+    try:
+        verify_adapter_bundle(folder, f"adapter {label}")
+    except (BundleIntegrityError, NotABundleError) as exc:
+        raise AdapterError(str(exc)) from None
+    return _read_factors(folder, label, modules)
+
+
+def _read_factors(
+    folder: Path, key: str, modules: dict[str, torch.nn.Module]
+) -> dict[str, _Factors]:
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / CONFIG).read_text())
+    unsupported = [
+        what
+        for what, bad in (
+            (f"peft_type {config.get('peft_type')}", config.get("peft_type", "LORA") != "LORA"),
+            ("DoRA (use_dora)", bool(config.get("use_dora"))),
+            (f"bias={config.get('bias')!r}", config.get("bias", "none") != "none"),
+            ("lora_bias", bool(config.get("lora_bias"))),
+            ("modules_to_save", bool(config.get("modules_to_save"))),
+            ("fan_in_fan_out", bool(config.get("fan_in_fan_out"))),
+            ("trainable_token_indices", bool(config.get("trainable_token_indices"))),
+            ("target_parameters", bool(config.get("target_parameters"))),
+        )
+        if bad
+    ]
+    if unsupported:
+        raise AdapterError(
+            f"adapter {key} uses {', '.join(unsupported)}, which this engine does not "
+            "serve (plain LoRA on linear layers only)"
+        )
+    alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
+    alpha_pattern = config.get("alpha_pattern") or {}
+    weights = load_file(folder / WEIGHTS)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for raw, tensor in weights.items():
+        match = _WEIGHT_KEY.match(raw.removeprefix(_PEFT_PREFIX))
+        if match is None:
+            raise AdapterError(f"adapter {key} has a weight this engine cannot apply: {raw}")
+        pairs.setdefault(match["module"], {})[match["which"]] = tensor
+    factors: dict[str, _Factors] = {}
+    for name, pair in pairs.items():
+        module = modules.get(name)
+        if not isinstance(module, torch.nn.Linear):
             raise AdapterError(
-                f"adapter {key} uses {', '.join(unsupported)}, which this engine does not "
-                "serve (plain LoRA on linear layers only)"
+                f"adapter {key} targets {name}, which is not a linear layer of the base model"
             )
-        alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
-        alpha_pattern = config.get("alpha_pattern") or {}
-        weights = load_file(folder / WEIGHTS)
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for raw, tensor in weights.items():
-            match = _WEIGHT_KEY.match(raw.removeprefix(_PEFT_PREFIX))
-            if match is None:
-                raise AdapterError(f"adapter {key} has a weight this engine cannot apply: {raw}")
-            pairs.setdefault(match["module"], {})[match["which"]] = tensor
-        factors: dict[str, _Factors] = {}
-        for name, pair in pairs.items():
-            module = self._modules.get(name)
-            if not isinstance(module, torch.nn.Linear):
-                raise AdapterError(
-                    f"adapter {key} targets {name}, which is not a linear layer of the base model"
-                )
-            if set(pair) != {"A", "B"}:
-                raise AdapterError(f"adapter {key} lacks lora_A or lora_B for {name}")
-            A, B = pair["A"], pair["B"]
-            r = A.shape[0]
-            if A.shape != (r, module.in_features) or B.shape != (module.out_features, r):
-                raise AdapterError(
-                    f"adapter {key} does not fit {name}: lora_A {tuple(A.shape)}, "
-                    f"lora_B {tuple(B.shape)} for a ({module.out_features}, "
-                    f"{module.in_features}) layer"
-                )
-            a = alpha_pattern.get(_pattern_key(alpha_pattern, name), alpha)
-            dtype = module.weight.dtype
-            factors[name] = _Factors(
-                A=A.to(dtype).contiguous(),
-                B=B.to(dtype).contiguous(),
-                scale=a / math.sqrt(r) if rslora else a / r,
+        if set(pair) != {"A", "B"}:
+            raise AdapterError(f"adapter {key} lacks lora_A or lora_B for {name}")
+        A, B = pair["A"], pair["B"]
+        r = A.shape[0]
+        if A.shape != (r, module.in_features) or B.shape != (module.out_features, r):
+            raise AdapterError(
+                f"adapter {key} does not fit {name}: lora_A {tuple(A.shape)}, "
+                f"lora_B {tuple(B.shape)} for a ({module.out_features}, "
+                f"{module.in_features}) layer"
             )
-        if not factors:
-            raise AdapterError(f"adapter {key} has no LoRA weights")
-        return factors
+        a = alpha_pattern.get(_pattern_key(alpha_pattern, name), alpha)
+        dtype = module.weight.dtype
+        factors[name] = _Factors(
+            A=A.to(dtype).contiguous(),
+            B=B.to(dtype).contiguous(),
+            scale=a / math.sqrt(r) if rslora else a / r,
+        )
+    if not factors:
+        raise AdapterError(f"adapter {key} has no LoRA weights")
+    return factors
 
 
 def _pattern_key(patterns: dict[str, object], name: str) -> str:

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-from tunelab.bundle import verify_adapter_bundle
-
 logger = logging.getLogger(__name__)
 
 
@@ -31,9 +29,8 @@ def init_adapter_from(model, bundle: Path) -> int:
     "default" adapter); returns the number of layers set. ValueError when it cannot fit."""
     from tunelab.export.source import read_lora
 
-    verify_adapter_bundle(bundle)  # safetensors only, every file as its manifest lists
     base = model.get_base_model()
-    parent = read_lora(bundle, base)
+    parent = read_lora(bundle, base)  # verifies the bundle: safetensors only, as its manifest lists
     layers = dict(base.named_modules())
     for name, f in parent.items():
         layer = layers.get(name)
