@@ -160,10 +160,12 @@ def resolve_base_name(ref: str) -> Path:
 
 def check_request_config(services: Services, config) -> None:
     """Refuse a tuning config from a request that names a model the server must not load: its
-    ``base_model`` must be a servable base, its ``init_adapter`` (DPO) a registered tuned model.
-    Raises :class:`ModelNotFound` naming the field."""
+    ``base_model`` must be a servable base (or a registered tuned model: continued tuning, which
+    :func:`tunelab.registry.continuation.resolve_continuation` then accepts or refuses with a
+    422), its ``init_adapter`` a registered tuned model. Raises :class:`ModelNotFound` naming
+    the field."""
     base = getattr(config, "base_model", None)
-    if base is not None and base not in servable_base_names():
+    if base is not None and base not in servable_base_names() and not _is_tuned(services, base):
         bases = ", ".join(sorted(servable_base_names()))
         raise ModelNotFound(
             f"config.base_model: no base model named {base[:MAX_REF_LENGTH]!r}; this server "
@@ -179,3 +181,11 @@ def check_request_config(services: Services, config) -> None:
             raise ModelNotFound(
                 f"config.init_adapter: no tuned model named {init[:MAX_REF_LENGTH]!r}"
             )
+
+
+def _is_tuned(services: Services, ref: str) -> bool:
+    """Whether ``ref`` names a registered tuned model."""
+    try:
+        return resolve(services, ref).kind == "tuned"
+    except ModelNotFound:
+        return False
