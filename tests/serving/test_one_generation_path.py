@@ -16,6 +16,7 @@ from tunelab.serving.runner import ModelRunner, sample_answers
 
 QUESTION = "tell me a long story about cats, dogs and a very patient owl"
 MAX_TOKENS = 12
+TINY_BASE = "tiny-llama"
 MESSAGES = [{"role": "user", "content": QUESTION}]
 
 
@@ -51,11 +52,16 @@ def db_url(tmp_path):
 
 
 @pytest.fixture
-def server(services):
-    """The real server (uvicorn on loopback) with inference, and a client holding a key."""
+def server(services, tiny_model_dir):
+    """The real server (uvicorn on loopback) with inference, and a client holding a key. The
+    tiny model is a base the operator made servable as ``tiny-llama`` (a request never names a
+    folder)."""
     from tunelab.api.app import create_app
     from tunelab.auth import create_key
+    from tunelab.models.bases import add_base
     from tunelab.serving.pool import InferencePool
+
+    add_base(TINY_BASE, str(tiny_model_dir))
 
     api_key = create_key(services.db, "tests").secret
     pool = InferencePool(services)
@@ -116,7 +122,7 @@ def test_greedy_answer_is_the_same_in_every_face(tmp_path, capsys, tiny_model_di
     assert len(tok(served)["input_ids"]) >= 4, served  # a real answer, not an empty string
     assert predicted == evaluated == served.strip() == rollout.strip()
     # ...and the adapter is in it: the base model answers otherwise.
-    (base,) = chat(server, str(tiny_model_dir), MESSAGES, temperature=0, max_tokens=MAX_TOKENS)
+    (base,) = chat(server, TINY_BASE, MESSAGES, temperature=0, max_tokens=MAX_TOKENS)
     assert base != served
     assert cut == (len(answer) == MAX_TOKENS)
 
@@ -180,7 +186,7 @@ def test_rlhf_rollout_draws_what_the_server_draws(tmp_path, monkeypatch, tiny_mo
         question = by_ids[tuple(ids)]  # the rollout's prompt is the chat prompt the server renders
         served = chat(
             server,
-            str(tiny_model_dir),
+            TINY_BASE,
             [{"role": "user", "content": question}],
             n=k,
             temperature=1.0,
