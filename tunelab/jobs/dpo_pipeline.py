@@ -71,20 +71,13 @@ def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.dpo import train_dpo
 
     config = DPOConfig(**ctx.job.config)
-    init = ctx.outputs["prepare"].get("init_adapter_dir")
-    try:
-        result = steps.train_in_job(
-            ctx,
-            train_dpo,
-            config,
-            _dataset_path(ctx, "preference"),
-            ctx.workdir,
-            _dataset_path(ctx, "validation"),
-            Path(init) if init else None,
-            eval_every=config.eval_every_steps if _role(ctx, "validation") else None,
-        )
-    except ValueError as exc:  # an init adapter on another base model
-        raise PermanentError("invalid_init_adapter", str(exc)) from exc
+    result = steps.train_adapter_in_job(
+        ctx,
+        train_dpo,
+        config,
+        _dataset_path(ctx, "preference"),
+        _dataset_path(ctx, "validation"),
+    )
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
         "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"]),

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from tunelab.bundle import read_manifest
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import validate_file
 from tunelab.jobs import steps
-from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested
 from tunelab.jobs.progress import rate_eta
@@ -53,22 +51,13 @@ def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.sft import train_sft
 
     config = SFTConfig(**ctx.job.config)
-    init = ctx.outputs["prepare"].get("init_adapter_dir")
-    try:
-        result = steps.train_in_job(
-            ctx,
-            train_sft,
-            config,
-            steps.dataset_path(ctx, "train"),
-            ctx.workdir,
-            steps.dataset_path(ctx, "validation"),
-            Path(init) if init else None,
-            eval_every=config.eval_every_steps if "validation" in ctx.job.datasets else None,
-        )
-    except ValueError as exc:  # an init adapter that does not fit this run's LoRA
-        if init is None:
-            raise
-        raise PermanentError("invalid_init_adapter", str(exc)) from exc
+    result = steps.train_adapter_in_job(
+        ctx,
+        train_sft,
+        config,
+        steps.dataset_path(ctx, "train"),
+        steps.dataset_path(ctx, "validation"),
+    )
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
         "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"]),

@@ -193,3 +193,34 @@ def train_in_job(
         )
     sync()
     return result
+
+
+def train_adapter_in_job(
+    ctx: StepContext,
+    recipe: Callable[..., Any],
+    config: Any,
+    train_path: Path | None,
+    validation_path: Path | None,
+):
+    """Run a LoRA recipe taking (config, train, run_dir, validation, init_adapter_dir) in the
+    job: from the prepare step's init adapter when there is one (continued tuning), evaluating
+    every ``config.eval_every_steps`` when there is a validation set. An init adapter that
+    cannot fit this run fails the job for good."""
+    from tunelab.jobs.errors import PermanentError
+
+    init = ctx.outputs["prepare"].get("init_adapter_dir")
+    try:
+        return train_in_job(
+            ctx,
+            recipe,
+            config,
+            train_path,
+            ctx.workdir,
+            validation_path,
+            Path(init) if init else None,
+            eval_every=config.eval_every_steps if validation_path is not None else None,
+        )
+    except ValueError as exc:  # an init adapter that does not fit this run's LoRA
+        if init is None:
+            raise
+        raise PermanentError("invalid_init_adapter", str(exc)) from exc
