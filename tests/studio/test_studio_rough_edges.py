@@ -82,7 +82,7 @@ def wait_done(url: str, key: str, job_id: str, timeout: float = 400) -> tuple[di
         if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             return job, seen
         time.sleep(0.05)
-    raise AssertionError(f"{job_id} did not finish in {timeout}s")
+    raise AssertionError(f"{job_id} did not finish in {timeout}s; last seen: {job}")
 
 
 def assert_fits(page) -> None:

@@ -146,6 +146,10 @@ class Worker:
         registered = outputs.get("register", {})
         # The adapter is in the artifact store now; checkpoints are no longer needed.
         shutil.rmtree(workdir, ignore_errors=True)
+        if store.get_job(self.db, job.id).state == S.CANCELLING:
+            # The cancel came during the last step, after its last stop check (the heartbeat
+            # may not even have seen it): CANCELLING can only end CANCELLED, never SUCCEEDED.
+            return self._finish(job.id, S.CANCELLED, message="cancelled as its last step ended")
         return self._finish(
             job.id,
             S.SUCCEEDED,
