@@ -266,11 +266,13 @@ def test_pause_resume_and_cancel_a_queued_job(client, base):
 
 def test_a_running_job_pauses_resumes_and_cancels(client, worker, base):
     """Pause lands after a checkpoint, resume continues from it, cancel stops it at a step."""
-    train = upload(client, chat_rows(16))
+    # Long enough (64 rows x 1000 epochs) that it cannot finish between two polls, however fast
+    # the training step gets: the test needs it running when it pauses, resumes and cancels.
+    train = upload(client, chat_rows(64))
     job = client.fine_tuning.jobs.create(
         model=base,
         training_file=train.id,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 200}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1000}}},
     )
     wait_for(client, job.id, {"running"})
     client.fine_tuning.jobs.pause(job.id)
