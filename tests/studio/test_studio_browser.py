@@ -285,7 +285,7 @@ def test_bad_dataset_shows_line_errors_and_submits_nothing(studio, page, tmp_pat
     page.fill("#display-name", "never-made")
     page.fill("#base-model", tiny)
     page.set_input_files("#train-file", str(bad))
-    page.wait_for_selector("#train-report .report.has-errors")
+    page.wait_for_selector("#train-report .report.has-errors:not([aria-busy])")
     lines = page.eval_on_selector_all(
         "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
     )
@@ -334,7 +334,9 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     page.fill("#base-model", tiny)
     assert page.query_selector("#param-beta") and not page.query_selector("#param-max_seq_length")
     page.set_input_files("#train-file", str(bad))
-    page.wait_for_selector("#train-report .report.has-errors[data-kind=preference]")
+    page.wait_for_selector(
+        "#train-report .report.has-errors[data-kind=preference]:not([aria-busy])"
+    )
     lines = page.eval_on_selector_all(
         "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
     )

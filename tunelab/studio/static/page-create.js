@@ -258,7 +258,11 @@ export function renderCreate(main, fromJob) {
 
   async function withBusy(slot, fn) {
     state.busy += 1; update();
-    clear(slot, h("p", { class: "muted" }, "Checking the data…"));
+    // A re-check (the base model or a limit changed) keeps the report on screen, marked busy, until
+    // the new one replaces it: wiping it would flash an empty card and lose the lines to fix.
+    const shown = slot.querySelector(".report");
+    if (shown) shown.setAttribute("aria-busy", "true");
+    else clear(slot, h("p", { class: "muted" }, "Checking the data…"));
     try { await fn(); } catch (err) {
       if (err.code === "model_not_found") {
         // The base model is wrong, not the data: say so where the base model is typed.
