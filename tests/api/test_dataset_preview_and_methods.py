@@ -6,7 +6,7 @@ import json
 
 from support import write_jsonl
 
-from tunelab.configs import CONFIGS
+from tunelab.jobs.methods import METHODS
 
 
 def _upload(http, path):
@@ -20,9 +20,9 @@ def test_tuning_methods_carry_each_config_schema_with_its_defaults(http):
         m["method"]: m["config_schema"]
         for m in http.get("/v1/tuningMethods").json()["tuning_methods"]
     }
-    assert set(methods) == set(CONFIGS)
+    assert set(methods) == set(METHODS)
     dpo = methods["dpo"]["properties"]
-    assert dpo["beta"]["default"] == CONFIGS["dpo"].model_fields["beta"].default
+    assert dpo["beta"]["default"] == METHODS["dpo"].config.model_fields["beta"].default
     assert dpo["batch_size"]["description"]
     assert methods["sft"]["properties"]["adapter_size"]["default"] == 8
 

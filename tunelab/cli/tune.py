@@ -1,129 +1,262 @@
-"""``tunelab tune sft``: tune a model in one command. It submits a tuning job and runs it in
-this process (no separate worker needed), showing the job's progress; interrupted, the same
-command finds the same job (by an idempotency key made from the command's inputs) and resumes it."""
+"""``tunelab tune <method>``: tune a model in one command, one command per method of the method
+table (tunelab/jobs/methods.py). Each submits a tuning job and runs it in this process (no
+separate worker needed), showing the job's progress; interrupted, the same command finds the same
+job (by an idempotency key made from the command's inputs) and resumes it.
+
+The commands are generated: a dataset option per dataset role of the method, and an option per
+field of the method's config, from its JSON schema (flag ``--field-name``, help = the field's
+description, default = the field's default), so a config field is written once and a new field
+or method needs no code here. Values are handed to the config as typed, and the config validates
+them all at once, so every bad parameter is reported in one go.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.jobs.methods import METHODS, MethodSpec
 
 app = typer.Typer(help="Tune a model.", no_args_is_help=True)
 console = Console(stderr=True)
 
+FLAG_ALIASES = {"base_model": ("--base", "--base-model")}
+"""Config fields whose option has a shorter, older name too (``--base`` since the first CLI)."""
 
-@app.command("sft")
-def sft(
-    train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
-    name: str = typer.Option(
-        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
-    ),
-    validation: Path | None = typer.Option(
-        None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
-    ),
-    base: str = typer.Option(
-        DEFAULT_BASE_MODEL,
-        "--base",
-        help="Base model: catalog name, folder or hub id; or a tuned model NAME[@VERSION] to "
-        "continue tuning from its adapter.",
-    ),
-    epochs: int | None = typer.Option(None, help="Passes over the data (default 3)."),
-    train_steps: int | None = typer.Option(
-        None, "--train-steps", help="Optimizer steps, instead of epochs."
-    ),
-    learning_rate_multiplier: float = typer.Option(1.0, "--learning-rate-multiplier"),
-    adapter_size: int = typer.Option(8, "--adapter-size", help="LoRA rank: 1, 2, 4, 8 or 16."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_seq_length: int = typer.Option(1024, "--max-seq-length"),
-    seed: int = typer.Option(42, "--seed"),
-    eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
-    checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
-    early_stopping_patience: int | None = typer.Option(
-        3, "--early-stopping-patience", help="0 disables."
-    ),
-    precision: str = typer.Option(
-        "auto",
-        "--precision",
-        help="auto, fp32 or bf16 (mixed precision). auto takes bf16 where it is clearly faster.",
-    ),
-    detach: bool = typer.Option(
-        False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
-    ),
-    restart: bool = typer.Option(
-        False, "--restart", help="Tune again even if this command already ran."
-    ),
-) -> None:
-    """Supervised tuning of a LoRA adapter, as a job. Run the same command again to resume."""
-    from pydantic import ValidationError
+NULL_WORDS = ("none", "null")
+"""What a nullable option takes for null (e.g. ``--early-stopping-patience none``)."""
 
-    from tunelab.bundle import sha256_file
-    from tunelab.configs import SFTConfig
-    from tunelab.jobs.submit import submit_job
-    from tunelab.registry.continuation import ContinuationError
+_SCHEMA_TYPES = {"integer": "INTEGER", "number": "FLOAT", "string": "TEXT", "boolean": "BOOLEAN"}
+
+
+def config_flags(field: str) -> tuple[str, ...]:
+    """The option names of a config field."""
+    return FLAG_ALIASES.get(field, ("--" + field.replace("_", "-"),))
+
+
+def _non_null(prop: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The schema of a field's value and whether null is allowed (``X | None`` is anyOf)."""
+    variants = prop.get("anyOf")
+    if not variants:
+        return prop, prop.get("type") == "null"
+    kept = [v for v in variants if v.get("type") != "null"]
+    nullable = len(kept) < len(variants)
+    return (kept[0] if len(kept) == 1 else {"anyOf": kept}), nullable
+
+
+def _parse(value: str | None, prop: dict[str, Any]) -> Any:
+    """An option's text as the value the config expects; what does not parse is passed on as
+    text, for the config's validation to report with the others."""
+    if value is None:
+        return None
+    inner, nullable = _non_null(prop)
+    if nullable and value.strip().lower() in NULL_WORDS:
+        return None
+    kind = inner.get("type")
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+        if kind == "string":
+            return value
+        return json.loads(value)  # unions, lists, objects: JSON (a bare word stays text)
+    except ValueError:
+        return value
+
+
+def _help(prop: dict[str, Any]) -> str:
+    inner, nullable = _non_null(prop)
+    text = prop.get("description") or ""
+    if "enum" in inner:
+        text += f" One of: {', '.join(map(str, inner['enum']))}."
+    if nullable:
+        text += f" '{NULL_WORDS[0]}' for null."
+    return text.strip()
+
+
+def _metavar(prop: dict[str, Any]) -> str:
+    inner, _ = _non_null(prop)
+    if "enum" in inner:
+        return "[" + "|".join(map(str, inner["enum"])) + "]"
+    return _SCHEMA_TYPES.get(inner.get("type", ""), "JSON")
+
+
+def _command_help(spec: MethodSpec) -> str:
+    doc = inspect.getdoc(spec.config) or ""
+    first = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+    return f"{first} As a job; run the same command again to resume it."
+
+
+def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
+    """The ``tune <method>`` command: options from the method's dataset roles and config schema."""
+    schema = spec.config.model_json_schema()
+    properties, required_fields = schema["properties"], set(schema.get("required", []))
+    fields = {f: p for f, p in properties.items() if f != "method" and "const" not in p}
+    params: list[inspect.Parameter] = []
+    annotations: dict[str, Any] = {}
+    seen: set[str] = set()
+
+    def add(pname: str, annotation: Any, option: Any, flags: tuple[str, ...]) -> None:
+        clash = seen.intersection(flags)
+        if clash:  # e.g. a config field named like a dataset role
+            raise ValueError(f"tune {method}: option {clash.pop()} is declared twice")
+        seen.update(flags)
+        params.append(
+            inspect.Parameter(
+                pname, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+            )
+        )
+        annotations[pname] = annotation
+
+    for role in spec.dataset_roles:
+        flags = ("--" + role.name.replace("_", "-"),)
+        default = ... if role.required else None
+        option = typer.Option(default, *flags, exists=True, dir_okay=False, help=role.description)
+        add(f"data_{role.name}", Path if role.required else Path | None, option, flags)
+    add(
+        "name",
+        str,
+        typer.Option(
+            ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+        ),
+        ("--name",),
+    )
+    for field, prop in fields.items():
+        flags = config_flags(field)
+        required = field in required_fields
+        inner, _ = _non_null(prop)
+        if inner.get("type") == "boolean":
+            no = tuple(f.replace("--", "--no-", 1) for f in flags)
+            bool_flags = tuple(f"{f}/{n}" for f, n in zip(flags, no, strict=True))
+            option = typer.Option(prop.get("default", False), *bool_flags, help=_help(prop))
+            add(f"config_{field}", bool, option, flags + no)
+            continue
+        default = ... if required else prop.get("default")
+        if default is not None and default is not ... and not isinstance(default, str):
+            default = json.dumps(default)  # the option's text; parsed back by _parse
+        option = typer.Option(
+            default,
+            *flags,
+            help=_help(prop),
+            metavar=_metavar(prop),
+        )
+        add(f"config_{field}", str | None if default is None else str, option, flags)
+    add(
+        "detach",
+        bool,
+        typer.Option(False, "--detach", help="Only submit the job; a `tunelab worker` runs it."),
+        ("--detach",),
+    )
+    add(
+        "restart",
+        bool,
+        typer.Option(False, "--restart", help="Tune again even if this command already ran."),
+        ("--restart",),
+    )
+
+    def command(**kwargs: Any) -> None:
+        from pydantic import ValidationError
+
+        values = {
+            field: (
+                kwargs[f"config_{field}"]
+                if isinstance(kwargs[f"config_{field}"], bool)
+                else _parse(kwargs[f"config_{field}"], prop)
+            )
+            for field, prop in fields.items()
+        }
+        try:
+            config = spec.config(**values)
+        except ValidationError as exc:
+            fail(config_errors(exc))
+        datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}
+        name = kwargs["name"]
+        key = command_key(name, config, datasets, restart=kwargs["restart"])
+        services = _services()
+        job, _ = submit(services, config, name, datasets, idempotency_key=key)
+        if kwargs["detach"]:
+            print(job.id)
+            return
+        run_in_process(services, job.id)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__name__ = method
+    command.__doc__ = _command_help(spec)
+    return command
+
+
+def add_method_commands(tune_app: typer.Typer, methods: dict[str, MethodSpec]) -> None:
+    for method, spec in methods.items():
+        tune_app.command(method)(method_command(method, spec))
+
+
+add_method_commands(app, METHODS)
+
+
+def _services():
     from tunelab.services import open_services
 
-    try:
-        config = SFTConfig(
-            base_model=base,
-            epochs=epochs,
-            train_steps=train_steps,
-            learning_rate_multiplier=learning_rate_multiplier,
-            adapter_size=adapter_size,
-            batch_size=batch_size,
-            max_seq_length=max_seq_length,
-            seed=seed,
-            eval_every_steps=eval_every_steps,
-            checkpoint_every_steps=checkpoint_every_steps,
-            early_stopping_patience=early_stopping_patience or None,
-            precision=precision,
-        )
-    except ValidationError as exc:
-        fail(config_errors(exc))
+    return open_services()
+
+
+def command_key(name: str, config, datasets: dict[str, Path | None], restart: bool) -> str:
+    """The idempotency key of a command: the same name, parameters and dataset bytes find the
+    same job; ``restart`` makes a new one."""
+    from tunelab.bundle import sha256_file
+
+    key_src = json.dumps(
+        {
+            "name": name,
+            "config": config.model_dump(mode="json"),
+            "data": {role: sha256_file(p) if p else None for role, p in datasets.items()},
+        },
+        sort_keys=True,
+    )
+    key = "cli-" + hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    return key + "-" + uuid.uuid4().hex[:8] if restart else key
+
+
+def submit(
+    services, config, name: str, datasets: dict[str, Path | None], idempotency_key: str | None
+):
+    """Submit a job from the command line (every CLI verb that makes a job comes here): the
+    tuned-model name checked first, errors as one red line and exit code 1. (job, created)."""
+    from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
     try:
         check_tuned_model_name(name)
     except InvalidModelName as exc:
         fail(f"--name: {exc}")
-
-    # The same command (name, parameters, dataset bytes) maps to the same job.
-    key_src = json.dumps(
-        {
-            "name": name,
-            "config": config.model_dump(mode="json"),
-            "data": [sha256_file(train), sha256_file(validation) if validation else None],
-        },
-        sort_keys=True,
-    )
-    key = "cli-" + hashlib.sha256(key_src.encode()).hexdigest()[:32]
-    if restart:
-        key += "-" + uuid.uuid4().hex[:8]
-    services = open_services()
     try:
         job, created = submit_job(
             services.db,
             services.artifacts,
             config=config,
             name=name,
-            datasets={"train": train, "validation": validation},
-            idempotency_key=key,
+            datasets=datasets,
+            idempotency_key=idempotency_key,
         )
     except ContinuationError as exc:
         fail(str(exc))
-    console.print(f"{'submitted' if created else 'found'} tuning job {job.id} ({job.state})")
-    if detach:
-        print(job.id)
-        return
-    run_in_process(services, job.id)
+    console.print(
+        f"{'submitted' if created else 'found'} {config.method} job {job.id} ({job.state})"
+    )
+    return job, created
 
 
 def run_in_process(services, job_id: str) -> None:
@@ -139,6 +272,7 @@ def run_in_process(services, job_id: str) -> None:
             f"[green]already tuned[/]: {job.tuned_model_name} version {job.tuned_model_version} "
             "(use --restart to tune again)"
         )
+        show_summary(services, job)
         return
     if job.state in TERMINAL:
         show_error(job)
@@ -206,6 +340,7 @@ def run_in_process(services, job_id: str) -> None:
         console.print(
             f"{usage.get('trained_tokens', 0)} tokens trained in {usage.get('train_seconds', 0):.0f}s"
         )
+        show_summary(services, job)
         console.print(f'try it: tunelab predict --model {job.tuned_model_name} "..."')
         return
     if job.state == "QUEUED":
@@ -215,6 +350,20 @@ def run_in_process(services, job_id: str) -> None:
         raise typer.Exit(130)
     show_error(job)
     fail(f"job {job.id} ended {job.state}")
+
+
+def show_summary(services, job) -> None:
+    """What the job's pipeline says it measured (reward accuracy, tuned vs base, retrieval)."""
+    from tunelab.jobs import store
+    from tunelab.jobs.methods import METHODS
+
+    spec = METHODS.get(job.method)
+    summary = spec.load_pipeline().summary if spec else None
+    if summary is None:
+        return
+    outputs = {s.name: s.outputs or {} for s in store.steps_of(services.db, job.id)}
+    for line in summary(outputs):
+        console.print(line, highlight=False, markup=False)
 
 
 def show_error(job) -> None:
@@ -231,6 +380,8 @@ def show_error(job) -> None:
 def config_errors(exc) -> str:
     lines = [
         f"  --{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+        if e["loc"]
+        else f"  {e['msg']}"  # a rule across fields, e.g. epochs or train_steps, not both
         for e in exc.errors()
     ]
     return "invalid tuning parameters:\n" + "\n".join(lines)
