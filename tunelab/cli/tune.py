@@ -4,10 +4,8 @@ separate worker needed), showing the job's progress; interrupted, the same comma
 job (by an idempotency key made from the command's inputs) and resumes it.
 
 The commands are generated: a dataset option per dataset role of the method, and an option per
-field of the method's config, from its JSON schema (flag ``--field-name``, help = the field's
-description, default = the field's default), so a config field is written once and a new field
-or method needs no code here. Values are handed to the config as typed, and the config validates
-them all at once, so every bad parameter is reported in one go.
+field of the method's config, from its JSON schema (tunelab/cli/config_options.py), so a config
+field is written once and a new field or method needs no code here.
 """
 
 from __future__ import annotations
@@ -26,71 +24,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from tunelab.cli.config_options import config_options, config_values
 from tunelab.jobs.methods import METHODS, MethodSpec
 
 app = typer.Typer(help="Tune a model.", no_args_is_help=True)
 console = Console(stderr=True)
-
-FLAG_ALIASES = {"base_model": ("--base", "--base-model")}
-"""Config fields whose option has a shorter, older name too (``--base`` since the first CLI)."""
-
-NULL_WORDS = ("none", "null")
-"""What a nullable option takes for null (e.g. ``--early-stopping-patience none``)."""
-
-_SCHEMA_TYPES = {"integer": "INTEGER", "number": "FLOAT", "string": "TEXT", "boolean": "BOOLEAN"}
-
-
-def config_flags(field: str) -> tuple[str, ...]:
-    """The option names of a config field."""
-    return FLAG_ALIASES.get(field, ("--" + field.replace("_", "-"),))
-
-
-def _non_null(prop: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The schema of a field's value and whether null is allowed (``X | None`` is anyOf)."""
-    variants = prop.get("anyOf")
-    if not variants:
-        return prop, prop.get("type") == "null"
-    kept = [v for v in variants if v.get("type") != "null"]
-    nullable = len(kept) < len(variants)
-    return (kept[0] if len(kept) == 1 else {"anyOf": kept}), nullable
-
-
-def _parse(value: str | None, prop: dict[str, Any]) -> Any:
-    """An option's text as the value the config expects; what does not parse is passed on as
-    text, for the config's validation to report with the others."""
-    if value is None:
-        return None
-    inner, nullable = _non_null(prop)
-    if nullable and value.strip().lower() in NULL_WORDS:
-        return None
-    kind = inner.get("type")
-    try:
-        if kind == "integer":
-            return int(value)
-        if kind == "number":
-            return float(value)
-        if kind == "string":
-            return value
-        return json.loads(value)  # unions, lists, objects: JSON (a bare word stays text)
-    except ValueError:
-        return value
-
-
-def _help(prop: dict[str, Any]) -> str:
-    inner, nullable = _non_null(prop)
-    text = prop.get("description") or ""
-    if "enum" in inner:
-        text += f" One of: {', '.join(map(str, inner['enum']))}."
-    if nullable:
-        text += f" '{NULL_WORDS[0]}' for null."
-    return text.strip()
-
-
-def _metavar(prop: dict[str, Any]) -> str:
-    inner, _ = _non_null(prop)
-    if "enum" in inner:
-        return "[" + "|".join(map(str, inner["enum"])) + "]"
-    return _SCHEMA_TYPES.get(inner.get("type", ""), "JSON")
 
 
 def _command_help(spec: MethodSpec) -> str:
@@ -101,9 +39,7 @@ def _command_help(spec: MethodSpec) -> str:
 
 def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
     """The ``tune <method>`` command: options from the method's dataset roles and config schema."""
-    schema = spec.config.model_json_schema()
-    properties, required_fields = schema["properties"], set(schema.get("required", []))
-    fields = {f: p for f, p in properties.items() if f != "method" and "const" not in p}
+    options = config_options(spec.config)
     params: list[inspect.Parameter] = []
     annotations: dict[str, Any] = {}
     seen: set[str] = set()
@@ -133,26 +69,8 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
         ),
         ("--name",),
     )
-    for field, prop in fields.items():
-        flags = config_flags(field)
-        required = field in required_fields
-        inner, _ = _non_null(prop)
-        if inner.get("type") == "boolean":
-            no = tuple(f.replace("--", "--no-", 1) for f in flags)
-            bool_flags = tuple(f"{f}/{n}" for f, n in zip(flags, no, strict=True))
-            option = typer.Option(prop.get("default", False), *bool_flags, help=_help(prop))
-            add(f"config_{field}", bool, option, flags + no)
-            continue
-        default = ... if required else prop.get("default")
-        if default is not None and default is not ... and not isinstance(default, str):
-            default = json.dumps(default)  # the option's text; parsed back by _parse
-        option = typer.Option(
-            default,
-            *flags,
-            help=_help(prop),
-            metavar=_metavar(prop),
-        )
-        add(f"config_{field}", str | None if default is None else str, option, flags)
+    for opt in options:
+        add(opt.param, opt.annotation, opt.option, opt.flags)
     add(
         "detach",
         bool,
@@ -169,16 +87,8 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
     def command(**kwargs: Any) -> None:
         from pydantic import ValidationError
 
-        values = {
-            field: (
-                kwargs[f"config_{field}"]
-                if isinstance(kwargs[f"config_{field}"], bool)
-                else _parse(kwargs[f"config_{field}"], prop)
-            )
-            for field, prop in fields.items()
-        }
         try:
-            config = spec.config(**values)
+            config = spec.config(**config_values(options, kwargs))
         except ValidationError as exc:
             fail(config_errors(exc))
         datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}
