@@ -112,6 +112,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
 
 
 def summary(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The held-out pairs' log-probability margin, reference against tuned."""
     evaluation = outputs.get("evaluate", {})
     if "eval_logp_margin" not in evaluation:
         return []
