@@ -6,7 +6,7 @@ import json
 
 from support import write_jsonl
 
-from tunelab.configs import CONFIGS
+from tunelab.jobs.methods import METHODS
 
 
 def _upload(http, path):
@@ -20,11 +20,42 @@ def test_tuning_methods_carry_each_config_schema_with_its_defaults(http):
         m["method"]: m["config_schema"]
         for m in http.get("/v1/tuningMethods").json()["tuning_methods"]
     }
-    assert set(methods) == set(CONFIGS)
+    assert set(methods) == set(METHODS)
     dpo = methods["dpo"]["properties"]
-    assert dpo["beta"]["default"] == CONFIGS["dpo"].model_fields["beta"].default
+    assert dpo["beta"]["default"] == METHODS["dpo"].config.model_fields["beta"].default
     assert dpo["batch_size"]["description"]
     assert methods["sft"]["properties"]["adapter_size"]["default"] == 8
+
+
+def test_the_method_listing_and_the_job_body_come_from_the_method_table(http, monkeypatch):
+    from typing import Literal
+
+    from pydantic import Field
+
+    from tunelab.configs import SFTConfig
+    from tunelab.jobs.methods import DatasetRole, MethodSpec
+
+    class Grown(SFTConfig):
+        method: Literal["grown"] = "grown"
+        workers: int = Field(1, ge=1, le=64, description="Training processes.")
+
+    roles = (DatasetRole("train", "Rows.", required=True), DatasetRole("extra", "More rows."))
+    monkeypatch.setitem(METHODS, "grown", MethodSpec(Grown, roles, "x", ()))
+    listed = {m["method"]: m for m in http.get("/v1/tuningMethods").json()["tuning_methods"]}
+    assert list(listed) == list(METHODS)
+    assert listed["grown"]["config_schema"]["properties"]["workers"]["default"] == 1
+    assert listed["grown"]["dataset_roles"] == [
+        {"role": "train", "required": True, "description": "Rows."},
+        {"role": "extra", "required": False, "description": "More rows."},
+    ]
+    assert [r["role"] for r in listed["rlhf"]["dataset_roles"]] == ["preference", "prompts", "eval"]
+    body = {"tuned_model_display_name": "m", "train_dataset": "ds-x", "method": "grown"}
+    r = http.post("/v1/tuningJobs", json=body | {"config": {"workers": 0, "batch_size": 0}})
+    assert r.status_code == 422, r.text
+    fields = {e["field"] for e in r.json()["error"]["details"]["errors"]}
+    assert fields == {"config.workers", "config.batch_size"}
+    r = http.post("/v1/tuningJobs", json=body | {"method": "gone"})
+    assert r.status_code == 422 and "known: dpo, embedding, grown, rlhf, sft" in r.text
 
 
 def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path, tiny_base):

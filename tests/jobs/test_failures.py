@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from support import write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.jobs import store
-from tunelab.jobs.pipeline import register_pipeline
+from tunelab.jobs.methods import METHODS, DatasetRole, MethodSpec
+from tunelab.jobs.pipeline import PipelineDef
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.worker import Worker
 from tunelab.training.checkpoint import list_checkpoints, load_latest
@@ -132,17 +134,22 @@ def test_bad_data_fails_at_once_with_line_numbers(services, tmp_path, tiny_model
     assert steps["validate"] == "FAILED" and steps["train"] == "PENDING"
 
 
-def test_transient_errors_are_retried_a_bounded_number_of_times(services, tmp_path):
+def test_transient_errors_are_retried_a_bounded_number_of_times(services, tmp_path, monkeypatch):
     attempts = []
 
     def flaky(ctx):
         attempts.append(ctx.job.id)
         raise ConnectionError("object store unreachable")
 
-    register_pipeline("flaky-test", [("validate", flaky)], weights={"validate": 1.0})
-
     class Flaky(SFTConfig):
         method: str = "flaky-test"
+
+    # A method of its own, added to the one method table as a real method is.
+    module = types.ModuleType("flaky_test_pipeline")
+    module.PIPELINE = PipelineDef("flaky-test", (("validate", flaky),), {"validate": 1.0})
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    roles = (DatasetRole("train", "rows", required=True),)
+    monkeypatch.setitem(METHODS, "flaky-test", MethodSpec(Flaky, roles, module.__name__, ()))
 
     train = write_jsonl(tmp_path / "t.jsonl", _rows())
     job, _ = submit_job(

@@ -18,9 +18,7 @@ from tunelab.cli import data as data_cli
 from tunelab.cli import jobs as jobs_cli
 from tunelab.cli import keys as keys_cli
 from tunelab.cli import models as models_cli
-from tunelab.cli import tune as tune_cli
-from tunelab.cli import tune_embedding as _tune_embedding  # noqa: F401  (tune embedding)
-from tunelab.cli import tune_preference as _tune_preference  # noqa: F401  (tune rlhf, tune dpo)
+from tunelab.cli import tune as tune_cli  # tune <method>, one per method of the method table
 from tunelab.cli.evaluate import evaluate_cmd
 from tunelab.cli.predict import predict
 from tunelab.cli.serve import serve

@@ -35,28 +35,27 @@ def submit(
     """Queue a job for `tunelab worker`; prints its id."""
     from pydantic import ValidationError
 
-    from tunelab.configs import config_class
-    from tunelab.jobs.submit import submit_job
+    from tunelab.cli.tune import submit as submit_from_cli
+    from tunelab.jobs.methods import UnknownMethod, method_spec
     from tunelab.services import open_services
 
-    params = json.loads(config_file.read_text()) if config_file else {}
     try:
-        config = config_class(method)(**params)
-    except (ValidationError, KeyError) as exc:
-        fail(config_errors(exc) if isinstance(exc, ValidationError) else str(exc))
-    from tunelab.registry.names import InvalidModelName, check_tuned_model_name
-
+        params = json.loads(config_file.read_text()) if config_file else {}
+    except ValueError as exc:
+        fail(f"--config {config_file}: not JSON ({exc})")
+    if not isinstance(params, dict):
+        fail(f"--config {config_file}: expected a JSON object of the method's parameters")
     try:
-        check_tuned_model_name(name)
-    except InvalidModelName as exc:
-        fail(f"--name: {exc}")
-    services = open_services()
-    job, created = submit_job(
-        services.db,
-        services.artifacts,
-        config=config,
-        name=name,
-        datasets={"train": train, "validation": validation},
+        config = method_spec(method).config(**params)
+    except UnknownMethod as exc:
+        fail(f"--method: {exc}")
+    except ValidationError as exc:
+        fail(config_errors(exc))
+    job, _ = submit_from_cli(
+        open_services(),
+        config,
+        name,
+        {"train": train, "validation": validation},
         idempotency_key=idempotency_key,
     )
     print(job.id)

@@ -1,129 +1,172 @@
-"""``tunelab tune sft``: tune a model in one command. It submits a tuning job and runs it in
-this process (no separate worker needed), showing the job's progress; interrupted, the same
-command finds the same job (by an idempotency key made from the command's inputs) and resumes it."""
+"""``tunelab tune <method>``: tune a model in one command, one command per method of the method
+table (tunelab/jobs/methods.py). Each submits a tuning job and runs it in this process (no
+separate worker needed), showing the job's progress; interrupted, the same command finds the same
+job (by an idempotency key made from the command's inputs) and resumes it.
+
+The commands are generated: a dataset option per dataset role of the method, and an option per
+field of the method's config, from its JSON schema (tunelab/cli/config_options.py), so a config
+field is written once and a new field or method needs no code here.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.cli.config_options import config_options, config_values
+from tunelab.jobs.methods import METHODS, MethodSpec
 
 app = typer.Typer(help="Tune a model.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-@app.command("sft")
-def sft(
-    train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
-    name: str = typer.Option(
-        ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
-    ),
-    validation: Path | None = typer.Option(
-        None, "--validation", exists=True, dir_okay=False, help="Validation JSONL."
-    ),
-    base: str = typer.Option(
-        DEFAULT_BASE_MODEL,
-        "--base",
-        help="Base model: catalog name, folder or hub id; or a tuned model NAME[@VERSION] to "
-        "continue tuning from its adapter.",
-    ),
-    epochs: int | None = typer.Option(None, help="Passes over the data (default 3)."),
-    train_steps: int | None = typer.Option(
-        None, "--train-steps", help="Optimizer steps, instead of epochs."
-    ),
-    learning_rate_multiplier: float = typer.Option(1.0, "--learning-rate-multiplier"),
-    adapter_size: int = typer.Option(8, "--adapter-size", help="LoRA rank: 1, 2, 4, 8 or 16."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_seq_length: int = typer.Option(1024, "--max-seq-length"),
-    seed: int = typer.Option(42, "--seed"),
-    eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
-    checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
-    early_stopping_patience: int | None = typer.Option(
-        3, "--early-stopping-patience", help="0 disables."
-    ),
-    precision: str = typer.Option(
-        "auto",
-        "--precision",
-        help="auto, fp32 or bf16 (mixed precision). auto takes bf16 where it is clearly faster.",
-    ),
-    detach: bool = typer.Option(
-        False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
-    ),
-    restart: bool = typer.Option(
-        False, "--restart", help="Tune again even if this command already ran."
-    ),
-) -> None:
-    """Supervised tuning of a LoRA adapter, as a job. Run the same command again to resume."""
-    from pydantic import ValidationError
+def _command_help(spec: MethodSpec) -> str:
+    doc = inspect.getdoc(spec.config) or ""
+    first = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+    return f"{first} As a job; run the same command again to resume it."
 
-    from tunelab.bundle import sha256_file
-    from tunelab.configs import SFTConfig
-    from tunelab.jobs.submit import submit_job
-    from tunelab.registry.continuation import ContinuationError
+
+def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
+    """The ``tune <method>`` command: options from the method's dataset roles and config schema."""
+    options = config_options(spec.config)
+    params: list[inspect.Parameter] = []
+    annotations: dict[str, Any] = {}
+    seen: set[str] = set()
+
+    def add(pname: str, annotation: Any, option: Any, flags: tuple[str, ...]) -> None:
+        clash = seen.intersection(flags)
+        if clash:  # e.g. a config field named like a dataset role
+            raise ValueError(f"tune {method}: option {clash.pop()} is declared twice")
+        seen.update(flags)
+        params.append(
+            inspect.Parameter(
+                pname, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+            )
+        )
+        annotations[pname] = annotation
+
+    for role in spec.dataset_roles:
+        flags = ("--" + role.name.replace("_", "-"),)
+        default = ... if role.required else None
+        option = typer.Option(default, *flags, exists=True, dir_okay=False, help=role.description)
+        add(f"data_{role.name}", Path if role.required else Path | None, option, flags)
+    add(
+        "name",
+        str,
+        typer.Option(
+            ..., "--name", help="Name of the tuned model: 1-128 letters, digits, -_. (no / or @)."
+        ),
+        ("--name",),
+    )
+    for opt in options:
+        add(opt.param, opt.annotation, opt.option, opt.flags)
+    add(
+        "detach",
+        bool,
+        typer.Option(False, "--detach", help="Only submit the job; a `tunelab worker` runs it."),
+        ("--detach",),
+    )
+    add(
+        "restart",
+        bool,
+        typer.Option(False, "--restart", help="Tune again even if this command already ran."),
+        ("--restart",),
+    )
+
+    def command(**kwargs: Any) -> None:
+        from pydantic import ValidationError
+
+        try:
+            config = spec.config(**config_values(options, kwargs))
+        except ValidationError as exc:
+            fail(config_errors(exc))
+        datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}
+        name = kwargs["name"]
+        key = command_key(name, config, datasets, restart=kwargs["restart"])
+        services = _services()
+        job, _ = submit(services, config, name, datasets, idempotency_key=key)
+        if kwargs["detach"]:
+            print(job.id)
+            return
+        run_in_process(services, job.id)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__name__ = method
+    command.__doc__ = _command_help(spec)
+    return command
+
+
+def add_method_commands(tune_app: typer.Typer, methods: dict[str, MethodSpec]) -> None:
+    for method, spec in methods.items():
+        tune_app.command(method)(method_command(method, spec))
+
+
+add_method_commands(app, METHODS)
+
+
+def _services():
     from tunelab.services import open_services
 
-    try:
-        config = SFTConfig(
-            base_model=base,
-            epochs=epochs,
-            train_steps=train_steps,
-            learning_rate_multiplier=learning_rate_multiplier,
-            adapter_size=adapter_size,
-            batch_size=batch_size,
-            max_seq_length=max_seq_length,
-            seed=seed,
-            eval_every_steps=eval_every_steps,
-            checkpoint_every_steps=checkpoint_every_steps,
-            early_stopping_patience=early_stopping_patience or None,
-            precision=precision,
-        )
-    except ValidationError as exc:
-        fail(config_errors(exc))
+    return open_services()
+
+
+def command_key(name: str, config, datasets: dict[str, Path | None], restart: bool) -> str:
+    """The idempotency key of a command: the same name, parameters and dataset bytes find the
+    same job; ``restart`` makes a new one."""
+    from tunelab.bundle import sha256_file
+
+    key_src = json.dumps(
+        {
+            "name": name,
+            "config": config.model_dump(mode="json"),
+            "data": {role: sha256_file(p) if p else None for role, p in datasets.items()},
+        },
+        sort_keys=True,
+    )
+    key = "cli-" + hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    return key + "-" + uuid.uuid4().hex[:8] if restart else key
+
+
+def submit(
+    services, config, name: str, datasets: dict[str, Path | None], idempotency_key: str | None
+):
+    """Submit a job from the command line (every CLI verb that makes a job comes here): the
+    tuned-model name checked first, errors as one red line and exit code 1. (job, created)."""
+    from tunelab.jobs.submit import submit_job
+    from tunelab.registry.continuation import ContinuationError
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
     try:
         check_tuned_model_name(name)
     except InvalidModelName as exc:
         fail(f"--name: {exc}")
-
-    # The same command (name, parameters, dataset bytes) maps to the same job.
-    key_src = json.dumps(
-        {
-            "name": name,
-            "config": config.model_dump(mode="json"),
-            "data": [sha256_file(train), sha256_file(validation) if validation else None],
-        },
-        sort_keys=True,
-    )
-    key = "cli-" + hashlib.sha256(key_src.encode()).hexdigest()[:32]
-    if restart:
-        key += "-" + uuid.uuid4().hex[:8]
-    services = open_services()
     try:
         job, created = submit_job(
             services.db,
             services.artifacts,
             config=config,
             name=name,
-            datasets={"train": train, "validation": validation},
-            idempotency_key=key,
+            datasets=datasets,
+            idempotency_key=idempotency_key,
         )
     except ContinuationError as exc:
         fail(str(exc))
-    console.print(f"{'submitted' if created else 'found'} tuning job {job.id} ({job.state})")
-    if detach:
-        print(job.id)
-        return
-    run_in_process(services, job.id)
+    console.print(
+        f"{'submitted' if created else 'found'} {config.method} job {job.id} ({job.state})"
+    )
+    return job, created
 
 
 def run_in_process(services, job_id: str) -> None:
@@ -139,6 +182,7 @@ def run_in_process(services, job_id: str) -> None:
             f"[green]already tuned[/]: {job.tuned_model_name} version {job.tuned_model_version} "
             "(use --restart to tune again)"
         )
+        show_summary(services, job)
         return
     if job.state in TERMINAL:
         show_error(job)
@@ -206,6 +250,7 @@ def run_in_process(services, job_id: str) -> None:
         console.print(
             f"{usage.get('trained_tokens', 0)} tokens trained in {usage.get('train_seconds', 0):.0f}s"
         )
+        show_summary(services, job)
         console.print(f'try it: tunelab predict --model {job.tuned_model_name} "..."')
         return
     if job.state == "QUEUED":
@@ -215,6 +260,20 @@ def run_in_process(services, job_id: str) -> None:
         raise typer.Exit(130)
     show_error(job)
     fail(f"job {job.id} ended {job.state}")
+
+
+def show_summary(services, job) -> None:
+    """What the job's pipeline says it measured (reward accuracy, tuned vs base, retrieval)."""
+    from tunelab.jobs import store
+    from tunelab.jobs.methods import METHODS
+
+    spec = METHODS.get(job.method)
+    summary = spec.load_pipeline().summary if spec else None
+    if summary is None:
+        return
+    outputs = {s.name: s.outputs or {} for s in store.steps_of(services.db, job.id)}
+    for line in summary(outputs):
+        console.print(line, highlight=False, markup=False)
 
 
 def show_error(job) -> None:
@@ -231,6 +290,8 @@ def show_error(job) -> None:
 def config_errors(exc) -> str:
     lines = [
         f"  --{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+        if e["loc"]
+        else f"  {e['msg']}"  # a rule across fields, e.g. epochs or train_steps, not both
         for e in exc.errors()
     ]
     return "invalid tuning parameters:\n" + "\n".join(lines)

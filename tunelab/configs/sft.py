@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 
@@ -86,9 +86,16 @@ class SFTConfig(BaseModel):
     precision: Precision = precision_field()
     early_stopping_patience: int | None = Field(
         3,
-        ge=1,
-        description="Stop after this many evaluations without a better eval loss; null disables.",
+        ge=0,
+        description="Stop after this many evaluations without a better eval loss; 0 or null "
+        "disables.",
     )
+
+    @field_validator("early_stopping_patience")
+    @classmethod
+    def _zero_disables(cls, value: int | None) -> int | None:
+        # 0 is how the CLI has always said "no early stopping"; stored as null, as REST says it.
+        return value or None
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> SFTConfig:

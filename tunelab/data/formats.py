@@ -14,8 +14,8 @@ Supervised tuning accepts the formats Vertex AI documents, told apart by their k
 
 A line is never rejected for its first mistake only: a parser collects every :class:`Problem` it
 finds (with a field path such as ``messages[2].role``) so a user fixes a file in one round.
-Keys a format does not use are ignored. Other kinds of data (preference pairs, prompts) get
-their own list of parsers in :data:`FORMATS`, under their own kind.
+Keys a format does not use are ignored. Other kinds of data (preference pairs, prompts) have
+their own list of parsers; ``FORMATS`` lists every kind once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from tunelab.data.example import Example, Role, Turn
@@ -76,7 +77,9 @@ def parse_record(obj: Any, line: int, kind: str = "supervised") -> Parsed:
     """Parse one decoded JSON value: pick the format by its keys, then let that parser check it."""
     if not isinstance(obj, dict):
         return [Problem("not_an_object", None, f"expected a JSON object, got {_json_type(obj)}")]
-    formats = FORMATS[kind]
+    formats = _formats().get(kind)
+    if formats is None:  # a caller's mistake, not the data's
+        raise ValueError(f"unknown kind of data {kind!r} (known: {', '.join(_formats())})")
     matches = [f for f in formats if any(k in obj for k in f.keys)]
     if len(matches) == 1:
         return matches[0].parse(obj, line)
@@ -343,8 +346,24 @@ CONTENTS = Format(
     _parse_contents,
 )
 
-FORMATS: dict[str, tuple[Format, ...]] = {"supervised": (TEXT, MESSAGES, CONTENTS)}
-"""Parsers by kind of data. A new kind (``preference``, ``prompt``) adds its own tuple here."""
+SUPERVISED_FORMATS = (TEXT, MESSAGES, CONTENTS)
 
-# Preference pairs and prompts (RLHF, DPO) add the kinds "preference" and "prompt" to FORMATS.
-import tunelab.data.preference  # noqa: E402, F401
+
+@cache
+def _formats() -> dict[str, tuple[Format, ...]]:
+    # The preference and prompt parsers are built from this module's helpers, so their module
+    # imports this one: the table is made on first use rather than at import.
+    from tunelab.data.preference import PREFERENCE_FORMATS, PROMPT_FORMATS
+
+    return {
+        "supervised": SUPERVISED_FORMATS,
+        "preference": PREFERENCE_FORMATS,  # pairs (RLHF, DPO)
+        "prompt": PROMPT_FORMATS,  # prompts (RLHF)
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """``FORMATS``: parsers by kind of data, every kind listed once in :func:`_formats`."""
+    if name == "FORMATS":
+        return _formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

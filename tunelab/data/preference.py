@@ -18,8 +18,8 @@ to, and evaluation prompts)::
 
 ``messages`` takes Gemini roles (``system``, ``user``, ``model``) or OpenAI's (``assistant``), as
 supervised data does; keys a format does not use are ignored (so a supervised file's
-``input_text`` lines serve as prompts). The parsers are registered in
-:data:`tunelab.data.formats.FORMATS` under the kinds ``preference`` and ``prompt``, and a file is
+``input_text`` lines serve as prompts). The parsers are listed in
+``tunelab.data.formats.FORMATS`` under the kinds ``preference`` and ``prompt``, and a file is
 read in one streaming pass that reports every bad line with its number, field and reason.
 
 How a pair becomes tokens: the prompt is rendered with the base model's chat template and a
@@ -43,7 +43,6 @@ from jinja2 import TemplateError as JinjaTemplateError
 
 from tunelab.data.example import Role, Turn
 from tunelab.data.formats import (
-    FORMATS,
     Format,
     Problem,
     _is_object,
@@ -294,8 +293,6 @@ PROMPT_FORMATS = (
         _parse_prompt_messages,
     ),
 )
-FORMATS.setdefault("preference", PREFERENCE_FORMATS)
-FORMATS.setdefault("prompt", PROMPT_FORMATS)
 
 # ------------------------------------------------------------------------------ encoded data
 

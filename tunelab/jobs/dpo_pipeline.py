@@ -111,4 +111,19 @@ def register(ctx: StepContext) -> dict[str, Any]:
     return steps.registered(version)
 
 
-steps.register_standard_pipeline("dpo", validate, prepare, train, evaluate, register)
+def summary(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The held-out pairs' log-probability margin, reference against tuned."""
+    evaluation = outputs.get("evaluate", {})
+    if "eval_logp_margin" not in evaluation:
+        return []
+    return [
+        f"held-out pairs: log-prob margin preferred - rejected "
+        f"{evaluation['eval_reference_logp_margin']:.2f} (reference) -> "
+        f"{evaluation['eval_logp_margin']:.2f} (tuned), reward accuracy "
+        f"{evaluation['eval_reward_accuracy']:.1%}"
+    ]
+
+
+PIPELINE = steps.standard_pipeline(
+    "dpo", validate, prepare, train, evaluate, register, summary=summary
+)

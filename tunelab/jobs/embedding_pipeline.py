@@ -101,7 +101,33 @@ def register(ctx: StepContext) -> dict[str, Any]:
     return steps.registered(version)
 
 
+def summary(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """Retrieval metrics of base and tuned model per labelled split, as small tables."""
+    evaluation = outputs.get("evaluate", {}).get("evaluation") or {}
+    lines = []
+    for split, metrics in (evaluation.get("metrics") or {}).items():
+        queries = (evaluation.get("queries") or {}).get(split)
+        lines.append(f"retrieval on the {split} labels ({queries} queries):")
+        lines.append(f"  {'metric':<10} {'base':>7} {'tuned':>7} {'change':>7}")
+        for metric, v in metrics.items():
+            lines.append(f"  {metric:<10} {v['base']:>7.3f} {v['tuned']:>7.3f} {v['delta']:>+7.3f}")
+    name = outputs.get("register", {}).get("name")
+    if name:
+        lines.append(
+            f'embed with it: POST /v1/embeddings {{"model": "{name}", "input": [...]}} '
+            "or the SDK's TextEmbeddingModel.from_pretrained(name).get_embeddings([...])"
+        )
+    return lines
+
+
 # Evaluation embeds the corpus twice (base and tuned): a larger share than the others'.
-steps.register_standard_pipeline(
-    "embedding", validate, prepare, train, evaluate, register, {"train": 0.8, "evaluate": 0.11}
+PIPELINE = steps.standard_pipeline(
+    "embedding",
+    validate,
+    prepare,
+    train,
+    evaluate,
+    register,
+    {"train": 0.8, "evaluate": 0.11},
+    summary,
 )

@@ -1,7 +1,7 @@
 """Pipelines: the ordered steps a tuning job runs, one definition per method.
 
-A method plugs in by calling :func:`register_pipeline` with its steps; the worker and store
-never name a method. Each step is a function of a :class:`StepContext` returning its outputs
+Each method's pipeline module defines ``PIPELINE``, a :class:`PipelineDef`, and the method
+table (tunelab/jobs/methods.py) names that module; the worker and store never name a method. Each step is a function of a :class:`StepContext` returning its outputs
 (artifact references ``{"uri", "sha256"}`` and small results), which are stored on the step and
 handed to later steps. A step that already SUCCEEDED in an earlier attempt is not run again.
 """
@@ -51,30 +51,10 @@ class PipelineDef:
     steps: tuple[tuple[str, Step], ...]
     weights: dict[str, float]
     """Share of the job's progress bar each step takes."""
+    summary: Callable[[dict[str, dict[str, Any]]], list[str]] | None = None
+    """What a finished job measured, in a few lines of text, from its steps' outputs (the CLI
+    shows them after an in-process run); None: nothing beyond the tuned model's name."""
 
     @property
     def step_names(self) -> list[str]:
         return [name for name, _ in self.steps]
-
-
-PIPELINES: dict[str, PipelineDef] = {}
-
-
-def register_pipeline(
-    method: str, steps: list[tuple[str, Step]], weights: dict[str, float]
-) -> None:
-    PIPELINES[method] = PipelineDef(method, tuple(steps), weights)
-
-
-def pipeline_for(method: str) -> PipelineDef:
-    # Each method's module registers itself on import (imports are cached: this is cheap).
-    import tunelab.jobs.dpo_pipeline  # noqa: F401  (registers itself)
-    import tunelab.jobs.embedding_pipeline  # noqa: F401  (registers itself)
-    import tunelab.jobs.rlhf_pipeline  # noqa: F401  (registers itself)
-    import tunelab.jobs.sft_pipeline  # noqa: F401  (registers itself)
-
-    if method not in PIPELINES:
-        raise ValueError(
-            f"unknown tuning method {method!r} (known: {', '.join(sorted(PIPELINES))})"
-        )
-    return PIPELINES[method]

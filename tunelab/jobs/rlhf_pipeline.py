@@ -24,7 +24,7 @@ from sqlalchemy import select
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
-from tunelab.jobs.pipeline import StepContext, register_pipeline
+from tunelab.jobs.pipeline import PipelineDef, StepContext
 from tunelab.training.atomic import write_bytes
 from tunelab.training.metrics import MetricsLog
 
@@ -248,16 +248,36 @@ def _usage(*stages: dict[str, Any]) -> dict[str, Any]:
     return steps.with_cost(total, billed="trained_tokens")
 
 
-register_pipeline(
+def summary(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The reward model's held-out accuracy and the policy against the base on eval prompts."""
+    lines = []
+    reward = outputs.get("reward_model", {})
+    if reward.get("pairwise_accuracy") is not None:
+        lines.append(
+            f"reward model: pairwise accuracy {reward['pairwise_accuracy']:.1%} on "
+            f"{reward['eval_pairs']} held-out pairs "
+            f"({outputs.get('register', {}).get('reward_model')})"
+        )
+    evaluation = outputs.get("evaluate", {})
+    if "win_rate" in evaluation:
+        lines.append(
+            f"held-out prompts ({evaluation['prompts']}): mean reward base "
+            f"{evaluation['mean_reward_base']:.3f} -> tuned {evaluation['mean_reward_tuned']:.3f}, "
+            f"tuned wins {evaluation['win_rate']:.1%}"
+        )
+    return lines
+
+
+PIPELINE = PipelineDef(
     "rlhf",
-    [
+    (
         ("validate", validate),
         ("reward_model", reward_model),
         ("reinforcement_learning", reinforcement_learning),
         ("evaluate", evaluate),
         ("register", register),
         ("deploy", steps.deploy),
-    ],
+    ),
     weights={
         "validate": 0.02,
         "reward_model": 0.25,
@@ -266,4 +286,5 @@ register_pipeline(
         "register": 0.02,
         "deploy": 0.02,
     },
+    summary=summary,
 )

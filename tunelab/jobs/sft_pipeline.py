@@ -142,6 +142,6 @@ def register(ctx: StepContext) -> dict[str, Any]:
     return steps.registered(version)
 
 
-steps.register_standard_pipeline("sft", validate, prepare, train, evaluate, register)
+PIPELINE = steps.standard_pipeline("sft", validate, prepare, train, evaluate, register)
 
 __all__ = ["StopRequested"]

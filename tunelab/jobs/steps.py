@@ -12,7 +12,7 @@ from typing import Any
 
 from tunelab.config import get_settings
 from tunelab.data.validation import DatasetValidationError
-from tunelab.jobs.pipeline import StepContext, StopRequested
+from tunelab.jobs.pipeline import PipelineDef, Step, StepContext, StopRequested
 
 STANDARD_WEIGHTS = {
     "validate": 0.02,
@@ -149,24 +149,24 @@ def deploy(ctx: StepContext) -> dict[str, Any]:
     return {"endpoint": endpoint.id}
 
 
-def register_standard_pipeline(
+def standard_pipeline(
     method: str,
-    validate,
-    prepare,
-    train,
-    evaluate,
-    register,
+    validate: Step,
+    prepare: Step,
+    train: Step,
+    evaluate: Step,
+    register: Step,
     weights: dict[str, float] | None = None,
-) -> None:
-    """Register validate -> prepare -> train -> evaluate -> register -> deploy for ``method``
+    summary: Callable[[dict[str, dict[str, Any]]], list[str]] | None = None,
+) -> PipelineDef:
+    """validate -> prepare -> train -> evaluate -> register -> deploy for ``method``
     (``weights`` replace some of :data:`STANDARD_WEIGHTS`)."""
-    from tunelab.jobs.pipeline import register_pipeline
-
     named = dict(validate=validate, prepare=prepare, train=train, evaluate=evaluate)
-    register_pipeline(
+    return PipelineDef(
         method,
-        [*named.items(), ("register", register), ("deploy", deploy)],
-        weights=STANDARD_WEIGHTS | (weights or {}),
+        (*named.items(), ("register", register), ("deploy", deploy)),
+        STANDARD_WEIGHTS | (weights or {}),
+        summary,
     )
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from tunelab.db import Database
 from tunelab.db.schema import TuningJob
 from tunelab.jobs import store
-from tunelab.jobs.pipeline import pipeline_for
+from tunelab.jobs.methods import pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.registry.continuation import resolve_continuation
 from tunelab.registry.datasets import register_dataset

@@ -21,7 +21,8 @@ from tunelab.db import Database
 from tunelab.db.schema import TuningJob
 from tunelab.jobs import store
 from tunelab.jobs.errors import classify
-from tunelab.jobs.pipeline import StepContext, StopRequested, pipeline_for
+from tunelab.jobs.methods import pipeline_for
+from tunelab.jobs.pipeline import StepContext, StopRequested
 from tunelab.jobs.states import JobState
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.training.metrics import MetricsLog

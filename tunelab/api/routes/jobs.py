@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
 from tunelab.api.schemas import TuningJobCreate
-from tunelab.configs import config_class
 from tunelab.jobs import store
+from tunelab.jobs.methods import UnknownMethod, method_spec
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.views import job_view
@@ -24,9 +24,9 @@ router = APIRouter(prefix="/v1/tuningJobs", tags=["tuning jobs"])
 @router.post("", status_code=201)
 def create(body: TuningJobCreate, services: ServicesDep) -> dict:
     try:
-        config = config_class(body.method)(**body.config)
-    except KeyError as exc:
-        raise ApiError(422, "invalid_request", str(exc.args[0]), {"field": "method"}) from None
+        config = method_spec(body.method).config(**body.config)
+    except UnknownMethod as exc:
+        raise ApiError(422, "invalid_request", str(exc), {"field": "method"}) from None
     except ValidationError as exc:
         errors = [
             {"field": "config." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
