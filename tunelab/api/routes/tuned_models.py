@@ -32,7 +32,14 @@ def get(name: str, services: ServicesDep) -> dict:
         versions = get_versions(services.db, name)
     except ModelNotRegistered as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    return {"name": name, "versions": [version_view(v) for v in versions]}
+    return {"name": name, "versions": [_with_serving(services, v) for v in versions]}
+
+
+def _with_serving(services, version) -> dict:
+    """The version, with whether vLLM can serve its adapter and why not (``--engine vllm``)."""
+    from tunelab.serving.vllm_compat import check_version
+
+    return version_view(version) | {"vllm": check_version(services, version).as_dict()}
 
 
 @router.delete("/{name}")
