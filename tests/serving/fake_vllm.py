@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 BASE = "tiny-base"
 KEY = "fake-vllm-key"
 
+MAX_LORA_RANK = 16
+"""As TuneLab starts vLLM by default (``--max-lora-rank 16``)."""
 REFUSE_MAX_TOKENS = 13
 """A request with this max_tokens is refused as vLLM refuses a bad one (400)."""
 FAIL_MAX_TOKENS = 17
@@ -65,8 +67,8 @@ def make_app(calls: list, loaded: dict[str, str]) -> FastAPI:
         ):
             return _error(400, f"No adapter found for {path}")
         rank = json.loads((path / "adapter_config.json").read_text())["r"]
-        if rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
-            return _error(400, f"LoRA rank {rank} is not supported")
+        if rank > MAX_LORA_RANK:
+            return _error(400, f"LoRA rank {rank} is greater than max_lora_rank {MAX_LORA_RANK}.")
         loaded[name] = str(path)
         return JSONResponse(f"Success: LoRA adapter '{name}' added successfully.")
 

@@ -66,14 +66,14 @@ def fake():
 
 @pytest.fixture
 def setup(services, api_key, tmp_path, tiny_base, tiny_model_dir, fake):
-    """(client, fake vLLM, servable version, rank-4 version, pool): a TuneLab server whose
+    """(client, fake vLLM, rank-8 version, rank-32 version, pool): a TuneLab server whose
     engine is the fake vLLM; both versions are deployed."""
     from tunelab.api.app import create_app
     from tunelab.serving.pool import InferencePool
     from tunelab.serving.vllm_backend import VllmBackend
 
     good = _register(services, tmp_path, tiny_base, tiny_model_dir, "shape-model", 8)
-    narrow = _register(services, tmp_path, tiny_base, tiny_model_dir, "narrow-model", 4)
+    wide = _register(services, tmp_path, tiny_base, tiny_model_dir, "wide-model", 32)
     backend = VllmBackend(services, tiny_base, url=fake.server.url, api_key=KEY).start()
     pool = InferencePool(services, backend=backend)
     try:
@@ -81,13 +81,13 @@ def setup(services, api_key, tmp_path, tiny_base, tiny_model_dir, fake):
             with httpx.Client(
                 base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
             ) as client:
-                yield client, fake, good, narrow, pool
+                yield client, fake, good, wide, pool
     finally:
         pool.close()
 
 
 def test_start_loads_the_deployed_servable_adapter_from_its_peft_export(setup, tunelab_home):
-    client, fake, good, narrow, _ = setup
+    client, fake, good, wide, _ = setup
     (load,) = fake.of("load")
     assert load["lora_name"] == good.id  # a version id, never a user's string
     folder = Path(load["lora_path"])
@@ -96,7 +96,7 @@ def test_start_loads_the_deployed_servable_adapter_from_its_peft_export(setup, t
         p.name for p in folder.iterdir()
     }
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == 8
-    assert narrow.id not in fake.loaded  # rank 4: vLLM would refuse it, so it is not sent
+    assert wide.id not in fake.loaded  # rank 32 > --max-lora-rank 16: vLLM would refuse it
 
 
 def test_undeploy_unloads_and_deploy_loads_again(setup):
@@ -113,15 +113,16 @@ def test_undeploy_unloads_and_deploy_loads_again(setup):
     assert good.id in fake.loaded
 
 
-def test_a_rank_vllm_refuses_is_not_deployed_and_the_model_says_why(setup):
-    client, fake, _, narrow, _ = setup
-    r = client.post("/v1/endpoints", json={"model": "narrow-model"})
+def test_a_rank_above_max_lora_rank_is_not_deployed_and_the_model_says_why(setup):
+    client, fake, _, wide, _ = setup
+    r = client.post("/v1/endpoints", json={"model": "wide-model"})
     assert r.status_code == 409, r.text
-    assert "rank 4" in r.json()["error"]["message"]
-    assert narrow.id not in fake.loaded
-    (version,) = client.get("/v1/tunedModels/narrow-model").json()["versions"]
+    assert "rank 32 is above the server's --max-lora-rank 16" in r.json()["error"]["message"]
+    assert wide.id not in fake.loaded
+    (version,) = client.get("/v1/tunedModels/wide-model").json()["versions"]
     assert version["vllm"]["servable"] is False
-    assert any("rank 4" in reason for reason in version["vllm"]["reasons"])
+    assert version["vllm"]["min_max_lora_rank"] == 32
+    assert any("--max-lora-rank 32 or more" in reason for reason in version["vllm"]["reasons"])
     (good,) = client.get("/v1/tunedModels/shape-model").json()["versions"]
     assert good["vllm"] == {
         "servable": True,

