@@ -46,7 +46,9 @@ def _vllm_backend(services, engine, url, python, base, max_loras, max_lora_rank,
             raise typer.BadParameter("needs --engine vllm", param_hint="--vllm-url/--vllm-python")
         return None
     if not base:
-        raise typer.BadParameter("--engine vllm serves one base model: name it", "--preload")
+        raise typer.BadParameter(
+            "--engine vllm serves one base model: name it", param_hint="--preload"
+        )
     if max_lora_rank not in VLLM_LORA_RANKS:
         raise typer.BadParameter(
             f"one of {', '.join(map(str, VLLM_LORA_RANKS))}", param_hint="--max-lora-rank"
