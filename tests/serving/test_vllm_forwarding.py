@@ -264,3 +264,24 @@ def test_the_api_key_of_vllm_is_sent(services, tiny_base, fake):
 
     with pytest.raises(VllmError, match="401"):
         VllmBackend(services, tiny_base, url=fake.server.url, api_key="wrong").start()
+
+
+def test_an_adapter_vllm_refuses_keeps_neither_the_server_nor_the_others_from_starting(
+    services, tmp_path, tiny_base, tiny_model_dir, fake
+):
+    from tunelab.serving.vllm_backend import VllmBackend
+    from tunelab.serving.vllm_process import VllmOptions
+
+    good = _register(services, tmp_path, tiny_base, tiny_model_dir, "shape-model", 8)
+    wide = _register(services, tmp_path, tiny_base, tiny_model_dir, "wide-model", 32)
+    # TuneLab believes the server takes rank 32; this vLLM refuses it at load time.
+    options = VllmOptions(max_lora_rank=32)
+    backend = VllmBackend(
+        services, tiny_base, url=fake.server.url, api_key=KEY, options=options
+    ).start()
+    try:
+        assert sorted(b["lora_name"] for b in fake.of("load")) == sorted([good.id, wide.id])
+        assert set(fake.loaded) == {good.id}
+        assert backend.engine.loaded_adapters == {good.id}
+    finally:
+        backend.close()

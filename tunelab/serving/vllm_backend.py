@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tunelab.serving.vllm_compat import VllmVerdict, check_version
-from tunelab.serving.vllm_engine import VllmEngine
+from tunelab.serving.vllm_engine import VllmEngine, VllmError
 from tunelab.serving.vllm_process import VllmOptions, VllmProcess
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ class VllmBackend:
                 adapter_folder=self.adapter_folder,
                 api_key=key,
             )
-            self.sync()
         except BaseException:
             self.close()
             raise
+        try:
+            self.sync()
+        except VllmError as exc:  # the server runs; the adapter is retried at its request
+            logger.warning("not every deployed adapter loaded into vLLM: %s", exc)
         return self
 
     # -- the pool's hooks ------------------------------------------------------------------------

@@ -137,10 +137,20 @@ class VllmEngine:
         """Make vLLM hold exactly the deployed adapters of this base (key -> bundle): load the
         new ones, unload the ones no longer deployed. An adapter asked for by name without a
         deployment is loaded at its request and dropped at the next sync."""
+        failed: list[VllmError] = []
         for key in sorted(self.loaded_adapters - set(deployed)):
-            self.unload_adapter(key)
+            try:
+                self.unload_adapter(key)
+            except VllmError as exc:
+                failed.append(exc)
         for key, bundle in deployed.items():
-            self.load_adapter(key, bundle)
+            try:  # one adapter vLLM refuses does not keep the others from loading
+                self.load_adapter(key, bundle)
+            except VllmError as exc:
+                logger.error("vLLM did not load adapter %s: %s", key, exc)
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     # -- the engine's surface (any thread) -------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
