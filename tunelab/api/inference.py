@@ -32,6 +32,15 @@ def _refused(exc: ValueError, param: str | None) -> ApiError:
     return ApiError(400, code, str(exc), {"param": param})
 
 
+def backend_error(exc: Exception) -> ApiError:
+    """An engine server's failure (``--engine vllm``) in the route's error shape: its refusal
+    of the request a 400, its failure a 502, no answer a 503."""
+    status = getattr(exc, "status", 502)
+    status = status if status in (400, 503) else 502
+    code = {400: "invalid_request", 503: "unavailable"}.get(status, "bad_gateway")
+    return ApiError(status, code, str(exc))
+
+
 def _submit_all(engine, requests: list, param: str | None) -> list[Future]:
     from tunelab.serving.engine import EngineClosedError
 
@@ -53,9 +62,13 @@ def _submit_all(engine, requests: list, param: str | None) -> list[Future]:
 async def generate_all(engine, requests: list, param: str | None = None) -> list:
     """Queue every request at once (so they share the engine's batches), then await them all.
     ``param`` names the request field a refused prompt came from."""
+    from tunelab.serving.vllm_engine import VllmError
+
     futures = await asyncio.to_thread(_submit_all, engine, requests, param)
     try:
         return [await asyncio.wrap_future(f) for f in futures]
+    except VllmError as exc:
+        raise backend_error(exc) from None
     finally:
         for f in futures:  # a client that went away frees its rows
             f.cancel()
@@ -63,9 +76,12 @@ async def generate_all(engine, requests: list, param: str | None = None) -> list
 
 def _open(engine, request, param: str | None):
     from tunelab.serving.engine import EngineClosedError
+    from tunelab.serving.vllm_engine import VllmError
 
     try:
         return engine.stream(request)
+    except VllmError as exc:
+        raise backend_error(exc) from None
     except ValueError as exc:
         raise _refused(exc, param) from None
     except EngineClosedError:

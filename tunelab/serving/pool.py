@@ -32,9 +32,12 @@ class Target:
 
 
 class InferencePool:
-    def __init__(self, services: Services, **engine_options) -> None:
+    def __init__(self, services: Services, *, backend=None, **engine_options) -> None:
         self.services = services
         self.engine_options = engine_options
+        self.backend = backend
+        """An engine server that serves a base instead of the builtin engine (``--engine vllm``:
+        :class:`tunelab.serving.vllm_backend.VllmBackend`); None: the builtin engine."""
         self._engines: dict[str, object] = {}
         """Engines by the resolved folder of their base model: however a base is reached (its
         name, a tuned model's stored reference), it is loaded once."""
@@ -51,6 +54,8 @@ class InferencePool:
         from tunelab.registry.resolve import base_folder
 
         path = base_folder(resolved)
+        if self.backend is not None:
+            return self.backend.engine_for(path)
         key = str(path.resolve())
         with self._lock:
             if key not in self._engines:
@@ -109,11 +114,25 @@ class InferencePool:
         names = [(n, "tunelab") for n in sorted(set(CATALOG) | set(operator_bases()))]
         return names + [(m.name, "user") for m in list_models(self.services.db)]
 
+    def check_deployable(self, version) -> None:
+        """Before a deploy: raise ValueError (with the reasons) for a version this server's
+        engine cannot serve. The builtin engine serves every registered adapter."""
+        if self.backend is not None:
+            self.backend.check_deployable(version)
+
+    def deployments_changed(self) -> None:
+        """After a deploy or undeploy: an engine server loads the adapters now deployed and
+        unloads the others (the builtin engine loads adapters on demand)."""
+        if self.backend is not None:
+            self.backend.sync()
+
     def close(self) -> None:
         with self._lock:
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
+        if self.backend is not None:
+            self.backend.close()
 
 
 def _is_embedding_base(name: str) -> bool:

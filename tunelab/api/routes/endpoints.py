@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
@@ -29,18 +29,43 @@ def list_(services: ServicesDep) -> dict:
     return {"endpoints": [endpoint_view(services, e) for e in list_endpoints(services.db)]}
 
 
+def _serving_changed(request: Request) -> None:
+    """The serving engine follows the deployments (``--engine vllm`` loads and unloads
+    adapters); a server without inference has nothing to tell."""
+    from tunelab.serving.vllm_engine import VllmError
+
+    pool = request.app.state.inference
+    if pool is not None:
+        try:
+            pool.deployments_changed()
+        except VllmError as exc:
+            from tunelab.api.inference import backend_error
+
+            raise backend_error(exc) from None
+
+
 @router.post("", status_code=201)
-def deploy(body: DeployRequest, services: ServicesDep) -> dict:
+def deploy(body: DeployRequest, services: ServicesDep, request: Request) -> dict:
     try:
         version = get_version(services.db, body.model)
     except (ModelNotRegistered, ValueError) as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    return endpoint_view(services, deploy_version(services.db, version.id))
+    if request.app.state.inference is not None:
+        try:  # refused before anything is recorded: the engine could never serve it
+            request.app.state.inference.check_deployable(version)
+        except ValueError as exc:
+            raise ApiError(409, "not_servable", str(exc)) from None
+    endpoint = deploy_version(services.db, version.id)
+    _serving_changed(request)
+    return endpoint_view(services, endpoint)
 
 
 @router.post("/{endpoint_id}:undeploy")
-def undeploy_(endpoint_id: str, body: UndeployRequest, services: ServicesDep) -> dict:
+def undeploy_(
+    endpoint_id: str, body: UndeployRequest, services: ServicesDep, request: Request
+) -> dict:
     removed = undeploy(services.db, endpoint_id, body.model_version_id)
     if not removed:
         raise ApiError(404, "not_found", f"nothing deployed on endpoint {endpoint_id!r} matches")
+    _serving_changed(request)
     return {"undeployed": removed}

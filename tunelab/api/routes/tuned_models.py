@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
@@ -27,12 +27,23 @@ def list_(services: ServicesDep) -> dict:
 
 
 @router.get("/{name}")
-def get(name: str, services: ServicesDep) -> dict:
+def get(name: str, services: ServicesDep, request: Request) -> dict:
     try:
         versions = get_versions(services.db, name)
     except ModelNotRegistered as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    return {"name": name, "versions": [version_view(v) for v in versions]}
+    backend = getattr(request.app.state.inference, "backend", None)
+    max_rank = backend.options.max_lora_rank if backend is not None else None
+    return {"name": name, "versions": [_with_serving(services, v, max_rank) for v in versions]}
+
+
+def _with_serving(services, version, max_lora_rank: int | None) -> dict:
+    """The version, with whether vLLM can serve its adapter and why not (``--engine vllm``;
+    judged against this server's ``--max-lora-rank`` when it runs vLLM)."""
+    from tunelab.serving.vllm_compat import check_version
+
+    verdict = check_version(services, version, max_lora_rank=max_lora_rank)
+    return version_view(version) | {"vllm": verdict.as_dict()}
 
 
 @router.delete("/{name}")
