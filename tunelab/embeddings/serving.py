@@ -78,6 +78,11 @@ class EncoderCache:
                 self._items.popitem(last=False)
             return self._items[key]
 
+    def drop(self, key: str) -> None:
+        """Forget an encoder (its version was undeployed); a request using it keeps its copy."""
+        with self._lock:
+            self._items.pop(key, None)
+
 
 def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     """The embedding model ``name`` (tuned model, ``model@version``, endpoint id, servable base)
@@ -92,8 +97,10 @@ def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     except ModelNotFound:
         return None
     if target.kind == "tuned":
-        if target.method != "embedding":
-            return None
+        from tunelab.registry.endpoints import is_deployed
+
+        if target.method != "embedding" or not is_deployed(pool.services.db, target.version.id):
+            return None  # the generative path answers: "not deployed", or not an embedding model
         folder = Path(target.adapter_dir)
         encoder, lock = cache.get(target.version.id, lambda: load_encoder(folder))
         return EmbeddingTarget(name, target.version.id, encoder, lock)
