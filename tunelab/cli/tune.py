@@ -55,6 +55,12 @@ def sft(
         "--precision",
         help="auto, fp32 or bf16 (mixed precision). auto takes bf16 where it is clearly faster.",
     ),
+    deploy: str = typer.Option(
+        "if_better",
+        "--deploy",
+        help="if_better (deploy when at least as good as the deployed version on the same "
+        "validation set), always or never.",
+    ),
     detach: bool = typer.Option(
         False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
     ),
@@ -85,6 +91,7 @@ def sft(
             checkpoint_every_steps=checkpoint_every_steps,
             early_stopping_patience=early_stopping_patience or None,
             precision=precision,
+            deploy=deploy,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
@@ -203,10 +210,16 @@ def run_in_process(services, job_id: str) -> None:
             f"[green]tuned model {job.tuned_model_name!r} version {job.tuned_model_version}[/] "
             f"(job {job.id}, endpoint {job.endpoint})"
         )
+        deployed = next(
+            (s for s in store.steps_of(services.db, job.id) if s.name == "deploy"), None
+        )
+        if deployed is not None and deployed.outputs.get("reason"):
+            console.print(deployed.outputs["reason"])
         console.print(
             f"{usage.get('trained_tokens', 0)} tokens trained in {usage.get('train_seconds', 0):.0f}s"
         )
-        console.print(f'try it: tunelab predict --model {job.tuned_model_name} "..."')
+        ref = f"{job.tuned_model_name}@{job.tuned_model_version}"
+        console.print(f'try it: tunelab predict --model {ref} "..."')
         return
     if job.state == "QUEUED":
         console.print(
