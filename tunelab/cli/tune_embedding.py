@@ -115,7 +115,10 @@ def embedding(
         print(job.id)
         return
     run_in_process(services, job.id)
-    show_evaluation(services, name)
+    from tunelab.jobs import store
+
+    # the version this job made (`name` alone is the default version, which it may not be)
+    show_evaluation(services, f"{name}@{store.get_job(services.db, job.id).tuned_model_version}")
 
 
 def show_evaluation(services, name: str) -> None:
