@@ -87,7 +87,8 @@ class EncoderCache:
 def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     """The embedding model ``name`` (tuned model, ``model@version``, endpoint id, servable base)
     means, or None when it names a generative model or nothing (the generative path then
-    answers, with its not-found error). Resolved by :func:`tunelab.registry.resolve.resolve`."""
+    answers, with its not-found error). Resolved by :func:`tunelab.registry.resolve.resolve`.
+    A tuned embedding version that is not deployed raises ``ModelNotAvailable`` saying so."""
     from tunelab.models.bases import operator_bases
     from tunelab.registry.resolve import ModelNotFound, resolve
 
@@ -97,10 +98,14 @@ def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     except ModelNotFound:
         return None
     if target.kind == "tuned":
-        from tunelab.registry.endpoints import is_deployed
+        if target.method != "embedding":
+            return None
+        from tunelab.serving.pool import ModelNotAvailable, check_deployed
 
-        if target.method != "embedding" or not is_deployed(pool.services.db, target.version.id):
-            return None  # the generative path answers: "not deployed", or not an embedding model
+        try:  # only a deployed version is served
+            check_deployed(pool.services, target)
+        except ModelNotFound as exc:
+            raise ModelNotAvailable(str(exc)) from None
         folder = Path(target.adapter_dir)
         encoder, lock = cache.get(target.version.id, lambda: load_encoder(folder))
         return EmbeddingTarget(name, target.version.id, encoder, lock)
