@@ -76,7 +76,7 @@ def test_sft_from_a_tuned_model_starts_at_its_adapter(services, parent, tiny_mod
 
     from tunelab.cli import app
 
-    shown = CliRunner().invoke(app, ["models", "lineage", "colors", "--json"])
+    shown = CliRunner().invoke(app, ["models", "lineage", "colors@2", "--json"])
     assert shown.exit_code == 0, shown.output
     ups = json.loads(shown.output)["upstream"]
     assert {
