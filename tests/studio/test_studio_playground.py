@@ -267,11 +267,11 @@ def test_version_picker_offers_versions_and_aliases_and_serves_only_deployed_one
         "os => os.map(o => [o.value, o.textContent, o.disabled])",
     )
     assert options == [
-        ["", "default (v1) · 100% of endpoint traffic", False],
+        ["", "default (v1) · 100% traffic", False],
         ["candidate", "candidate (v2) · not deployed", True],
-        ["prod", "prod (v1) · 100% of endpoint traffic", False],
+        ["prod", "prod (v1) · 100% traffic", False],
         ["2", "v2 · not deployed", True],
-        ["1", "v1 · 100% of endpoint traffic", False],
+        ["1", "v1 · 100% traffic", False],
     ]
     assert page.input_value("#version-a") == "prod"  # the link's alias is preselected
 
@@ -312,8 +312,8 @@ def test_version_picker_offers_versions_and_aliases_and_serves_only_deployed_one
         "() => [...document.querySelectorAll('#version-a option')]"
         ".some(o => o.value === '2' && !o.disabled)"
     )
-    assert page.text_content("#version-a option[value='2']") == "v2 · 10% of endpoint traffic"
-    assert page.text_content("#version-a option[value='1']") == "v1 · 90% of endpoint traffic"
+    assert page.text_content("#version-a option[value='2']") == "v2 · 10% traffic"
+    assert page.text_content("#version-a option[value='1']") == "v1 · 90% traffic"
     assert_fits(page)
     page.evaluate("window.scrollTo(0, 0)")
     shot(page, "playground-versions")

@@ -31,7 +31,7 @@ function paramControl(side, [id, label, min, max, step, value, hint], onChange) 
  * then every version. Only deployed versions are served, so the others are shown, disabled,
  * with the reason. */
 function versionOptions(versions) {
-  const served = (v) => (v.deployment ? `${v.deployment.traffic_percentage}% of endpoint traffic` : "not deployed");
+  const served = (v) => (v.deployment ? `${v.deployment.traffic_percentage}% traffic` : "not deployed");
   const byAlias = [];
   for (const v of versions) for (const alias of v.aliases || []) byAlias.push([alias, v]);
   const fallback = versions[versions.length - 1];
