@@ -21,6 +21,7 @@ def init(url: str | None = None, api_key: str | None = None) -> None:
 _SDK_NAMES = {
     "ChatModel",
     "ChatSession",
+    "ModelRegistry",
     "SupervisedTuningJob",
     "TextEmbeddingModel",
     "TextGenerationModel",

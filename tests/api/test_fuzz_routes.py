@@ -177,6 +177,7 @@ def test_no_route_answers_5xx_to_any_body(tuned_server):
                 "/v1/tunedModels/x:export",  # no model x, and "x" is no export format
                 "/v1/embeddings",  # shape-model is not an embedding model: 404
                 "/v1/endpoints/ep-none:undeploy",
+                "/v1/tunedModels/x/aliases/x",  # no tuned model x
             ), url
             for what, mutated in mutations(body):
                 if every_field or what.startswith("whole"):

@@ -64,6 +64,9 @@ EXPECTED = {
     ("POST", "/v1/endpoints"): "admin",
     ("POST", "/v1/endpoints/{endpoint_id}:undeploy"): "admin",
     ("DELETE", "/v1/tunedModels/{name}"): "admin",
+    # moving or removing an alias changes what `name@alias` serves
+    ("PUT", "/v1/tunedModels/{name}/aliases/{alias}"): "admin",
+    ("DELETE", "/v1/tunedModels/{name}/aliases/{alias}"): "admin",
 }
 # Routes issue 14 adds in parallel (a model by id, Vertex's resource paths): calling a model.
 ANTICIPATED = [

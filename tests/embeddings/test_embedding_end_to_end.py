@@ -131,4 +131,18 @@ def test_cli_job_registry_and_endpoints(services, api_key, tiny_encoder_dir, sma
         tunelab.init(url=server.url, api_key=api_key)
         vectors = TextEmbeddingModel.from_pretrained("tiny-emb").get_embeddings(["PQS access"])
         assert vectors[0] == pytest.approx(first["values"], abs=1e-5)
+
+        # Undeployed, it is no longer served: a 404 that says so, on both faces.
+        undone = httpx.post(
+            f"{server.url}/v1/endpoints/{job.endpoint}:undeploy", headers=headers, json={}
+        )
+        assert undone.status_code == 200
+        with pytest.raises(NotFoundError, match="not deployed"):
+            client.embeddings.create(model="tiny-emb", input="PQS access")
+        gone = httpx.post(
+            f"{server.url}/v1/endpoints/tiny-emb:predict",
+            headers=headers,
+            json={"instances": [{"content": "x"}]},
+        )
+        assert gone.status_code == 404 and "not deployed" in gone.json()["error"]["message"]
     pool.close()

@@ -60,7 +60,9 @@ def test_sft_from_a_tuned_model_starts_at_its_adapter(services, parent, tiny_mod
     fresh = run(services, SFTConfig(base_model=str(tiny_model_dir), **step), "fresh", train=val)
     assert first_loss(services, fresh) > best_eval_loss + 0.5  # the base alone is far worse
 
-    v2 = get_version(services.db, "colors")
+    # (the child had no validation set to compare with colors@1, so `colors`, its default
+    # version, is still 1: name the child's version)
+    v2 = get_version(services.db, "colors@2")
     assert v2.version == 2 and v2.base_model == str(tiny_model_dir)
     edges = {
         (e.src_kind, e.src_id, e.relation) for e in upstream(services.db, "model_version", v2.id)
@@ -74,7 +76,7 @@ def test_sft_from_a_tuned_model_starts_at_its_adapter(services, parent, tiny_mod
 
     from tunelab.cli import app
 
-    shown = CliRunner().invoke(app, ["models", "lineage", "colors", "--json"])
+    shown = CliRunner().invoke(app, ["models", "lineage", "colors@2", "--json"])
     assert shown.exit_code == 0, shown.output
     ups = json.loads(shown.output)["upstream"]
     assert {

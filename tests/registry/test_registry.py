@@ -38,7 +38,8 @@ def test_tuning_twice_makes_version_two_with_lineage(services, tmp_path, tiny_mo
             services.artifacts,
             name=name,
             datasets={"train": data},
-            config=SFTConfig(base_model=str(tiny_model_dir), train_steps=steps),
+            # no validation set to compare versions on: "always" deploys each new version
+            config=SFTConfig(base_model=str(tiny_model_dir), train_steps=steps, deploy="always"),
         )
         assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
         jobs.append(store.get_job(services.db, job.id))

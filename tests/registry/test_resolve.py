@@ -71,7 +71,11 @@ def test_invalid_tuned_model_names_are_refused_everywhere(services, name):
 def test_resolves_tuned_versions_endpoints_and_servable_bases(services):
     v1 = _register(services, "router")
     v2 = _register(services, "router")
-    assert resolve(services, "router").version.id == v2.id
+    # `router` means its default alias, which the first version took: registering v2 (a job
+    # that did not deploy it) does not change what `router` names
+    assert resolve(services, "router").version.id == v1.id
+    assert resolve(services, "router@default").version.id == v1.id
+    assert resolve(services, "router@2").version.id == v2.id
     assert resolve(services, "router@1").version.id == v1.id
     deploy_version(services.db, v1.id)
     by_endpoint = resolve(services, endpoint_id_for("router"))
@@ -80,7 +84,7 @@ def test_resolves_tuned_versions_endpoints_and_servable_bases(services):
     assert (base.kind, base.base_model, base.adapter_dir) == ("base", "smollm2-135m-instruct", None)
     with pytest.raises(ModelNotFound, match="has no version 3"):
         resolve(services, "router@3")
-    for alias in ("router@latest", "router@", "router@1@1"):  # no aliases exist
+    for alias in ("router@latest", "router@", "router@1@1"):  # no such aliases
         with pytest.raises(ModelNotFound):
             resolve(services, alias)
 

@@ -24,12 +24,13 @@ MESSAGES = [{"role": "user", "content": QUESTION}]
 def tuned(services, tmp_path, tiny_model_dir):
     """A LoRA adapter bundle (random, non-zero: it changes every answer) registered as the tuned
     model ``storyteller``, stored in the artifact store as a job's bundle is."""
+    from tunelab.registry.endpoints import deploy_version
     from tunelab.registry.models import register_version
 
     folder = make_adapter_bundle(tiny_model_dir, tmp_path / "bundle", seed=3, std=0.3)
     load_tokenizer(tiny_model_dir).save_pretrained(folder)  # a bundle carries its tokenizer
     stored = services.artifacts.put_dir(folder, "adapters/storyteller")
-    register_version(
+    version = register_version(
         services.db,
         name="storyteller",
         method="sft",
@@ -42,6 +43,7 @@ def tuned(services, tmp_path, tiny_model_dir):
         metrics=None,
         source_job_id=None,
     )
+    deploy_version(services.db, version.id)  # only deployed versions are served
     return services.artifacts.local_path(stored.uri)
 
 

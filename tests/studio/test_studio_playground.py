@@ -13,7 +13,8 @@ from test_studio_browser import browser, db_url, log_in, rows, run_snippet, stud
 from test_studio_rough_edges import LAPTOP, assert_fits, page, shot, submit, wait_done  # noqa: F401
 
 pytestmark = pytest.mark.browser
-SYSTEM = "Answer with one colour."
+# Each side has its own system instruction (a different one here, so a mix-up shows).
+SYSTEMS = {"a": "Answer with one colour.", "b": "Answer in one word."}
 
 
 def chat_bodies(page) -> list[dict]:
@@ -64,7 +65,8 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
     for side, values in settings.items():
         for param, value in values.items():
             page.fill(f"#param-{side}-{param}", value)
-    page.fill("#system", SYSTEM)
+    for side, instruction in SYSTEMS.items():
+        page.fill(f"#system-{side}", instruction)
     page.fill("#prompt", "item 3: the yellow one")
     page.click("#send")
     for side in ("a", "b"):
@@ -83,7 +85,7 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
         assert body["top_p"] == float(settings[side]["top_p"])
         assert body["top_k"] == int(settings[side]["top_k"])
         assert body["messages"] == [
-            {"role": "system", "content": SYSTEM},
+            {"role": "system", "content": SYSTEMS[side]},
             {"role": "user", "content": "item 3: the yellow one"},
         ]
         plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
@@ -116,9 +118,9 @@ def test_two_sides_own_models_parameters_history_stats_and_code(studio, page, tm
             f"#chat-{side} .turn.assistant:nth-of-type(4)[data-done=true]", timeout=300_000
         )
     second = {b["model"]: b for b in chat_bodies(page)}
-    for model, earlier in ((f"{name}@1", a1), (tiny, b1)):
+    for model, earlier, side in ((f"{name}@1", a1, "a"), (tiny, b1, "b")):
         assert second[model]["messages"] == [
-            {"role": "system", "content": SYSTEM},
+            {"role": "system", "content": SYSTEMS[side]},
             {"role": "user", "content": "item 3: the yellow one"},
             {"role": "assistant", "content": earlier},
             {"role": "user", "content": "and the next one?"},
@@ -205,4 +207,114 @@ def test_a_failing_side_shows_its_error_and_keeps_it_out_of_the_history(studio, 
     sent = {json.dumps(json.loads(r.post_data)["messages"]) for r in page.chat_requests}
     by_turns = sorted(len(json.loads(m)) for m in sent)
     assert by_turns == [1, 3], sent  # B: just the new prompt; A: its answered turn and the new one
+    assert page.problems == []
+
+
+def test_version_picker_offers_versions_and_aliases_and_serves_only_deployed_ones(
+    studio, services, page, tmp_path
+):
+    """The picker lists the default, the user's aliases and every version, each saying whether
+    (and with what traffic share) it is deployed; undeployed ones cannot be picked; a picked
+    alias is what the request names, with that side's own system instruction."""
+    from tunelab.registry.models import adapter_artifact, get_version, register_version
+
+    server, key, tiny = studio
+    auth = {"Authorization": f"Bearer {key}"}
+    name = f"picker-{page.width}"
+    job = submit(
+        server.url,
+        key,
+        "sft",
+        {"train": write_jsonl(tmp_path / "t.jsonl", rows(16))},
+        {"base_model": tiny, "train_steps": 4, "batch_size": 4},
+        name,
+    )
+    done, _ = wait_done(server.url, key, job)
+    assert done["state"] == "SUCCEEDED", done.get("error")
+    v1 = get_version(services.db, f"{name}@1")
+    artifact = adapter_artifact(services.db, v1)
+    register_version(  # v2 over the same adapter files, registered only (not deployed)
+        services.db,
+        name=name,
+        method="sft",
+        base_model=v1.base_model,
+        adapter_uri=artifact.uri,
+        adapter_sha256=artifact.sha256,
+        adapter_size=artifact.size_bytes,
+        config=v1.config,
+        data_stats=None,
+        metrics=None,
+        source_job_id=None,
+    )
+    for alias, version in (("prod", 1), ("candidate", 2)):
+        r = httpx.put(
+            f"{server.url}/v1/tunedModels/{name}/aliases/{alias}",
+            headers=auth,
+            json={"version": version},
+        )
+        assert r.status_code == 200, r.text
+
+    page.chat_requests = []
+    page.on(
+        "request",
+        lambda r: page.chat_requests.append(r) if r.url.endswith("/v1/chat/completions") else None,
+    )
+    log_in(page, server.url, key)
+    page.goto(f"{server.url}/#/playground?model={name}@prod")
+    page.wait_for_selector("#main[data-playground-ready=true]")
+    options = page.eval_on_selector_all(
+        "#version-a option",
+        "os => os.map(o => [o.value, o.textContent, o.disabled])",
+    )
+    assert options == [
+        ["", "default (v1) · 100% traffic", False],
+        ["candidate", "candidate (v2) · not deployed", True],
+        ["prod", "prod (v1) · 100% traffic", False],
+        ["2", "v2 · not deployed", True],
+        ["1", "v1 · 100% traffic", False],
+    ]
+    assert page.input_value("#version-a") == "prod"  # the link's alias is preselected
+
+    page.check("#compare")
+    page.select_option("#model-b", name)
+    page.wait_for_function("() => document.querySelectorAll('#version-b option').length === 5")
+    page.select_option("#version-b", "1")
+    page.fill("#system-a", "Answer with one colour.")
+    page.fill("#system-b", "Answer in one word.")
+    for side in ("a", "b"):
+        page.fill(f"#param-{side}-max_tokens", "3")
+    page.fill("#prompt", "item 3: the")
+    page.click("#send")
+    for side in ("a", "b"):
+        page.wait_for_selector(f"#chat-{side} .turn.assistant[data-done=true]", timeout=300_000)
+    assert not page.query_selector("#sides .alert.bad"), page.text_content("#sides")
+    sent = {b["model"]: b["messages"][0] for b in chat_bodies(page)}
+    assert sent == {
+        f"{name}@prod": {"role": "system", "content": "Answer with one colour."},
+        f"{name}@1": {"role": "system", "content": "Answer in one word."},
+    }
+    # The View code of a side names what its picker says, with its own system instruction.
+    page.click("#view-code-a")
+    shown = json.loads(page.get_attribute("#code-a", "data-request"))
+    assert shown["model"] == f"{name}@prod"
+    assert shown["messages"][0] == {"role": "system", "content": "Answer with one colour."}
+
+    # Deploy v2 with a tenth of the traffic: picking the model again offers it.
+    r = httpx.post(
+        f"{server.url}/v1/endpoints",
+        headers=auth,
+        json={"model": f"{name}@candidate", "traffic_percentage": 10},
+    )
+    assert r.status_code == 201, r.text
+    page.select_option("#model-a", tiny)
+    page.select_option("#model-a", name)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#version-a option')]"
+        ".some(o => o.value === '2' && !o.disabled)"
+    )
+    assert page.text_content("#version-a option[value='2']") == "v2 · 10% traffic"
+    assert page.text_content("#version-a option[value='1']") == "v1 · 90% traffic"
+    assert_fits(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, "playground-versions")
     assert page.problems == []

@@ -40,11 +40,31 @@ class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        ..., min_length=1, max_length=140, description="Tuned model name or name@version."
+        ...,
+        min_length=1,
+        max_length=140,
+        description="Tuned model name, name@version or name@alias.",
+    )
+    traffic_percentage: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Its share of the endpoint's requests (the others' shares are scaled to "
+        "the rest); by default all of them. Versions with 0 are served when named.",
     )
 
 
 class UndeployRequest(BaseModel):
+    """Undeploy one version (by ``model`` reference or ``model_version_id``), or every version
+    of the endpoint when neither is given."""
+
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(None, min_length=1, max_length=140)
     model_version_id: str | None = Field(None, max_length=40)
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(..., ge=1, description="The version the alias is to name.")

@@ -42,7 +42,8 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         # OpenAI's fine-tuning API: its files are datasets and its jobs are tuning jobs
         (ANY, r"/v1/files(/.*)?", "tune"),
         (ANY, r"/v1/fine_tuning/jobs(/.*)?", "tune"),
-        # admin: deploy (POST /v1/endpoints), undeploy, delete, and anything not listed above
+        # admin: deploy (POST /v1/endpoints), undeploy, moving or removing an alias (it changes
+        # what `name@alias` serves), delete, and anything not listed above
     )
 )
 

@@ -47,7 +47,7 @@ def show(
         fail(str(exc))
     from tunelab.serving.vllm_compat import check_version
 
-    view = version_view(v) | {"adapter_uri": adapter_artifact(services.db, v).uri}
+    view = version_view(v, services.db) | {"adapter_uri": adapter_artifact(services.db, v).uri}
     view["vllm"] = check_version(services, v).as_dict()
     if as_json:
         print(json.dumps(view, indent=2, default=str))
@@ -56,6 +56,18 @@ def show(
         f"[bold]{v.model_name}[/] version {v.version} ({v.method} on {v.base_model}), job {v.source_job_id}"
     )
     out.print(f"adapter: {view['adapter_uri']} sha256 {v.adapter_sha256[:16]}…")
+    deployment = view["deployment"]
+    out.print(
+        f"aliases: {', '.join(view['aliases']) or '-'}; "
+        + (
+            f"deployed on {deployment['endpoint']} ({deployment['traffic_percentage']}% of its "
+            "traffic)"
+            if deployment
+            else "not deployed"
+        )
+    )
+    if v.deploy_note:
+        out.print(f"its job: {v.deploy_note}")
     vllm = view["vllm"]
     if vllm["servable"]:
         out.print(f"vLLM: servable (needs --max-lora-rank ≥ {vllm['min_max_lora_rank']})")
@@ -64,6 +76,81 @@ def show(
     for key in ("metrics", "evaluation"):
         if view[key]:
             out.print(f"{key}: {json.dumps(view[key], default=str)[:800]}")
+
+
+@app.command("deploy")
+def deploy(
+    ref: str = typer.Argument(..., help="name, name@version or name@alias"),
+    traffic: int | None = typer.Option(
+        None, "--traffic", min=0, max=100, help="Its % of the endpoint's requests (default all)."
+    ),
+) -> None:
+    """Deploy a version on its model's endpoint, next to the versions deployed there."""
+    from tunelab.registry.endpoints import deploy_version
+    from tunelab.registry.models import ModelNotRegistered, get_version
+    from tunelab.services import open_services
+
+    services = open_services()
+    try:
+        v = get_version(services.db, ref)
+    except ModelNotRegistered as exc:
+        fail(str(exc))
+    endpoint = deploy_version(services.db, v.id, traffic)
+    out.print(f"deployed {v.model_name}@{v.version} on {endpoint.id}")
+
+
+@app.command("undeploy")
+def undeploy(ref: str = typer.Argument(..., help="name@version or name@alias")) -> None:
+    """Stop serving a version: requests naming it are refused from now on. (Undeploying through
+    the API also unloads it from the server's memory at once; from here, the server unloads it
+    when its adapter cache next needs room.)"""
+    from tunelab.registry.endpoints import endpoint_id_for
+    from tunelab.registry.endpoints import undeploy as undeploy_version
+    from tunelab.registry.models import ModelNotRegistered, get_version
+    from tunelab.services import open_services
+
+    services = open_services()
+    try:
+        v = get_version(services.db, ref)
+    except ModelNotRegistered as exc:
+        fail(str(exc))
+    if not undeploy_version(services.db, endpoint_id_for(v.model_name), v.id):
+        fail(f"{v.model_name}@{v.version} is not deployed")
+    out.print(f"undeployed {v.model_name}@{v.version}")
+
+
+@app.command("alias")
+def alias(
+    ref: str = typer.Argument(..., help="name@version the alias is to name"),
+    alias: str = typer.Argument(..., help="e.g. prod; 'default' is what the bare name means"),
+) -> None:
+    """Point NAME@ALIAS at a version (moving it if it named another)."""
+    from tunelab.registry.aliases import InvalidAlias, set_alias
+    from tunelab.registry.models import ModelNotRegistered
+    from tunelab.services import open_services
+
+    name, at, number = ref.rpartition("@")
+    if not at or not number.isdigit():
+        fail(f"{ref!r}: name the version by its number, as NAME@VERSION (e.g. {ref}@2)")
+    try:
+        v = set_alias(open_services().db, name, int(number), alias)
+    except (InvalidAlias, ModelNotRegistered) as exc:
+        fail(str(exc))
+    out.print(f"{name}@{alias} -> version {v.version}")
+
+
+@app.command("unalias")
+def unalias(ref: str = typer.Argument(..., help="name@alias to remove")) -> None:
+    """Remove a user alias ('default' can only be moved, with `tunelab models alias`)."""
+    from tunelab.registry.aliases import InvalidAlias, remove_alias
+    from tunelab.services import open_services
+
+    name, _, word = ref.rpartition("@")
+    try:
+        remove_alias(open_services().db, name, word)
+    except (InvalidAlias, LookupError) as exc:
+        fail(str(exc))
+    out.print(f"removed {ref}")
 
 
 @app.command("delete")

@@ -247,11 +247,17 @@ def run_in_process(services, job_id: str) -> None:
             f"[green]tuned model {job.tuned_model_name!r} version {job.tuned_model_version}[/] "
             f"(job {job.id}, endpoint {job.endpoint})"
         )
+        deployed = next(
+            (s for s in store.steps_of(services.db, job.id) if s.name == "deploy"), None
+        )
+        if deployed is not None and deployed.outputs.get("reason"):
+            console.print(deployed.outputs["reason"])
         console.print(
             f"{usage.get('trained_tokens', 0)} tokens trained in {usage.get('train_seconds', 0):.0f}s"
         )
         show_summary(services, job)
-        console.print(f'try it: tunelab predict --model {job.tuned_model_name} "..."')
+        ref = f"{job.tuned_model_name}@{job.tuned_model_version}"
+        console.print(f'try it: tunelab predict --model {ref} "..."')
         return
     if job.state == "QUEUED":
         console.print(

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.configs.sft import DeployPolicy, deploy_field
+
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 RECOMMENDED_EMBEDDING_LEARNING_RATE = 1e-3
 """The rate ``learning_rate_multiplier`` scales, for LoRA on a small encoder. With rank 8 on
@@ -58,6 +60,7 @@ class EmbeddingConfig(BaseModel):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds pair order, split and init.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with warm-up.")
     checkpoint_every_steps: int = Field(20, ge=1, description="Resumable checkpoint every N steps.")
+    deploy: DeployPolicy = deploy_field()
 
     @property
     def learning_rate(self) -> float:

@@ -30,6 +30,21 @@ def precision_field():
     )
 
 
+DeployPolicy = Literal["if_better", "always", "never"]
+
+
+def deploy_field():
+    """The ``deploy`` field every method's config has (see tunelab.jobs.deploy_policy)."""
+    return Field(
+        "if_better",
+        description=(
+            "Whether the new version is deployed when the job succeeds: if_better deploys it "
+            "when nothing is deployed or it evaluates at least as well as the deployed version "
+            "on the same held-out data (else registers it only, saying why); always; never."
+        ),
+    )
+
+
 class SFTConfig(BaseModel):
     """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
 
@@ -87,6 +102,7 @@ class SFTConfig(BaseModel):
         20, ge=1, description="Write a resumable checkpoint every N steps."
     )
     precision: Precision = precision_field()
+    deploy: DeployPolicy = deploy_field()
     early_stopping_patience: int | None = Field(
         3,
         ge=0,

@@ -157,9 +157,28 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     source_job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    deploy_note: Mapped[str | None] = mapped_column(Text)
+    """Why the job that made this version deployed it or registered it only (its ``deploy``
+    setting and, for ``if_better``, the comparison with the version deployed before)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("model_name", "version"),)
+
+
+class ModelAlias(Base):
+    """A name for one version of a tuned model (``name@alias``): ``default`` (what ``name``
+    alone means) and the user's own. An alias names one version; moving it is an update."""
+
+    __tablename__ = "model_aliases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(ForeignKey("tuned_models.name", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_version_id: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("model_name", "alias"),)
 
 
 class LineageEdge(Base):
@@ -199,6 +218,9 @@ class Deployment(Base):
     model_version_id: Mapped[str] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )
+    traffic_percentage: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
+    """Share of the requests to the endpoint id this version answers (the endpoint's shares sum
+    to 100); a version with 0 is still served when named (``name@version``, an alias)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("endpoint_id", "model_version_id"),)

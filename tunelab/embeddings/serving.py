@@ -78,11 +78,17 @@ class EncoderCache:
                 self._items.popitem(last=False)
             return self._items[key]
 
+    def drop(self, key: str) -> None:
+        """Forget an encoder (its version was undeployed); a request using it keeps its copy."""
+        with self._lock:
+            self._items.pop(key, None)
+
 
 def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     """The embedding model ``name`` (tuned model, ``model@version``, endpoint id, servable base)
     means, or None when it names a generative model or nothing (the generative path then
-    answers, with its not-found error). Resolved by :func:`tunelab.registry.resolve.resolve`."""
+    answers, with its not-found error). Resolved by :func:`tunelab.registry.resolve.resolve`.
+    A tuned embedding version that is not deployed raises ``ModelNotAvailable`` saying so."""
     from tunelab.models.bases import operator_bases
     from tunelab.registry.resolve import ModelNotFound, resolve
 
@@ -94,6 +100,12 @@ def embedding_target(pool, name: str) -> EmbeddingTarget | None:
     if target.kind == "tuned":
         if target.method != "embedding":
             return None
+        from tunelab.serving.pool import ModelNotAvailable, check_deployed
+
+        try:  # only a deployed version is served
+            check_deployed(pool.services, target)
+        except ModelNotFound as exc:
+            raise ModelNotAvailable(str(exc)) from None
         folder = Path(target.adapter_dir)
         encoder, lock = cache.get(target.version.id, lambda: load_encoder(folder))
         return EmbeddingTarget(name, target.version.id, encoder, lock)

@@ -142,11 +142,17 @@ def registered(version) -> dict[str, Any]:
 
 
 def deploy(ctx: StepContext) -> dict[str, Any]:
-    """Serve the registered version at the job's endpoint."""
-    from tunelab.registry.endpoints import deploy_version
+    """Deploy the registered version, or register it only, as the job's ``deploy`` setting says
+    (tunelab.jobs.deploy_policy); the outputs say which and why."""
+    from tunelab.jobs.deploy_policy import run_deploy_step
 
-    endpoint = deploy_version(ctx.db, ctx.outputs["register"]["model_version_id"])
-    return {"endpoint": endpoint.id}
+    return run_deploy_step(
+        ctx.db,
+        ctx.job.id,
+        ctx.job.config.get("deploy", "if_better"),
+        ctx.outputs["register"]["model_version_id"],
+        dict(ctx.job.datasets),
+    )
 
 
 def standard_pipeline(

@@ -49,8 +49,21 @@ def job_view(db: Database, job: TuningJob) -> dict[str, Any]:
     }
 
 
-def version_view(version: ModelVersion) -> dict[str, Any]:
-    return {
+def version_view(version: ModelVersion, db: Database | None = None) -> dict[str, Any]:
+    """With ``db``, also its aliases and whether (and how much traffic) it is deployed."""
+    extra: dict[str, Any] = {}
+    if db is not None:
+        from tunelab.registry.aliases import aliases_by_version
+        from tunelab.registry.endpoints import deployed_version_ids, endpoint_id_for
+
+        traffic = deployed_version_ids(db, version.model_name).get(version.id)
+        extra = {
+            "aliases": aliases_by_version(db, version.model_name).get(version.id, []),
+            "deployment": None
+            if traffic is None
+            else {"endpoint": endpoint_id_for(version.model_name), "traffic_percentage": traffic},
+        }
+    return extra | {
         "id": version.id,
         "name": version.model_name,
         "version": version.version,
@@ -62,5 +75,6 @@ def version_view(version: ModelVersion) -> dict[str, Any]:
         "metrics": version.metrics,
         "evaluation": version.evaluation,
         "source_job": version.source_job_id,
+        "deploy_note": version.deploy_note,
         "create_time": version.created_at,
     }

@@ -6,8 +6,8 @@ weight has the shape of the layer it adapts, read by the serving engine's own ch
 (LoRA variants the engine cannot apply, such as DoRA, are refused by name). The adapter is then
 stored as an ordinary adapter bundle (the base model's tokenizer and chat template unless the
 folder brings its own, ``tuning_config.json`` naming the base, a manifest with sha256s) and
-registered as the next version of NAME with lineage ``imported``, so it is served, exported and
-tuned further like any tuned model.
+registered as the next version of NAME with lineage ``imported``, so it is served (deployed when
+NAME has nothing deployed yet), exported and tuned further like any tuned model.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def import_adapter(services, folder: Path, *, name: str, base: str) -> ModelVers
             raise AdapterImportError(str(exc)) from None
         logger.info("importing %s: %d adapted layers on %s", folder, len(factors), resolved.ref)
         stored = services.artifacts.put_dir(tmp, f"imports/{import_id}/adapter")
-    return register_version(
+    version = register_version(
         services.db,
         name=name,
         method="imported",
@@ -107,6 +107,28 @@ def import_adapter(services, folder: Path, *, name: str, base: str) -> ModelVers
         source_job_id=None,
         inputs=[("import", import_id, "imported")],
     )
+    _deploy_if_first(services, version)
+    return version
+
+
+def _deploy_if_first(services, version: ModelVersion) -> None:
+    """An imported version is deployed when its model has nothing deployed (as a job's first
+    version is); next to a deployed version it is registered only: there is no evaluation to
+    say it is better."""
+    from tunelab.registry.endpoints import deploy_version, deployed_version, endpoint_id_for
+
+    current = deployed_version(services.db, endpoint_id_for(version.model_name))
+    if current is None:
+        deploy_version(services.db, version.id)
+        note = "deployed: imported, and nothing was deployed on the endpoint"
+    else:
+        note = (
+            f"not deployed: imported next to the deployed {current.model_name}@"
+            f"{current.version}; deploy it with `tunelab models deploy "
+            f"{version.model_name}@{version.version}`"
+        )
+    with services.db.session() as s:
+        s.get(ModelVersion, version.id).deploy_note = note
 
 
 def _check_files(folder: Path) -> None:

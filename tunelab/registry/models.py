@@ -15,7 +15,13 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from tunelab.db import Database
-from tunelab.db.schema import Artifact, Deployment, LineageEdge, ModelVersion, TunedModel
+from tunelab.db.schema import (
+    Artifact,
+    LineageEdge,
+    ModelAlias,
+    ModelVersion,
+    TunedModel,
+)
 from tunelab.registry.artifacts import ArtifactStore
 
 
@@ -43,6 +49,7 @@ def register_version(
     Idempotent per source job: a job retried after registering gets its version back.
     Raises :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take.
     """
+    from tunelab.registry.aliases import ensure_default
     from tunelab.registry.names import check_tuned_model_name
 
     check_tuned_model_name(name)
@@ -82,6 +89,8 @@ def register_version(
             source_job_id=source_job_id,
         )
         s.add(version)
+        s.flush()
+        ensure_default(s, name, version.id)  # the first version is what `name` means
         if source_job_id is not None:
             s.add(
                 LineageEdge(
@@ -169,14 +178,31 @@ def get_versions(db: Database, name: str) -> list[ModelVersion]:
 
 
 def get_version(db: Database, name: str, version: int | None = None) -> ModelVersion:
-    """A version of ``name`` (the latest when ``version`` is None). ``name@3`` also works."""
+    """A version of ``name``: ``version``, else the one ``name@3`` or ``name@alias`` names,
+    else the ``default`` alias's version (the latest for a model registered before aliases)."""
+    from tunelab.registry.aliases import DEFAULT, aliased_version, is_alias
+
+    alias = None
     if version is None and "@" in name:
         name, _, v = name.rpartition("@")
-        if not v.isdigit():  # no aliases: "x@latest" is not silently x's latest version
-            raise ModelNotRegistered(f"{name}@{v}: a version is a number (name@3)")
-        version = int(v)
+        if v.isdigit():
+            version = int(v)
+        elif is_alias(v):
+            alias = v
+        else:
+            raise ModelNotRegistered(
+                f"{name}@{v}: after '@' comes a version number (name@3) or an alias (name@prod)"
+            )
     versions = get_versions(db, name)
     if version is None:
+        found = aliased_version(db, name, alias or DEFAULT)
+        if found is not None:
+            return found
+        if alias is not None:
+            raise ModelNotRegistered(
+                f"tuned model {name!r} has no alias {alias!r} "
+                f"(set one with `tunelab models alias {name}@VERSION {alias}`)"
+            )
         return versions[-1]
     for v in versions:
         if v.version == version:
@@ -203,12 +229,15 @@ def delete_version(
 
     An adapter artifact is removed from storage only if no remaining version references it.
     """
+    from tunelab.registry.endpoints import undeploy_version_everywhere
+
     targets = get_versions(db, name) if version is None else [get_version(db, name, version)]
     to_remove: list[str] = []
     with db.session() as s:
         for v in targets:
             artifact = s.get(Artifact, v.adapter_artifact_id)
-            s.query(Deployment).filter(Deployment.model_version_id == v.id).delete()
+            undeploy_version_everywhere(s, v.id)  # its endpoint's traffic goes to the others
+            s.query(ModelAlias).filter(ModelAlias.model_version_id == v.id).delete()
             s.delete(s.get(ModelVersion, v.id))
             s.flush()
             still_used = s.scalar(
@@ -223,7 +252,16 @@ def delete_version(
         remaining = s.scalar(
             select(func.count()).select_from(ModelVersion).where(ModelVersion.model_name == name)
         )
-        if not remaining:
+        if remaining:  # the default version was deleted: `name` means the latest one left
+            from tunelab.registry.aliases import ensure_default
+
+            latest = s.scalar(
+                select(ModelVersion.id)
+                .where(ModelVersion.model_name == name)
+                .order_by(ModelVersion.version.desc())
+            )
+            ensure_default(s, name, latest)
+        else:
             model = s.get(TunedModel, name)
             if model is not None:
                 s.delete(model)

@@ -1,11 +1,16 @@
 """What a model reference in a request names: the one resolver every face uses.
 
 A reference is, tried in this order:
-- a deployed endpoint id (``ep-…``): the newest version deployed on it;
+- a deployed endpoint id (``ep-…``): one of the versions deployed on it, drawn by its traffic
+  split;
 - a base model the operator made servable: a catalog name, or a name added with
   ``tunelab models add-base`` (:mod:`tunelab.models.bases`); before tuned models, so a tuned
   model registered under a base's name (before names were checked) cannot take its place;
-- a registered tuned model: ``name`` (its latest version) or ``name@version``.
+- a registered tuned model: ``name`` (the version its ``default`` alias names), ``name@version``
+  or ``name@alias`` (:mod:`tunelab.registry.aliases`).
+
+Whether a tuned version may be *served* (it is deployed) is the serving faces' question
+(:mod:`tunelab.serving.pool`): evaluation, export and continued tuning reach any version.
 
 Anything else is :class:`ModelNotFound`, whose message repeats the reference and the names
 that would work, never a server path: a request string is never turned into a folder, a home
@@ -61,14 +66,15 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
     adapter bundle folder, and any base model reference :func:`tunelab.models.resolve_model`
     accepts (a model folder, a hub id), as kind ``folder`` or ``local``.
     """
-    from tunelab.registry.endpoints import deployed_version
+    from tunelab.registry.aliases import DEFAULT, aliased_version, is_alias
+    from tunelab.registry.endpoints import pick_deployed
     from tunelab.registry.models import ModelNotRegistered, adapter_artifact, get_versions
 
     if not isinstance(ref, str) or not ref or (len(ref) > MAX_REF_LENGTH and not allow_folder):
         raise ModelNotFound("a model reference must be a non-empty name of at most 140 characters")
     version: ModelVersion | None = None
     if ENDPOINT_ID.match(ref):
-        version = deployed_version(services.db, ref)
+        version = pick_deployed(services.db, ref)  # by the endpoint's traffic split
         if version is None:
             raise ModelNotFound(f"endpoint {ref!r} has no deployed model")
     elif ref in servable_base_names():
@@ -80,8 +86,8 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
                 versions = get_versions(services.db, name)
             except ModelNotRegistered:
                 versions = []
-            if versions and not at:
-                version = versions[-1]
+            if versions and not at:  # what `name` means: its default alias
+                version = aliased_version(services.db, name, DEFAULT) or versions[-1]
             elif versions:
                 version = next((v for v in versions if v.version == int(number)), None)
                 if version is None:
@@ -89,6 +95,10 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
                         f"tuned model {name!r} has no version {number} "
                         f"(has {[v.version for v in versions]})"
                     )
+        elif is_model_name(name) and at and is_alias(number):  # name@alias
+            version = aliased_version(services.db, name, number)
+            if version is None and _has_versions(services, name):
+                raise ModelNotFound(f"tuned model {name!r} has no alias {number!r}")
     if version is not None:
         folder = services.artifacts.local_path(adapter_artifact(services.db, version).uri)
         return ModelTarget(
@@ -113,8 +123,8 @@ def not_found_message(ref: str) -> str:
     shown = ref if len(ref) <= MAX_REF_LENGTH else ref[:MAX_REF_LENGTH] + "…"
     bases = ", ".join(sorted(servable_base_names()))
     return (
-        f"no model named {shown!r}: name a tuned model (name or name@version), a deployed "
-        f"endpoint id, or a base model this server serves ({bases})"
+        f"no model named {shown!r}: name a tuned model (name, name@version or name@alias), a "
+        f"deployed endpoint id, or a base model this server serves ({bases})"
     )
 
 
@@ -181,6 +191,15 @@ def check_request_config(services: Services, config) -> None:
             raise ModelNotFound(
                 f"config.init_adapter: no tuned model named {init[:MAX_REF_LENGTH]!r}"
             )
+
+
+def _has_versions(services: Services, name: str) -> bool:
+    from tunelab.registry.models import ModelNotRegistered, get_versions
+
+    try:
+        return bool(get_versions(services.db, name))
+    except ModelNotRegistered:
+        return False
 
 
 def _is_tuned(services: Services, ref: str) -> bool:

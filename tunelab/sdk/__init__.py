@@ -23,11 +23,13 @@ from tunelab.sdk.models import (
     TextGenerationModel,
     TextGenerationResponse,
 )
+from tunelab.sdk.registry import ModelRegistry
 from tunelab.sdk.tuning import SupervisedTuningJob, TuningJob
 
 __all__ = [
     "ChatModel",
     "ChatSession",
+    "ModelRegistry",
     "SupervisedTuningJob",
     "TextEmbeddingModel",
     "TextGenerationModel",

@@ -245,6 +245,9 @@ class Engine:
         self._closing = False
         self._submit_lock = threading.Lock()
         self._drain = True
+        self._to_drop: set[str] = set()
+        """Adapter keys to unload (undeployed versions), unloaded by the engine thread, which
+        owns the adapter cache, as soon as no batch row uses them."""
         self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
         self._thread.start()
 
@@ -357,8 +360,27 @@ class Engine:
         self._fail_everything(EngineClosedError("the engine was closed"))
         logger.info("engine stopped")
 
+    def drop_adapter(self, key: str) -> None:
+        """Unload an adapter (its version was undeployed) once no running row uses it."""
+        with self._submit_lock:
+            self._to_drop.add(key)
+        self._queue.put(None)  # wake an idle engine thread to unload it now
+
+    def _unload_dropped(self) -> None:
+        with self._submit_lock:
+            keys = set(self._to_drop)
+        for key in keys:
+            if key in self.adapters and self.adapters.pins(key):
+                continue  # rows in flight finish first; tried again on the next step
+            if key in self.adapters:
+                self.adapters.evict(key)
+            with self._submit_lock:
+                self._to_drop.discard(key)
+
     def _admit(self) -> bool:
         """Move queued requests into the batch. Returns False when the engine should stop."""
+        if self._to_drop:
+            self._unload_dropped()
         self._drain_queue()
         if self._closing and not self._drain:
             return False

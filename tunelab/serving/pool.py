@@ -75,6 +75,7 @@ class InferencePool:
 
         try:
             resolved = resolve(self.services, name)
+            check_deployed(self.services, resolved)
             if resolved.method == "embedding":
                 raise ModelNotAvailable(
                     f"{name!r} is an embedding model: use /v1/embeddings or :predict"
@@ -90,6 +91,19 @@ class InferencePool:
             adapter = (resolved.version.id, resolved.adapter_dir)
             return Target(name, resolved.base_model, adapter, engine)
         return Target(name, resolved.base_model, None, engine)
+
+    def drop_versions(self, version_ids: list[str]) -> None:
+        """Unload undeployed versions from every engine (and encoder cache) now, so the memory
+        they held serves the versions still deployed; requests for them are refused already."""
+        with self._lock:
+            engines = list(self._engines.values())
+        for engine in engines:
+            for version_id in version_ids:
+                engine.drop_adapter(version_id)
+        encoders = self.__dict__.get("_embedding_encoders")
+        if encoders is not None:
+            for version_id in version_ids:
+                encoders.drop(version_id)
 
     def endpoint_target(self, endpoint: str) -> Target:
         """An endpoint id serves its newest deployed version; a model name is accepted too."""
@@ -133,6 +147,22 @@ class InferencePool:
             self._engines.clear()
         if self.backend is not None:
             self.backend.close()
+
+
+def check_deployed(services: Services, resolved) -> None:
+    """A tuned version is served only while deployed on its endpoint (an endpoint id resolves
+    to a deployed version already). Raises ModelNotFound saying how to deploy it."""
+    from tunelab.registry.endpoints import is_deployed
+    from tunelab.registry.resolve import ModelNotFound
+
+    if resolved.kind != "tuned" or is_deployed(services.db, resolved.version.id):
+        return
+    v = resolved.version
+    raise ModelNotFound(
+        f"{resolved.ref!r} names {v.model_name}@{v.version}, which is not deployed: deploy it "
+        f"(POST /v1/endpoints with model {v.model_name}@{v.version}, or `tunelab models deploy "
+        f"{v.model_name}@{v.version}`) to serve it"
+    )
 
 
 def _is_embedding_base(name: str) -> bool:

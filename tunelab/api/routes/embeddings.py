@@ -19,9 +19,13 @@ router = APIRouter(prefix="/v1", tags=["embeddings"])
 
 async def _target(request: Request, name: str):
     from tunelab.embeddings.serving import embedding_target
+    from tunelab.serving.pool import ModelNotAvailable
 
     pool = request.app.state.inference
-    target = await asyncio.to_thread(embedding_target, pool, name)
+    try:
+        target = await asyncio.to_thread(embedding_target, pool, name)
+    except ModelNotAvailable as exc:  # a tuned embedding model that is not deployed
+        raise ApiError(404, "model_not_found", str(exc), {"param": "model"}) from None
     if target is None:
         raise ApiError(
             404, "model_not_found", f"{name!r} is not an embedding model", {"param": "model"}

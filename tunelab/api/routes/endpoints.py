@@ -1,4 +1,4 @@
-"""Endpoints: list, deploy a tuned model version, undeploy."""
+"""Endpoints: list, deploy a tuned model version (with its traffic share), undeploy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from fastapi import APIRouter, Request
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
 from tunelab.api.schemas import DeployRequest, UndeployRequest
-from tunelab.registry.endpoints import deploy_version, deployed_version, list_endpoints, undeploy
+from tunelab.registry.endpoints import (
+    TrafficSplitError,
+    deploy_version,
+    deployed_version,
+    deployments,
+    list_endpoints,
+    undeploy,
+)
 from tunelab.registry.models import ModelNotRegistered, get_version
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
@@ -20,6 +27,14 @@ def endpoint_view(services, e) -> dict:
         "display_name": e.display_name,
         "base_model": e.base_model,
         "deployed_model": f"{v.model_name}@{v.version}" if v else None,
+        "deployed_models": [
+            {
+                "model": f"{d.version.model_name}@{d.version.version}",
+                "model_version_id": d.version.id,
+                "traffic_percentage": d.traffic_percentage,
+            }
+            for d in deployments(services.db, e.id)
+        ],
         "create_time": e.created_at,
     }
 
@@ -49,13 +64,16 @@ def deploy(body: DeployRequest, services: ServicesDep, request: Request) -> dict
     try:
         version = get_version(services.db, body.model)
     except (ModelNotRegistered, ValueError) as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+        raise ApiError(404, "not_found", str(exc), {"param": "model"}) from None
     if request.app.state.inference is not None:
         try:  # refused before anything is recorded: the engine could never serve it
             request.app.state.inference.check_deployable(version)
         except ValueError as exc:
             raise ApiError(409, "not_servable", str(exc)) from None
-    endpoint = deploy_version(services.db, version.id)
+    try:
+        endpoint = deploy_version(services.db, version.id, body.traffic_percentage)
+    except TrafficSplitError as exc:
+        raise ApiError(400, "invalid_request", str(exc), {"param": "traffic_percentage"}) from None
     _serving_changed(request)
     return endpoint_view(services, endpoint)
 
@@ -64,8 +82,19 @@ def deploy(body: DeployRequest, services: ServicesDep, request: Request) -> dict
 def undeploy_(
     endpoint_id: str, body: UndeployRequest, services: ServicesDep, request: Request
 ) -> dict:
-    removed = undeploy(services.db, endpoint_id, body.model_version_id)
+    """Stops serving at once: the next request for an undeployed version is refused, and the
+    engines unload its adapter as soon as no running request uses it."""
+    version_id = body.model_version_id
+    if body.model is not None:
+        try:
+            version_id = get_version(services.db, body.model).id
+        except ModelNotRegistered as exc:
+            raise ApiError(404, "not_found", str(exc), {"param": "model"}) from None
+    removed = undeploy(services.db, endpoint_id, version_id)
     if not removed:
         raise ApiError(404, "not_found", f"nothing deployed on endpoint {endpoint_id!r} matches")
+    pool = getattr(request.app.state, "inference", None)
+    if pool is not None:
+        pool.drop_versions(removed)
     _serving_changed(request)
-    return {"undeployed": removed}
+    return {"undeployed": len(removed), "model_version_ids": removed}

@@ -100,7 +100,10 @@ async def _predict(endpoint: str, body: PredictRequest, request: Request) -> dic
     check_name(endpoint, "endpoint")
     pool = request.app.state.inference
     # An embedding model answers with vectors, not text (tunelab/api/routes/embeddings.py).
-    embedding = await asyncio.to_thread(pool.embedding_target, endpoint)
+    try:
+        embedding = await asyncio.to_thread(pool.embedding_target, endpoint)
+    except ModelNotAvailable as exc:  # a tuned embedding model that is not deployed
+        raise ApiError(404, "not_found", str(exc)) from None
     if embedding is not None:
         from tunelab.api.routes.embeddings import vertex_predictions
 

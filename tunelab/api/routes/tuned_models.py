@@ -6,7 +6,9 @@ from fastapi import APIRouter, Query, Request
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
+from tunelab.api.schemas import AliasRequest
 from tunelab.jobs.views import version_view
+from tunelab.registry.aliases import InvalidAlias, remove_alias, set_alias
 from tunelab.registry.models import (
     ModelNotRegistered,
     delete_version,
@@ -43,7 +45,31 @@ def _with_serving(services, version, max_lora_rank: int | None) -> dict:
     from tunelab.serving.vllm_compat import check_version
 
     verdict = check_version(services, version, max_lora_rank=max_lora_rank)
-    return version_view(version) | {"vllm": verdict.as_dict()}
+    return version_view(version, services.db) | {"vllm": verdict.as_dict()}
+
+
+@router.put("/{name}/aliases/{alias}")
+def set_alias_(name: str, alias: str, body: AliasRequest, services: ServicesDep) -> dict:
+    """Point ``name@alias`` at a version (moving it if it named another); ``default`` is what
+    ``name`` alone means."""
+    try:
+        v = set_alias(services.db, name, body.version, alias)
+    except InvalidAlias as exc:
+        raise ApiError(400, "invalid_request", str(exc), {"param": "alias"}) from None
+    except ModelNotRegistered as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return version_view(v, services.db)
+
+
+@router.delete("/{name}/aliases/{alias}")
+def remove_alias_(name: str, alias: str, services: ServicesDep) -> dict:
+    try:
+        remove_alias(services.db, name, alias)
+    except InvalidAlias as exc:
+        raise ApiError(400, "invalid_request", str(exc), {"param": "alias"}) from None
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return {"removed": f"{name}@{alias}"}
 
 
 @router.delete("/{name}")
@@ -78,7 +104,7 @@ def lineage(name: str, services: ServicesDep, version: int | None = Query(None, 
     refs = version_refs(services.db, {e.src_id for e in ups if e.src_kind == "model_version"})
     datasets = sorted({e.src_id for e in ups if e.src_kind == "dataset"})
     return {
-        "model_version": version_view(v),
+        "model_version": version_view(v, services.db),
         "upstream": [edge(e) for e in ups],
         "datasets": {d: [edge(e) for e in downstream(services.db, "dataset", d)] for d in datasets},
     }

@@ -45,37 +45,37 @@ def _time(moment: datetime | None) -> str | None:
 
 @router.get(_PLACE + "/endpoints/{endpoint}")
 def get_endpoint(project: str, location: str, endpoint: str, services: ServicesDep) -> dict:
-    from tunelab.registry.endpoints import deployed_version, list_endpoints
+    from tunelab.registry.endpoints import deployments, list_endpoints
 
     found = next((e for e in list_endpoints(services.db) if e.id == endpoint), None)
     if found is None:
         raise ApiError(404, "not_found", f"no endpoint {endpoint!r}")
     place = f"projects/{project}/locations/{location}"
-    version = deployed_version(services.db, endpoint)
-    deployed = []
-    if version is not None:
-        deployed.append(
-            {
-                "id": version.id,
-                "model": f"{place}/models/{version.model_name}",
-                "modelVersionId": str(version.version),
-                "displayName": version.model_name,
-                "createTime": _time(version.created_at),
-            }
-        )
+    live = deployments(services.db, endpoint)
+    deployed = [
+        {
+            "id": d.version.id,
+            "model": f"{place}/models/{d.version.model_name}",
+            "modelVersionId": str(d.version.version),
+            "displayName": d.version.model_name,
+            "createTime": _time(d.version.created_at),
+        }
+        for d in live
+    ]
+    newest = max((d.version.created_at for d in live), default=found.created_at)
     return {
         "name": f"{place}/endpoints/{found.id}",
         "displayName": found.display_name,
         "deployedModels": deployed,
-        "trafficSplit": {d["id"]: 100 for d in deployed},
+        "trafficSplit": {d.version.id: d.traffic_percentage for d in live},
         "createTime": _time(found.created_at),
-        "updateTime": _time(version.created_at if version else found.created_at),
+        "updateTime": _time(newest),
     }
 
 
 @router.get(_PLACE + "/models/{model}")
 def get_model(project: str, location: str, model: str, services: ServicesDep) -> dict:
-    from tunelab.registry.endpoints import deployed_version, endpoint_id_for
+    from tunelab.registry.endpoints import endpoint_id_for, is_deployed
     from tunelab.registry.models import ModelNotRegistered, get_version
 
     try:
@@ -84,7 +84,6 @@ def get_model(project: str, location: str, model: str, services: ServicesDep) ->
         raise ApiError(404, "not_found", str(exc)) from None
     place = f"projects/{project}/locations/{location}"
     endpoint = endpoint_id_for(version.model_name)
-    live = deployed_version(services.db, endpoint)
     return {
         "name": f"{place}/models/{version.model_name}",
         "displayName": version.model_name,
@@ -94,8 +93,8 @@ def get_model(project: str, location: str, model: str, services: ServicesDep) ->
         "versionCreateTime": _time(version.created_at),
         "updateTime": _time(version.created_at),
         "deployedModels": (
-            [{"endpoint": f"{place}/endpoints/{endpoint}", "deployedModelId": live.id}]
-            if live is not None and live.id == version.id
+            [{"endpoint": f"{place}/endpoints/{endpoint}", "deployedModelId": version.id}]
+            if is_deployed(services.db, version.id)
             else []
         ),
     }

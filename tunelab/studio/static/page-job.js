@@ -165,7 +165,8 @@ export function renderJob(main, jobId) {
       job.attempts ? ["Failed attempts (retried)", fmt(job.attempts)] : null,
       ["Tuned model", job.tuned_model ? h("span", {}, h("a", { href: "#/models" }, job.tuned_model), " · ",
         h("a", { href: `#/playground?model=${encodeURIComponent(job.tuned_model)}`, id: "try-in-playground" }, "try it")) : "—"],
-      ["Endpoint", job.endpoint || "—"],
+      // the deploy step says why a version was registered only (the job's deploy setting)
+      ["Endpoint", job.endpoint || ((job.pipeline.find((st) => st.name === "deploy") || {}).outputs || {}).reason || "—"],
     ]), h("details", {}, h("summary", {}, "Hyperparameters"), kvTable(Object.entries(job.config).map(([k, v]) => [k, fmt(v)]))));
     clear(usage, h("h2", {}, "Usage"), job.usage ? kvTable(usageRows(job.usage), { id: "job-usage" }) : h("p", { class: "muted" }, "Reported when training ends."));
     clear(errorSlot, job.error ? errorSection(job.error) : null);

@@ -48,11 +48,9 @@ export function renderModels(main) {
 
   async function load() {
     try {
-      const [{ tuned_models: models }, { endpoints }] = await Promise.all([api("/v1/tunedModels"), api("/v1/endpoints")]);
+      const { tuned_models: models } = await api("/v1/tunedModels");
       if (stopped) return;
       if (!models.length) return clear(list, h("div", { class: "card muted" }, "No tuned models yet. ", h("a", { href: "#/create" }, "Create one.")));
-      const deployedOn = {};
-      for (const e of endpoints) if (e.deployed_model) deployedOn[e.deployed_model] = e;
       const cards = [];
       for (const m of models) {
         const detail = await api(`/v1/tunedModels/${encodeURIComponent(m.name)}`);
@@ -65,20 +63,25 @@ export function renderModels(main) {
             h("a", { class: "button ghost", href: `#/playground?model=${encodeURIComponent(m.name)}` }, "Open in playground")),
           versions.reverse().map(({ v, lineage }) => {
             const ref = `${v.name}@${v.version}`;
-            const endpoint = deployedOn[ref];
+            const endpoint = v.deployment;
             return h("div", { class: "version", dataset: { version: ref } },
               h("div", { class: "version-head" },
                 h("h3", {}, `Version ${v.version}`),
-                endpoint ? h("span", { class: "badge ok" }, `deployed on ${endpoint.id}`) : h("span", { class: "badge muted" }, "not deployed"),
+                (v.aliases || []).map((alias) => h("span", { class: "badge alias", title: `${v.name}@${alias}` }, `@${alias}`)),
+                endpoint
+                  ? h("span", { class: "badge ok" }, `deployed on ${endpoint.endpoint} · ${endpoint.traffic_percentage}% of its traffic`)
+                  : h("span", { class: "badge muted" }, "not deployed"),
                 endpoint
                   ? h("button", { class: "undeploy", dataset: { needs: "admin" }, onclick: async () => {
-                      try { await api(`/v1/endpoints/${endpoint.id}:undeploy`, { method: "POST", json: { model_version_id: v.id } }); toast(`${ref} undeployed`); } catch (err) { toast(err.message, "bad"); }
+                      try { await api(`/v1/endpoints/${endpoint.endpoint}:undeploy`, { method: "POST", json: { model_version_id: v.id } }); toast(`${ref} undeployed`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Undeploy")
                   : h("button", { class: "deploy", dataset: { needs: "admin" }, onclick: async () => {
                       try { const e = await api("/v1/endpoints", { method: "POST", json: { model: ref } }); toast(`${ref} deployed on ${e.id}`); } catch (err) { toast(err.message, "bad"); }
                       load();
                     } }, "Deploy")),
+              // Why its job deployed it or registered it only (the job's deploy setting)
+              v.deploy_note ? h("p", { class: "deploy-note muted small" }, `Job: ${v.deploy_note}`) : null,
               exportControl(v),
               h("div", { class: "version-body" },
                 h("div", {}, kvTable([

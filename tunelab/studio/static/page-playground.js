@@ -1,6 +1,6 @@
 // Prompt playground for comparing: one or two sides, each with its own model (a base, or a tuned
-// model at a version), its own sampling parameters and its own conversation. One system
-// instruction and one prompt box feed both sides; every answer shows its token counts and
+// model at a version or alias), its own system instruction, sampling parameters and
+// conversation. One prompt box feeds both sides; every answer shows its token counts and
 // latency, and each side's View code is that side's exact request.
 import { api, can, streamChat } from "./api.js";
 import { h, clear, errorBox, toast, copyText } from "./dom.js";
@@ -27,10 +27,32 @@ function paramControl(side, [id, label, min, max, step, value, hint], onChange) 
     h("small", { class: "muted" }, hint));
 }
 
-/** One side of the comparison: its pickers, parameters, conversation and code panel. */
+/** The version picker's options: the default (what the bare name serves), the user's aliases,
+ * then every version. Only deployed versions are served, so the others are shown, disabled,
+ * with the reason. */
+function versionOptions(versions) {
+  const served = (v) => (v.deployment ? `${v.deployment.traffic_percentage}% traffic` : "not deployed");
+  const byAlias = [];
+  for (const v of versions) for (const alias of v.aliases || []) byAlias.push([alias, v]);
+  const fallback = versions[versions.length - 1];
+  const [, def] = byAlias.find(([alias]) => alias === "default") || ["default", fallback];
+  const option = (value, label, v) => h("option", { value, disabled: !v.deployment, dataset: { version: String(v.version) } },
+    `${label} · ${served(v)}`);
+  const aliases = byAlias.filter(([alias]) => alias !== "default").sort(([x], [y]) => x.localeCompare(y));
+  const head = h("option", { value: "", dataset: { version: String(def.version) } }, `default (v${def.version}) · ${served(def)}`);
+  return [
+    head,
+    aliases.length ? h("optgroup", { label: "Aliases" }, aliases.map(([alias, v]) => option(alias, `${alias} (v${v.version})`, v))) : null,
+    h("optgroup", { label: "Versions" }, [...versions].reverse().map((v) => option(String(v.version), `v${v.version}`, v))),
+  ].filter(Boolean);
+}
+
+/** One side of the comparison: its pickers, system instruction, parameters, conversation and
+ * code panel. */
 function makeSide(id, env) {
   const model = h("select", { id: `model-${id}`, "aria-label": `Model, side ${id.toUpperCase()}` });
   const version = h("select", { id: `version-${id}`, "aria-label": `Version, side ${id.toUpperCase()}` });
+  const system = h("textarea", { id: `system-${id}`, rows: "2", placeholder: "Optional: how this side's model should behave (a system turn, as in training)." });
   const chat = h("div", { class: "chat", id: `chat-${id}`, "aria-live": "polite" });
   const code = h("section", { class: "code-panel", id: `code-${id}`, hidden: true });
   const viewCode = h("button", { id: `view-code-${id}`, type: "button", class: "ghost" }, "View code");
@@ -41,20 +63,21 @@ function makeSide(id, env) {
     h("div", { class: "pickers" },
       h("label", { for: `model-${id}` }, "Model", model),
       h("label", { for: `version-${id}` }, "Version", version)),
+    h("label", { for: `system-${id}` }, "System instruction"), system,
     params, chat, code);
 
   const side = {
-    id, card, model, version, chat,
+    id, card, model, version, chat, system,
     history: [], // [{role, content}]: the turns answered so far, sent again with every prompt
     lastRequest: null, // the body of the request that made the last answer
     modelRef() { return model.value && version.value ? `${model.value}@${version.value}` : model.value; },
     param(name) { return Number(document.getElementById(`param-${id}-${name}`).value); },
     /** The request this side sends for `prompt`: the system turn, its history, the prompt. */
     request(prompt) {
-      const system = env.system();
+      const instruction = system.value.trim();
       return {
         model: side.modelRef(),
-        messages: [...(system ? [{ role: "system", content: system }] : []), ...side.history, { role: "user", content: prompt }],
+        messages: [...(instruction ? [{ role: "system", content: instruction }] : []), ...side.history, { role: "user", content: prompt }],
         temperature: side.param("temperature"), top_p: side.param("top_p"), top_k: side.param("top_k"), max_tokens: side.param("max_tokens"),
       };
     },
@@ -63,13 +86,13 @@ function makeSide(id, env) {
       const tuned = name in env.tunedBase;
       version.disabled = !tuned;
       if (!tuned) return clear(version, h("option", { value: "" }, "—"));
-      clear(version, h("option", { value: "" }, "latest"));
-      // The registry's versions need the tune scope; an inference key serves the latest only.
+      clear(version, h("option", { value: "" }, "default"));
+      // The registry's versions need the tune scope; an inference key serves the default only.
       if (!can("tune")) return;
       try {
         const { versions } = await api(`/v1/tunedModels/${encodeURIComponent(name)}`);
         if (model.value !== name) return; // picked another model meanwhile
-        version.append(...versions.map((v) => h("option", { value: String(v.version) }, `${v.version}`)));
+        clear(version, ...versionOptions(versions));
       } catch (err) {
         env.showError(err);
       }
@@ -149,12 +172,12 @@ function makeSide(id, env) {
     side.renderCode();
   });
   model.addEventListener("change", async () => { await side.loadVersions(); side.renderCode(); });
+  system.addEventListener("input", () => side.renderCode());
   version.addEventListener("change", () => side.renderCode());
   return side;
 }
 
 export function renderPlayground(main, preselect) {
-  const system = h("textarea", { id: "system", rows: "2", placeholder: "Optional: how the models should behave (a system turn, as in training)." });
   const prompt = h("textarea", { id: "prompt", rows: "4", placeholder: "Type a prompt… (Ctrl+Enter sends)" });
   const compare = h("input", { type: "checkbox", id: "compare" });
   const send = h("button", { id: "send", type: "submit" }, "Send");
@@ -166,7 +189,6 @@ export function renderPlayground(main, preselect) {
 
   const env = {
     tunedBase: {}, // tuned model name -> its base model (null when the key may not read it)
-    system: () => system.value.trim(),
     prompt: () => prompt.value,
     showError: (err) => clear(status, errorBox(err)),
   };
@@ -181,7 +203,6 @@ export function renderPlayground(main, preselect) {
 
   const form = h("form", { class: "playground", onsubmit: (e) => { e.preventDefault(); run(); } },
     h("div", { class: "card composer" },
-      h("label", { for: "system" }, "System instruction"), system,
       h("label", { for: "prompt" }, "Prompt"), prompt,
       h("div", { class: "actions" }, send, stop, newChat,
         h("label", { class: "inline", for: "compare" }, compare, " Compare two sides"))),
@@ -190,7 +211,7 @@ export function renderPlayground(main, preselect) {
   clear(main, pageHeader("Prompt playground"), status, form);
   layout();
 
-  for (const el of [system, prompt]) el.addEventListener("input", renderAll);
+  prompt.addEventListener("input", renderAll);
   compare.addEventListener("change", layout);
   newChat.addEventListener("click", () => { for (const s of [a, b]) s.reset(); });
   stop.addEventListener("click", () => controller && controller.abort());
@@ -218,8 +239,8 @@ export function renderPlayground(main, preselect) {
           h("optgroup", { label: "Base models" }, bases.map((n) => h("option", { value: n }, n))));
       }
       const has = (select, value) => value && [...select.options].some((o) => o.value === value);
-      // ?model=name or ?model=name@version (a job page links to the version it made)
-      const [, preName, preVersion] = /^(.*?)(?:@(\d+))?$/.exec(preselect || "");
+      // ?model=name, name@version (a job page links to the version it made) or name@alias
+      const [, preName, preVersion] = /^(.*?)(?:@([a-z0-9][a-z0-9_-]*))?$/.exec(preselect || "");
       if (has(a.model, preName)) a.model.value = preName;
       // Side B starts on side A's base model: the comparison people make first.
       const base = env.tunedBase[a.model.value];
