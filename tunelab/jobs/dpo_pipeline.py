@@ -80,6 +80,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
     )
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
+        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
         "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"]),
         "evaluation": result.evaluation,
         "final_train_loss": result.final_train_loss,
