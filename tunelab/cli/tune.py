@@ -47,6 +47,9 @@ def sft(
     seed: int = typer.Option(42, "--seed"),
     eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
     checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
+    keep_checkpoints: int = typer.Option(
+        3, "--keep-checkpoints", help="Checkpoints kept as models: the last N and the best."
+    ),
     early_stopping_patience: int | None = typer.Option(
         3, "--early-stopping-patience", help="0 disables."
     ),
@@ -83,6 +86,7 @@ def sft(
             seed=seed,
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
+            keep_checkpoints=keep_checkpoints,
             early_stopping_patience=early_stopping_patience or None,
             precision=precision,
         )

@@ -140,6 +140,9 @@ def dpo(
     target_sequence_length: int = typer.Option(512, "--target-sequence-length"),
     eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
     checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
+    keep_checkpoints: int = typer.Option(
+        3, "--keep-checkpoints", help=_help(DPOConfig, "keep_checkpoints")
+    ),
     seed: int = typer.Option(42, "--seed"),
     detach: bool = typer.Option(False, "--detach", help="Only submit; a `tunelab worker` runs it."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if this already ran."),
@@ -161,6 +164,7 @@ def dpo(
             target_sequence_length=target_sequence_length,
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
+            keep_checkpoints=keep_checkpoints,
             seed=seed,
         )
     except ValidationError as exc:
