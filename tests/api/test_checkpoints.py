@@ -63,7 +63,7 @@ def answer(http, model: str) -> str:
     return r.json()["choices"][0]["message"]["content"]
 
 
-def test_checkpoints_are_listed_served_and_promoted(checkpointed, services):
+def test_checkpoints_are_listed_served_and_promoted(checkpointed, services, api_key):
     from tunelab.bundle import verify_adapter_bundle
     from tunelab.registry.checkpoints import job_checkpoints
     from tunelab.serving.generation import GenerationParams, generate, load_for_inference
@@ -135,3 +135,14 @@ def test_checkpoints_are_listed_served_and_promoted(checkpointed, services):
 
     nothing = http.post("/v1/tunedModels/ckpt-model/checkpoints/5:promote")
     assert nothing.status_code == 404 and "step 5" in nothing.text
+
+    # The SDK reads the same listing and promotes through the same route.
+    import tunelab
+    from tunelab.sdk.models import TextGenerationModel
+
+    tunelab.init(url=str(http.base_url), api_key=api_key)
+    model = TextGenerationModel.from_pretrained("base").get_tuned_model("ckpt-model@1")
+    assert [c["step"] for c in model.list_checkpoints()] == [4, 8, 12]
+    by_sdk = model.get_tuned_model(model.list_checkpoints()[1]["model"])
+    assert isinstance(by_sdk.predict("item 3: the yellow one", temperature=0).text, str)
+    assert model.promote_checkpoint(8).model == "ckpt-model@3"
