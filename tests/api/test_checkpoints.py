@@ -80,6 +80,7 @@ def test_checkpoints_are_listed_served_and_promoted(checkpointed, services, api_
         # evaluated in the job with tunelab eval's metrics, each with its interval
         assert {"exact_match", "loss", "perplexity"} <= c["evaluation"].keys()
         assert {"value", "low", "high"} <= c["evaluation"]["loss"].keys()
+        assert c["headline_metric"] in c["evaluation"]
     best = min(ckpts, key=lambda c: c["metrics"]["eval_loss"])
     assert [c["step"] for c in ckpts if c["is_final"]] == [best["step"]]
     # The same data for the job's page.

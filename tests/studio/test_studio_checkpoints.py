@@ -51,7 +51,8 @@ def test_job_page_lists_checkpoints_and_deploys_one(studio, page, services, tmp_
     shown_loss = early.locator(".valid-loss").text_content()
     assert float(shown_loss) == pytest.approx(listed[0]["metrics"]["eval_loss"], rel=1e-3)
     assert early.locator(".eval-headline").text_content() != "—"  # evaluated in the job
-    assert "Eval exact match" in page.locator("#checkpoints thead").text_content()
+    assert listed[0]["headline_metric"] == "rouge_l"  # the colour words: a generation task
+    assert "Eval ROUGE-L" in page.locator("#checkpoints thead").text_content()
     assert page.locator("#checkpoints a[href*='ckpt-studio%40checkpoint-4']").count() == 1
     shoot(page, "job-checkpoints")
 

@@ -43,14 +43,7 @@ def checkpoints(
     if not found:
         out.print(f"{name}@{v.version} has no kept checkpoints (its job kept none).")
         return
-    headline = next(
-        (
-            k
-            for k in ("exact_match", "f1_macro", "rougeL", "bleu")
-            if found[0]["evaluation"] and k in found[0]["evaluation"]
-        ),
-        None,
-    )
+    headline = next((c["headline_metric"] for c in found if c["headline_metric"]), None)
     table = Table(
         "step",
         "epoch",

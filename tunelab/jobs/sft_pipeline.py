@@ -137,6 +137,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
         "report": steps.store_dir(ctx, folder, "evaluation"),
         "evaluation": summary,
         "checkpoints": per_checkpoint,
+        "headline_metric": summary["headline_metric"],
         "eval_loss": trained.get("best_eval_loss"),
         "best_step": trained.get("best_step"),
     }

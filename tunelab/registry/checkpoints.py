@@ -48,6 +48,8 @@ class Checkpoint:
     evaluation: dict[str, Any] | None = None
     """``tunelab eval``'s metrics on the validation set ({metric: {value, low, high}}), when
     the job evaluated it."""
+    headline_metric: str | None = None
+    """The evaluation's headline metric (the task's first: macro_f1, exact_match, rouge_l)."""
     is_final: bool = False
     """Its weights are the adapter the job registered (the best step, or the last)."""
     promoted: list[str] = field(default_factory=list)
@@ -60,6 +62,7 @@ class Checkpoint:
             "epoch": self.epoch,
             "metrics": self.metrics,
             "evaluation": self.evaluation,
+            "headline_metric": self.headline_metric,
             "is_final": self.is_final,
             "adapter_sha256": self.adapter.get("sha256"),
             "promoted_to": self.promoted,
@@ -77,9 +80,8 @@ def job_checkpoints(db: Database, job_id: str) -> list[Checkpoint]:
         name = job.tuned_model_name if job is not None else None
         promoted = list(s.scalars(select(ModelVersion).where(ModelVersion.model_name == name)))
     trained = outputs.get("train", {})
-    evaluated = {
-        c["step"]: c["metrics"] for c in outputs.get("evaluate", {}).get("checkpoints", [])
-    }
+    evaluation = outputs.get("evaluate", {})
+    evaluated = {c["step"]: c["metrics"] for c in evaluation.get("checkpoints", [])}
     final_step = trained.get("best_step") or trained.get("steps")
     by_step: dict[int, list[str]] = {}
     for v in promoted:
@@ -94,6 +96,7 @@ def job_checkpoints(db: Database, job_id: str) -> list[Checkpoint]:
             metrics=c["metrics"],
             adapter=c["adapter"],
             evaluation=evaluated.get(c["step"]),
+            headline_metric=evaluation.get("headline_metric") if c["step"] in evaluated else None,
             is_final=c["step"] == final_step,
             promoted=by_step.get(c["step"], []),
         )

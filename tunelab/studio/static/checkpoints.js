@@ -6,7 +6,7 @@
 import { api } from "./api.js";
 import { h, clear, fmt, toast } from "./dom.js";
 
-const HEADLINE = [["exact_match", "exact match"], ["f1_macro", "macro F1"], ["rougeL", "ROUGE-L"], ["bleu", "BLEU"]];
+const LABEL = { exact_match: "exact match", macro_f1: "macro F1", rouge_l: "ROUGE-L", token_f1: "token F1" };
 
 async function deploy(name, version, step, button, status) {
   button.disabled = true;
@@ -42,7 +42,8 @@ export async function renderCheckpoints(slot, jobId, version, keep) {
     clear(slot, title, h("p", { class: "muted" }, "This job kept no checkpoints."));
     return;
   }
-  const [key, label] = HEADLINE.find(([k]) => list.some((c) => c.evaluation && c.evaluation[k])) || [];
+  const key = (list.find((c) => c.headline_metric) || {}).headline_metric;
+  const label = LABEL[key] || key;
   const evaluated = list.some((c) => c.evaluation);
   const value = (c, k) => (c.evaluation && c.evaluation[k] ? c.evaluation[k].value : null);
   const best = Math.min(...list.map((c) => c.metrics.eval_loss ?? Infinity));
