@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from tunelab.bundle import read_manifest
@@ -12,13 +11,9 @@ from tunelab.data.validation import validate_file
 from tunelab.jobs import steps
 from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested
-from tunelab.jobs.progress import rate_eta
 from tunelab.jobs.usage import job_usage
 
 logger = logging.getLogger(__name__)
-
-EVAL_MAX_EXAMPLES = 200
-"""A validation set larger than this is evaluated on a seeded sample (generation is the slow part)."""
 
 
 def validate(ctx: StepContext) -> dict[str, Any]:
@@ -70,74 +65,16 @@ def train(ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _weights_sha256(folder) -> str | None:
-    return read_manifest(folder).get("files", {}).get("adapter_model.safetensors")
-
-
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     """With a validation set, as Vertex does after tuning: the tuned model against its base on
-    the validation examples (task metrics with bootstrap intervals, loss and perplexity), the
-    report stored as an artifact and its summary on the model version. Every kept checkpoint is
-    evaluated in the same run, with the same metrics (``checkpoints``: [{step, metrics}]), so a
-    user picks a checkpoint on held-out numbers. Without a validation set: skipped."""
+    the validation examples, and every kept checkpoint with it (tunelab.jobs.checkpoint_eval).
+    Without one: skipped."""
     if "validation" not in ctx.job.datasets:
         return {"skipped": "no validation dataset"}
-    from tunelab.evaluation.report import save_report
-    from tunelab.evaluation.runner import evaluate_models
+    from tunelab.jobs.checkpoint_eval import evaluate_with_checkpoints
 
     trained = ctx.outputs["train"]
-    adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
-    final_weights = _weights_sha256(adapter_dir)
-    # A checkpoint holding the final adapter's very weights (the best step, or the last) is not
-    # generated from twice: it shares the tuned column's numbers.
-    checkpoints = [
-        (c["step"], ctx.store.local_path(c["adapter"]["uri"]))
-        for c in trained.get("checkpoints", [])
-    ]
-    separate = [(s, d) for s, d in checkpoints if _weights_sha256(d) != final_weights]
-    refs = [ctx.job.base_model, str(adapter_dir), *(str(d) for _, d in separate)]
-
-    started = time.monotonic()
-
-    def on_progress(p) -> None:
-        ctx.check_stop()
-        done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
-        what = ("base", "tuned")[p.model_index] if p.model_index < 2 else "checkpoint"
-        ctx.report(
-            f"evaluating {what} model", 0.9 + 0.06 * done, rate_eta(started, done, time.monotonic())
-        )
-
-    report = evaluate_models(
-        refs,
-        steps.dataset_path(ctx, "validation"),
-        max_examples=EVAL_MAX_EXAMPLES,
-        progress=on_progress,
-    )
-    folder = ctx.workdir / "evaluation"
-    save_report(report, folder)
-    summary = report.to_dict()
-    by_ref = {m["ref"]: m["metrics"] for m in summary["models"]}
-    per_checkpoint = [
-        {"step": s, "metrics": by_ref.get(str(d), by_ref[str(adapter_dir)])} for s, d in checkpoints
-    ]
-    # Name the two columns by role, not by the (long, local) paths they were loaded from; the
-    # checkpoints' columns are in per_checkpoint and the stored report.
-    summary["models"] = summary["models"][:2]
-    summary["models"][0]["ref"], summary["models"][1]["ref"] = "base", "tuned"
-    summary["differences"] = {"tuned": next(iter(summary["differences"].values()))}
-    summary["baseline"] = "base"
-    for row in summary["disagreements"]:  # keyed by local paths: keep base and tuned only
-        for key in ("outputs", "scores"):
-            row[key] = {
-                new: row[key][old]
-                for old, new in ((ctx.job.base_model, "base"), (str(adapter_dir), "tuned"))
-                if old in row[key]
-            }
-    return {
-        "report": steps.store_dir(ctx, folder, "evaluation"),
-        "evaluation": summary,
-        "checkpoints": per_checkpoint,
-        "headline_metric": summary["headline_metric"],
+    return evaluate_with_checkpoints(ctx, steps.dataset_path(ctx, "validation")) | {
         "eval_loss": trained.get("best_eval_loss"),
         "best_step": trained.get("best_step"),
     }
