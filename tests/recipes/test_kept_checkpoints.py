@@ -3,6 +3,8 @@ run as verified adapter bundles with their metrics; the rest are removed."""
 
 import json
 
+import pytest
+import torch
 from safetensors.torch import load_file
 from support import color_rows, write_jsonl
 
@@ -80,3 +82,45 @@ def test_keep_zero_keeps_none(tmp_path, tiny_model_dir, color_data):
     )
     result = train_sft(cfg, train, tmp_path / "run", val)
     assert result.checkpoints == [] and not (tmp_path / "run" / "kept").exists()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_crashed_run_resumes_to_the_same_kept_checkpoints(tmp_path, tiny_model_dir, color_data):
+    """A crash after step 7 (resume checkpoint at 4; kept 3, 4 and 6 already written) and the
+    same run again: the kept steps, their weights and metrics are those of an uninterrupted run."""
+    train, val = color_data
+    cfg = SFTConfig(
+        base_model=str(tiny_model_dir),
+        train_steps=12,
+        batch_size=8,
+        eval_every_steps=3,
+        checkpoint_every_steps=4,
+        learning_rate_multiplier=10.0,
+        early_stopping_patience=None,
+        keep_checkpoints=2,
+        seed=3,
+    )
+    whole = train_sft(cfg, train, tmp_path / "whole", val)
+
+    def crash_at_7(p):
+        if p.phase == "training" and p.step == 7:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_sft(cfg, train, tmp_path / "crashed", val, on_progress=crash_at_7)
+    written = sorted(p.name for p in (tmp_path / "crashed" / "kept").iterdir())
+    assert "step-00000006" in written  # past the resume checkpoint at 4
+    resumed = train_sft(cfg, train, tmp_path / "crashed", val)
+
+    assert resumed.resumed_from_step == 4
+    assert [c["step"] for c in resumed.checkpoints] == [c["step"] for c in whole.checkpoints]
+    for a, b in zip(resumed.checkpoints, whole.checkpoints, strict=True):
+        assert a["metrics"].keys() == b["metrics"].keys()
+        assert a["metrics"]["eval_loss"] == pytest.approx(b["metrics"]["eval_loss"], abs=1e-6)
+        wa = load_file(a["dir"] / "adapter_model.safetensors")
+        wb = load_file(b["dir"] / "adapter_model.safetensors")
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
