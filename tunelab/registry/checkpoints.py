@@ -79,7 +79,16 @@ def job_checkpoints(db: Database, job_id: str) -> list[Checkpoint]:
         job = s.get(TuningJob, job_id)
         name = job.tuned_model_name if job is not None else None
         promoted = list(s.scalars(select(ModelVersion).where(ModelVersion.model_name == name)))
-    trained = outputs.get("train", {})
+    # The step that trained the adapter (``train``; RLHF's ``reinforcement_learning``) lists
+    # the checkpoints with their adapters; the evaluate step lists their evaluations.
+    trained = next(
+        (
+            out
+            for out in outputs.values()
+            if any("adapter" in c for c in out.get("checkpoints", []))
+        ),
+        {},
+    )
     evaluation = outputs.get("evaluate", {})
     evaluated = {c["step"]: c["metrics"] for c in evaluation.get("checkpoints", [])}
     final_step = trained.get("best_step") or trained.get("steps")

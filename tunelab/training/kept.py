@@ -84,13 +84,15 @@ def write_kept(
     tokenizer: Any,
     tuning_config: dict[str, Any],
     manifest: dict[str, Any],
+    adapters: list[str] | None = None,
 ) -> Path:
-    """Write the adapter of ``model`` at ``step`` as a bundle, atomically (a rerun of the same
-    step after a resume replaces it with the same weights)."""
+    """Write the adapter of ``model`` (``adapters``: which ones, default all) at ``step`` as a
+    bundle, atomically (a rerun of the same step after a resume replaces it with the same
+    weights)."""
     folder = step_dir(root, step)
     info = {"step": step, "epoch": round(epoch, 4), "metrics": metrics}
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=adapters)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "tuning_config.json", tuning_config)
         write_json(tmp / INFO, info)

@@ -144,7 +144,7 @@ class TrainingRun:
         """Shown with each step's progress (e.g. the RL stage's mean reward)."""
         self.eval_seconds = 0.0
         self.final_usage: dict[str, Any] = {}
-        self._keep: tuple[torch.nn.Module, Any, int] | None = None
+        self._keep: tuple[torch.nn.Module, Any, int, list[str] | None] | None = None
         self._evaluated_step: int | None = None
 
     def report(self, phase: str, message: str = "") -> None:
@@ -295,15 +295,22 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ kept checkpoints
 
-    def keep_checkpoints(self, model: torch.nn.Module, tokenizer: Any, keep_last: int) -> None:
-        """Keep ``model``'s adapter at the last ``keep_last`` candidate steps (every resume
-        checkpoint, every evaluation, the last step) and at the best validation loss, as
-        servable bundles (tunelab.training.kept); 0 keeps none. Call after :meth:`start`."""
-        self._keep = (model, tokenizer, keep_last) if keep_last > 0 else None
+    def keep_checkpoints(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        keep_last: int,
+        adapters: list[str] | None = None,
+    ) -> None:
+        """Keep ``model``'s adapter (``adapters``: which ones, default all) at the last
+        ``keep_last`` candidate steps (every resume checkpoint, every evaluation, the last step)
+        and at the best validation loss, as servable bundles (tunelab.training.kept); 0 keeps
+        none. Call after :meth:`start`."""
+        self._keep = (model, tokenizer, keep_last, adapters) if keep_last > 0 else None
 
     def keep_checkpoint(self) -> None:
         """Write this step's kept checkpoint and drop those no longer chosen."""
-        model, tokenizer, keep_last = self._keep
+        model, tokenizer, keep_last, adapters = self._keep
         step = self.state.step
         kept.write_kept(
             self.run_dir,
@@ -314,6 +321,7 @@ class TrainingRun:
             tokenizer=tokenizer,
             tuning_config={**self.config.model_dump(), "base_model_path": str(self.base_path)},
             manifest={"method": self.config.method, "base_model": self.base_ref},
+            adapters=adapters,
         )
         kept.prune(self.run_dir, keep_last)
 
