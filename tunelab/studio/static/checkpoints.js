@@ -6,7 +6,7 @@
 import { api } from "./api.js";
 import { h, clear, fmt, toast } from "./dom.js";
 
-const LABEL = { exact_match: "exact match", macro_f1: "macro F1", rouge_l: "ROUGE-L", token_f1: "token F1" };
+const LABEL = { exact_match: "exact match", macro_f1: "macro F1", rouge_l: "ROUGE-L", token_f1: "token F1", mean_reward: "mean reward" };
 
 async function deploy(name, version, step, button, status) {
   button.disabled = true;
