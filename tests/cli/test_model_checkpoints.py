@@ -48,6 +48,16 @@ def test_keep_list_and_promote_from_the_command_line(services, tmp_path, tiny_mo
     assert "final" in final_row[-2] and "cli-ckpt@checkpoint-" in final_row[-3]
     assert "eval rouge_l" in listing.output  # the in-job evaluation's headline metric
 
+    # `tunelab eval` (and predict) take a checkpoint by the same reference.
+    from tunelab.evaluation.model_refs import resolve_model_ref
+    from tunelab.registry.checkpoints import version_checkpoints
+
+    ref = resolve_model_ref("cli-ckpt@checkpoint-12")
+    last = version_checkpoints(services.db, version)[-1]
+    assert ref.kind == "tuned" and ref.adapter_dir == services.artifacts.local_path(
+        last.adapter["uri"]
+    )
+
     promoted = runner.invoke(app, ["models", "promote", "cli-ckpt", "--step", "12"])
     assert promoted.exit_code == 0, promoted.output
     assert "cli-ckpt@2" in promoted.output
