@@ -1,6 +1,6 @@
 // A job's kept checkpoints on its page: each with its step, epoch, training metrics (train and
 // validation loss and accuracy) and its in-job evaluation (tunelab eval's headline metric and
-// loss on the validation set), a link to try it in the Playground (name@checkpoint-STEP), and
+// loss on the validation set), the reference that serves it (name@checkpoint-STEP), and
 // "Deploy this checkpoint": promote it to a version of the model (lineage: the job and the
 // version it was a checkpoint of), then deploy that version on the model's endpoint.
 import { api } from "./api.js";
@@ -65,8 +65,8 @@ export async function renderCheckpoints(slot, jobId, version, keep) {
       h("td", {}, fmt(c.metrics.eval_accuracy)),
       ...(evaluated ? [key ? h("td", { class: "eval-headline" }, fmt(value(c, key))) : null, h("td", {}, fmt(value(c, "loss")))].filter(Boolean) : []),
       h("td", {},
-        c.model ? h("a", { class: "button ghost", href: `#/playground?model=${encodeURIComponent(c.model)}` }, "Try it") : null,
-        " ", button, status));
+        c.model ? h("div", {}, h("code", { class: "checkpoint-model" }, c.model)) : null,
+        button, status));
   });
   clear(slot, title,
     h("p", { class: "muted small" }, `Kept: the last ${keep ?? 3} and the best by validation loss (`,
