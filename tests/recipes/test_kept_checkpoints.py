@@ -124,3 +124,16 @@ def test_a_crashed_run_resumes_to_the_same_kept_checkpoints(tmp_path, tiny_model
         wb = load_file(b["dir"] / "adapter_model.safetensors")
         for key in wa:
             torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+
+
+def test_resume_clears_interrupted_writes_and_later_checkpoints(tmp_path):
+    from tunelab.training.kept import drop_after, list_kept
+
+    kept = tmp_path / "kept"
+    (kept / ".step-00000010.tmp-x").mkdir(parents=True)  # a write a crash interrupted
+    for name in ("step-00000020.old", "step-00000030"):  # mid-replacement; past the resume
+        (kept / name).mkdir()
+        (kept / name / "manifest.json").write_text("{}")
+    drop_after(tmp_path, 20)
+    assert sorted(p.name for p in kept.iterdir()) == ["step-00000020"]
+    assert [s for s, _ in list_kept(tmp_path)] == [20]

@@ -24,7 +24,7 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.bundle import MANIFEST, file_hashes
-from tunelab.training.atomic import atomic_dir, write_json
+from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,15 @@ def prune(root: Path, keep_last: int) -> list[int]:
 
 def drop_after(root: Path, step: int) -> None:
     """On resume: the checkpoints past the resumed step are written again as the run gets there,
-    so the kept set reads as that of one uninterrupted run."""
-    for s, folder in list_kept(root):
+    so the kept set reads as that of one uninterrupted run; a write a crash interrupted (its
+    temporary folder, or the folder it was replacing) is cleared or put back."""
+    folder = root / KEPT
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith("."):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.endswith(".old"):
+                recover_dir(p.with_name(p.name[: -len(".old")]))
+    for s, kept in list_kept(root):
         if s > step:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(kept, ignore_errors=True)
