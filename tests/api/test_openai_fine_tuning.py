@@ -160,14 +160,23 @@ def test_full_supervised_cycle_then_dpo_from_the_result(client, worker, base, ti
     assert all(isinstance(e.data.get("train_loss", 0.0), float) for e in metric_events)
     assert any("valid_loss" in e.data for e in metric_events)
 
-    # The checkpoint the job registered, with its metrics, is the callable model.
+    # The kept checkpoints (8 steps, evaluated and checkpointed every 20: only the last one),
+    # with their metrics, each a callable model.
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert len(checkpoints) == 1
     checkpoint = checkpoints[0]
-    assert checkpoint.fine_tuned_model_checkpoint == name
-    assert checkpoint.fine_tuning_job_id == job.id and 1 <= checkpoint.step_number <= 8
+    assert checkpoint.fine_tuned_model_checkpoint == f"{name}@checkpoint-8"
+    assert checkpoint.fine_tuning_job_id == job.id and checkpoint.step_number == 8
     assert isinstance(checkpoint.metrics.valid_loss, float)
     assert isinstance(checkpoint.metrics.train_loss, float)
+    assert isinstance(checkpoint.metrics.valid_mean_token_accuracy, float)
+    by_checkpoint = client.chat.completions.create(
+        model=checkpoint.fine_tuned_model_checkpoint,
+        messages=[{"role": "user", "content": "item 1: the green one"}],
+        temperature=0,
+        max_tokens=4,
+    )
+    assert by_checkpoint.choices[0].message.content is not None
 
     # Callable at once, by the name the job gave back.
     assert name in {m.id for m in client.models.list().data}

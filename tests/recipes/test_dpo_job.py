@@ -64,6 +64,16 @@ def test_dpo_job_from_a_registered_sft_model(services, tmp_path, tiny_model_dir)
     assert ("dataset", job.datasets["train"], "preference") in edges
     assert ("dataset", job.datasets["validation"], "validation") in edges
     assert job.endpoint and job.usage["trained_tokens"] > 0
+    # Evaluated inside the job, per kept checkpoint (every evaluation, 2 and 4), with tunelab
+    # eval's metrics against the preferred answers, next to each step's DPO figures.
+    from tunelab.registry.checkpoints import job_checkpoints
+
+    kept = job_checkpoints(services.db, job.id)
+    assert [c.step for c in kept] == [2, 4]
+    assert all({"loss", "rouge_l"} <= c.evaluation.keys() for c in kept)
+    assert all("eval_reward_accuracy" in c.metrics for c in kept)
+    assert kept[0].evaluation["loss"] != kept[1].evaluation["loss"]
+    assert [m["ref"] for m in version.evaluation["models"]] == ["base", "tuned"]
     assert [r["step"] for r in store.metrics_of(services.db, job.id) if "train_loss" in r] == [
         1,
         2,

@@ -103,6 +103,21 @@ def test_rlhf_job_registers_reward_model_and_policy_with_lineage(services, tiny_
     assert [r["stage"] for r in trained] == ["reward_model"] * 6 + ["reinforcement_learning"] * 4
     assert {"reward", "kl", "response_length"} <= trained[-1].keys()
 
+    # The policy's kept checkpoints (every 2 steps: 2 and 4), each judged by the reward model.
+    from tunelab.bundle import verify_adapter_bundle
+    from tunelab.registry.checkpoints import job_checkpoints, version_checkpoints
+
+    kept = job_checkpoints(services.db, job.id)
+    assert [c.step for c in kept] == [2, 4] and [c.is_final for c in kept] == [False, True]
+    assert all({"reward", "kl"} <= c.metrics.keys() for c in kept)
+    assert all({"mean_reward", "win_rate"} <= c.evaluation.keys() for c in kept)
+    final = kept[1].evaluation["mean_reward"]["value"]
+    assert final == outputs["evaluate"]["mean_reward_tuned"]
+    folder = Path(kept[0].adapter["uri"])
+    verify_adapter_bundle(folder)
+    assert not any(p.is_dir() for p in folder.iterdir())  # the policy only, not the reward adapter
+    assert version_checkpoints(services.db, reward) == []  # the reward model lists none
+
 
 class StopInPolicyStage(Worker):
     """A worker told to shut down once the policy has taken two steps (as SIGTERM would)."""

@@ -1,6 +1,6 @@
 """A fine-tuning job's log and checkpoints as OpenAI's ``fine_tuning.job.event`` and
-``fine_tuning.job.checkpoint`` pages: the job's events and metrics rows, and the model version
-it registered."""
+``fine_tuning.job.checkpoint`` pages: the job's events and metrics rows, and its kept
+checkpoints (or, when it kept none, the model version it registered)."""
 
 from __future__ import annotations
 
@@ -117,15 +117,60 @@ def events_page(db: Database, job: TuningJob, after: str | None, limit: int) -> 
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _checkpoint_metrics(step: int, m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": float(step),
+        "train_loss": m.get("train_loss"),
+        "train_mean_token_accuracy": m.get("train_accuracy"),
+        "valid_loss": m.get("eval_loss"),
+        "valid_mean_token_accuracy": m.get("eval_accuracy"),
+        # TuneLab evaluates on the whole validation set, so the "full" figures are the same.
+        "full_valid_loss": m.get("eval_loss"),
+        "full_valid_mean_token_accuracy": m.get("eval_accuracy"),
+    }
+
+
 def checkpoints_page(db: Database, job: TuningJob, after: str | None, limit: int) -> dict:
-    """The job's checkpoints that are models one can call: today the adapter the job
-    registered (its best step on the validation set when it had one, else its last step),
-    named as the job's fine-tuned model. Intermediate training checkpoints are resume points
-    only and are removed when the job succeeds, so they are not listed."""
-    from tunelab.registry.models import ModelNotRegistered, get_version
+    """The job's kept checkpoints (tunelab.registry.checkpoints, the data TuneLab's own
+    listings read), newest first, each callable as its ``fine_tuned_model_checkpoint``
+    (``name@checkpoint-STEP``). A job that kept none lists the adapter it registered (its best
+    step on the validation set when it had one, else its last), named as its fine-tuned model."""
+    from tunelab.registry.checkpoints import listing
 
     if job.state != S.SUCCEEDED or not job.tuned_model_version:
         return page([], False)
+    kept = listing(db, job.id)["checkpoints"]
+    if not kept:
+        return _registered_checkpoint_page(db, job, after, limit)
+    with db.session() as s:
+        created = s.scalar(
+            select(PipelineStep.ended_at).where(
+                PipelineStep.job_id == job.id, PipelineStep.name == "train"
+            )
+        )
+    request = requests_of(db, [job.id]).get(job.id)
+    final_name = fine_tuned_model_of(job, request)
+    items = [
+        {
+            "id": f"ftckpt-{job.id}-{c['step']}",
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": unix(created or job.ended_at or job.created_at),
+            "fine_tuned_model_checkpoint": c["model"] or final_name,
+            "fine_tuning_job_id": job.id,
+            "metrics": _checkpoint_metrics(c["step"], c["metrics"]),
+            "step_number": c["step"],
+        }
+        for c in reversed(kept)
+    ]
+    if after:
+        ids = [c["id"] for c in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    return page(items[:limit], len(items) > limit)
+
+
+def _registered_checkpoint_page(db: Database, job: TuningJob, after: str | None, limit: int):
+    from tunelab.registry.models import ModelNotRegistered, get_version
+
     try:
         version = get_version(db, job.tuned_model_name, job.tuned_model_version)
     except ModelNotRegistered:  # deleted from the registry since
@@ -142,16 +187,6 @@ def checkpoints_page(db: Database, job: TuningJob, after: str | None, limit: int
     merged: dict[str, Any] = {}
     for row in rows:
         merged.update({k: v for k, v in row.items() if v is not None})
-    metrics = {
-        "step": float(step),
-        "train_loss": merged.get("train_loss"),
-        "train_mean_token_accuracy": merged.get("train_accuracy"),
-        "valid_loss": merged.get("eval_loss"),
-        "valid_mean_token_accuracy": merged.get("eval_accuracy"),
-        # TuneLab evaluates on the whole validation set, so the "full" figures are the same.
-        "full_valid_loss": merged.get("eval_loss"),
-        "full_valid_mean_token_accuracy": merged.get("eval_accuracy"),
-    }
     request = requests_of(db, [job.id]).get(job.id)
     checkpoint = {
         "id": f"ftckpt-{version.id}",
@@ -159,7 +194,7 @@ def checkpoints_page(db: Database, job: TuningJob, after: str | None, limit: int
         "created_at": unix(version.created_at),
         "fine_tuned_model_checkpoint": fine_tuned_model_of(job, request),
         "fine_tuning_job_id": job.id,
-        "metrics": metrics,
+        "metrics": _checkpoint_metrics(step, merged),
         "step_number": int(step),
     }
     data = [checkpoint] if after != checkpoint["id"] else []

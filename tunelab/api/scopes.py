@@ -38,6 +38,8 @@ RULES: tuple[tuple[frozenset[str], re.Pattern[str], str], ...] = tuple(
         (READ, r"/v1/tunedModels(/.*)?", "tune"),
         # exporting a tuned model reads it, as the registry's GETs do
         (frozenset({"POST"}), r"/v1/tunedModels/[^/]+:export", "tune"),
+        # promoting a kept checkpoint adds a version, as a tuning job does (deploying it is admin)
+        (frozenset({"POST"}), r"/v1/tunedModels/[^/]+/checkpoints/[^/]+:promote", "tune"),
         (READ, r"/v1/exports/[^/]+", "tune"),
         # OpenAI's fine-tuning API: its files are datasets and its jobs are tuning jobs
         (ANY, r"/v1/files(/.*)?", "tune"),

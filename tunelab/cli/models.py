@@ -316,3 +316,9 @@ def remove_base(name: str) -> None:
     except KeyError as exc:
         fail(str(exc.args[0]))
     out.print(f"base model {name} removed")
+
+
+from tunelab.cli.model_checkpoints import checkpoints, promote  # noqa: E402
+
+app.command("checkpoints")(checkpoints)
+app.command("promote")(promote)

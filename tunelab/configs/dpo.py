@@ -14,7 +14,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
-from tunelab.configs.sft import DeployPolicy, Precision, deploy_field, precision_field
+from tunelab.configs.sft import (
+    DeployPolicy,
+    Precision,
+    deploy_field,
+    keep_checkpoints_field,
+    precision_field,
+)
 
 RECOMMENDED_DPO_LEARNING_RATE = 1e-4
 """The rate ``learning_rate_multiplier`` scales. DPO papers use 5e-7 to 5e-6 for full
@@ -85,6 +91,7 @@ class DPOConfig(BaseModel):
     deploy: DeployPolicy = deploy_field()
     eval_every_steps: int = Field(20, ge=1, description="Evaluate on validation pairs every N.")
     checkpoint_every_steps: int = Field(20, ge=1)
+    keep_checkpoints: int = keep_checkpoints_field()
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> DPOConfig:

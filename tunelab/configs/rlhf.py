@@ -17,7 +17,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
-from tunelab.configs.sft import DeployPolicy, Precision, deploy_field, precision_field
+from tunelab.configs.sft import (
+    DeployPolicy,
+    Precision,
+    deploy_field,
+    keep_checkpoints_field,
+    precision_field,
+)
 
 RECOMMENDED_REWARD_MODEL_LEARNING_RATE = 1e-3
 """The rate ``reward_model_learning_rate_multiplier`` scales, for the reward model's LoRA adapter
@@ -159,6 +165,7 @@ class RLHFConfig(BaseModel):
         10, ge=1, description="Write a resumable checkpoint every N steps (both stages)."
     )
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    keep_checkpoints: int = keep_checkpoints_field()
     precision: Precision = precision_field()
     deploy: DeployPolicy = deploy_field()
 

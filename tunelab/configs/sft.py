@@ -18,6 +18,20 @@ DEFAULT_EPOCHS = 3
 Precision = Literal["auto", "fp32", "bf16"]
 
 
+def keep_checkpoints_field():
+    """The ``keep_checkpoints`` field of the LoRA methods whose checkpoints are models."""
+    return Field(
+        3,
+        ge=0,
+        le=100,
+        description=(
+            "Checkpoints kept as models after the job (listed with their metrics, evaluated, "
+            "servable as name@checkpoint-STEP, promotable to a version): the last N, plus the "
+            "best by validation loss. 0 keeps only the final adapter."
+        ),
+    )
+
+
 def precision_field():
     """The ``precision`` field every LoRA method's config has (see tunelab.training.precision)."""
     return Field(
@@ -101,6 +115,7 @@ class SFTConfig(BaseModel):
     checkpoint_every_steps: int = Field(
         20, ge=1, description="Write a resumable checkpoint every N steps."
     )
+    keep_checkpoints: int = keep_checkpoints_field()
     precision: Precision = precision_field()
     deploy: DeployPolicy = deploy_field()
     early_stopping_patience: int | None = Field(

@@ -80,6 +80,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
     )
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
+        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
         "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"]),
         "evaluation": result.evaluation,
         "final_train_loss": result.final_train_loss,
@@ -89,10 +90,27 @@ def train(ctx: StepContext) -> dict[str, Any]:
 
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     """With validation pairs: the tuned model's DPO loss, reward accuracy and preferred-minus-
-    rejected log-probability margin next to the reference's. Without them, skipped."""
+    rejected log-probability margin next to the reference's (from training's last evaluation),
+    and ``tunelab eval``'s metrics for base, tuned and every kept checkpoint with the preferred
+    answers as references (tunelab.jobs.checkpoint_eval). Without them, skipped."""
     if _role(ctx, "validation") is None:
         return {"skipped": "no validation pairs"}
-    return dict(ctx.outputs["train"]["evaluation"])
+    from tunelab.jobs.checkpoint_eval import evaluate_with_checkpoints, preferred_answers
+
+    chat = preferred_answers(
+        _dataset_path(ctx, "validation"), ctx.workdir / "validation-preferred.jsonl"
+    )
+    return dict(ctx.outputs["train"]["evaluation"]) | evaluate_with_checkpoints(ctx, chat)
+
+
+DPO_EVALUATION = (
+    "eval_loss",
+    "eval_reward_accuracy",
+    "eval_reward_margin",
+    "eval_logp_margin",
+    "eval_reference_logp_margin",
+)
+"""The evaluate step's DPO figures, recorded in the version's metrics."""
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
@@ -103,10 +121,18 @@ def register(ctx: StepContext) -> dict[str, Any]:
     init_version = ctx.outputs["prepare"].get("init_adapter_version_id")
     if init_version:
         inputs.append(("model_version", init_version, "init_adapter"))
+    from tunelab.registry.models import set_evaluation
+
     metrics = {k: trained.get(k) for k in ("final_train_loss", "steps")}
+    evaluated = ctx.outputs.get("evaluate") or {}
+    dpo = {k: v for k, v in evaluated.items() if k in DPO_EVALUATION or k == "skipped"}
     version = steps.register_adapter(
-        ctx, trained["adapter"], metrics | {"evaluation": ctx.outputs.get("evaluate")}, inputs
+        ctx, trained["adapter"], metrics | {"evaluation": dpo or None}, inputs
     )
+    if evaluated.get("evaluation"):
+        set_evaluation(
+            ctx.db, version.id, evaluated["evaluation"] | {"report": evaluated["report"]}
+        )
     logger.info("registered %s version %d (dpo)", version.model_name, version.version)
     return steps.registered(version)
 

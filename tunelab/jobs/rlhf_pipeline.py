@@ -117,26 +117,55 @@ def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
     store.update_job(ctx.db, ctx.job.id, usage=usage)  # the worker records usage of "train" only
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
+        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
         "usage": usage,
         "steps": result.steps,
         "last": result.last,
     }
 
 
+PER_RUN = ("examples", "checkpoints", "headline_metric")
+"""Evaluate-step outputs not copied into the version's metrics."""
+
+
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     """With evaluation prompts: tuned against base under the reward model (mean reward, win
-    rate, answer length). Without them, the step is skipped."""
+    rate, answer length), and each kept checkpoint of the policy the same way (``checkpoints``:
+    [{step, metrics}], as tunelab.registry.checkpoints lists them; the prompts have no
+    reference answers, so the reward model is the judge). Without them, the step is skipped."""
+    from tunelab.bundle import read_manifest
     from tunelab.recipes.rlhf import evaluate_policy
 
     eval_path = steps.dataset_path(ctx, "eval")
     if eval_path is None:
         return {"skipped": "no evaluation prompts"}
+    policy = ctx.outputs["reinforcement_learning"]
+    reward_dir = ctx.store.local_path(ctx.outputs["reward_model"]["reward_model"]["uri"])
+    final_dir = ctx.store.local_path(policy["adapter"]["uri"])
     ctx.report("evaluating: tuned vs base under the reward model", 0.88, None)
-    return evaluate_policy(
-        ctx.store.local_path(ctx.outputs["reinforcement_learning"]["adapter"]["uri"]),
-        ctx.store.local_path(ctx.outputs["reward_model"]["reward_model"]["uri"]),
-        eval_path,
-    )
+    result = evaluate_policy(final_dir, reward_dir, eval_path)
+
+    def weights(folder) -> str | None:
+        return read_manifest(folder).get("files", {}).get("adapter_model.safetensors")
+
+    per_checkpoint = []
+    for c in policy.get("checkpoints", []):
+        ctx.check_stop()
+        folder = ctx.store.local_path(c["adapter"]["uri"])
+        same = weights(folder) == weights(final_dir)  # the last step: the tuned column's numbers
+        ctx.report(f"evaluating checkpoint {c['step']} under the reward model", 0.89, None)
+        r = result if same else evaluate_policy(folder, reward_dir, eval_path)
+        per_checkpoint.append(
+            {
+                "step": c["step"],
+                "metrics": {
+                    "mean_reward": {"value": r["mean_reward_tuned"]},
+                    "win_rate": {"value": r["win_rate"]},
+                    "mean_length": {"value": r["mean_length_tuned"]},
+                },
+            }
+        )
+    return result | {"checkpoints": per_checkpoint, "headline_metric": "mean_reward"}
 
 
 def register(ctx: StepContext) -> dict[str, Any]:
@@ -173,7 +202,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
         policy["adapter"],
         {"steps": policy["steps"], "last_step": policy["last"]}
         | {"reward_model_pairwise_accuracy": reward.get("pairwise_accuracy")}
-        | {"evaluation": {k: v for k, v in evaluation.items() if k != "examples"}},
+        | {"evaluation": {k: v for k, v in evaluation.items() if k not in PER_RUN}},
         inputs,
     )
     logger.info(

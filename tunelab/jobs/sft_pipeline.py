@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from tunelab.bundle import read_manifest
@@ -12,13 +11,9 @@ from tunelab.data.validation import validate_file
 from tunelab.jobs import steps
 from tunelab.jobs.init_adapter import resolve_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested
-from tunelab.jobs.progress import rate_eta
 from tunelab.jobs.usage import job_usage
 
 logger = logging.getLogger(__name__)
-
-EVAL_MAX_EXAMPLES = 200
-"""A validation set larger than this is evaluated on a seeded sample (generation is the slow part)."""
 
 
 def validate(ctx: StepContext) -> dict[str, Any]:
@@ -60,6 +55,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
     )
     return {
         "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
+        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
         "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"]),
         "best_step": result.best_step,
         "best_eval_loss": result.best_eval_loss,
@@ -71,43 +67,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
 
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     """With a validation set, as Vertex does after tuning: the tuned model against its base on
-    the validation examples (task metrics with bootstrap intervals, loss and perplexity), the
-    report stored as an artifact and its summary on the model version. Without one: skipped."""
+    the validation examples, and every kept checkpoint with it (tunelab.jobs.checkpoint_eval).
+    Without one: skipped."""
     if "validation" not in ctx.job.datasets:
         return {"skipped": "no validation dataset"}
-    from tunelab.evaluation.report import save_report
-    from tunelab.evaluation.runner import evaluate_models
+    from tunelab.jobs.checkpoint_eval import evaluate_with_checkpoints
 
     trained = ctx.outputs["train"]
-    adapter_dir = ctx.store.local_path(trained["adapter"]["uri"])
-
-    started = time.monotonic()
-
-    def on_progress(p) -> None:
-        ctx.check_stop()
-        done = (p.model_index + p.done / max(1, p.total)) / max(1, p.models)
-        ctx.report(
-            f"evaluating {'base' if p.model_index == 0 else 'tuned'} model",
-            0.9 + 0.06 * done,
-            rate_eta(started, done, time.monotonic()),
-        )
-
-    report = evaluate_models(
-        [ctx.job.base_model, str(adapter_dir)],
-        steps.dataset_path(ctx, "validation"),
-        max_examples=EVAL_MAX_EXAMPLES,
-        progress=on_progress,
-    )
-    folder = ctx.workdir / "evaluation"
-    save_report(report, folder)
-    summary = report.to_dict()
-    # Name the two columns by role, not by the (long, local) paths they were loaded from.
-    summary["models"][0]["ref"], summary["models"][1]["ref"] = "base", "tuned"
-    summary["differences"] = {"tuned": next(iter(summary["differences"].values()))}
-    summary["baseline"] = "base"
-    return {
-        "report": steps.store_dir(ctx, folder, "evaluation"),
-        "evaluation": summary,
+    return evaluate_with_checkpoints(ctx, steps.dataset_path(ctx, "validation")) | {
         "eval_loss": trained.get("best_eval_loss"),
         "best_step": trained.get("best_step"),
     }

@@ -96,6 +96,21 @@ def store_dir(ctx: StepContext, folder: Path, name: str) -> dict[str, Any]:
     return {"uri": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes}
 
 
+def store_checkpoints(ctx: StepContext, checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put a run's kept checkpoints (tunelab.training.kept) in the artifact store under this
+    job: {step, epoch, metrics, adapter} each, oldest first; what the checkpoint listings, the
+    resolver's ``name@checkpoint-STEP`` and promotion read (tunelab.registry.checkpoints)."""
+    return [
+        {
+            "step": c["step"],
+            "epoch": c["epoch"],
+            "metrics": c["metrics"],
+            "adapter": store_dir(ctx, c["dir"], f"checkpoints/step-{c['step']:08d}"),
+        }
+        for c in checkpoints
+    ]
+
+
 def with_cost(usage: dict[str, Any], billed: str = "billable_tokens") -> dict[str, Any]:
     """``usage`` with its ``estimated_cost`` at the configured price per 1k tokens of ``billed``
     (None without a price)."""

@@ -118,6 +118,7 @@ def train_dpo(
         eval_every=config.eval_every_steps if val else None,
     )
     fast = run.fast_path(model)
+    run.keep_checkpoints(model, tokenizer, config.keep_checkpoints)  # the last N and the best
 
     # ---------------------------------------------------------------- train
     model.train()

@@ -122,6 +122,7 @@ def train_policy(
         order=order,
     )
     fast = run.fast_path(model)
+    run.keep_checkpoints(model, tokenizer, config.keep_checkpoints, adapters=[POLICY])
 
     # ---------------------------------------------------------------- train
     last: dict[str, Any] = {}

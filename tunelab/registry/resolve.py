@@ -7,7 +7,9 @@ A reference is, tried in this order:
   ``tunelab models add-base`` (:mod:`tunelab.models.bases`); before tuned models, so a tuned
   model registered under a base's name (before names were checked) cannot take its place;
 - a registered tuned model: ``name`` (the version its ``default`` alias names), ``name@version``
-  or ``name@alias`` (:mod:`tunelab.registry.aliases`).
+  or ``name@alias`` (:mod:`tunelab.registry.aliases`);
+- a kept checkpoint of the job that made a tuned model's latest version: ``name@checkpoint-STEP``
+  (:mod:`tunelab.registry.checkpoints`).
 
 Whether a tuned version may be *served* (it is deployed) is the serving faces' question
 (:mod:`tunelab.serving.pool`): evaluation, export and continued tuning reach any version.
@@ -53,6 +55,18 @@ class ModelTarget:
     version: ModelVersion | None = None
     adapter_dir: Path | None = None
     """The adapter bundle of a tuned model (or of an operator-named folder)."""
+    checkpoint_step: int | None = None
+    """Set for ``name@checkpoint-STEP``: ``version`` is the model's, ``adapter_dir`` the
+    checkpoint's."""
+
+    @property
+    def adapter_key(self) -> str | None:
+        """What tells this adapter apart from every other in a server's cache."""
+        if self.version is None:
+            return None
+        if self.checkpoint_step is None:
+            return self.version.id
+        return f"{self.version.id}@checkpoint-{self.checkpoint_step}"
 
     @property
     def method(self) -> str | None:
@@ -79,6 +93,8 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
             raise ModelNotFound(f"endpoint {ref!r} has no deployed model")
     elif ref in servable_base_names():
         return ModelTarget(ref=ref, kind="base", base_model=ref)
+    elif "@checkpoint-" in ref:
+        return _checkpoint_target(services, ref)
     else:
         name, at, number = ref.partition("@")
         if is_model_name(name) and (not at or number.isdigit()):
@@ -119,12 +135,39 @@ def resolve(services: Services, ref: str, *, allow_folder: bool = False) -> Mode
     raise ModelNotFound(not_found_message(ref))
 
 
+def _checkpoint_target(services: Services, ref: str) -> ModelTarget:
+    """``name@checkpoint-STEP``: the kept checkpoint at STEP of the job that made ``name``'s
+    latest version."""
+    from tunelab.registry.checkpoints import CHECKPOINT_REF, CheckpointNotFound, find
+    from tunelab.registry.models import ModelNotRegistered, get_version
+
+    match = CHECKPOINT_REF.match(ref)
+    if match is None or not is_model_name(match["name"]):
+        raise ModelNotFound(not_found_message(ref))
+    try:
+        version = get_version(services.db, match["name"])
+        checkpoint = find(services.db, version, int(match["step"]))
+    except ModelNotRegistered:
+        raise ModelNotFound(not_found_message(ref)) from None
+    except CheckpointNotFound as exc:
+        raise ModelNotFound(str(exc)) from None
+    return ModelTarget(
+        ref=ref,
+        kind="tuned",
+        base_model=version.base_model,
+        version=version,
+        adapter_dir=Path(services.artifacts.local_path(checkpoint.adapter["uri"])),
+        checkpoint_step=checkpoint.step,
+    )
+
+
 def not_found_message(ref: str) -> str:
     shown = ref if len(ref) <= MAX_REF_LENGTH else ref[:MAX_REF_LENGTH] + "…"
     bases = ", ".join(sorted(servable_base_names()))
     return (
-        f"no model named {shown!r}: name a tuned model (name, name@version or name@alias), a "
-        f"deployed endpoint id, or a base model this server serves ({bases})"
+        f"no model named {shown!r}: name a tuned model (name, name@version, name@alias or "
+        "name@checkpoint-STEP), a deployed "
+        f"endpoint id, or a base model this server serves ({bases})"
     )
 
 

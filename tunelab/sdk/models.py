@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tunelab.sdk.client import client
 from tunelab.sdk.tuning import TuningJob, submit
@@ -55,6 +56,28 @@ class TextGenerationModel:
             for m in client().request("GET", "/v1/tunedModels")["tuned_models"]
             if m["base_model"] == self.base_model
         ]
+
+    def list_checkpoints(self) -> list[dict[str, Any]]:
+        """This tuned model's kept checkpoints (``name`` or ``name@version``): step, epoch,
+        ``metrics`` (train/eval loss and accuracy), ``evaluation`` (tunelab eval's metrics on
+        the validation set) and ``model``, the reference that serves it
+        (``get_tuned_model(c["model"]).predict(...)``)."""
+        name, version = self._name_and_version()
+        params = {"version": version} if version else None
+        path = f"/v1/tunedModels/{quote(name, safe='')}/checkpoints"
+        return client().request("GET", path, params=params)["checkpoints"]
+
+    def promote_checkpoint(self, step: int) -> TextGenerationModel:
+        """Register the kept checkpoint at ``step`` as the next version; that version's model."""
+        name, version = self._name_and_version()
+        params = {"version": version} if version else None
+        path = f"/v1/tunedModels/{quote(name, safe='')}/checkpoints/{int(step)}:promote"
+        made = client().request("POST", path, params=params)
+        return type(self)(f"{made['name']}@{made['version']}", base_model=self.base_model)
+
+    def _name_and_version(self) -> tuple[str, int | None]:
+        name, _, version = self.model.partition("@")
+        return name, int(version) if version.isdigit() else None
 
     def predict(
         self,

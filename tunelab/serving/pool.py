@@ -88,7 +88,7 @@ class InferencePool:
         except ModelNotFound as exc:
             raise ModelNotAvailable(str(exc)) from None
         if resolved.kind == "tuned":
-            adapter = (resolved.version.id, resolved.adapter_dir)
+            adapter = (resolved.adapter_key, resolved.adapter_dir)
             return Target(name, resolved.base_model, adapter, engine)
         return Target(name, resolved.base_model, None, engine)
 

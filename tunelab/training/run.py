@@ -42,6 +42,7 @@ import torch
 from tunelab import __version__
 from tunelab.bundle import MANIFEST, file_hashes
 from tunelab.data.batching import epoch_batches
+from tunelab.training import kept
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
 from tunelab.training.early_stopping import record_eval
@@ -77,6 +78,8 @@ class RunResult:
     resumed_from_step: int
     """0 for a fresh run; the checkpoint's step for a resumed one."""
     usage: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    """The kept checkpoints (tunelab.training.kept), oldest first: {step, epoch, metrics, dir}."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -141,6 +144,8 @@ class TrainingRun:
         """Shown with each step's progress (e.g. the RL stage's mean reward)."""
         self.eval_seconds = 0.0
         self.final_usage: dict[str, Any] = {}
+        self._keep: tuple[torch.nn.Module, Any, int, list[str] | None] | None = None
+        self._evaluated_step: int | None = None
 
     def report(self, phase: str, message: str = "") -> None:
         """A progress event outside the steps: loading, validating, preparing, saving."""
@@ -181,6 +186,7 @@ class TrainingRun:
         self.state = load_latest(self.ckpt_dir, trained, self.optimizer) or LoopState()
         self.resumed_from = self.state.step
         self.metrics.truncate_after(self.state.step)
+        kept.drop_after(self.run_dir, self.state.step)
         if self.state.step and not (self.run_dir / BEST).exists():
             self.state.best_eval_loss, self.state.best_step = None, None  # lost with its folder
         return self.state
@@ -226,6 +232,13 @@ class TrainingRun:
             yield state.step
             if state.step % self.checkpoint_every == 0 and state.step < self.total_steps:
                 self.checkpoint()
+            if self._keep is not None and (
+                state.step % self.checkpoint_every == 0
+                or self._evaluated_step == state.step
+                or state.step >= self.total_steps
+                or state.stopped_early
+            ):
+                self.keep_checkpoint()
             # Wall time per step in this process, evaluations and checkpoints included.
             rate = (time.perf_counter() - timer_start) / max(1, state.step - timer_step)
             best = state.best_eval_loss
@@ -280,6 +293,44 @@ class TrainingRun:
     def checkpoint(self) -> None:
         save_checkpoint(self.ckpt_dir, self.trained, self.optimizer, self.state)
 
+    # ------------------------------------------------------------------ kept checkpoints
+
+    def keep_checkpoints(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        keep_last: int,
+        adapters: list[str] | None = None,
+    ) -> None:
+        """Keep ``model``'s adapter (``adapters``: which ones, default all) at the last
+        ``keep_last`` candidate steps (every resume checkpoint, every evaluation, the last step)
+        and at the best validation loss, as servable bundles (tunelab.training.kept); 0 keeps
+        none. Call after :meth:`start`."""
+        self._keep = (model, tokenizer, keep_last, adapters) if keep_last > 0 else None
+
+    def keep_checkpoint(self) -> None:
+        """Write this step's kept checkpoint and drop those no longer chosen."""
+        model, tokenizer, keep_last, adapters = self._keep
+        step = self.state.step
+        kept.write_kept(
+            self.run_dir,
+            step=step,
+            epoch=self.epoch,
+            metrics=kept.step_metrics(self.metrics.rows(), step),
+            model=model,
+            tokenizer=tokenizer,
+            tuning_config={**self.config.model_dump(), "base_model_path": str(self.base_path)},
+            manifest={"method": self.config.method, "base_model": self.base_ref},
+            adapters=adapters,
+        )
+        kept.prune(self.run_dir, keep_last)
+
+    def kept_checkpoints(self) -> list[dict[str, Any]]:
+        """The kept checkpoints, oldest first: {step, epoch, metrics, dir}."""
+        return [
+            {**kept.read_info(folder), "dir": folder} for _, folder in kept.list_kept(self.run_dir)
+        ]
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluation_due(self) -> bool:
@@ -300,6 +351,7 @@ class TrainingRun:
         self.trained.train(training)
         self.metrics.append({"step": self.state.step, **result})
         self.last_eval = result
+        self._evaluated_step = self.state.step
         return result
 
     def track_best(self, eval_loss: float, patience: int | None) -> None:
@@ -343,6 +395,7 @@ class TrainingRun:
             final_train_loss=self.last_loss,
             resumed_from_step=self.resumed_from,
             usage=self.final_usage,
+            checkpoints=self.kept_checkpoints(),
         )
 
     def billable_tokens(self, dataset_tokens: int) -> int:

@@ -1,4 +1,4 @@
-"""Tuning jobs: create, list, get, cancel, pause, resume, events, metrics."""
+"""Tuning jobs: create, list, get, cancel, pause, resume, events, metrics, kept checkpoints."""
 
 from __future__ import annotations
 
@@ -138,3 +138,12 @@ def events(job_id: str, services: ServicesDep, after: int = Query(0, ge=0)) -> d
 def metrics(job_id: str, services: ServicesDep) -> dict:
     _job(services, job_id)
     return {"metrics": store.metrics_of(services.db, job_id)}
+
+
+@router.get("/{job_id}/checkpoints")
+def checkpoints(job_id: str, services: ServicesDep) -> dict:
+    """The job's kept checkpoints with their metrics and evaluation (tunelab.registry.checkpoints)."""
+    from tunelab.registry.checkpoints import listing
+
+    _job(services, job_id)
+    return listing(services.db, job_id)

@@ -1,4 +1,5 @@
-"""The registry of tuned models: list, get (with versions), delete, lineage."""
+"""The registry of tuned models: list, get (with versions), delete, lineage, kept checkpoints
+and their promotion to a version."""
 
 from __future__ import annotations
 
@@ -108,3 +109,39 @@ def lineage(name: str, services: ServicesDep, version: int | None = Query(None, 
         "upstream": [edge(e) for e in ups],
         "datasets": {d: [edge(e) for e in downstream(services.db, "dataset", d)] for d in datasets},
     }
+
+
+@router.get("/{name}/checkpoints")
+def checkpoints(name: str, services: ServicesDep, version: int | None = Query(None, ge=1)) -> dict:
+    """The kept checkpoints of the job that made this version (default the latest), each with
+    its step, epoch, training metrics and in-job evaluation."""
+    from tunelab.registry.checkpoints import listing, source_job
+
+    try:
+        v = get_version(services.db, name, version)
+    except ModelNotRegistered as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    job_id = source_job(v)
+    found = listing(services.db, job_id) if job_id else {"checkpoints": []}
+    return {
+        "name": name,
+        "version": v.version,
+        "job_id": job_id,
+        "checkpoints": found["checkpoints"],
+    }
+
+
+@router.post("/{name}/checkpoints/{step}:promote", status_code=201)
+def promote(
+    name: str, step: int, services: ServicesDep, version: int | None = Query(None, ge=1)
+) -> dict:
+    """Register the kept checkpoint at ``step`` as the next version of ``name`` (lineage: the
+    job and the version it was a checkpoint of); promoting it again returns that version."""
+    from tunelab.registry.checkpoints import CheckpointNotFound
+    from tunelab.registry.checkpoints import promote as promote_checkpoint
+
+    try:
+        v = get_version(services.db, name, version)
+        return version_view(promote_checkpoint(services.db, v, step))
+    except (ModelNotRegistered, CheckpointNotFound) as exc:
+        raise ApiError(404, "not_found", str(exc)) from None

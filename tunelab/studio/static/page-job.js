@@ -5,6 +5,7 @@ import { h, clear, badge, duration, when, fmt, progressBar, errorBox, toast, cop
 import { drawChart } from "./chart.js";
 import { kvTable, evaluationTable, usageRows, pageHeader } from "./widgets.js";
 import { jobCurl, jobSdk, jobCli } from "./job-code.js";
+import { renderCheckpoints } from "./checkpoints.js";
 
 const ACTIVE = ["QUEUED", "PENDING", "RUNNING", "CANCELLING"];
 const DATA_LABEL = { train: "Training data", validation: "Validation data", preference: "Preference pairs", prompts: "Prompts", eval: "Evaluation prompts" };
@@ -71,6 +72,8 @@ export function renderJob(main, jobId) {
   const head = h("div", {}), summary = h("div", { class: "card" }), pipeline = h("div", { class: "card" });
   const usage = h("div", { class: "card" }), errorSlot = h("div", {}), evalSlot = h("div", { class: "card" });
   const events = h("div", { class: "card" });
+  const checkpointsSlot = h("div", { class: "card", id: "job-checkpoints", hidden: true });
+  let checkpointsShown = false;
   // The live log: events and metric rows as they arrive, as `tunelab jobs logs -f` prints them.
   const logPre = h("pre", { class: "live-log", id: "job-log", tabindex: "0", "aria-label": "Job log" });
   const logCard = h("div", { class: "card" }, h("h2", {}, "Log (live)"), logPre);
@@ -90,7 +93,7 @@ export function renderJob(main, jobId) {
       h("div", { class: "col-wide" },
         h("div", { class: "card" }, h("h2", {}, "Loss"), canvas, accTitle, accCanvas),
         moreCharts,
-        codePanel, pipeline, evalSlot),
+        codePanel, pipeline, checkpointsSlot, evalSlot),
       h("div", { class: "col-narrow" }, summary, usage, logCard, events)));
   let timer = null, stopped = false, lastEvent = 0;
   const log = [];
@@ -219,6 +222,14 @@ export function renderJob(main, jobId) {
         : outputs.mean_reward_tuned != null ? rewardTable(outputs)
         : h("p", { class: "muted" }, outputs.skipped ? `Skipped: ${outputs.skipped}.`
           : `Runs after training when ${job.method === "rlhf" ? "evaluation prompts are" : "a validation set is"} given.`));
+
+    // Kept checkpoints exist once training has ended; listed once (deploying one updates its row).
+    const trainStep = job.pipeline.find((s) => s.name === "train");
+    if (!checkpointsShown && trainStep && trainStep.state === "SUCCEEDED" && !running) {
+      checkpointsShown = true;
+      checkpointsSlot.hidden = false;
+      renderCheckpoints(checkpointsSlot, jobId, job.tuned_model_version, job.config.keep_checkpoints);
+    }
 
     try {
       const { events: fresh } = await api(`/v1/tuningJobs/${jobId}/events?after=${lastEvent}`);
