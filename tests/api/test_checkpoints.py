@@ -128,6 +128,14 @@ def test_checkpoints_are_listed_served_and_promoted(checkpointed, services, api_
     assert ("job", job_id, "promoted_checkpoint") in edges
     assert ("model_version", "ckpt-model@1", "promoted_checkpoint") in edges
     assert any(kind == "dataset" and rel == "train" for kind, _, rel in edges)
+    # A promoted version is registered, not deployed: it is served once deployed.
+    assert (
+        http.post(
+            "/v1/chat/completions", json={"model": "ckpt-model@2", "messages": prompt}
+        ).status_code
+        == 404
+    )
+    assert http.post("/v1/endpoints", json={"model": "ckpt-model@2"}).status_code == 201
     assert answer(http, "ckpt-model@2") == served_early
     # The listing records the promotion; the checkpoints stay servable by step.
     after = http.get("/v1/tunedModels/ckpt-model/checkpoints").json()["checkpoints"]

@@ -61,7 +61,8 @@ def test_keep_list_and_promote_from_the_command_line(services, tmp_path, tiny_mo
     promoted = runner.invoke(app, ["models", "promote", "cli-ckpt", "--step", "12"])
     assert promoted.exit_code == 0, promoted.output
     assert "cli-ckpt@2" in promoted.output
-    assert get_version(services.db, "cli-ckpt").metrics["checkpoint"]["step"] == 12
+    # (`cli-ckpt` alone is its default version, still 1: promoting does not deploy)
+    assert get_version(services.db, "cli-ckpt@2").metrics["checkpoint"]["step"] == 12
 
     missing = runner.invoke(app, ["models", "promote", "cli-ckpt", "--step", "3"])
     assert missing.exit_code != 0 and "no kept checkpoint at step 3" in missing.output
