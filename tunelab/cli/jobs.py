@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.cli.tune import config_errors, fail, run_in_process, show_error
+from tunelab.cli.tune import check_devices, config_errors, fail, run_in_process, show_error
 
 app = typer.Typer(help="Submit, watch and control tuning jobs.", no_args_is_help=True)
 out = Console()
@@ -50,6 +50,7 @@ def submit(
         check_tuned_model_name(name)
     except InvalidModelName as exc:
         fail(f"--name: {exc}")
+    check_devices(config)
     services = open_services()
     job, created = submit_job(
         services.db,

@@ -63,6 +63,14 @@ def serve(
         "--preload",
         help="Base model to load at start (empty: load on first request).",
     ),
+    accelerator: str = typer.Option(
+        "auto",
+        "--accelerator",
+        help="Where served models compute: auto (CUDA where available), cpu or cuda.",
+    ),
+    devices: str | None = typer.Option(
+        None, "--devices", help="CUDA device to serve on, as an index with a comma (1,)."
+    ),
 ) -> None:
     """Start the server: REST API, Vertex-style prediction, OpenAI-compatible API, Studio.
 
@@ -74,6 +82,7 @@ def serve(
 
     from tunelab.api.app import create_app
     from tunelab.jobs.worker import Worker
+    from tunelab.models.device import inference_dtype
     from tunelab.services import open_services
     from tunelab.serving.pool import InferencePool
 
@@ -87,8 +96,9 @@ def serve(
     warning = exposure_warning(host, tls)
     if warning:
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
+    device = resolve_cli_device(accelerator, devices)
     services = open_services()
-    pool = InferencePool(services)
+    pool = InferencePool(services, device=device, dtype=inference_dtype(device))
     if preload:
         console.print(f"loading base model {preload} …")
         pool.engine_for_base(preload)
@@ -115,3 +125,19 @@ def serve(
         if background is not None:
             background.shutdown.set()
         pool.close()
+
+
+def resolve_cli_device(accelerator: str, devices: str | None):
+    """The device ``--accelerator``/``--devices`` name here; a clear error when there is none."""
+    from tunelab.models.device import AcceleratorUnavailable, resolve_placement
+
+    if accelerator not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(
+            f"{accelerator!r}: choose auto, cpu or cuda", param_hint="--accelerator"
+        )
+    try:
+        return resolve_placement(accelerator, devices).device
+    except AcceleratorUnavailable as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from None
+    except ValueError as exc:  # the spelling of --devices
+        raise typer.BadParameter(str(exc), param_hint="--devices") from None

@@ -21,6 +21,19 @@ app = typer.Typer(help="Tune a model.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
+def accelerator_option():
+    """``--accelerator``, shared by every tune command (tunelab.configs.compute)."""
+    return typer.Option(
+        "auto", "--accelerator", help="auto, cpu or cuda. auto takes CUDA where the machine has it."
+    )
+
+
+def devices_option():
+    return typer.Option(
+        None, "--devices", help="CUDA devices: a count (2) or indices (0,1; one index as 1,)."
+    )
+
+
 @app.command("sft")
 def sft(
     train: Path = typer.Option(..., "--train", exists=True, dir_okay=False, help="Training JSONL."),
@@ -55,6 +68,8 @@ def sft(
         "--precision",
         help="auto, fp32 or bf16 (mixed precision). auto takes bf16 where it is clearly faster.",
     ),
+    accelerator: str = accelerator_option(),
+    devices: str | None = devices_option(),
     detach: bool = typer.Option(
         False, "--detach", help="Only submit the job; a `tunelab worker` runs it."
     ),
@@ -85,9 +100,12 @@ def sft(
             checkpoint_every_steps=checkpoint_every_steps,
             early_stopping_patience=early_stopping_patience or None,
             precision=precision,
+            accelerator=accelerator,
+            devices=devices,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
+    check_devices(config)
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
     try:
@@ -234,6 +252,17 @@ def config_errors(exc) -> str:
         for e in exc.errors()
     ]
     return "invalid tuning parameters:\n" + "\n".join(lines)
+
+
+def check_devices(config) -> None:
+    """Fail before submitting when this machine lacks the accelerator/devices asked for."""
+    from tunelab.jobs.submit import check_accelerator
+    from tunelab.models.device import AcceleratorUnavailable
+
+    try:
+        check_accelerator(config)
+    except AcceleratorUnavailable as exc:
+        fail(f"--{exc.field}: {exc}")
 
 
 def fail(message: str) -> None:

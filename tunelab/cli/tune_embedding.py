@@ -11,7 +11,16 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.tune import app, config_errors, console, fail, run_in_process
+from tunelab.cli.tune import (
+    accelerator_option,
+    app,
+    check_devices,
+    config_errors,
+    console,
+    devices_option,
+    fail,
+    run_in_process,
+)
 from tunelab.configs.embedding import DEFAULT_EMBEDDING_MODEL
 
 
@@ -53,6 +62,8 @@ def embedding(
     adapter_size: int = typer.Option(8, "--adapter-size", help="LoRA rank."),
     max_seq_length: int = typer.Option(256, "--max-seq-length"),
     seed: int = typer.Option(42, "--seed"),
+    accelerator: str = accelerator_option(),
+    devices: str | None = devices_option(),
     detach: bool = typer.Option(False, "--detach", help="Only submit the job."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if already done."),
 ) -> None:
@@ -74,9 +85,12 @@ def embedding(
             adapter_size=adapter_size,
             max_seq_length=max_seq_length,
             seed=seed,
+            accelerator=accelerator,
+            devices=devices,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
+    check_devices(config)
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
     try:

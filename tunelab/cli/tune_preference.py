@@ -11,7 +11,16 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.tune import app, config_errors, console, fail, run_in_process
+from tunelab.cli.tune import (
+    accelerator_option,
+    app,
+    check_devices,
+    config_errors,
+    console,
+    devices_option,
+    fail,
+    run_in_process,
+)
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.dpo import DPOConfig
 from tunelab.configs.rlhf import RLHFConfig
@@ -74,6 +83,8 @@ def rlhf(
     ),
     checkpoint_every_steps: int = typer.Option(10, "--checkpoint-every-steps"),
     seed: int = typer.Option(42, "--seed"),
+    accelerator: str = accelerator_option(),
+    devices: str | None = devices_option(),
     detach: bool = typer.Option(False, "--detach", help="Only submit; a `tunelab worker` runs it."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if this already ran."),
 ) -> None:
@@ -96,6 +107,8 @@ def rlhf(
             samples_per_prompt=samples_per_prompt,
             checkpoint_every_steps=checkpoint_every_steps,
             seed=seed,
+            accelerator=accelerator,
+            devices=devices,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
@@ -141,6 +154,8 @@ def dpo(
     eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
     checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
     seed: int = typer.Option(42, "--seed"),
+    accelerator: str = accelerator_option(),
+    devices: str | None = devices_option(),
     detach: bool = typer.Option(False, "--detach", help="Only submit; a `tunelab worker` runs it."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if this already ran."),
 ) -> None:
@@ -162,6 +177,8 @@ def dpo(
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             seed=seed,
+            accelerator=accelerator,
+            devices=devices,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
@@ -191,6 +208,7 @@ def _submit(config, name: str, datasets: dict[str, Path | None], restart: bool) 
         check_tuned_model_name(name)
     except InvalidModelName as exc:
         fail(f"--name: {exc}")
+    check_devices(config)
     key_src = json.dumps(
         {
             "name": name,

@@ -97,6 +97,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
         steps.dataset_path(ctx, "validation"),
         max_examples=EVAL_MAX_EXAMPLES,
         progress=on_progress,
+        device=steps.job_device(ctx),
     )
     folder = ctx.workdir / "evaluation"
     save_report(report, folder)
