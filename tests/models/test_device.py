@@ -187,3 +187,28 @@ def test_submit_refuses_cuda_where_there_is_none(services, gpus, tmp_path):
         datasets={"train": train},
     )
     assert job.config["accelerator"] == "cpu"  # the stored job spec says where it runs
+
+
+def test_a_worker_without_the_gpu_a_job_asked_for_fails_it_at_once(
+    services, gpus, tmp_path, tiny_model_dir
+):
+    """Submitted where CUDA was (played), run by a worker where it is not: the job fails with a
+    permanent error naming the field, without retries (another attempt would fail alike)."""
+    from support import color_rows, write_jsonl
+
+    from tunelab.jobs import store
+    from tunelab.jobs.submit import submit_job
+    from tunelab.jobs.worker import Worker
+
+    gpus(1)
+    train = write_jsonl(tmp_path / "train.jsonl", color_rows(8))
+    config = SFTConfig(base_model=str(tiny_model_dir), train_steps=1, accelerator="cuda")
+    job, _ = submit_job(
+        services.db, services.artifacts, config=config, name="gpu-job", datasets={"train": train}
+    )
+    gpus(0)
+    assert Worker(services.db, services.artifacts).run_job(job.id).state == "FAILED"
+    failed = store.get_job(services.db, job.id)
+    assert failed.error["code"] == "accelerator_unavailable"
+    assert failed.error["details"] == {"field": "accelerator"}
+    assert failed.attempts == 1

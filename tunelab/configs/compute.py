@@ -44,6 +44,16 @@ def parse_devices(devices: str) -> int | tuple[int, ...]:
     return indices
 
 
+class AcceleratorUnavailable(ValueError):
+    """The machine lacks what a job's ``accelerator``/``devices`` ask for. ``field`` names the
+    config field to change. (Here, not beside the torch code that raises it, so that the job
+    worker can classify it without importing torch.)"""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class ComputeFields(BaseModel):
     """Mixed into every method's config: the accelerator and devices a job runs on."""
 

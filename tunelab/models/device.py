@@ -16,20 +16,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from tunelab.configs.compute import parse_devices
+from tunelab.configs.compute import AcceleratorUnavailable, parse_devices
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-class AcceleratorUnavailable(ValueError):
-    """The machine lacks what a job's ``accelerator``/``devices`` ask for. ``field`` names the
-    config field to change."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+__all__ = ["AcceleratorUnavailable", "Placement", "resolve_placement", "to_device"]
 
 
 def cuda_device_count() -> int:
