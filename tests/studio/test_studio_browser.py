@@ -175,6 +175,8 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     page.fill("#param-checkpoint_every_steps", "4")
     assert page.input_value("#param-precision") == "auto"
     page.select_option("#param-precision", "fp32")
+    assert page.input_value("#param-accelerator") == "auto"
+    page.select_option("#param-accelerator", "cpu")
     assert "16 steps" in page.text_content("#steps-estimate")
     page.wait_for_selector("#submit-job:not([disabled])")
     shoot(page, "create")
@@ -193,6 +195,8 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     job_id = page.url.rsplit("/", 1)[-1]
     job = httpx.get(f"{url}/v1/tuningJobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
     assert job.json()["config"]["precision"] == "fp32"  # the form's named choice, sent as text
+    assert job.json()["config"]["accelerator"] == "cpu"
+    assert page.text_content("#job-accelerator") == "cpu: ran on cpu"  # asked, then used
     page.wait_for_function("document.querySelector('#loss-chart').dataset.points >= 8")
     drawn = page.evaluate(
         """() => { const c = document.querySelector('#loss-chart');

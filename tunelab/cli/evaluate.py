@@ -67,11 +67,20 @@ def evaluate_cmd(
         help="Folder for the report (default: under TUNELAB_HOME).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+    accelerator: str = typer.Option(
+        "auto",
+        "--accelerator",
+        help="Where the models compute: auto (CUDA where available), cpu or cuda.",
+    ),
+    devices: str | None = typer.Option(
+        None, "--devices", help="CUDA device to evaluate on, as an index with a comma (1,)."
+    ),
 ) -> None:
     """Evaluate one or more models on the same examples: metrics, intervals, differences."""
     from pydantic import ValidationError
 
     from tunelab.bundle import BundleIntegrityError, NotABundleError
+    from tunelab.cli.serve import resolve_cli_device
     from tunelab.data.validation import DatasetValidationError
     from tunelab.evaluation.report import default_report_dir, save_report
     from tunelab.evaluation.runner import evaluate_models
@@ -80,6 +89,7 @@ def evaluate_cmd(
     from tunelab.registry.resolve import ModelNotFound
     from tunelab.serving.generation import GenerationParams
 
+    device = resolve_cli_device(accelerator, devices)
     if task is not None and task not in TASK_NAMES:
         _fail(f"--task must be one of {', '.join(TASK_NAMES)}, not {task!r}")
     if len(set(model)) != len(model):
@@ -125,6 +135,7 @@ def evaluate_cmd(
                 max_seq_length=max_seq_length,
                 seed=seed,
                 progress=on_progress,
+                device=device,
             )
     except (
         DatasetValidationError,

@@ -132,6 +132,14 @@ def serve(
     max_cpu_loras: int = typer.Option(
         16, "--max-cpu-loras", min=1, help="vLLM: adapters kept loaded in memory."
     ),
+    accelerator: str = typer.Option(
+        "auto",
+        "--accelerator",
+        help="Where served models compute: auto (CUDA where available), cpu or cuda.",
+    ),
+    devices: str | None = typer.Option(
+        None, "--devices", help="CUDA device to serve on, as an index with a comma (1,)."
+    ),
 ) -> None:
     """Start the server: REST API, Vertex-style prediction, OpenAI-compatible API, Studio.
 
@@ -143,6 +151,7 @@ def serve(
 
     from tunelab.api.app import create_app
     from tunelab.jobs.worker import Worker
+    from tunelab.models.device import inference_dtype
     from tunelab.services import open_services
     from tunelab.serving.pool import InferencePool
 
@@ -156,6 +165,7 @@ def serve(
     warning = exposure_warning(host, tls)
     if warning:
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
+    device = resolve_cli_device(accelerator, devices)
     services = open_services()
     backend = _vllm_backend(
         services, engine, vllm_url, vllm_python, preload, max_loras, max_lora_rank, max_cpu_loras
@@ -165,7 +175,7 @@ def serve(
         console.print(f"starting vLLM engine for {preload} in {where} …")
         backend.start()
         console.print(f"vLLM serves {preload} at {backend.engine.url}")
-    pool = InferencePool(services, backend=backend)
+    pool = InferencePool(services, backend=backend, device=device, dtype=inference_dtype(device))
     if preload and backend is None:
         console.print(f"loading base model {preload} …")
         pool.engine_for_base(preload)
@@ -192,3 +202,19 @@ def serve(
         if background is not None:
             background.shutdown.set()
         pool.close()
+
+
+def resolve_cli_device(accelerator: str, devices: str | None):
+    """The device ``--accelerator``/``--devices`` name here; a clear error when there is none."""
+    from tunelab.models.device import AcceleratorUnavailable, resolve_placement
+
+    if accelerator not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(
+            f"{accelerator!r}: choose auto, cpu or cuda", param_hint="--accelerator"
+        )
+    try:
+        return resolve_placement(accelerator, devices).device
+    except AcceleratorUnavailable as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from None
+    except ValueError as exc:  # the spelling of --devices
+        raise typer.BadParameter(str(exc), param_hint="--devices") from None

@@ -152,6 +152,7 @@ def submit(
         check_tuned_model_name(name)
     except InvalidModelName as exc:
         fail(f"--name: {exc}")
+    check_devices(config)
     try:
         job, created = submit_job(
             services.db,
@@ -301,6 +302,17 @@ def config_errors(exc) -> str:
         for e in exc.errors()
     ]
     return "invalid tuning parameters:\n" + "\n".join(lines)
+
+
+def check_devices(config) -> None:
+    """Fail before submitting when this machine lacks the accelerator/devices asked for."""
+    from tunelab.jobs.submit import check_accelerator
+    from tunelab.models.device import AcceleratorUnavailable
+
+    try:
+        check_accelerator(config)
+    except AcceleratorUnavailable as exc:
+        fail(f"--{exc.field}: {exc}")
 
 
 def fail(message: str) -> None:

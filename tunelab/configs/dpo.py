@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.compute import ComputeFields
 from tunelab.configs.sft import (
     DeployPolicy,
     Precision,
@@ -32,7 +33,7 @@ the rejected ones' falling)."""
 DEFAULT_EPOCHS = 1
 
 
-class DPOConfig(BaseModel):
+class DPOConfig(ComputeFields):
     """Direct preference optimisation of a LoRA adapter, optionally starting from a supervised
     adapter (``init_adapter``).
 

@@ -33,7 +33,7 @@ def in_batch_contrastive_loss(
     optional (B, B) bool mask of off-diagonal pairs that are also relevant -> scalar loss."""
     scores = queries @ passages.T / temperature  # (B, B)
     if false_negatives is not None:
-        eye = torch.eye(len(scores), dtype=torch.bool)
+        eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
         scores = scores.masked_fill(false_negatives & ~eye, float("-inf"))
-    targets = torch.arange(len(scores))
+    targets = torch.arange(len(scores), device=scores.device)
     return torch.nn.functional.cross_entropy(scores, targets)

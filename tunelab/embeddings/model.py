@@ -179,7 +179,8 @@ class Encoder:
 
     def forward(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         """(B,) texts -> (B, D) unit vectors, with gradients (the training path)."""
-        batch = self.tokenize(texts, max_length)
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.tokenize(texts, max_length).items()}
         self.last_token_count = int(batch["attention_mask"].sum())  # for usage statistics
         hidden = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -208,7 +209,7 @@ class Encoder:
             idx = order[start : start + batch_size]
             chunk = [texts[i] for i in idx]
             full = self.tokenizer(chunk, truncation=False)["input_ids"]
-            out[idx] = self.forward(chunk).float()
+            out[idx] = self.forward(chunk).float().cpu()
             for i, ids in zip(idx, full, strict=True):
                 counts[i], truncated[i] = min(len(ids), limit), len(ids) > limit
         if was_training:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tunelab.bundle import verify_adapter_bundle
 from tunelab.models import load_tokenizer
 from tunelab.serving.generation import LoadedModel, load_for_inference
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,14 @@ def resolve_model_ref(ref: str) -> ModelRef:
     return ModelRef(ref, "base", None, base_folder(target))
 
 
-def load_model_ref(ref: str | ModelRef) -> LoadedModel:
-    """Load a tuned model, adapter folder or base model for generation (in eval mode)."""
+def load_model_ref(ref: str | ModelRef, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a tuned model, adapter folder or base model for generation (in eval mode), on
+    ``device``."""
     resolved = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref)
     if resolved.adapter_dir is not None:
-        loaded = load_for_inference(adapter_dir=resolved.adapter_dir)
-    else:
-        loaded = load_for_inference(base_ref=str(resolved.base_path))  # resolved once, not again
+        loaded = load_for_inference(adapter_dir=resolved.adapter_dir, device=device)
+    else:  # resolved once, not again
+        loaded = load_for_inference(base_ref=str(resolved.base_path), device=device)
     loaded.name = resolved.ref
     return loaded
 

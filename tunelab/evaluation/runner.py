@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunelab import __version__
 from tunelab.data.template import encode
@@ -54,6 +54,9 @@ from tunelab.evaluation.model_refs import (
 from tunelab.evaluation.tasks import TASKS, TaskName, TaskSpec, infer_task
 from tunelab.serving.generation import GenerationParams, LoadedModel
 from tunelab.training.eval_loss import evaluate
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,7 @@ def evaluate_models(
     confidence: float = DEFAULT_CONFIDENCE,
     top_k: int = 10,
     progress: ProgressCallback | None = None,
+    device: torch.device | str = "cpu",
 ) -> EvalReport:
     """Evaluate each model on the same examples of ``dataset_path``; the first is the baseline.
 
@@ -223,6 +227,8 @@ def evaluate_models(
       is sized from the references: twice the longest reference in tokens, plus 16.
     - ``max_examples``: a larger set is sampled with ``seed``; None evaluates every example.
     - ``seed`` also fixes the bootstrap resamples.
+    - ``device``: where each model is loaded (tunelab.models.device resolves a job's
+      ``accelerator`` to one).
 
     Raises :class:`tunelab.data.validation.DatasetValidationError` for a bad dataset and
     :class:`tunelab.models.ModelNotFoundError` for an unknown model, before generating anything.
@@ -274,7 +280,7 @@ def evaluate_models(
                 progress(EvalProgress(ref.ref, index, len(refs), phase, done, total))
 
         outs, metrics, result = _run_model(
-            ref, examples, spec, labels, params, batch_size, max_seq_length, report
+            ref, examples, spec, labels, params, batch_size, max_seq_length, report, device
         )
         scored.append(metrics)
         outputs.append(outs)
@@ -335,11 +341,12 @@ def _run_model(
     batch_size: int,
     max_seq_length: int,
     report: Callable[[str, int, int], None],
+    device: torch.device | str = "cpu",
 ) -> tuple[list[str], dict[str, Scored], ModelResult]:
     """One model: load, generate, score the outputs and the references' loss, unload."""
     started = time.perf_counter()
     report("loading", 0, len(examples))
-    loaded = load_model_ref(ref)
+    loaded = load_model_ref(ref, device)
     outs = generate_batched(
         loaded,
         [e.prompt for e in examples],

@@ -60,7 +60,13 @@ def evaluate_with_checkpoints(
             rate_eta(began, done, time.monotonic()),
         )
 
-    report = evaluate_models(refs, dataset, max_examples=EVAL_MAX_EXAMPLES, progress=on_progress)
+    report = evaluate_models(
+        refs,
+        dataset,
+        max_examples=EVAL_MAX_EXAMPLES,
+        progress=on_progress,
+        device=steps.job_device(ctx),
+    )
     folder = ctx.workdir / "evaluation"
     save_report(report, folder)
     summary = report.to_dict()

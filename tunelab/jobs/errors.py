@@ -29,6 +29,7 @@ class JobError:
 def classify(exc: BaseException) -> JobError:
     from pydantic import ValidationError
 
+    from tunelab.configs.compute import AcceleratorUnavailable
     from tunelab.data.validation import DatasetValidationError
     from tunelab.models.catalog import ModelNotFoundError, UnsafeModelError
 
@@ -49,6 +50,8 @@ def classify(exc: BaseException) -> JobError:
         return JobError(
             "invalid_config", "invalid tuning parameters", {"errors": exc.errors(include_url=False)}
         )
+    if isinstance(exc, AcceleratorUnavailable):  # a worker without the GPU the job asks for
+        return JobError("accelerator_unavailable", str(exc), {"field": exc.field})
     if isinstance(exc, (ModelNotFoundError, UnsafeModelError)):
         return JobError(
             "model_not_found" if isinstance(exc, ModelNotFoundError) else "unsafe_model", str(exc)

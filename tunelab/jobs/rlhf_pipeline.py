@@ -274,6 +274,8 @@ def _usage(*stages: dict[str, Any]) -> dict[str, Any]:
     }
     total["trained_tokens"] = int(total["trained_tokens"])
     total["peak_rss_mb"] = max(s.get("peak_rss_mb", 0) for s in stages)
+    if "accelerator" in stages[-1]:
+        total["accelerator"] = stages[-1]["accelerator"]
     return steps.with_cost(total, billed="trained_tokens")
 
 

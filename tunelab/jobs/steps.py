@@ -36,6 +36,15 @@ def dataset_path(ctx: StepContext, role: str) -> Path | None:
     return ctx.store.local_path(get_dataset(ctx.db, dataset_id).uri)
 
 
+def job_device(ctx: StepContext):
+    """The torch device the job's ``accelerator``/``devices`` resolve to here (its evaluation
+    runs there; training resolves the same in tunelab.training.run)."""
+    from tunelab.models.device import resolve_placement
+
+    config = ctx.job.config
+    return resolve_placement(config.get("accelerator", "auto"), config.get("devices")).device
+
+
 def validate_datasets(
     ctx: StepContext, checks: dict[str, tuple[str, Callable[[Path], Any]]]
 ) -> dict[str, Any]:

@@ -31,10 +31,13 @@ def submit_job(
 
     ``config`` is the method's typed config (its ``method`` field picks the pipeline).
     Returns (job, created); with an idempotency key already used, the existing job. Raises
-    :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take, and
-    ContinuationError when ``base_model`` names a tuned model the job cannot start from.
+    :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take,
+    ContinuationError when ``base_model`` names a tuned model the job cannot start from, and
+    :class:`tunelab.models.device.AcceleratorUnavailable` (its ``field`` says which) when the
+    config asks for CUDA devices this machine does not have.
     """
     check_tuned_model_name(name)
+    check_accelerator(config)
     if idempotency_key is not None:
         existing = store.find_by_idempotency_key(db, idempotency_key)
         if existing is not None:
@@ -66,3 +69,12 @@ def submit_job(
             if dataset_id is not None:
                 add_lineage(db, ("dataset", dataset_id), ("job", job.id), role)
     return job, created
+
+
+def check_accelerator(config: BaseModel) -> None:
+    """Refuse a job whose ``accelerator``/``devices`` this machine cannot give, before it is
+    queued. ``auto`` and ``cpu`` without devices always can: torch is not even imported then."""
+    if getattr(config, "accelerator", "auto") == "cuda" or getattr(config, "devices", None):
+        from tunelab.models.device import check_compute
+
+        check_compute(config)

@@ -35,8 +35,10 @@ def sequence_logprobs(
     select = mask[:, 1:]  # (B, T-1): position t predicts token t+1
     logits = head(hidden[:, :-1][select]).float()  # (N, V)
     token_logps = -F.cross_entropy(logits, input_ids[:, 1:][select], reduction="none")  # (N,)
-    rows = torch.arange(len(input_ids)).unsqueeze(1).expand_as(select)[select]  # (N,)
-    return torch.zeros(len(input_ids), dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    device = token_logps.device
+    rows = torch.arange(len(input_ids), device=device).unsqueeze(1).expand_as(select)[select]
+    sums = torch.zeros(len(input_ids), dtype=token_logps.dtype, device=device)  # (B,)
+    return sums.index_add(0, rows, token_logps)
 
 
 def kl_penalty(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:

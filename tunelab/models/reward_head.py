@@ -27,7 +27,8 @@ def new_head(width: int) -> torch.nn.Linear:
 
 def rewards_at(head: torch.nn.Module, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """(B,) rewards from final hidden states (B, T, C) at positions ``last`` (B,)."""
-    return head(hidden[torch.arange(len(hidden)), last]).squeeze(-1).float()
+    rows = torch.arange(len(hidden), device=hidden.device)
+    return head(hidden[rows, last]).squeeze(-1).float()
 
 
 def score(

@@ -42,6 +42,7 @@ from tunelab.configs.dpo import DPOConfig
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
 from tunelab.losses.dpo import dpo_loss
 from tunelab.losses.rl import sequence_logprobs
+from tunelab.models.device import to_device
 from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import adapter_model, lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
@@ -89,6 +90,7 @@ def train_dpo(
         model = adapter_model(init_adapter_dir, base.path)
     else:
         model = lora_model(base.path, config.adapter_size, config.lora_alpha)
+    run.place(model)
     head = model.get_output_embeddings()
     order = BatchOrder(pair_lengths(train), config.batch_size, config.seed)
     total_steps = config.total_steps(len(train))
@@ -108,6 +110,7 @@ def train_dpo(
         }
         reference["train"][needed] = answer_logprobs(model, [train[i] for i in needed], pad_id)
         write_bytes(reference_path, save({k: v.contiguous() for k, v in reference.items()}))
+    reference = {k: v.to(run.device) for k, v in reference.items()}
     reference_seconds = time.perf_counter() - reference_start
 
     run.start(
@@ -124,11 +127,11 @@ def train_dpo(
     model.train()
     for step in run.steps():
         indices = order.at(step)
-        batch = collate_pairs([train[i] for i in indices], pad_id)  # (2B, T): chosen, rejected
+        batch = run.batch(collate_pairs([train[i] for i in indices], pad_id))  # (2B, T)
         hidden, p = fast.hidden(batch.input_ids, batch.response_mask)  # from the shared prefix p
         logps = sequence_logprobs(hidden, head, batch.input_ids[:, p:], batch.response_mask[:, p:])
         policy_chosen, policy_rejected = logps.chunk(2)  # (B,), (B,)
-        ref = reference["train"][indices]  # (B, 2): chosen, rejected
+        ref = reference["train"][torch.as_tensor(indices, device=run.device)]  # (B, 2)
         terms = dpo_loss(policy_chosen, policy_rejected, ref[:, 0], ref[:, 1], config.beta)
         run.backward_and_step(
             terms.loss,
@@ -165,20 +168,22 @@ def train_dpo(
 def answer_logprobs(
     model, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8
 ) -> torch.Tensor:
-    """(n, 2) summed log-probabilities of each pair's chosen and rejected answer."""
+    """(n, 2) summed log-probabilities of each pair's chosen and rejected answer, on the CPU
+    (kept in the run folder); computed on the model's device."""
     out = torch.zeros(len(pairs), 2)
     if not pairs:
         return out
     model.eval()
     decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = head.weight.device
     order = np.argsort(pair_lengths(pairs), kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate_pairs([pairs[i] for i in idx], pad_id)
+        batch = to_device(collate_pairs([pairs[i] for i in idx], pad_id), device)
         hidden = decoder(input_ids=batch.input_ids).last_hidden_state
         logps = sequence_logprobs(hidden, head, batch.input_ids, batch.response_mask)
         chosen, rejected = logps.chunk(2)
-        out[torch.as_tensor(idx)] = torch.stack([chosen, rejected], dim=1)
+        out[torch.as_tensor(idx)] = torch.stack([chosen, rejected], dim=1).cpu()
     return out
 
 
@@ -187,7 +192,7 @@ def evaluate_dpo(
 ) -> dict[str, float]:
     """DPO loss, reward accuracy and margins on held-out pairs; the log-prob margin
     log pi(y_w) - log pi(y_l) of the policy next to the reference's."""
-    policy = answer_logprobs(model, pairs, pad_id)  # (n, 2)
+    policy = answer_logprobs(model, pairs, pad_id).to(reference.device)  # (n, 2)
     terms = dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], beta)
     return {
         "eval_loss": terms.loss.item(),

@@ -69,6 +69,7 @@ def train_embedding(
     encoder.model = model = with_lora(
         encoder.model, config.adapter_size, config.lora_alpha, ENCODER_LORA_TARGETS
     )
+    run.place(model)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     order = BatchOrder([1] * len(pairs), batch_size, config.seed)  # a seeded shuffle per epoch
     run.start(
@@ -88,11 +89,13 @@ def train_embedding(
         tokens += encoder.last_token_count
         # (B, B): passage j is also relevant to query i (same query twice, or a shared passage)
         also_relevant = torch.tensor(
-            [[data.train[qi].get(cj, 0) > 0 for _, cj in batch] for qi, _ in batch]
+            [[data.train[qi].get(cj, 0) > 0 for _, cj in batch] for qi, _ in batch],
+            device=run.device,
         )
         loss = in_batch_contrastive_loss(q, p, config.temperature, also_relevant)
         # in-batch accuracy: how often the query's own passage scored highest in the batch
-        accuracy = (q.detach() @ p.detach().T).argmax(dim=1).eq(torch.arange(len(batch)))
+        own = torch.arange(len(batch), device=run.device)
+        accuracy = (q.detach() @ p.detach().T).argmax(dim=1).eq(own)
         run.backward_and_step(
             loss,
             tokens=tokens,
@@ -132,13 +135,16 @@ def evaluate_base_and_tuned(
     """Retrieval metrics on the test labels (and validation labels, if any) for the base model
     and the tuned one, at the same output dimensionality, side by side."""
     from tunelab.embeddings.metrics import compare, evaluate_encoder
+    from tunelab.models.device import resolve_placement
 
+    device = resolve_placement(config.accelerator, config.devices).device
     sets = {"test": data.test, **({"validation": data.validation} if data.validation else {})}
     results: dict[str, Any] = {}
     for label, encoder in (
         ("base", load_encoder(config.base_model, config.output_dimensionality)),
         ("tuned", load_encoder(adapter_dir)),
     ):
+        encoder.model.to(device)
         results[label] = {
             name: evaluate_encoder(encoder, data, labels) for name, labels in sets.items()
         }

@@ -32,6 +32,7 @@ import torch
 from tunelab.configs.rlhf import RewardModelConfig
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
 from tunelab.losses.reward import pairwise_accuracy, pairwise_loss
+from tunelab.models.device import to_device
 from tunelab.models.reward_head import new_head, rewards_at, save_head, score
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
@@ -76,9 +77,9 @@ def train_reward_model(
     pad_id, end_id = tokenizer.pad_token_id, tokenizer.eos_token_id
 
     # ---------------------------------------------------------------- model
-    model = lora_model(base.path, config.adapter_size, config.lora_alpha)
+    model = run.place(lora_model(base.path, config.adapter_size, config.lora_alpha))
     head = new_head(model.config.hidden_size)  # every answer starts at reward 0
-    trained = torch.nn.ModuleDict({"lm": model, "head": head})  # what checkpoints hold
+    trained = torch.nn.ModuleDict({"lm": model, "head": head})  # checkpointed; start() places it
     order = BatchOrder(pair_lengths(train), config.batch_size, config.seed)
     run.start(
         trained,
@@ -92,7 +93,7 @@ def train_reward_model(
     # ---------------------------------------------------------------- train
     trained.train()
     for step in run.steps():
-        batch = collate_pairs([train[i] for i in order.at(step)], pad_id, end_id)  # (2B, T)
+        batch = run.batch(collate_pairs([train[i] for i in order.at(step)], pad_id, end_id))
         hidden, p = fast.hidden(batch.input_ids, batch.response_mask)  # from the shared prefix p
         chosen, rejected = rewards_at(head, hidden, batch.lengths - 1 - p).chunk(2)  # (B,), (B,)
         loss = pairwise_loss(chosen, rejected)
@@ -143,6 +144,7 @@ def evaluate_pairs(
     order = np.argsort(pair_lengths(pairs), kind="stable")
     for start in range(0, len(order), batch_size):
         batch = collate_pairs([pairs[i] for i in order[start : start + batch_size]], pad_id, end_id)
+        batch = to_device(batch, head.weight.device)
         chosen, rejected = score(model, head, batch.input_ids, batch.lengths).chunk(2)
         chosen_all.append(chosen)
         rejected_all.append(rejected)

@@ -63,6 +63,7 @@ from tunelab.losses.rl import (
     sequence_logprobs,
 )
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
+from tunelab.models.device import resolve_placement
 from tunelab.models.reward_head import load_head, score
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
@@ -111,7 +112,8 @@ def train_policy(
     verify_adapter_bundle(reward_model_dir)  # safetensors only, every file as listed
     model.load_adapter(reward_model_dir, adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY)
-    reward_head = load_head(reward_model_dir)
+    run.place(model)  # policy, reward adapter and reference: one copy on the run's device
+    reward_head = run.place(load_head(reward_model_dir))
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     k = config.samples_per_prompt
     order = BatchOrder([len(p.input_ids) for p in prompts], config.prompts_per_step, config.seed)
@@ -146,6 +148,7 @@ def train_policy(
         rollout_seconds = run.step_seconds()
         prompt_of = [p.input_ids for p in batch_prompts for _ in range(k)]
         batch = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
+        batch = run.batch(batch)
         ids, mask = batch.input_ids, batch.loss_mask  # (N, T), N = P*k; mask: answer tokens
 
         # 2. Reward-model scores and reference log-probs: no gradient, same base weights.
@@ -154,8 +157,8 @@ def train_policy(
                 sequence(p, ended(a, c, end_id))
                 for p, a, c in zip(prompt_of, answers, cut, strict=True)
             ]
-            scored_batch = collate(scored, pad_id)
-            scored_lengths = torch.tensor([len(s.input_ids) for s in scored])
+            scored_batch = run.batch(collate(scored, pad_id))
+            scored_lengths = torch.tensor([len(s.input_ids) for s in scored], device=run.device)
             with active_adapter(model, REWARD):
                 scores = score(model, reward_head, scored_batch.input_ids, scored_lengths)  # (N,)
             reference = None
@@ -249,6 +252,7 @@ def evaluate_policy(
     for bundle in (policy_dir, reward_model_dir):  # safetensors only, sha256s as listed
         verify_adapter_bundle(bundle)
     config = RLHFConfig(**_config_fields(read_tuning_config(policy_dir)))
+    device = resolve_placement(config.accelerator, config.devices).device
     base = resolve_model(config.base_model)
     tokenizer = load_tokenizer(base.path)
     prompts, report = load_prompts(
@@ -260,8 +264,8 @@ def evaluate_policy(
     model = PeftModel.from_pretrained(load_causal_lm(base.path), policy_dir, adapter_name=POLICY)
     model.load_adapter(reward_model_dir, adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY, inference_mode=True)
-    model.eval()
-    head = load_head(reward_model_dir)
+    model.eval().to(device)
+    head = load_head(reward_model_dir).to(device)
     end_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def answer_and_score(use_policy: bool) -> tuple[list[np.ndarray], torch.Tensor]:
@@ -290,8 +294,9 @@ def evaluate_policy(
                         strict=True,
                     )
                 ]
-                lengths = torch.tensor([len(s.input_ids) for s in seqs])
-                scores.append(score(model, head, collate(seqs, pad_id).input_ids, lengths))
+                lengths = torch.tensor([len(s.input_ids) for s in seqs], device=device)
+                ids = collate(seqs, pad_id).input_ids.to(device)
+                scores.append(score(model, head, ids, lengths))
         model.set_adapter(POLICY, inference_mode=True)
         return answers, torch.cat(scores)
 

@@ -73,7 +73,7 @@ def train_sft(
     pad_id = tokenizer.pad_token_id
 
     # ---------------------------------------------------------------- model
-    model = lora_model(base.path, config.adapter_size, config.lora_alpha)
+    model = run.place(lora_model(base.path, config.adapter_size, config.lora_alpha))
     if init_adapter_dir is not None:  # continued tuning: step 0 is the parent adapter
         init_adapter_from(model, init_adapter_dir)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -91,7 +91,7 @@ def train_sft(
     # ---------------------------------------------------------------- train
     model.train()
     for step in run.steps():
-        batch = collate([train[i] for i in order.at(step)], pad_id)
+        batch = run.batch(collate([train[i] for i in order.at(step)], pad_id))
         hidden, p = fast.hidden(batch.input_ids, batch.loss_mask)  # p: shared prefix, computed once
         loss, correct, n_targets = completion_loss(
             hidden, head, batch.input_ids[:, p:], batch.loss_mask[:, p:]

@@ -239,6 +239,7 @@ class AdapterCache:
         self.max_bytes = max_bytes
         self._modules = dict(model.named_modules())
         self._dtype = next(model.parameters()).dtype
+        self._device = next(model.parameters()).device
         self._layers: dict[str, _LayerLora] = {}  # module name -> its factors, hooked
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
@@ -285,7 +286,12 @@ class AdapterCache:
         for key, rows in by_key.items():
             contiguous = rows == list(range(rows[0], rows[-1] + 1))
             self._groups.append(
-                (key, slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows))
+                (
+                    key,
+                    slice(rows[0], rows[-1] + 1)
+                    if contiguous
+                    else torch.tensor(rows, device=self._device),
+                )
             )
 
     def _mask_for(self, layout: tuple) -> torch.Tensor | None:
@@ -293,7 +299,9 @@ class AdapterCache:
         that adapter's block, 0 elsewhere; None when no row uses these adapters."""
         if layout not in self._masks:
             mask = torch.zeros(
-                (len(self._rows), 1, sum(r for _, r, _ in layout)), dtype=self._dtype
+                (len(self._rows), 1, sum(r for _, r, _ in layout)),
+                dtype=self._dtype,
+                device=self._device,
             )
             blocks, at = {}, 0
             for key, rank, s in layout:
@@ -459,10 +467,10 @@ def _read_factors(
                 f"{module.in_features}) layer"
             )
         a = alpha_pattern.get(_pattern_key(alpha_pattern, name), alpha)
-        dtype = module.weight.dtype
+        device, dtype = module.weight.device, module.weight.dtype
         factors[name] = _Factors(
-            A=A.to(dtype).contiguous(),
-            B=B.to(dtype).contiguous(),
+            A=A.to(device, dtype).contiguous(),
+            B=B.to(device, dtype).contiguous(),
             scale=a / math.sqrt(r) if rslora else a / r,
         )
     if not factors:

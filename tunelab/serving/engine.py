@@ -229,13 +229,14 @@ class Engine:
         max_adapter_bytes: int | None = None,
         batch_window_ms: float = 5,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ):
         self.model_dir = Path(model_dir)
         self.base_ref = base_ref
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window_ms / 1000
-        base = load_causal_lm(self.model_dir, dtype=dtype).eval()
+        base = load_causal_lm(self.model_dir, dtype=dtype).eval().to(device)
         self.model = base
         self.adapters = AdapterCache(base, max_adapters=max_adapters, max_bytes=max_adapter_bytes)
         self.runner = ModelRunner(base, tokenizer, adapters=self.adapters)

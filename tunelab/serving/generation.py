@@ -41,8 +41,13 @@ class LoadedModel:
         return ModelRunner(self.model, self.tokenizer)
 
 
-def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = None) -> LoadedModel:
-    """A base model, optionally with a tuned adapter on top (then its own base is used)."""
+def load_for_inference(
+    base_ref: str | None = None,
+    adapter_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """A base model, optionally with a tuned adapter on top (then its own base is used), on
+    ``device``."""
     if adapter_dir is not None:
         verify_adapter_bundle(adapter_dir)  # safetensors only, every file as the manifest says
         tuning = read_tuning_config(adapter_dir)
@@ -55,7 +60,7 @@ def load_for_inference(base_ref: str | None = None, adapter_dir: Path | None = N
     else:
         base = resolve_model(base_ref or "")
         model, tokenizer, name = load_causal_lm(base.path), load_tokenizer(base.path), base.ref
-    model.eval()
+    model.eval().to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, adapter_dir=adapter_dir)
 
 

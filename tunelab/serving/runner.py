@@ -187,6 +187,7 @@ class ModelRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = adapters
+        self.device = next(model.parameters()).device  # inputs and the KV cache live there
         self._config = config = model.config
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 30))
         self.vocab_size = int(config.vocab_size)
@@ -365,6 +366,7 @@ class ModelRunner:
         for i, g in enumerate(groups):
             ids[i, width - len(g.prompt) :] = torch.tensor(g.prompt)
             mask[i, width - len(g.prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (G, T): 0.. on real tokens
         start = time.perf_counter()
         out = self._forward(
@@ -377,7 +379,9 @@ class ModelRunner:
         cache = out.past_key_values
         if any(g.n > 1 for g in groups):
             # One row per candidate: a prompt's cache row is copied for each of its candidates.
-            index = torch.tensor([i for i, g in enumerate(groups) for _ in range(g.n)])
+            index = torch.tensor(
+                [i for i, g in enumerate(groups) for _ in range(g.n)], device=self.device
+            )
             cache = _cache_from([(k[index], v[index]) for k, v in _layers(cache)])
             mask, logits = mask[index], logits[index]  # (R, T), (R, V)
         generations, rows = [], []
@@ -407,9 +411,10 @@ class ModelRunner:
         """One token for every running row: the token each drew last goes in, the next comes
         out."""
         rows = self.rows
-        inputs = torch.tensor([[r.next_token] for r in rows])  # (B, 1)
-        positions = torch.tensor([[r.pos] for r in rows])  # (B, 1)
-        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+        inputs = torch.tensor([[r.next_token] for r in rows], device=self.device)  # (B, 1)
+        positions = torch.tensor([[r.pos] for r in rows], device=self.device)  # (B, 1)
+        new = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
+        mask = torch.cat([self._mask, new], dim=1)
         start = time.perf_counter()
         out = self._forward(
             inputs, mask, positions, self._cache, [r.group.adapter_key for r in rows]
@@ -424,6 +429,9 @@ class ModelRunner:
         self._drop_finished()
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
+        # Drawn on the CPU with each row's own CPU generator: a seed gives the same tokens on
+        # every device (the copy of (B, V) logits is a no-op on a CPU).
+        logits = logits.cpu()
         tokens = sample_batch(logits, [r.sampling for r in rows], [r.generator for r in rows])
         for row, token in zip(rows, tokens, strict=True):
             self._accept(row, token)
@@ -502,7 +510,7 @@ class ModelRunner:
         if not keep:
             self.rows, self._cache, self._mask = [], None, None
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         mask = self._mask[index]
         first = int(mask.any(dim=0).long().argmax())  # leftmost column some row still attends to
         self._cache = _cache_from(

@@ -8,6 +8,7 @@ import torch
 from tunelab.data.batching import collate
 from tunelab.data.template import Encoded
 from tunelab.losses.lm import completion_loss
+from tunelab.models.device import to_device
 
 
 @torch.no_grad()
@@ -18,8 +19,10 @@ def evaluate(
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     loss_sum, correct_sum, count = 0.0, 0, 0
+    device = head.weight.device
     for start in range(0, len(order), batch_size):
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+        batch = to_device(batch, device)
         hidden = decoder(input_ids=batch.input_ids).last_hidden_state
         loss, correct, n = completion_loss(hidden, head, batch.input_ids, batch.loss_mask)
         loss_sum += loss.item() * n

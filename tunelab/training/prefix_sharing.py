@@ -93,15 +93,16 @@ def pack_shared_prefix(
             batch.input_ids.new_zeros(tail),
         ]
     )
+    device = batch.input_ids.device
     positions = torch.cat(
         [
-            torch.arange(prefix),
-            torch.arange(prefix, length).repeat(rows),
-            torch.zeros(tail, dtype=torch.long),
+            torch.arange(prefix, device=device),
+            torch.arange(prefix, length, device=device).repeat(rows),
+            torch.zeros(tail, dtype=torch.long, device=device),
         ]
     )
-    mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool)
-    mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool).tril()
+    mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool, device=device)
+    mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool, device=device).tril()
     return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None], tail)
 
 

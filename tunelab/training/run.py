@@ -2,11 +2,11 @@
 
     run = TrainingRun(run_dir, config, on_progress=on_progress, should_stop=should_stop)
     base, tokenizer = run.load_base_model()
-    ... load data, build the model ...
+    ... load data, build the model, run.place(model) on the config's accelerator ...
     run.start(model, learning_rate=..., total_steps=..., order=BatchOrder(...))
     fast = run.fast_path(model)         # fused LoRA, bf16 where it pays, shared prefixes
     for step in run.steps():
-        batch = ...                       # order.at(step): the batch order is a function of the step
+        batch = run.batch(...)            # order.at(step), moved to run.device
         loss = ...                        # from fast.hidden(batch ids, loss mask)
         run.backward_and_step(loss, tokens=..., some_metric=...)
         if run.evaluation_due():
@@ -19,6 +19,10 @@ command again resumes from the last checkpoint and ends with the same adapter as
 uninterrupted run: the batch order and the learning rate are pure functions of the step, and
 the trainable weights, optimizer moments, RNG state and loop counters come back from the
 checkpoint (tunelab.training.checkpoint), written atomically.
+
+The run computes on the device its config's ``accelerator``/``devices`` resolve to
+(tunelab.models.device): ``place`` puts the model there before ``start`` makes the optimizer,
+so its state is created beside the parameters; ``batch`` moves each batch there.
 
 A stop request (cancel, pause, SIGTERM: ``should_stop``) is honoured between steps: a checkpoint
 is written and :class:`TrainingInterrupted` raised; the job worker turns it into a paused or
@@ -42,6 +46,7 @@ import torch
 from tunelab import __version__
 from tunelab.bundle import MANIFEST, file_hashes
 from tunelab.data.batching import epoch_batches
+from tunelab.models.device import resolve_placement, to_device
 from tunelab.training import kept
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
@@ -130,9 +135,16 @@ class TrainingRun:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         """``config``: the method's typed config; the run reads its ``seed``, ``base_model``,
-        ``warmup_ratio``, ``checkpoint_every_steps`` and writes it into the bundle."""
+        ``warmup_ratio``, ``checkpoint_every_steps``, ``accelerator`` and ``devices`` and
+        writes it into the bundle."""
         self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
-        torch.manual_seed(config.seed)
+        # Resolved again here, not only at submit: a worker may run on another machine.
+        self.placement = resolve_placement(
+            getattr(config, "accelerator", "auto"), getattr(config, "devices", None)
+        )
+        self.device = self.placement.device
+        logger.info("training on %s", self.placement.describe())
+        torch.manual_seed(config.seed)  # seeds every device's generator
         self.run_dir, self.config = run_dir, config
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -164,6 +176,14 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ setup
 
+    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` on the run's device (in place, as ``Module.to``); returned."""
+        return module.to(self.device)
+
+    def batch(self, batch):
+        """A batch (tensor or dataclass of tensors) on the run's device."""
+        return to_device(batch, self.device)
+
     def start(
         self,
         trained: torch.nn.Module,
@@ -175,8 +195,9 @@ class TrainingRun:
     ) -> LoopState:
         """Make the optimizer for ``trained``'s trainable parameters and restore the latest
         checkpoint, if any (``trained`` is everything checkpoints hold: the model, plus e.g.
-        the reward head)."""
-        self.trained, self.order = trained, order
+        the reward head). ``trained`` is moved to the run's device first, so the optimizer's
+        moments and the restored weights live there too."""
+        self.trained, self.order = self.place(trained), order
         self.params = [p for p in trained.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, learning_rate)
         self.peak_lr, self.total_steps = learning_rate, total_steps
@@ -197,7 +218,9 @@ class TrainingRun:
         computes the same."""
         if "precision" not in self.state.extra:
             width = model.config.hidden_size
-            self.state.extra["precision"] = resolve_precision(self.config.precision, width)
+            self.state.extra["precision"] = resolve_precision(
+                self.config.precision, width, self.device.type
+            )
         return FastPath.install(model, self.state.extra["precision"])
 
     def learning_rate(self, step: int) -> float:
@@ -412,6 +435,7 @@ class TrainingRun:
             "wall_seconds": round(time.perf_counter() - self.wall_start, 3),
             "cpu_seconds": round(time.process_time() - self.cpu_start, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "accelerator": self.placement.describe(),
             **(
                 {"precision": self.state.extra["precision"]}
                 if "precision" in self.state.extra

@@ -13,6 +13,7 @@ from tunelab.jobs.methods import UnknownMethod, method_spec
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.views import job_view
+from tunelab.models.device import AcceleratorUnavailable
 from tunelab.registry.continuation import ContinuationError
 from tunelab.registry.datasets import get_dataset
 from tunelab.registry.names import InvalidModelName, check_tuned_model_name
@@ -71,6 +72,8 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         )
     except ContinuationError as exc:  # config.base_model names a tuned model it cannot use
         raise ApiError(422, "invalid_request", str(exc), {"field": "config.base_model"}) from None
+    except AcceleratorUnavailable as exc:  # e.g. accelerator cuda on a machine without CUDA
+        raise ApiError(422, "invalid_config", str(exc), {"field": f"config.{exc.field}"}) from None
     return job_view(services.db, job)
 
 

@@ -160,6 +160,7 @@ export function renderJob(main, jobId) {
       ["ID", h("code", {}, job.id)],
       ["Method", job.method],
       ["Base model", h("span", { class: "path" }, job.base_model)],
+      ["Accelerator", h("span", { id: "job-accelerator" }, acceleratorText(job))],
       ...Object.entries(job.datasets).map(([role, id]) => [DATA_LABEL[role] || `${role[0].toUpperCase()}${role.slice(1)} data`, id]),
       ["Created", when(job.create_time)],
       ["Started", when(job.start_time)],
@@ -245,4 +246,12 @@ export function renderJob(main, jobId) {
   }
   refresh();
   return () => { stopped = true; clearTimeout(timer); };
+}
+
+/** What the job asked for (accelerator, devices) and, once it trained, where it ran. */
+function acceleratorText(job) {
+  const config = job.config || {};
+  const asked = `${config.accelerator || "auto"}${config.devices ? ` (devices ${config.devices})` : ""}`;
+  const ran = job.usage && job.usage.accelerator;
+  return ran ? `${asked}: ran on ${ran}` : asked;
 }
