@@ -88,9 +88,8 @@ class _WithNewFields(SFTConfig):
     """A config as the device and process work extends it: its new fields need no CLI code."""
 
     method: Literal["grown"] = "grown"
-    accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
-    devices: int | list[int] | None = Field(None, description="How many devices, or which.")
-    workers: int = Field(1, ge=1, le=64, description="Training processes.")
+    shards: int = Field(1, ge=1, le=64, description="Data shards.")
+    weights: list[int] | None = Field(None, description="A weight per shard.")
     compile: bool = Field(False, description="torch.compile the model.")
 
 
@@ -119,16 +118,17 @@ def grown(monkeypatch, tmp_path):
 
 def test_new_config_fields_are_options_that_reach_the_config(grown):
     invoke, submitted = grown
-    result = invoke("grown", "--accelerator", "cpu", "--devices", "[0, 1]", "--workers", "2")
+    result = invoke("grown", "--accelerator", "cpu", "--weights", "[0, 1]", "--shards", "2")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith("job-1")
     config = submitted[-1][0]
     assert isinstance(config, _WithNewFields)
-    assert (config.accelerator, config.devices, config.workers) == ("cpu", [0, 1], 2)
+    assert (config.accelerator, config.weights, config.shards) == ("cpu", [0, 1], 2)
     assert config.compile is False and config.batch_size == 8  # the schema's defaults
 
+    assert invoke("grown", "--weights", "2", "--compile").exit_code != 0  # not a list
     assert invoke("grown", "--devices", "2", "--compile").exit_code == 0
-    assert (submitted[-1][0].devices, submitted[-1][0].compile) == (2, True)
+    assert (submitted[-1][0].devices, submitted[-1][0].compile) == ("2", True)
     assert invoke("grown", "--devices", "none", "--no-compile").exit_code == 0
     assert (submitted[-1][0].devices, submitted[-1][0].compile) == (None, False)
 
@@ -146,9 +146,9 @@ def test_old_spellings_keep_working(grown):
 
 def test_bad_values_of_any_type_are_reported_together(grown):
     invoke, submitted = grown
-    result = invoke("grown", "--workers", "many", "--accelerator", "tpu", "--batch-size", "0")
+    result = invoke("grown", "--shards", "many", "--accelerator", "tpu", "--batch-size", "0")
     assert result.exit_code == 1 and not submitted
-    for flag in ("--workers", "--accelerator", "--batch-size"):
+    for flag in ("--shards", "--accelerator", "--batch-size"):
         assert flag in result.output
     result = invoke("sft", "--epochs", "2", "--train-steps", "5")
     assert result.exit_code == 1 and "give epochs or train_steps, not both" in result.output
@@ -156,8 +156,8 @@ def test_bad_values_of_any_type_are_reported_together(grown):
 
 def test_same_inputs_make_the_same_idempotency_key(grown):
     invoke, submitted = grown
-    invoke("grown", "--workers", "2")
-    invoke("grown", "--workers", "2")
-    invoke("grown", "--workers", "3")
+    invoke("grown", "--shards", "2")
+    invoke("grown", "--shards", "2")
+    invoke("grown", "--shards", "3")
     keys = [s[3] for s in submitted]
     assert keys[0] == keys[1] != keys[2]

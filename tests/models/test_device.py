@@ -8,9 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tunelab.configs import CONFIGS, RLHFConfig, SFTConfig
+from tunelab.configs import RLHFConfig, SFTConfig
 from tunelab.configs.compute import parse_devices
 from tunelab.data.batching import Batch
+from tunelab.jobs.methods import METHODS
 from tunelab.models import device as device_module
 from tunelab.models.device import (
     AcceleratorUnavailable,
@@ -32,7 +33,7 @@ def gpus(monkeypatch):
 
 
 def test_every_method_config_has_the_compute_fields():
-    for method, cls in CONFIGS.items():
+    for method, cls in ((m, spec.config) for m, spec in METHODS.items()):
         config = cls()
         assert (config.accelerator, config.devices) == ("auto", None), method
         schema = cls.model_json_schema()["properties"]
