@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import Precision, precision_field
 
 RECOMMENDED_DPO_LEARNING_RATE = 1e-4
@@ -26,7 +27,7 @@ the rejected ones' falling)."""
 DEFAULT_EPOCHS = 1
 
 
-class DPOConfig(BaseModel):
+class DPOConfig(ParallelConfig):
     """Direct preference optimisation of a LoRA adapter, optionally starting from a supervised
     adapter (``init_adapter``).
 

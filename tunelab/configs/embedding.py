@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from tunelab.configs.parallel import ParallelConfig
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 RECOMMENDED_EMBEDDING_LEARNING_RATE = 1e-3
@@ -17,7 +19,7 @@ all-MiniLM-L6-v2 and the example data, 1e-3 converged within ~60 steps without i
 1e-4 barely moved NDCG in that budget."""
 
 
-class EmbeddingConfig(BaseModel):
+class EmbeddingConfig(ParallelConfig):
     """Parameter-efficient tuning of a text-embedding model: a LoRA adapter (rank
     ``adapter_size``) on the query/key/value and dense layers of every encoder block, trained
     with an in-batch-negatives contrastive loss on (query, relevant passage) pairs."""

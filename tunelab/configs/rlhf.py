@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import Precision, precision_field
 
 RECOMMENDED_REWARD_MODEL_LEARNING_RATE = 1e-3
@@ -44,7 +45,7 @@ with the reward model and the reference, and takes one gradient step (several se
 135M model on 2 cores), so 40 steps take minutes, not hours."""
 
 
-class RewardModelConfig(BaseModel):
+class RewardModelConfig(ParallelConfig):
     """Stage 1 of RLHF: a LoRA adapter and a linear scalar head on the base model, trained with
     the pairwise (Bradley-Terry) loss on human-preference pairs."""
 
@@ -85,7 +86,7 @@ class RewardModelConfig(BaseModel):
         return 2 * self.adapter_size
 
 
-class RLHFConfig(BaseModel):
+class RLHFConfig(ParallelConfig):
     """Vertex AI's RLHF tuning: reward model, then RLOO against it with a KL penalty.
 
     Vertex's parameters keep their names and defaults (``kl_coeff`` 0.1, learning-rate
@@ -183,4 +184,5 @@ class RLHFConfig(BaseModel):
             checkpoint_every_steps=self.checkpoint_every_steps,
             warmup_ratio=self.warmup_ratio,
             precision=self.precision,
+            processes=self.processes,
         )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.parallel import ParallelConfig
 
 RECOMMENDED_LEARNING_RATE = 1e-3
 """The rate ``learning_rate_multiplier`` scales. LoRA tolerates rates about 10x those of full
@@ -30,7 +31,7 @@ def precision_field():
     )
 
 
-class SFTConfig(BaseModel):
+class SFTConfig(ParallelConfig):
     """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
