@@ -45,6 +45,9 @@ def sft(
     batch_size: int = typer.Option(8, "--batch-size"),
     max_seq_length: int = typer.Option(1024, "--max-seq-length"),
     seed: int = typer.Option(42, "--seed"),
+    processes: int = typer.Option(
+        1, "--processes", "--workers", help="Training processes (data parallel); same result."
+    ),
     eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
     checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
     early_stopping_patience: int | None = typer.Option(
@@ -81,6 +84,7 @@ def sft(
             batch_size=batch_size,
             max_seq_length=max_seq_length,
             seed=seed,
+            processes=processes,
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             early_stopping_patience=early_stopping_patience or None,
@@ -88,6 +92,12 @@ def sft(
         )
     except ValidationError as exc:
         fail(config_errors(exc))
+    from tunelab.training.launch import follow, torchrun_follower
+
+    if torchrun_follower():  # `torchrun ... -m tunelab.cli tune sft ...`: rank 0 is the job
+        from tunelab.recipes.sft import train_sft
+
+        return follow(train_sft, config, train, validation)
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
 
     try:

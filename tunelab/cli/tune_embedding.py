@@ -53,6 +53,9 @@ def embedding(
     adapter_size: int = typer.Option(8, "--adapter-size", help="LoRA rank."),
     max_seq_length: int = typer.Option(256, "--max-seq-length"),
     seed: int = typer.Option(42, "--seed"),
+    processes: int = typer.Option(
+        1, "--processes", "--workers", help="Training processes (data parallel); same result."
+    ),
     detach: bool = typer.Option(False, "--detach", help="Only submit the job."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if already done."),
 ) -> None:
@@ -74,6 +77,7 @@ def embedding(
             adapter_size=adapter_size,
             max_seq_length=max_seq_length,
             seed=seed,
+            processes=processes,
         )
     except ValidationError as exc:
         fail(config_errors(exc))

@@ -74,6 +74,9 @@ def rlhf(
     ),
     checkpoint_every_steps: int = typer.Option(10, "--checkpoint-every-steps"),
     seed: int = typer.Option(42, "--seed"),
+    processes: int = typer.Option(
+        1, "--processes", "--workers", help="Training processes (data parallel); same result."
+    ),
     detach: bool = typer.Option(False, "--detach", help="Only submit; a `tunelab worker` runs it."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if this already ran."),
 ) -> None:
@@ -96,6 +99,7 @@ def rlhf(
             samples_per_prompt=samples_per_prompt,
             checkpoint_every_steps=checkpoint_every_steps,
             seed=seed,
+            processes=processes,
         )
     except ValidationError as exc:
         fail(config_errors(exc))
@@ -141,6 +145,9 @@ def dpo(
     eval_every_steps: int = typer.Option(20, "--eval-every-steps"),
     checkpoint_every_steps: int = typer.Option(20, "--checkpoint-every-steps"),
     seed: int = typer.Option(42, "--seed"),
+    processes: int = typer.Option(
+        1, "--processes", "--workers", help="Training processes (data parallel); same result."
+    ),
     detach: bool = typer.Option(False, "--detach", help="Only submit; a `tunelab worker` runs it."),
     restart: bool = typer.Option(False, "--restart", help="Tune again even if this already ran."),
 ) -> None:
@@ -162,6 +169,7 @@ def dpo(
             eval_every_steps=eval_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             seed=seed,
+            processes=processes,
         )
     except ValidationError as exc:
         fail(config_errors(exc))

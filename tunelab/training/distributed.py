@@ -106,38 +106,38 @@ def share(items: list[int], world: World) -> tuple[list[int], bool]:
 
 
 def all_reduce_weighted(
-    params: list[torch.nn.Parameter], weight: float, numbers: dict[str, float]
-) -> tuple[float, dict[str, float]]:
+    params: list[torch.nn.Parameter],
+    weight: float,
+    means: dict[str, float],
+    sums: dict[str, float],
+) -> tuple[dict[str, float], dict[str, float]]:
     """Make every rank's gradients the ``weight``-weighted mean of all ranks' gradients, in one
-    flat all-reduce that also carries ``numbers`` (weighted means too: loss, accuracy...).
-    Returns (the total weight, the weighted means of ``numbers``)."""
+    flat fp32 all-reduce (the gradients' own precision: half fp64's bytes) that also carries ``means`` (weighted means too: loss, accuracy...) and ``sums`` (token counts).
+    Returns the reduced (means, sums)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    names = list(numbers)
-    extras = torch.tensor([weight * numbers[n] for n in names] + [weight], dtype=torch.float64)
-    flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads] + [extras])
-    flat[: -len(extras)] *= weight
+    n_grad = sum(g.numel() for g in grads)
+    extras = [weight * v for v in means.values()] + [weight] + list(sums.values())
+    flat = torch.cat(
+        [g.reshape(-1).float() for g in grads] + [torch.tensor(extras, dtype=torch.float32)]
+    )
+    flat[:n_grad] *= weight
     try:
         dist.all_reduce(flat)
     except (RuntimeError, dist.DistBackendError) as exc:
         raise _failed(exc) from exc
-    total = float(flat[-1])
+    total = float(flat[n_grad + len(means)])
+    scaled = flat[: n_grad + len(means)]
     if total > 0:
-        flat /= total
+        scaled /= total
     offset = 0
     for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
-        offset += n
-    return total, {n: float(v) for n, v in zip(names, flat[offset:-1], strict=True)}
-
-
-def sum_numbers(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    try:
-        dist.all_reduce(t)
-    except (RuntimeError, dist.DistBackendError) as exc:
-        raise _failed(exc) from exc
-    return t.tolist()
+        p.grad = flat[offset : offset + g.numel()].view_as(p).to(p.dtype)
+        offset += g.numel()
+    reduced = flat[n_grad:].tolist()
+    return (
+        dict(zip(means, reduced[: len(means)], strict=True)),
+        dict(zip(sums, reduced[len(means) + 1 :], strict=True)),
+    )
 
 
 def broadcast_json(value: Any, world: World) -> Any:

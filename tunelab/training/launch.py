@@ -55,6 +55,29 @@ def run_recipe(recipe: Callable[..., Any], *args: Any, processes: int = 1, **kwa
             raise
 
 
+def torchrun_follower() -> bool:
+    """True in a rank other than 0 of a group torchrun started (``RANK`` > 0): such a process
+    runs the recipe beside rank 0's job, which alone is a job (it submits, writes, registers)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+
+
+def follow(recipe: Callable[..., Any], config: BaseModel, data: Path, *more: Any) -> None:
+    """Train as a torchrun follower: ``recipe(config, data, run_dir, *more)`` in a scratch
+    folder (a follower reads and writes nothing there: rank 0 sends it the checkpoint)."""
+    import tempfile
+
+    from tunelab.training import distributed
+    from tunelab.training.run import TrainingInterrupted
+
+    with tempfile.TemporaryDirectory(prefix="tunelab-rank-") as run_dir:
+        try:
+            recipe(config, data, Path(run_dir), *more)
+        except TrainingInterrupted:
+            pass  # rank 0 stopped the run and wrote its checkpoint
+        finally:
+            distributed.leave()
+
+
 @contextlib.contextmanager
 def _local_group(processes: int, call: str) -> Iterator[dict[int, subprocess.Popen]]:
     import torch

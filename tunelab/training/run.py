@@ -349,11 +349,15 @@ class TrainingRun:
                 k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v
             }
             numbers["train_loss"] = self.last_loss
-            _, means = distributed.all_reduce_weighted(self.params, weight, numbers)
+            sums = {"tokens": tokens if tokens is not None and self._real_share else 0}
+            comm_start = time.perf_counter()
+            means, sums = distributed.all_reduce_weighted(self.params, weight, numbers, sums)
+            # Waiting for the slowest rank included: what data parallelism costs per step.
+            metrics["comm_seconds"] = time.perf_counter() - comm_start
             self.last_loss = means.pop("train_loss")
             metrics |= means
             if tokens is not None:
-                tokens = int(distributed.sum_numbers([tokens if self._real_share else 0])[0])
+                tokens = round(sums["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
