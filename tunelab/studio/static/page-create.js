@@ -66,6 +66,7 @@ const FIELDS = {
     ["early_stopping_patience", "Early stopping patience", "int", "3", "Stop after this many evaluations without a better eval loss; empty disables. Needs a validation set."],
     ["seed", "Seed", "int", "42", "Seeds data order and adapter initialisation."],
     ["precision", "Precision", "choice:auto,fp32,bf16", "auto", "auto trains in bf16 mixed precision where this machine's bf16 matmuls measure clearly faster, else fp32."],
+    ["processes", "Processes", "int", "", ""],  // data-parallel training processes
   ],
   dpo: [
     ...COMMON_STEPS,
@@ -77,6 +78,7 @@ const FIELDS = {
     ["target_sequence_length", "Target sequence length", "int", "", ""],
     ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
     ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
+    ["processes", "Processes", "int", "", ""],  // data-parallel training processes
   ],
   embedding: [
     ["train_steps", "Train steps", "int", "", ""],
@@ -87,6 +89,7 @@ const FIELDS = {
     ["temperature", "Temperature", "float", "", ""],
     ["max_seq_length", "Max sequence length", "int", "", ""],
     ["seed", "Seed", "int", "", ""],
+    ["processes", "Processes", "int", "", ""],  // data-parallel training processes
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
@@ -100,6 +103,7 @@ const FIELDS = {
     ["instruction", "Instruction", "text", "", "Optional: put before the first user turn of every prompt, e.g. “Answer in one sentence.”"],
     ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "8", "Of both the reward model and the policy."],
     ["seed", "Seed", "int", "42", "Seeds data order, initialisation and sampling."],
+    ["processes", "Processes", "int", "", ""],  // data-parallel training processes
   ],
 };
 // Knobs of RLHFConfig the form leaves to the extra config, for the guidance's arithmetic.
