@@ -139,3 +139,17 @@ def test_a_killed_rank_fails_the_run_and_resume_ends_with_the_same_adapter(
     assert [r["step"] for r in rows(resumed.adapter_dir) if "train_loss" in r] == list(
         range(1, STEPS + 1)
     )
+
+
+@pytest.mark.parametrize("n, size", [(8, 2), (5, 2), (7, 3), (1, 2), (3, 4)])
+def test_shares_cover_the_batch_in_order_and_differ_by_at_most_one(n, size):
+    from tunelab.training.distributed import World, share
+
+    items = list(range(100, 100 + n))
+    shares = [share(items, World(r, size)) for r in range(size)]
+    real = [part for part, is_real in shares if is_real]
+    assert sum(real, []) == items  # rank order is batch order: gathered rows line up
+    assert max(map(len, real)) - min(map(len, real)) <= 1
+    for part, is_real in shares:  # a rank left without examples computes one, weighted 0
+        assert is_real or part == items[:1]
+    assert sum(is_real for _, is_real in shares) == min(n, size)
