@@ -63,7 +63,9 @@ def timeout() -> timedelta:
 
 
 def backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """gloo for CPU tensors, and nccl for CUDA tensors when there is a GPU: each collective
+    goes to the backend of its tensors' device (the run's small JSON broadcasts stay on CPU)."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 def current() -> World:
@@ -118,7 +120,8 @@ def all_reduce_weighted(
     n_grad = sum(g.numel() for g in grads)
     extras = [weight * v for v in means.values()] + [weight] + list(sums.values())
     flat = torch.cat(
-        [g.reshape(-1).float() for g in grads] + [torch.tensor(extras, dtype=torch.float32)]
+        [g.reshape(-1).float() for g in grads]
+        + [torch.tensor(extras, dtype=torch.float32, device=grads[0].device)]
     )
     flat[:n_grad] *= weight
     try:
@@ -166,7 +169,8 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor], world: World) -> dict[st
     out: dict[str, torch.Tensor] = {}
     try:
         for name, shape, dtype in spec:
-            t = tensors[name].contiguous() if world.is_main else None
+            # On CPU whatever the device: every rank creates the same kind of tensor (gloo).
+            t = tensors[name].detach().cpu().contiguous() if world.is_main else None
             if t is None:
                 t = torch.empty(shape, dtype=getattr(torch, dtype))
             dist.broadcast(t, 0)
@@ -188,7 +192,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
         width = max(sizes)
-        padded = torch.zeros((width, *rows.shape[1:]), dtype=rows.dtype)
+        padded = rows.new_zeros((width, *rows.shape[1:]))
         padded[: rows.shape[0]] = rows
         gathered = [torch.empty_like(padded) for _ in sizes]
         try:
