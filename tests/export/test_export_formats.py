@@ -2,10 +2,12 @@
 with no TuneLab code on the reading side, and compared with what TuneLab serves."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.data.template import prompt_ids
@@ -81,6 +83,17 @@ def test_peft_export_loads_in_peft_and_answers_as_tunelab_serves(
     config = json.loads((result.folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model_dir)
     assert config["peft_type"] == "LORA" and config["inference_mode"] is True
+    # What vLLM's LoRA loader (--enable-lora) requires of the folder: no extra trained modules,
+    # no bias, a rank within --max-lora-rank's 16, Llama projections it can wrap, and PEFT's
+    # weight names ("base_model.model.<module>.lora_A|lora_B.weight").
+    assert not config.get("modules_to_save") and config["bias"] == "none"
+    assert config["r"] <= 16 and not config.get("use_dora")
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) <= projections
+    weights = load_file(result.folder / "adapter_model.safetensors")
+    assert weights and all(
+        re.fullmatch(r"base_model\.model\..+\.lora_[AB]\.weight", name) for name in weights
+    )
     tokenizer = AutoTokenizer.from_pretrained(result.folder)
     assert "<|im_start|>" in tokenizer.chat_template  # the chat template travels with it
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

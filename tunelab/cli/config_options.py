@@ -17,7 +17,10 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 
-FLAG_ALIASES = {"base_model": ("--base", "--base-model")}
+FLAG_ALIASES = {
+    "base_model": ("--base", "--base-model"),
+    "processes": ("--processes", "--workers"),
+}
 """Config fields whose option has a shorter, older name too (``--base`` since the first CLI)."""
 
 NULL_WORDS = ("none", "null")

@@ -92,6 +92,14 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
         except ValidationError as exc:
             fail(config_errors(exc))
         datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}
+        from tunelab.training.launch import follow, torchrun_follower
+
+        if torchrun_follower():  # `torchrun ... -m tunelab.cli tune sft ...`: rank 0 is the job
+            if method != "sft":
+                fail(f"under torchrun only `tune sft` runs; use `tune {method} --processes N`")
+            from tunelab.recipes.sft import train_sft
+
+            return follow(train_sft, config, datasets["train"], datasets.get("validation"))
         name = kwargs["name"]
         key = command_key(name, config, datasets, restart=kwargs["restart"])
         services = _services()

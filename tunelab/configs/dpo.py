@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import (
     DeployPolicy,
     Precision,
@@ -33,7 +34,7 @@ the rejected ones' falling)."""
 DEFAULT_EPOCHS = 1
 
 
-class DPOConfig(ComputeFields):
+class DPOConfig(ComputeFields, ParallelConfig):
     """Direct preference optimisation of a LoRA adapter, optionally starting from a supervised
     adapter (``init_adapter``).
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import DeployPolicy, deploy_field
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -20,7 +21,7 @@ all-MiniLM-L6-v2 and the example data, 1e-3 converged within ~60 steps without i
 1e-4 barely moved NDCG in that budget."""
 
 
-class EmbeddingConfig(ComputeFields):
+class EmbeddingConfig(ComputeFields, ParallelConfig):
     """Parameter-efficient tuning of a text-embedding model: a LoRA adapter (rank
     ``adapter_size``) on the query/key/value and dense layers of every encoder block, trained
     with an in-batch-negatives contrastive loss on (query, relevant passage) pairs."""

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import (
     DeployPolicy,
     Precision,
@@ -51,7 +52,7 @@ with the reward model and the reference, and takes one gradient step (several se
 135M model on 2 cores), so 40 steps take minutes, not hours."""
 
 
-class RewardModelConfig(ComputeFields):
+class RewardModelConfig(ComputeFields, ParallelConfig):
     """Stage 1 of RLHF: a LoRA adapter and a linear scalar head on the base model, trained with
     the pairwise (Bradley-Terry) loss on human-preference pairs."""
 
@@ -92,7 +93,7 @@ class RewardModelConfig(ComputeFields):
         return 2 * self.adapter_size
 
 
-class RLHFConfig(ComputeFields):
+class RLHFConfig(ComputeFields, ParallelConfig):
     """Vertex AI's RLHF tuning: reward model, then RLOO against it with a KL penalty.
 
     Vertex's parameters keep their names and defaults (``kl_coeff`` 0.1, learning-rate
@@ -195,4 +196,5 @@ class RLHFConfig(ComputeFields):
             warmup_ratio=self.warmup_ratio,
             precision=self.precision,
             **self.compute_fields(),
+            processes=self.processes,
         )

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.parallel import ParallelConfig
 
 RECOMMENDED_LEARNING_RATE = 1e-3
 """The rate ``learning_rate_multiplier`` scales. LoRA tolerates rates about 10x those of full
@@ -60,7 +61,7 @@ def deploy_field():
     )
 
 
-class SFTConfig(ComputeFields):
+class SFTConfig(ComputeFields, ParallelConfig):
     """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

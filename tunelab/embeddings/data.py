@@ -59,6 +59,9 @@ class EmbeddingData:
     test_from_split: bool = False
     """True when the test labels are the held-out 20% of the training queries."""
     sha256: dict[str, str] = field(default_factory=dict)
+    reload: tuple[str, tuple, dict] | None = field(default=None, repr=False, compare=False)
+    """(function, args, kwargs) that loads these data again: how another training process of
+    the same job gets them (tunelab.training.launch)."""
 
     def passage(self, corpus_id: str) -> str:
         title, text = self.corpus[corpus_id]
@@ -139,6 +142,11 @@ def load_embedding_data(
         validation=labels.get("validation", {}),
         test_from_split=from_split,
         sha256=hashes,
+        reload=(
+            f"{__name__}:load_embedding_data",
+            (corpus, queries, train_labels, test_labels, validation_labels),
+            {"seed": seed, "test_fraction": test_fraction},
+        ),
     )
 
 

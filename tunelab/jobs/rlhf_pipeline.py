@@ -76,13 +76,16 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 def reward_model(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.reward_model import train_reward_model
+    from tunelab.training.launch import run_recipe
 
     config = RLHFConfig(**ctx.job.config)
     with steps.stops_as_job_stops():
-        result = train_reward_model(
+        result = run_recipe(
+            train_reward_model,
             config.reward_model(),
             _required(ctx, "preference"),
             ctx.workdir / "reward_model",
+            processes=config.processes,
             on_progress=_progress(ctx, config, "reward model", 0.02, 0.25),
             should_stop=ctx.should_stop,
         )
@@ -100,15 +103,18 @@ def reward_model(ctx: StepContext) -> dict[str, Any]:
 def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
     from tunelab.jobs import store
     from tunelab.recipes.rlhf import train_policy
+    from tunelab.training.launch import run_recipe
 
     config = RLHFConfig(**ctx.job.config)
     reward = ctx.outputs["reward_model"]
     with steps.stops_as_job_stops():
-        result = train_policy(
+        result = run_recipe(
+            train_policy,
             config,
             _required(ctx, "prompts"),
             ctx.store.local_path(reward["reward_model"]["uri"]),
             ctx.workdir / "reinforcement_learning",
+            processes=config.processes,
             on_progress=_progress(ctx, config, "policy (RLOO)", 0.27, 0.60),
             should_stop=ctx.should_stop,
         )

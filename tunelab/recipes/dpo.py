@@ -99,17 +99,22 @@ def train_dpo(
     # the run will train on (the batch order is known in advance) and the validation pairs,
     # and kept in the run folder so a resumed run reads them back.
     reference_path = run_dir / REFERENCE_FILE
-    reference = _load_reference(reference_path, len(train), len(val))
+    # With several processes each computes the pairs of its own shares; only rank 0 keeps its
+    # file, and a rank never trusts a file that lacks a pair it needs.
+    needed = sorted({i for step in range(total_steps) for i in run.share_of(order.at(step))})
+    reference = _load_reference(reference_path, len(train), len(val)) if run.world.is_main else None
+    if reference is not None and reference["train"][needed].isnan().any():
+        reference = None
     reference_start = time.perf_counter()
     if reference is None:
         run.report("preparing", "reference log-probabilities")
-        needed = sorted({i for step in range(total_steps) for i in order.at(step)})
         reference = {
             "train": torch.full((len(train), 2), float("nan")),  # NaN: never trained on
-            "validation": answer_logprobs(model, val, pad_id),
+            "validation": answer_logprobs(model, val if run.world.is_main else [], pad_id),
         }
         reference["train"][needed] = answer_logprobs(model, [train[i] for i in needed], pad_id)
-        write_bytes(reference_path, save({k: v.contiguous() for k, v in reference.items()}))
+        if run.world.is_main:
+            write_bytes(reference_path, save({k: v.contiguous() for k, v in reference.items()}))
     reference = {k: v.to(run.device) for k, v in reference.items()}
     reference_seconds = time.perf_counter() - reference_start
 
@@ -126,7 +131,7 @@ def train_dpo(
     # ---------------------------------------------------------------- train
     model.train()
     for step in run.steps():
-        indices = order.at(step)
+        indices = run.local_batch(step)  # this rank's share of the step's pairs
         batch = run.batch(collate_pairs([train[i] for i in indices], pad_id))  # (2B, T)
         hidden, p = fast.hidden(batch.input_ids, batch.response_mask)  # from the shared prefix p
         logps = sequence_logprobs(hidden, head, batch.input_ids[:, p:], batch.response_mask[:, p:])
@@ -136,6 +141,7 @@ def train_dpo(
         run.backward_and_step(
             terms.loss,
             tokens=batch.tokens,
+            weight=len(indices),  # the loss is a mean over pairs
             reward_accuracy=terms.accuracy,
             reward_margin=terms.margins.mean().item(),
             chosen_reward=terms.chosen_rewards.mean().item(),

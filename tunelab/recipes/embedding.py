@@ -82,11 +82,16 @@ def train_embedding(
     # ---------------------------------------------------------------- train
     model.eval()  # no dropout (see the module docstring); gradients still flow
     for step in run.steps():
-        batch = [pairs[i] for i in order.at(step)]
-        q = encoder.forward([data.queries[qid] for qid, _ in batch], config.max_seq_length)
+        local = [pairs[i] for i in run.local_batch(step)]  # this rank's share
+        q = encoder.forward([data.queries[qid] for qid, _ in local], config.max_seq_length)
         tokens = encoder.last_token_count
-        p = encoder.forward([data.passage(cid) for _, cid in batch], config.max_seq_length)
+        p = encoder.forward([data.passage(cid) for _, cid in local], config.max_seq_length)
         tokens += encoder.last_token_count
+        # In-batch negatives span the global batch: every rank gathers all ranks' embeddings
+        # (B, D) and computes the same loss on them (one process: the local batch is all).
+        sizes = run.batch_sizes(step)
+        q, p = run.gather_rows(q, sizes), run.gather_rows(p, sizes)
+        batch = [pairs[i] for i in order.at(step)]
         # (B, B): passage j is also relevant to query i (same query twice, or a shared passage)
         also_relevant = torch.tensor(
             [[data.train[qi].get(cj, 0) > 0 for _, cj in batch] for qi, _ in batch],

@@ -93,13 +93,15 @@ def train_reward_model(
     # ---------------------------------------------------------------- train
     trained.train()
     for step in run.steps():
-        batch = run.batch(collate_pairs([train[i] for i in order.at(step)], pad_id, end_id))
+        indices = run.local_batch(step)  # this rank's share of the step's pairs
+        batch = run.batch(collate_pairs([train[i] for i in indices], pad_id, end_id))  # (2B, T)
         hidden, p = fast.hidden(batch.input_ids, batch.response_mask)  # from the shared prefix p
         chosen, rejected = rewards_at(head, hidden, batch.lengths - 1 - p).chunk(2)  # (B,), (B,)
         loss = pairwise_loss(chosen, rejected)
         run.backward_and_step(
             loss,
             tokens=batch.tokens,
+            weight=len(indices),  # the loss is a mean over pairs
             train_accuracy=pairwise_accuracy(chosen, rejected),
             reward_margin=(chosen - rejected).mean().item(),
         )

@@ -131,7 +131,7 @@ def train_policy(
     for step in run.steps():
         # 1. Rollouts: k answers per prompt from the current policy, seeded by the step.
         model.eval()
-        batch_prompts = [prompts[i] for i in order.at(step)]
+        batch_prompts = [prompts[i] for i in run.local_batch(step)]  # this rank's share
         torch.manual_seed(_step_seed(config.seed, step))
         answers, cut = sample_answers(
             ModelRunner(model, tokenizer),
@@ -179,6 +179,7 @@ def train_policy(
         last = run.backward_and_step(
             loss,
             tokens=batch.tokens,
+            weight=len(answers),  # the loss is a mean over the samples
             reward=scores.mean().item(),
             kl=kl.mean().item() if kl is not None else None,
             penalized_reward=rewards.mean().item(),

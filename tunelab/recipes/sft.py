@@ -91,13 +91,18 @@ def train_sft(
     # ---------------------------------------------------------------- train
     model.train()
     for step in run.steps():
-        batch = run.batch(collate([train[i] for i in order.at(step)], pad_id))
+        batch = run.batch(
+            collate([train[i] for i in run.local_batch(step)], pad_id)
+        )  # this rank's share
         hidden, p = fast.hidden(batch.input_ids, batch.loss_mask)  # p: shared prefix, computed once
         loss, correct, n_targets = completion_loss(
             hidden, head, batch.input_ids[:, p:], batch.loss_mask[:, p:]
         )
         run.backward_and_step(
-            loss, tokens=batch.tokens, train_accuracy=correct.item() / max(1, n_targets)
+            loss,
+            tokens=batch.tokens,
+            weight=n_targets,  # loss is the mean over them: ranks average by it
+            train_accuracy=correct.item() / max(1, n_targets),
         )
         if run.evaluation_due():
             result = run.evaluate(

@@ -58,7 +58,7 @@ def save_checkpoint(
     target = folder / f"step-{state.step:08d}"
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model), tmp / WEIGHTS)
-        save_file(_optimizer_tensors(optimizer), tmp / OPTIMIZER)
+        save_file(optimizer_tensors(optimizer), tmp / OPTIMIZER)
         rng = {"torch_cpu": torch.get_rng_state()}
         save_file(rng, tmp / "rng.safetensors")
         (tmp / STATE).write_text(json.dumps(state.__dict__, indent=2))
@@ -90,14 +90,14 @@ def load_latest(
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor)
-        _load_optimizer_tensors(optimizer, opt)
+        set_optimizer_tensors(optimizer, opt)
         torch.set_rng_state(rng["torch_cpu"])
         logger.info("resuming from %s (step %d)", ckpt.name, state.step)
         return state
     return None
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     # Flatten AdamW's per-parameter state ({index: {"step", "exp_avg", "exp_avg_sq"}}) into a
     # name -> tensor mapping safetensors can hold.
     out: dict[str, torch.Tensor] = {}
@@ -108,7 +108,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     return out
 
 
-def _load_optimizer_tensors(
+def set_optimizer_tensors(
     optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 ) -> None:
     sd = optimizer.state_dict()

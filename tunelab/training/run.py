@@ -27,6 +27,13 @@ so its state is created beside the parameters; ``batch`` moves each batch there.
 A stop request (cancel, pause, SIGTERM: ``should_stop``) is honoured between steps: a checkpoint
 is written and :class:`TrainingInterrupted` raised; the job worker turns it into a paused or
 cancelled job.
+
+Data parallel (tunelab.training.distributed): under a process group every rank runs the same
+recipe; ``run.local_batch(step)`` is this rank's share of the step's global batch and
+``backward_and_step(loss, weight=...)`` averages the gradients over all ranks before the
+optimizer step, so every rank holds the same weights. Only rank 0 reads and writes the run
+folder (checkpoints, metrics, ``best/``, the bundle), evaluates and reports progress; it sends
+the others what they need (the resumed checkpoint, stop requests, evaluation results).
 """
 
 from __future__ import annotations
@@ -47,9 +54,16 @@ from tunelab import __version__
 from tunelab.bundle import MANIFEST, file_hashes
 from tunelab.data.batching import epoch_batches
 from tunelab.models.device import resolve_placement, to_device
-from tunelab.training import kept
+from tunelab.training import distributed, kept
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
-from tunelab.training.checkpoint import LoopState, load_latest, save_checkpoint, trainable_state
+from tunelab.training.checkpoint import (
+    LoopState,
+    load_latest,
+    optimizer_tensors,
+    save_checkpoint,
+    set_optimizer_tensors,
+    trainable_state,
+)
 from tunelab.training.early_stopping import record_eval
 from tunelab.training.fast_path import FastPath
 from tunelab.training.lora import adamw
@@ -145,9 +159,12 @@ class TrainingRun:
         self.device = self.placement.device
         logger.info("training on %s", self.placement.describe())
         torch.manual_seed(config.seed)  # seeds every device's generator
+        self.world = distributed.current()
         self.run_dir, self.config = run_dir, config
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        if not self.world.is_main:  # rank 0 alone reports and is asked to stop
+            on_progress, should_stop = no_progress, lambda: False
         self.on_progress, self.should_stop = on_progress, should_stop
         self.base_ref, self.base_path = config.base_model, None
         self.last_loss: float | None = None
@@ -158,6 +175,7 @@ class TrainingRun:
         self.final_usage: dict[str, Any] = {}
         self._keep: tuple[torch.nn.Module, Any, int, list[str] | None] | None = None
         self._evaluated_step: int | None = None
+        self._real_share = True
 
     def report(self, phase: str, message: str = "") -> None:
         """A progress event outside the steps: loading, validating, preparing, saving."""
@@ -203,14 +221,33 @@ class TrainingRun:
         self.peak_lr, self.total_steps = learning_rate, total_steps
         self.warmup = warmup_steps(self.config.warmup_ratio, total_steps)
         self.checkpoint_every, self.eval_every = self.config.checkpoint_every_steps, eval_every
-        recover_dir(self.run_dir / BEST)
-        self.state = load_latest(self.ckpt_dir, trained, self.optimizer) or LoopState()
+        self.state = LoopState()
+        if self.world.is_main:
+            recover_dir(self.run_dir / BEST)
+            self.state = load_latest(self.ckpt_dir, trained, self.optimizer) or LoopState()
+            self.metrics.truncate_after(self.state.step)
+            kept.drop_after(self.run_dir, self.state.step)
+            if self.state.step and not (self.run_dir / BEST).exists():
+                self.state.best_eval_loss, self.state.best_step = None, None  # lost with it
+        if self.world.parallel:
+            self._share_start()
         self.resumed_from = self.state.step
-        self.metrics.truncate_after(self.state.step)
-        kept.drop_after(self.run_dir, self.state.step)
-        if self.state.step and not (self.run_dir / BEST).exists():
-            self.state.best_eval_loss, self.state.best_step = None, None  # lost with its folder
         return self.state
+
+    def _share_start(self) -> None:
+        """Every rank starts from rank 0's weights, optimizer moments and loop state (the
+        checkpoint it resumed, or its fresh adapter): identical ranks stay identical."""
+        world = self.world
+        weights = distributed.broadcast_tensors(trainable_state(self.trained), world)
+        moments = distributed.broadcast_tensors(optimizer_tensors(self.optimizer), world)
+        state = distributed.broadcast_json(self.state.__dict__, world)
+        if not world.is_main:
+            named = dict(self.trained.named_parameters())
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    named[name].copy_(tensor)
+            set_optimizer_tensors(self.optimizer, moments)
+            self.state = LoopState(**state)
 
     def fast_path(self, model: torch.nn.Module) -> FastPath:
         """Install the fast training forward on ``model`` (after :meth:`start`), in the config's
@@ -221,6 +258,10 @@ class TrainingRun:
             self.state.extra["precision"] = resolve_precision(
                 self.config.precision, width, self.device.type
             )
+            if self.world.parallel:  # measured on rank 0; every rank must compute alike
+                self.state.extra["precision"] = distributed.broadcast_json(
+                    self.state.extra["precision"], self.world
+                )
         return FastPath.install(model, self.state.extra["precision"])
 
     def learning_rate(self, step: int) -> float:
@@ -234,6 +275,39 @@ class TrainingRun:
     def epoch(self) -> float:
         return self.state.step / self.order.steps_per_epoch
 
+    def local_batch(self, step: int) -> list[int]:
+        """This rank's share of the examples of the batch at ``step`` (all of it in one
+        process). A rank whose share is empty (a batch smaller than the world) is given the
+        batch's first example and weighs nothing in the gradient average."""
+        items = self.order.at(step)
+        if not self.world.parallel:
+            self._real_share = True
+            return items
+        part, self._real_share = distributed.share(items, self.world)
+        return part
+
+    def share_of(self, items: list[int]) -> list[int]:
+        """This rank's share of ``items`` (a global batch), as :meth:`local_batch` takes it."""
+        return distributed.share(items, self.world)[0] if self.world.parallel else items
+
+    def gather_rows(self, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """(sum(sizes), ...): every rank's real rows of ``rows`` in rank order, with their
+        gradient (for losses over the global batch, such as in-batch negatives)."""
+        if not self.world.parallel:
+            return rows
+        return distributed.gather_rows(rows[: sizes[self.world.rank]], sizes, self.world)
+
+    def batch_sizes(self, step: int) -> list[int]:
+        """Every rank's real share size of the batch at ``step``, in rank order."""
+        items = self.order.at(step)
+        if not self.world.parallel:
+            return [len(items)]
+        world = self.world
+        shares = (
+            distributed.share(items, distributed.World(r, world.size)) for r in range(world.size)
+        )
+        return [len(part) if real else 0 for part, real in shares]
+
     # ------------------------------------------------------------------ the loop
 
     def steps(self) -> Iterator[int]:
@@ -242,7 +316,7 @@ class TrainingRun:
         state = self.state
         timer_start, timer_step = time.perf_counter(), state.step
         while state.step < self.total_steps and not state.stopped_early:
-            if self.should_stop():
+            if self._stop_requested():
                 self.checkpoint()
                 raise TrainingInterrupted(
                     f"stopped at step {state.step}; the same command resumes it"
@@ -278,16 +352,47 @@ class TrainingRun:
                 )
             )
 
+    def _stop_requested(self) -> bool:
+        stop = self.should_stop()
+        if self.world.parallel:  # rank 0's answer, so all ranks stop at the same step
+            stop = bool(distributed.broadcast_json(stop, self.world))
+        return stop
+
     def step_seconds(self) -> float:
         """Seconds since this step started."""
         return time.perf_counter() - self.step_start
 
     def backward_and_step(
-        self, loss: torch.Tensor, tokens: int | None = None, **metrics: Any
+        self,
+        loss: torch.Tensor,
+        tokens: int | None = None,
+        *,
+        weight: float = 1.0,
+        **metrics: Any,
     ) -> dict[str, Any]:
         """Backward, clip the gradient norm to 1, one optimizer step; log the step's metrics
-        row (``metrics`` next to the loss, learning rate, gradient norm and throughput)."""
+        row (``metrics`` next to the loss, learning rate, gradient norm and throughput).
+
+        ``weight``: how many terms ``loss`` is the mean of on this rank (target tokens, pairs,
+        samples). With several ranks, gradients, loss and numeric metrics become their
+        weight-weighted means over all ranks, and ``tokens`` their sum, before the step."""
         loss.backward()
+        self.last_loss = loss.item()
+        if self.world.parallel:
+            weight = weight if self._real_share else 0.0
+            numbers = {
+                k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v
+            }
+            numbers["train_loss"] = self.last_loss
+            sums = {"tokens": tokens if tokens is not None and self._real_share else 0}
+            comm_start = time.perf_counter()
+            means, sums = distributed.all_reduce_weighted(self.params, weight, numbers, sums)
+            # Waiting for the slowest rank included: what data parallelism costs per step.
+            metrics["comm_seconds"] = time.perf_counter() - comm_start
+            self.last_loss = means.pop("train_loss")
+            metrics |= means
+            if tokens is not None:
+                tokens = round(sums["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -297,7 +402,6 @@ class TrainingRun:
         state.step += 1
         state.tokens_seen += tokens or 0
         state.train_seconds += elapsed
-        self.last_loss = loss.item()
         row = {
             "step": state.step,
             "epoch": self.epoch,
@@ -310,11 +414,13 @@ class TrainingRun:
         if tokens is not None:
             self._tokens_per_second = tokens / elapsed
             row |= {"tokens": tokens, "tokens_per_second": self._tokens_per_second}
-        self.metrics.append(row)
+        if self.world.is_main:
+            self.metrics.append(row)
         return row
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.ckpt_dir, self.trained, self.optimizer, self.state)
+        if self.world.is_main:
+            save_checkpoint(self.ckpt_dir, self.trained, self.optimizer, self.state)
 
     # ------------------------------------------------------------------ kept checkpoints
 
@@ -333,6 +439,8 @@ class TrainingRun:
 
     def keep_checkpoint(self) -> None:
         """Write this step's kept checkpoint and drop those no longer chosen."""
+        if not self.world.is_main:  # rank 0 writes every file of the run
+            return
         model, tokenizer, keep_last, adapters = self._keep
         step = self.state.step
         kept.write_kept(
@@ -369,10 +477,13 @@ class TrainingRun:
         )
         training = self.trained.training
         start = time.perf_counter()
-        result = evaluate()
+        result = evaluate() if self.world.is_main else None
+        if self.world.parallel:  # rank 0 evaluates; the others wait for its numbers
+            result = distributed.broadcast_json(result, self.world)
         self.eval_seconds += time.perf_counter() - start
         self.trained.train(training)
-        self.metrics.append({"step": self.state.step, **result})
+        if self.world.is_main:
+            self.metrics.append({"step": self.state.step, **result})
         self.last_eval = result
         self._evaluated_step = self.state.step
         return result
@@ -381,7 +492,7 @@ class TrainingRun:
         """Keep the trainable weights of the best evaluation so far (``best/``); stop early after
         ``patience`` evaluations without a better one."""
         state = self.state
-        if record_eval(state, eval_loss, patience):
+        if record_eval(state, eval_loss, patience) and self.world.is_main:
             from safetensors.torch import save_file
 
             with atomic_dir(self.run_dir / BEST) as tmp:
@@ -399,8 +510,8 @@ class TrainingRun:
     def restore_best(self) -> None:
         """Put back the weights of the best evaluation, when there was one."""
         best = self.run_dir / BEST / "trainable.safetensors"
-        if self.state.best_step is None or not best.exists():
-            return
+        if self.state.best_step is None or not self.world.is_main or not best.exists():
+            return  # only rank 0 writes the bundle
         from safetensors.torch import load_file
 
         named = dict(self.trained.named_parameters())
@@ -436,6 +547,7 @@ class TrainingRun:
             "cpu_seconds": round(time.process_time() - self.cpu_start, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "accelerator": self.placement.describe(),
+            "processes": self.world.size,
             **(
                 {"precision": self.state.extra["precision"]}
                 if "precision" in self.state.extra
@@ -481,6 +593,8 @@ class TrainingRun:
         self.report("saving", f"writing {name}")
         config = self.config
         folder = self.run_dir / name
+        if not self.world.is_main:
+            return folder  # rank 0 writes it
         with atomic_dir(folder) as tmp:
             model.save_pretrained(tmp, safe_serialization=True, selected_adapters=adapters)
             tokenizer.save_pretrained(tmp)

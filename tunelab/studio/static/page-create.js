@@ -72,6 +72,7 @@ const FIELDS = {
     ["seed", "Seed", "int", "42", "Seeds data order and adapter initialisation."],
     ["precision", "Precision", "choice:auto,fp32,bf16", "auto", "auto trains in bf16 mixed precision where this machine's bf16 matmuls measure clearly faster, else fp32."],
     ...COMPUTE,
+    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
   ],
   dpo: [
     ...COMMON_STEPS,
@@ -84,6 +85,7 @@ const FIELDS = {
     ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
     ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
     ...COMPUTE,
+    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
   ],
   embedding: [
     ["train_steps", "Train steps", "int", "", ""],
@@ -95,6 +97,7 @@ const FIELDS = {
     ["max_seq_length", "Max sequence length", "int", "", ""],
     ["seed", "Seed", "int", "", ""],
     ...COMPUTE,
+    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
@@ -109,6 +112,7 @@ const FIELDS = {
     ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "8", "Of both the reward model and the policy."],
     ["seed", "Seed", "int", "42", "Seeds data order, initialisation and sampling."],
     ...COMPUTE,
+    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
   ],
 };
 // Knobs of RLHFConfig the form leaves to the extra config, for the guidance's arithmetic.
