@@ -443,6 +443,15 @@ class TrainingRun:
             return
         model, tokenizer, keep_last, adapters = self._keep
         step = self.state.step
+        # Saving must not move the RNG the next steps draw from: a run resumed from this step's
+        # resume checkpoint (whose RNG state is taken before this) must train identically.
+        rng = torch.get_rng_state()
+        try:
+            self._write_kept(model, tokenizer, keep_last, adapters, step)
+        finally:
+            torch.set_rng_state(rng)
+
+    def _write_kept(self, model, tokenizer, keep_last, adapters, step) -> None:
         kept.write_kept(
             self.run_dir,
             step=step,
