@@ -21,6 +21,7 @@ from tunelab.cli import models as models_cli
 from tunelab.cli import tune as tune_cli
 from tunelab.cli import tune_embedding as _tune_embedding  # noqa: F401  (tune embedding)
 from tunelab.cli import tune_preference as _tune_preference  # noqa: F401  (tune rlhf, tune dpo)
+from tunelab.cli import tune_rft  # tune rft, graders test
 from tunelab.cli.evaluate import evaluate_cmd
 from tunelab.cli.predict import predict
 from tunelab.cli.serve import serve
@@ -38,6 +39,7 @@ app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(models_cli.app, name="models")
 app.command("worker")(jobs_cli.worker)
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(tune_rft.graders_app, name="graders")
 app.command("serve")(serve)
 app.command("predict")(predict)
 app.command("eval")(evaluate_cmd)

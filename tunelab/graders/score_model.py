@@ -70,3 +70,26 @@ class RewardModelScorer:
         prompt_ids = encode(prefix, add_special_tokens=False)["input_ids"]
         answer_ids = encode(answer, add_special_tokens=False)["input_ids"]
         return np.asarray(prompt_ids, dtype=np.int64), np.asarray(answer_ids, dtype=np.int64)
+
+
+def registry_locator(services, *, allow_folder: bool = False):
+    """A ``score_model`` reference -> its reward model's bundle, through the one resolver: a
+    registered reward model (``reward_model`` method) by NAME or NAME@VERSION; a bundle folder
+    only where the operator's own CLI allows it."""
+    from tunelab.registry.resolve import ModelNotFound, resolve
+
+    def locate(ref: str) -> Path:
+        try:
+            target = resolve(services, ref, allow_folder=allow_folder)
+        except ModelNotFound as exc:
+            raise ValueError(f"score_model: {exc}") from None
+        if target.adapter_dir is None or (
+            target.version is not None and target.method != "reward_model"
+        ):
+            raise ValueError(
+                f"score_model: {ref!r} is not a reward model (tune one with `tunelab tune rlhf`, "
+                "which registers NAME-reward)"
+            )
+        return Path(target.adapter_dir)
+
+    return locate

@@ -248,7 +248,9 @@ def describe_errors(exc, prefix: str = "grader") -> list[str]:
         loc = list(error["loc"])
         path: list[str] = [prefix] if prefix else []
         for i, part in enumerate(loc):
-            tag = part in GRADER_TYPES and (i == 0 or isinstance(loc[i - 1], int))
+            tag = part in GRADER_TYPES and (
+                i == 0 or isinstance(loc[i - 1], int) or loc[i - 1] == "grader"
+            )
             if tag or (isinstance(part, str) and part.startswith("function-after")):
                 continue
             path.append(str(part))

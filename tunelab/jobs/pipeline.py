@@ -70,6 +70,7 @@ def pipeline_for(method: str) -> PipelineDef:
     # Each method's module registers itself on import (imports are cached: this is cheap).
     import tunelab.jobs.dpo_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.embedding_pipeline  # noqa: F401  (registers itself)
+    import tunelab.jobs.rft_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.rlhf_pipeline  # noqa: F401  (registers itself)
     import tunelab.jobs.sft_pipeline  # noqa: F401  (registers itself)
 
