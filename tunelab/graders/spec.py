@@ -240,20 +240,26 @@ def walk(spec) -> list:
     return out
 
 
+def error_path(loc) -> list[str]:
+    """A pydantic error location without the union's tags: ``graders.0.operation``, not
+    ``all.graders.0.string_check.operation``."""
+    loc = list(loc)
+    path = []
+    for i, part in enumerate(loc):
+        after = loc[i - 1] if i else None
+        if part in GRADER_TYPES and (i == 0 or isinstance(after, int) or after == "grader"):
+            continue
+        if isinstance(part, str) and part.startswith("function-after"):
+            continue
+        path.append(str(part))
+    return path
+
+
 def describe_errors(exc, prefix: str = "grader") -> list[str]:
-    """``field.path: message`` per problem of a ValidationError, without pydantic's union tags
-    (``graders.0.operation``, not ``all.graders.0.string_check.operation``)."""
+    """``field.path: message`` per problem of a ValidationError (see :func:`error_path`)."""
     lines = []
     for error in exc.errors():
-        loc = list(error["loc"])
-        path: list[str] = [prefix] if prefix else []
-        for i, part in enumerate(loc):
-            tag = part in GRADER_TYPES and (
-                i == 0 or isinstance(loc[i - 1], int) or loc[i - 1] == "grader"
-            )
-            if tag or (isinstance(part, str) and part.startswith("function-after")):
-                continue
-            path.append(str(part))
+        path = ([prefix] if prefix else []) + error_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{'.'.join(path) or '(root)'}: {message}")
     return lines

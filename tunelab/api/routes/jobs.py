@@ -9,6 +9,7 @@ from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
 from tunelab.api.schemas import TuningJobCreate
 from tunelab.configs import config_class
+from tunelab.graders.spec import error_path  # a grader's errors without union tags
 from tunelab.jobs import store
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
@@ -29,7 +30,7 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         raise ApiError(422, "invalid_request", str(exc.args[0]), {"field": "method"}) from None
     except ValidationError as exc:
         errors = [
-            {"field": "config." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            {"field": "config." + ".".join(error_path(e["loc"])), "message": e["msg"]}
             for e in exc.errors(include_url=False)
         ]
         raise ApiError(
