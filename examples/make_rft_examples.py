@@ -1,6 +1,7 @@
-"""Writes train.jsonl and validation.jsonl of the RFT example (deterministic; already run).
+"""Writes examples/rft/{train,validation}.jsonl, the reinforcement fine-tuning example
+(deterministic; rerunning rewrites the same bytes).
 
-    python examples/rft/make_data.py
+    python examples/make_rft_examples.py
 
 Each prompt states a quantity in a sentence and asks for it as ``Answer: N``; the line's
 ``answer`` is the number the grader checks, ``reference`` an ideal answer (for the dry run).
@@ -55,7 +56,7 @@ def line(rng: random.Random, sentence: tuple[str, str]) -> dict:
 
 def main() -> None:
     rng = random.Random(7)
-    here = Path(__file__).parent
+    here = Path(__file__).parent / "rft"
     train_sentences, held_out = SENTENCES[:-HELD_OUT], SENTENCES[-HELD_OUT:]
     train = [line(rng, s) for _ in range(8) for s in train_sentences]
     validation = [line(rng, s) for _ in range(10) for s in held_out]
