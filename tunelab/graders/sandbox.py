@@ -131,7 +131,9 @@ class _Child:
     def __init__(self, path: Path, memory_mb: int, cpu_seconds: int) -> None:
         self.workdir = tempfile.TemporaryDirectory(prefix="tunelab-grader-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(CHILD), str(path), str(memory_mb), str(cpu_seconds)],
+            # -I: no PYTHONPATH, user site or current folder on the path; the installed
+            # packages stay importable (a grader may use numpy or sympy).
+            [sys.executable, "-I", str(CHILD), str(path), str(memory_mb), str(cpu_seconds)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
