@@ -32,6 +32,9 @@ class Settings:
     """Optional price used to estimate a job's cost from its billable tokens."""
     lease_seconds: float = 30.0
     """How long a worker's claim on a job lasts without a heartbeat."""
+    python_graders: Path | None = None
+    """The operator's folder of allowed ``python`` grader files (``TUNELAB_PYTHON_GRADERS``);
+    unset, python graders are off."""
 
     @property
     def model_cache(self) -> Path:
@@ -62,4 +65,9 @@ def get_settings() -> Settings:
         artifacts_url=os.environ.get("TUNELAB_ARTIFACTS_URL") or str(home / "artifacts"),
         price_per_1k_tokens=float(price) if price else None,
         lease_seconds=float(os.environ.get("TUNELAB_LEASE_SECONDS") or 30.0),
+        python_graders=(
+            Path(os.environ["TUNELAB_PYTHON_GRADERS"]).expanduser().resolve()
+            if os.environ.get("TUNELAB_PYTHON_GRADERS")
+            else None
+        ),
     )

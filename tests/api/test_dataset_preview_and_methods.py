@@ -55,7 +55,7 @@ def test_the_method_listing_and_the_job_body_come_from_the_method_table(http, mo
     fields = {e["field"] for e in r.json()["error"]["details"]["errors"]}
     assert fields == {"config.workers", "config.batch_size"}
     r = http.post("/v1/tuningJobs", json=body | {"method": "gone"})
-    assert r.status_code == 422 and "known: dpo, embedding, grown, rlhf, sft" in r.text
+    assert r.status_code == 422 and "known: dpo, embedding, grown, rft, rlhf, sft" in r.text
 
 
 def test_preview_renders_the_template_and_marks_the_trained_span(http, tmp_path, tiny_base):

@@ -105,3 +105,45 @@ def test_text_embedding_model_tune_model(sdk, tmp_path):
     assert stored["method"] == "embedding"
     assert set(stored["datasets"]) == {"corpus", "queries", "train_labels"}
     assert stored["config"]["train_steps"] == 5 and stored["config"]["batch_size"] == 2
+
+
+def test_tune_model_rft_with_a_grader_file(sdk, tmp_path):
+    import json
+
+    from tunelab import TextGenerationModel
+    from tunelab.configs.rft import RFTConfig
+
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"input_text": f"Q {i}?", "answer": i} for i in range(8)]
+    )
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps({"type": "numeric", "reference": "{{item.answer}}"}))
+    job = TextGenerationModel.from_pretrained("smollm2-135m-instruct").tune_model_rft(
+        training_data=data,
+        grader=grader,
+        model_display_name="sdk-rft",
+        train_steps=3,
+        kl_coeff=0.0,
+    )
+    stored = _stored(sdk, job)
+    assert stored["method"] == "rft" and list(stored["datasets"]) == ["train"]
+    config = RFTConfig(**stored["config"])
+    assert config.grader.type == "numeric" and config.grader.reference == "{{item.answer}}"
+    assert (config.train_steps, config.kl_coeff, config.samples_per_prompt) == (3, 0.0, 4)
+
+
+def test_an_invalid_grader_is_refused_with_where(sdk, tmp_path):
+    from tunelab import TextGenerationModel, TuneLabError
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"input_text": "Q?", "a": 1}] * 4)
+    bad = {
+        "type": "all",
+        "graders": [{"type": "string_check", "operation": "is", "reference": "x"}],
+    }
+    with pytest.raises(TuneLabError) as info:
+        TextGenerationModel.from_pretrained("smollm2-135m-instruct").tune_model_rft(
+            training_data=data, grader=bad, model_display_name="sdk-rft-bad"
+        )
+    errors = info.value.details["errors"]
+    assert [e["field"] for e in errors] == ["config.grader.graders.0.operation"]
+    assert "'regex'" in errors[0]["message"]

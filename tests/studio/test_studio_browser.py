@@ -637,3 +637,49 @@ def test_the_api_reference_uses_the_studio_key(studio, page):
     assert "/v1/tuningJobs" in docs["paths"] and "/v1/chat/completions" in docs["paths"]
     assert docs["auth"] == f"Bearer {key}"
     assert page.errors == []
+
+
+def test_wizard_rft_with_a_grader_from_the_form_to_the_pass_rates(studio, page, tmp_path):
+    """RFT from the wizard on the tiny model: the grader typed as JSON (submitting waits for it
+    to parse), prompts checked by the server, a job whose config carries the grader, and the
+    job page showing pass rates base vs tuned with intervals."""
+    server, key, tiny = studio
+    log_in(page, server.url, key)
+    page.goto(server.url + "/#/create")
+    page.wait_for_selector("#method option[value=rft][data-supported=true]", state="attached")
+    page.select_option("#method", "rft")
+    page.fill("#display-name", "studio-rft")
+    page.fill("#base-model", tiny)
+    rows = [{"input_text": f"Number {i}?", "answer": i} for i in range(8)]
+    page.set_input_files("#train-file", str(write_jsonl(tmp_path / "p.jsonl", rows)))
+    page.set_input_files("#validation-file", str(write_jsonl(tmp_path / "v.jsonl", rows[:4])))
+    page.wait_for_selector("#train-report .report.ok")
+    page.wait_for_selector("#validation-report .report.ok")
+    page.fill("#param-grader", '{"type": "numeric",')
+    page.wait_for_function(
+        "document.querySelector('#submit-reason').textContent.includes('grader is not valid JSON')"
+    )
+    assert page.is_disabled("#submit-job")
+    grader = {"type": "numeric", "reference": "{{item.answer}}"}
+    page.fill("#param-grader", json.dumps(grader))
+    for field, value in {"train_steps": "2", "target_sequence_length": "4"}.items():
+        page.fill(f"#param-{field}", value)
+    page.click("#extra-config-details summary")
+    page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
+    page.wait_for_selector("#submit-job:not([disabled])")
+    page.click("#submit-job")
+
+    page.wait_for_url("**/#/jobs/job-*")
+    state = wait_state(page, ("SUCCEEDED", "FAILED", "CANCELLED"), timeout=300)
+    error = page.text_content("#job-error") if page.query_selector("#job-error") else ""
+    assert state == "SUCCEEDED", error
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = httpx.get(
+        f"{server.url}/v1/tuningJobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    assert job["method"] == "rft" and job["config"]["grader"]["reference"] == "{{item.answer}}"
+    page.wait_for_selector("[data-testid=evaluation]")
+    shown = page.text_content("[data-testid=evaluation]")
+    assert "Pass rate, tuned" in shown and "[" in shown  # with its interval
+    shoot(page, "job-rft")
+    assert page.errors == []

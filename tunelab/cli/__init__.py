@@ -19,6 +19,7 @@ from tunelab.cli import jobs as jobs_cli
 from tunelab.cli import keys as keys_cli
 from tunelab.cli import models as models_cli
 from tunelab.cli import tune as tune_cli  # tune <method>, one per method of the method table
+from tunelab.cli import tune_rft  # graders test
 from tunelab.cli.evaluate import evaluate_cmd
 from tunelab.cli.predict import predict
 from tunelab.cli.serve import serve
@@ -36,6 +37,7 @@ app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(models_cli.app, name="models")
 app.command("worker")(jobs_cli.worker)
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(tune_rft.graders_app, name="graders")
 app.command("serve")(serve)
 app.command("predict")(predict)
 app.command("eval")(evaluate_cmd)

@@ -4,7 +4,7 @@ default. The schema is the one ``GET /v1/tuningMethods`` serves the Studio, so a
 description is written once, on the config class.
 
 Options take text, turned into the type the schema names (integer, number, string; JSON for
-unions and lists); what does not parse is handed on as it is, so the config's own validation
+unions, lists and objects, or a path to a ``.json`` file holding it, as rft's ``--grader``); what does not parse is handed on as it is, so the config's own validation
 reports every bad value at once rather than the first one click meets.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -60,9 +61,29 @@ def _parse(value: str | None, prop: dict[str, Any]) -> Any:
             return float(value)
         if kind == "string":
             return value
+        if value.endswith(".json") and Path(value).is_file():
+            return read_json_file(Path(value))  # e.g. rft's --grader grader.json
         return json.loads(value)  # unions, lists, objects: JSON (a bare word stays text)
+    except JsonFileError:
+        raise  # the file's own error says where; the config's would only say "not an object"
     except ValueError:
         return value
+
+
+class JsonFileError(ValueError):
+    """A ``.json`` file given for an object option that cannot be read as JSON."""
+
+
+def read_json_file(path: Path) -> Any:
+    """The JSON in ``path``; a :class:`JsonFileError` saying where it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise JsonFileError(
+            f"{path}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JsonFileError(f"{path}: cannot read: {exc}") from None
 
 
 def _help(prop: dict[str, Any]) -> str:

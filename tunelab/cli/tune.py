@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tunelab.cli.config_options import config_options, config_values
+from tunelab.cli.config_options import JsonFileError, config_options, config_values
 from tunelab.jobs.methods import METHODS, MethodSpec
 
 app = typer.Typer(help="Tune a model.", no_args_is_help=True)
@@ -89,6 +89,8 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
 
         try:
             config = spec.config(**config_values(options, kwargs))
+        except JsonFileError as exc:
+            fail(str(exc))
         except ValidationError as exc:
             fail(config_errors(exc))
         datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}

@@ -5,6 +5,7 @@ Which config belongs to which method is said once, in the method table (tunelab/
 
 from tunelab.configs.dpo import DPOConfig
 from tunelab.configs.embedding import EmbeddingConfig
+from tunelab.configs.rft import RFTConfig
 from tunelab.configs.rlhf import RewardModelConfig, RLHFConfig
 from tunelab.configs.sft import RECOMMENDED_LEARNING_RATE, SFTConfig
 
@@ -12,6 +13,7 @@ __all__ = [
     "DPOConfig",
     "EmbeddingConfig",
     "RECOMMENDED_LEARNING_RATE",
+    "RFTConfig",
     "RLHFConfig",
     "RewardModelConfig",
     "SFTConfig",

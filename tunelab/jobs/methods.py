@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from tunelab.configs.dpo import DPOConfig
 from tunelab.configs.embedding import EmbeddingConfig
+from tunelab.configs.rft import RFTConfig
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.configs.sft import SFTConfig
 
@@ -101,6 +102,17 @@ METHODS: dict[str, MethodSpec] = {
         ),
         pipeline="tunelab.jobs.embedding_pipeline",
         recipes=("tunelab.recipes.embedding",),
+    ),
+    "rft": MethodSpec(
+        config=RFTConfig,
+        dataset_roles=(
+            DatasetRole(
+                "train", "Prompts (JSONL) with the fields the grader reads.", required=True
+            ),
+            DatasetRole("validation", "Held-out prompts: pass rate and reward, tuned vs base."),
+        ),
+        pipeline="tunelab.jobs.rft_pipeline",
+        recipes=("tunelab.recipes.rft",),
     ),
 }
 

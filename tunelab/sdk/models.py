@@ -170,6 +170,43 @@ class TextGenerationModel:
             },
         )
 
+    def tune_model_rft(
+        self,
+        *,
+        training_data: str | Path,
+        grader: dict[str, Any] | str | Path,
+        model_display_name: str,
+        validation_data: str | Path | None = None,
+        train_steps: int | None = None,
+        learning_rate_multiplier: float | None = None,
+        kl_coeff: float | None = None,
+        samples_per_prompt: int | None = None,
+        pass_threshold: float | None = None,
+        **config: Any,
+    ) -> TuningJob:
+        """Reinforcement fine-tuning toward a grader (``tunelab tune rft``): ``grader`` is the
+        grader as a dict or the path of its JSON file; the data are prompts with the fields the
+        grader reads (a JSONL path to upload or a dataset id)."""
+        if not isinstance(grader, dict):
+            import json
+
+            grader = json.loads(Path(grader).read_text(encoding="utf-8"))
+        return submit(
+            "rft",
+            model_display_name,
+            {"train": training_data, "validation": validation_data},
+            {
+                "base_model": self.model,
+                "grader": grader,
+                "train_steps": train_steps,
+                "learning_rate_multiplier": learning_rate_multiplier,
+                "kl_coeff": kl_coeff,
+                "samples_per_prompt": samples_per_prompt,
+                "pass_threshold": pass_threshold,
+                **config,
+            },
+        )
+
 
 class ChatModel(TextGenerationModel):
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
 from tunelab.api.schemas import TuningJobCreate
+from tunelab.graders.spec import error_path  # a grader's errors without union tags
 from tunelab.jobs import store
 from tunelab.jobs.methods import UnknownMethod, method_spec
 from tunelab.jobs.states import IllegalTransition
@@ -30,7 +31,7 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         raise ApiError(422, "invalid_request", str(exc), {"field": "method"}) from None
     except ValidationError as exc:
         errors = [
-            {"field": "config." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            {"field": "config." + ".".join(error_path(e["loc"])), "message": e["msg"]}
             for e in exc.errors(include_url=False)
         ]
         raise ApiError(

@@ -9,6 +9,7 @@ const METHODS = [
   ["sft", "Supervised tuning", "Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model learns to answer like the outputs."],
   ["rlhf", "RLHF", "Preference pairs (prompt, two candidates, choice) train a reward model; then reinforcement learning on prompts earns its reward, with a KL penalty to the base model."],
   ["dpo", "DPO", "Preference pairs (prompt, chosen, rejected), optimised directly without a reward model."],
+  ["rft", "Reinforcement fine-tuning", "Prompts with the fields a grader checks (an exact label, a number, JSON with given keys, a Python function): the model samples answers and learns from the grader's rewards (GRPO), with a KL penalty to the base model."],
   ["embedding", "Embedding tuning", "A corpus, queries and labels (which passages answer which query), as Vertex takes them: the encoder learns to rank the labelled passages first."],
 ];
 
@@ -29,6 +30,10 @@ const DATASETS = {
     ["train_labels", "Training labels", "training labels", false, "labels"],
     ["test_labels", "Test labels (optional)", "test labels", true, "labels"],
     ["validation_labels", "Validation labels (optional)", "validation labels", true, "labels"],
+  ],
+  rft: [
+    ["train", "Prompts", "prompts", false, "prompts"],
+    ["validation", "Held-out prompts (optional)", "held-out prompts", true, "prompts"],
   ],
   rlhf: [
     ["preference", "Preference pairs", "preference pairs", false, "preference"],
@@ -98,6 +103,20 @@ const FIELDS = {
     ["seed", "Seed", "int", "", ""],
     ...COMPUTE,
     ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
+  ],
+  // RFTConfig (tunelab/configs/rft.py); the grader is JSON, checked by the server on submit.
+  rft: [
+    ["grader", "Grader (JSON)", "json", "", 'How an answer is scored, e.g. {"type": "string_check", "operation": "eq", "reference": "{{item.label}}"}; {{item.FIELD}} reads a field of the prompt\'s line. Try it first with `tunelab graders test`.'],
+    ["train_steps", "Train steps", "int", "", ""],
+    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
+    ["kl_coeff", "KL coefficient", "float", "", ""],
+    ["samples_per_prompt", "Samples per prompt", "int", "", ""],
+    ["prompts_per_step", "Prompts per step", "int", "", ""],
+    ["pass_threshold", "Pass threshold", "float", "", ""],
+    ["target_sequence_length", "Target sequence length", "int", "", ""],
+    ["instruction", "Instruction", "text", "", ""],
+    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
+    ["seed", "Seed", "int", "", ""],
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
@@ -339,6 +358,8 @@ export function renderCreate(main, fromJob) {
       // select: numeric options; choice: named ones, sent as text
       const input = kind.startsWith("select:") || kind.startsWith("choice:")
         ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o)))
+        : kind === "json"
+          ? h("textarea", { id: `param-${field}`, rows: "6", spellcheck: "false", class: "code", placeholder: '{"type": "numeric", "reference": "{{item.answer}}"}' }, value)
         : kind === "text"
           ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
           : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "optional" });
@@ -355,7 +376,7 @@ export function renderCreate(main, fromJob) {
       const raw = paramValue(field);
       if (raw === "") { if (field === "early_stopping_patience") out[field] = null; continue; }
       const named = kind === "text" || kind.startsWith("choice:");
-      out[field] = named ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
+      out[field] = kind === "json" ? JSON.parse(raw) : named ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
     }
     if (extra.value.trim()) Object.assign(out, JSON.parse(extra.value));
     return out;
@@ -453,6 +474,12 @@ export function renderCreate(main, fromJob) {
       else if (!d.report && !state.busy) problems.push(`the ${noun} not checked yet`);
     }
     if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
+    for (const [field, label, kind] of FIELDS[state.method]) {
+      if (kind !== "json") continue;
+      const raw = paramValue(field);
+      if (!raw) { problems.push(`write the ${label.toLowerCase().replace(" (json)", "")}`); continue; }
+      try { JSON.parse(raw); } catch (_) { problems.push(`the ${label.toLowerCase().replace(" (json)", "")} is not valid JSON`); }
+    }
     submitBtn.disabled = problems.length > 0;
     reason.textContent = problems.length ? `Cannot start yet: ${problems.join("; ")}.` : "Ready.";
     renderGuidance();
@@ -561,7 +588,7 @@ export function renderCreate(main, fromJob) {
       if (field === "method" || field === "base_model") continue;
       const input = document.getElementById(`param-${field}`);
       if (shown.has(field) && input) {
-        input.value = value === null ? "" : String(value);
+        input.value = value === null ? "" : typeof value === "object" ? JSON.stringify(value, null, 2) : String(value);
         input.dataset.touched = "1";
       } else {
         const prop = ((state.schemas[state.method] || {}).properties || {})[field];

@@ -40,6 +40,22 @@ function rewardTable(o) {
   ]), h("p", { class: "muted small" }, "Scored by the reward model this job trained."));
 }
 
+/** RFT's evaluation: base and tuned answers to the held-out prompts, scored by the grader, with
+ * bootstrap 95% intervals ({value, low, high}). */
+function graderTable(o) {
+  const pct = (x) => `${fmt(100 * x, 3)}%`;
+  const span = (i, f) => (i ? `${f(i.value)} [${f(i.low)}, ${f(i.high)}]` : "—");
+  const num = (x) => fmt(x, 3);
+  return h("div", { dataset: { testid: "evaluation" } }, kvTable([
+    ["Held-out prompts", fmt(o.prompts)],
+    [`Pass rate (reward ≥ ${fmt(o.pass_threshold)}), base`, span(o.pass_rate_base, pct)],
+    ["Pass rate, tuned", span(o.pass_rate_tuned, pct)],
+    ["Pass rate, tuned − base", span(o.pass_rate_difference, pct)],
+    ["Mean reward, base", span(o.mean_reward_base, num)],
+    ["Mean reward, tuned", span(o.mean_reward_tuned, num)],
+  ]), h("p", { class: "muted small" }, "Greedy answers scored by the job's grader; 95% bootstrap intervals in brackets."));
+}
+
 function errorSection(error) {
   const details = error.details || {};
   const lines = Array.isArray(details.errors) ? details.errors : [];
@@ -62,6 +78,7 @@ const MORE_CHARTS = [
   ["margin-chart", "Reward margins (DPO)", "reward", [["reward_margin", "margin", "#2563eb"], ["eval_reward_margin", "validation margin", "#dc2626"], ["chosen_reward", "chosen", "#059669"], ["rejected_reward", "rejected", "#d97706"]]],
   ["rlhf-reward-chart", "Reward (RLHF policy)", "reward", [["reward", "reward", "#2563eb"], ["penalized_reward", "reward − KL penalty", "#d97706"]]],
   ["kl-chart", "KL to the base model (RLHF)", "KL", [["kl", "KL", "#dc2626"]]],
+  ["pass-rate-chart", "Pass rate of the sampled answers (RFT)", "share", [["pass_rate", "pass rate", "#059669"]]],
 ];
 // Embedding jobs log retrieval metrics under names like eval_recall@10, eval_ndcg@10.
 const RETRIEVAL = /^(eval_)?(recall|ndcg|mrr|map)(@\d+)?/;
@@ -220,9 +237,10 @@ export function renderJob(main, jobId) {
     const outputs = (evalStep && evalStep.outputs) || {};
     clear(evalSlot, h("h2", {}, "Evaluation: base against tuned"),
       outputs.evaluation ? evaluationTable(outputs.evaluation)
+        : outputs.pass_rate_tuned != null ? graderTable(outputs)
         : outputs.mean_reward_tuned != null ? rewardTable(outputs)
         : h("p", { class: "muted" }, outputs.skipped ? `Skipped: ${outputs.skipped}.`
-          : `Runs after training when ${job.method === "rlhf" ? "evaluation prompts are" : "a validation set is"} given.`));
+          : `Runs after training when ${job.method === "rlhf" ? "evaluation prompts are" : job.method === "rft" ? "held-out prompts are" : "a validation set is"} given.`));
 
     // Kept checkpoints exist once training has ended; listed once (deploying one updates its row).
     const trainStep = job.pipeline.find((s) => s.name === "train");

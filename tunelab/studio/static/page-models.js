@@ -29,6 +29,8 @@ function lineageView(lineage, version) {
 const LABELS = {
   eval_loss: "DPO loss", eval_reward_accuracy: "Reward accuracy", eval_reward_margin: "Reward margin",
   eval_logp_margin: "Log-prob margin (chosen − rejected)", eval_reference_logp_margin: "Reference log-prob margin",
+  pass_rate_base: "Pass rate, base", pass_rate_tuned: "Pass rate, tuned", pass_rate_difference: "Pass rate, tuned − base",
+  mean_reward_base: "Mean reward, base", mean_reward_tuned: "Mean reward, tuned", mean_reward_difference: "Mean reward, tuned − base",
 };
 
 /** Results a method stores as an object on the version's metrics (DPO: `evaluation`, the last
@@ -37,8 +39,16 @@ function nestedMetrics(metrics) {
   const nested = Object.entries(metrics || {}).filter(([, x]) => x && typeof x === "object" && Object.keys(x).length);
   if (!nested.length) return null;
   return nested.map(([name, values]) => h("div", { class: "nested-metrics", dataset: { testid: `metrics-${name}` } },
-    h("h3", {}, name === "evaluation" ? "Evaluation on the validation pairs" : name),
-    kvTable(Object.entries(values).map(([k, x]) => [LABELS[k] || k, x !== null && typeof x === "object" ? JSON.stringify(x) : fmt(x)]))));
+    h("h3", {}, name === "evaluation" ? "Evaluation on the held-out data" : name),
+    kvTable(Object.entries(values).map(([k, x]) => [LABELS[k] || k, cell(x)]))));
+}
+
+/** A nested value: an interval {value, low, high} (RFT's pass rate and mean reward) as
+ * "value [low, high]", other objects as JSON. */
+function cell(x) {
+  if (x === null || typeof x !== "object") return fmt(x);
+  if (["value", "low", "high"].every((k) => typeof x[k] === "number")) return `${fmt(x.value, 3)} [${fmt(x.low, 3)}, ${fmt(x.high, 3)}]`;
+  return JSON.stringify(x);
 }
 
 export function renderModels(main) {
