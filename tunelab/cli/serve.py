@@ -63,6 +63,20 @@ def serve(
         "--preload",
         help="Base model to load at start (empty: load on first request).",
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
+        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream). "
+        "See bench/RESULTS.md.",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads of each serving engine (default: measured and re-chosen while "
+        "serving, as other work on the machine comes and goes).",
+    ),
 ) -> None:
     """Start the server: REST API, Vertex-style prediction, OpenAI-compatible API, Studio.
 
@@ -88,7 +102,11 @@ def serve(
     if warning:
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     services = open_services()
-    pool = InferencePool(services)
+    from tunelab.serving.quantize import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
+    pool = InferencePool(services, precision=precision, threads=threads)
     if preload:
         console.print(f"loading base model {preload} …")
         pool.engine_for_base(preload)
