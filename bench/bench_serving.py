@@ -1,6 +1,10 @@
 """Serving: TuneLab's engine against llama.cpp, side by side, on the default model and the CPU.
 
     pip install -e ".[bench]"        # llama-cpp-python (builds llama.cpp from source: minutes)
+    # On a CPU with AMX, build it without ggml's AMX kernels: under this project's KVM guests
+    # they die with SIGILL on their first tile instruction (tilezero, in a worker thread):
+    #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+    #     -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" pip install llama-cpp-python
     python bench/bench_serving.py [--precisions bf16,int8] [--clients 16] \
         [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality]
 

@@ -90,3 +90,30 @@ def test_models_it_does_not_know_keep_the_transformers_path():
         config = type("C", (), {"model_type": "gpt2"})()
 
     assert causal_lm_core(Other()) is None
+
+
+REAL_PROMPTS = [
+    "Write two sentences about the water cycle.",
+    "What is the capital of France?",
+    "Name three colours.",
+    "Route this ticket to billing, technical, account or shipping: my parcel is late.",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_real_model_lean_step_gives_the_reference_tokens(default_model_dir, precision):
+    """The default model, a fixed prompt set, batched: the serving path (lean step, in the
+    engine's precision) against transformers' forward in the same precision."""
+    from tunelab.serving.quantize import apply_precision
+
+    tok = load_tokenizer(default_model_dir)
+    model = apply_precision(load_causal_lm(default_model_dir).eval(), precision)
+    greedy = GenerationParams(temperature=0, max_output_tokens=48)
+    groups = [
+        RowGroup(prompt_ids(tok, [{"role": "user", "content": q}]), greedy) for q in REAL_PROMPTS
+    ]
+    lean = ModelRunner(model, tok).generate(groups)
+    reference = ModelRunner(model, tok, lean_decode=False).generate(groups)
+    assert [r.token_ids for r in lean] == [r.token_ids for r in reference]
+    assert sum(len(t) for r in lean for t in r.token_ids) > 4 * 10
