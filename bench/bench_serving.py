@@ -475,14 +475,16 @@ def main() -> None:
                         ):
                             runs.append(peer.serve("loaded", many, True))
                             print(f"  {json.dumps(runs[-1].row())}", flush=True)
-                if not args.no_quality:
-                    quality[precision] = ours.accuracy(*read_test_set(render))
             finally:
                 ours.close()
-        if not args.no_quality and "fp32" not in quality:
-            ours = TuneLab(args, base, tokenizer, "fp32", [])
+        # Quality after every speed run, so the speed figures come first on a busy machine.
+        for precision in [] if args.no_quality else ["fp32", *precisions]:
+            if precision in quality:
+                continue
+            ours = TuneLab(args, base, tokenizer, precision, [])
             try:
-                quality["fp32"] = ours.accuracy(*read_test_set(render))
+                quality[precision] = ours.accuracy(*read_test_set(render))
+                print(f"  accuracy {precision}: {quality[precision]:.1f}%", flush=True)
             finally:
                 ours.close()
 
