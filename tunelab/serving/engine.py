@@ -46,6 +46,7 @@ from tunelab.serving.adapters import (
     check_adapter_folder,
 )
 from tunelab.serving.generation import GenerationParams
+from tunelab.serving.quantize import apply_precision
 from tunelab.serving.runner import Detokenizer as _Detokenizer  # noqa: F401  (tests use it)
 from tunelab.serving.runner import (
     Generation,
@@ -55,6 +56,7 @@ from tunelab.serving.runner import (
     Row,
     RowGroup,
 )
+from tunelab.serving.threads import ThreadTuner
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +217,9 @@ class Engine:
     from (adapters whose bundle names that base are accepted). ``max_adapters`` and
     ``max_adapter_bytes`` bound the adapters kept loaded (least recently used unloaded first);
     ``batch_window_ms`` is how long an idle engine waits after a first request for others to
-    share its prefill.
+    share its prefill. ``precision`` is the base model's number format (``quantize.py``: fp32,
+    bf16, or int8 weight-only); ``threads`` the engine thread's torch threads (None: measured
+    and re-chosen as the machine's load changes, ``threads.py``).
     """
 
     def __init__(
@@ -228,7 +232,8 @@ class Engine:
         max_adapters: int = 8,
         max_adapter_bytes: int | None = None,
         batch_window_ms: float = 5,
-        dtype: torch.dtype = torch.float32,
+        precision: str = "fp32",
+        threads: int | None = None,
         device: torch.device | str = "cpu",
     ):
         self.model_dir = Path(model_dir)
@@ -236,8 +241,13 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window_ms / 1000
-        base = load_causal_lm(self.model_dir, dtype=dtype).eval().to(device)
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be at least 1")
+        base = apply_precision(load_causal_lm(self.model_dir).eval(), precision).to(device)
+        self.precision = precision
         self.model = base
+        most = torch.get_num_threads()
+        self.threads = ThreadTuner([threads] if threads else sorted({1, most}))
         self.adapters = AdapterCache(base, max_adapters=max_adapters, max_bytes=max_adapter_bytes)
         self.runner = ModelRunner(base, tokenizer, adapters=self.adapters)
 
@@ -354,7 +364,11 @@ class Engine:
                         break
                     if self._rows:
                         self.runner.drop(lambda row: row.group.owner.cancelled)
-                        self._publish(self.runner.step())
+                        self.threads.before_step()
+                        start, rows = time.perf_counter(), len(self._rows)
+                        stepped = self.runner.step()
+                        self.threads.after_step(time.perf_counter() - start, rows)
+                        self._publish(stepped)
                 except Exception as exc:  # never let the loop die with requests in flight
                     logger.exception("engine step failed; failing the requests in the batch")
                     self._fail_batch(exc)

@@ -43,6 +43,7 @@ import torch
 
 from tunelab.data.template import prompt_ids as render_prompt_ids
 from tunelab.serving.adapters import AdapterCache
+from tunelab.serving.fast_decode import KVCache, LeanDecoder, causal_lm_core
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.sampling import RowSampling, make_generator, sample_batch
 
@@ -183,7 +184,14 @@ class ModelRunner:
     with whatever adapter is active on it.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, adapters: AdapterCache | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        adapters: AdapterCache | None = None,
+        lean_decode: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = adapters
@@ -198,8 +206,12 @@ class ModelRunner:
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not re-entrant
+        core = causal_lm_core(model) if lean_decode else None
+        self._lean = LeanDecoder(core) if core is not None else None
+        """The lean decode step over a preallocated cache (``fast_decode.py``) when the model
+        is one it supports; else transformers' forward with a ``DynamicCache``."""
         self.rows: list[Row] = []
-        self._cache = None  # DynamicCache of the running batch, (B, heads, L, head_dim) per layer
+        self._cache = None  # KV cache of the running batch, (B, heads, L, head_dim) per layer
         self._mask: torch.Tensor | None = None  # (B, L) 1 where the cache holds a real token
         self.stats = {
             "requests": 0,
@@ -376,14 +388,15 @@ class ModelRunner:
         self.stats["prefill_seconds"] += time.perf_counter() - start
         self.stats["requests"] += len(groups)
         logits = out.logits[:, -1, :]  # (G, V)
-        cache = out.past_key_values
+        layers = _layers(out.past_key_values)
         if any(g.n > 1 for g in groups):
             # One row per candidate: a prompt's cache row is copied for each of its candidates.
             index = torch.tensor(
                 [i for i, g in enumerate(groups) for _ in range(g.n)], device=self.device
             )
-            cache = _cache_from([(k[index], v[index]) for k, v in _layers(cache)])
+            layers = [(k[index], v[index]) for k, v in layers]
             mask, logits = mask[index], logits[index]  # (R, T), (R, V)
+        cache = self._cache_from(layers)
         generations, rows = [], []
         for g in groups:
             gen = Generation(g)
@@ -416,16 +429,21 @@ class ModelRunner:
         new = torch.ones((len(rows), 1), dtype=torch.long, device=self.device)
         mask = torch.cat([self._mask, new], dim=1)
         start = time.perf_counter()
-        out = self._forward(
-            inputs, mask, positions, self._cache, [r.group.adapter_key for r in rows]
-        )  # attention over (B, L + 1)
-        self._cache, self._mask = out.past_key_values, mask
+        keys = [r.group.adapter_key for r in rows]
+        if self._lean is not None:
+            if self.adapters is not None:
+                self.adapters.select(keys)
+            logits = self._lean(inputs, positions, mask, self._cache)  # (B, V); cache in place
+        else:
+            out = self._forward(inputs, mask, positions, self._cache, keys)  # over (B, L + 1)
+            self._cache, logits = out.past_key_values, out.logits[:, -1, :]
+        self._mask = mask
         self.stats["steps"] += 1
         self.stats["step_seconds"] += time.perf_counter() - start
         self.stats["row_steps"] += len(rows)
         for r in rows:
             r.pos += 1
-        self._sample(rows, out.logits[:, -1, :])
+        self._sample(rows, logits)
         self._drop_finished()
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
@@ -487,7 +505,7 @@ class ModelRunner:
             self.rows, self._cache, self._mask = rows, cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        self._cache = _cache_from(
+        self._cache = self._cache_from(
             [
                 (
                     torch.cat([_pad_left(k0, width), _pad_left(k1, width)]),
@@ -513,11 +531,20 @@ class ModelRunner:
         index = torch.tensor(keep, device=self.device)
         mask = self._mask[index]
         first = int(mask.any(dim=0).long().argmax())  # leftmost column some row still attends to
-        self._cache = _cache_from(
+        self._cache = self._cache_from(
             [(k[index, :, first:], v[index, :, first:]) for k, v in _layers(self._cache)]
         )
         self._mask = mask[:, first:]
         self.rows = [self.rows[i] for i in keep]
+
+    def _cache_from(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        """The running batch's cache from per-layer (keys, values): preallocated with spare
+        columns for the lean step, a ``DynamicCache`` for transformers' forward."""
+        if self._lean is not None:
+            return KVCache(layers)
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers)
 
     def _pin(self, key: str | None, rows: int) -> None:
         if key is None:
@@ -580,12 +607,6 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]):
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=layers)
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
