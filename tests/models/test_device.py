@@ -34,7 +34,7 @@ def gpus(monkeypatch):
 
 def test_every_method_config_has_the_compute_fields():
     for method, cls in ((m, spec.config) for m, spec in METHODS.items()):
-        config = cls()
+        config = cls.model_construct()  # the defaults (rft's grader has none)
         assert (config.accelerator, config.devices) == ("auto", None), method
         schema = cls.model_json_schema()["properties"]
         assert schema["accelerator"]["enum"] == ["auto", "cpu", "cuda"], method

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
+from tunelab.configs.compute import ComputeFields
 from tunelab.configs.sft import Precision, precision_field
 from tunelab.graders.spec import GraderSpec
 
@@ -30,7 +31,7 @@ DEFAULT_TRAIN_STEPS = 40
 (a few seconds for a 135M model on 2 cores)."""
 
 
-class RFTConfig(BaseModel):
+class RFTConfig(ComputeFields):
     """Reinforcement fine-tuning with a grader: k answers per prompt, advantage = reward minus
     the group's mean (divided by its std unless ``scale_rewards`` is off), KL to the base."""
 
