@@ -73,6 +73,11 @@ def test_undeploy_stops_serving_at_once_on_every_face(tuned_server, services):
     version = get_version(services.db, "shape-model@1")
     for face, response in _calls(http, "shape-model@1", endpoint).items():
         assert response.status_code == 200, (face, response.text)
+
+    def listed() -> set[str]:  # what OpenAI clients are offered
+        return {m["id"] for m in http.get("/v1/models").json()["data"]}
+
+    assert "shape-model" in listed()
     (engine,) = pool._engines.values()
     assert version.id in engine.adapters  # loaded by the calls above
 
@@ -84,6 +89,7 @@ def test_undeploy_stops_serving_at_once_on_every_face(tuned_server, services):
             said = response.text
             assert "not deployed" in said or "has no deployed model" in said, (face, said)
     assert "shape-model@1" in _chat(http, "shape-model").json()["error"]["message"]
+    assert "shape-model" not in listed()  # /v1/models offers only names that answer
     deadline = time.monotonic() + 10
     while version.id in engine.adapters and time.monotonic() < deadline:
         time.sleep(0.05)  # the engine thread unloads it (it owns the adapter cache)
@@ -92,6 +98,7 @@ def test_undeploy_stops_serving_at_once_on_every_face(tuned_server, services):
     # Deploying it again serves it again, at once.
     assert http.post("/v1/endpoints", json={"model": "shape-model@1"}).status_code == 201
     assert _chat(http, "shape-model").status_code == 200
+    assert "shape-model" in listed()
 
 
 def test_an_endpoint_serves_its_deployed_versions_by_traffic_split(tuned_server, services):

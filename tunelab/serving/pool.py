@@ -117,16 +117,23 @@ class InferencePool:
         return embedding_target(self, name)
 
     def model_names(self) -> list[tuple[str, str]]:
-        """(name, owner) for /v1/models: the servable base models and every tuned model; never
-        a spelling a request used."""
+        """(name, owner) for /v1/models: the servable base models and every tuned model whose
+        name answers (its default version is deployed); never a spelling a request used."""
         from tunelab.models.bases import operator_bases
         from tunelab.models.catalog import CATALOG
+        from tunelab.registry.aliases import DEFAULT, aliased_version
+        from tunelab.registry.endpoints import is_deployed
         from tunelab.registry.models import list_models
 
         # The generative catalog (the embedding catalog answers /v1/embeddings only, so chat
         # clients such as the Studio's playground do not offer it) and the operator's bases.
         names = [(n, "tunelab") for n in sorted(set(CATALOG) | set(operator_bases()))]
-        return names + [(m.name, "user") for m in list_models(self.services.db)]
+        db = self.services.db
+        for m in list_models(db):
+            default = aliased_version(db, m.name, DEFAULT)
+            if default is not None and is_deployed(db, default.id):
+                names.append((m.name, "user"))
+        return names
 
     def check_deployable(self, version) -> None:
         """Before a deploy: raise ValueError (with the reasons) for a version this server's

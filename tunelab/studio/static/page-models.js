@@ -102,7 +102,10 @@ export function renderModels(main) {
                   ...Object.entries(v.metrics || {}).filter(([, x]) => x === null || typeof x !== "object").map(([k, x]) => [k, fmt(x)]),
                 ])),
                 h("div", {}, lineage ? lineageView(lineage, v) : null,
-                  v.evaluation ? evaluationTable(v.evaluation) : nestedMetrics(v.metrics) || evaluationTable(null))));
+                  // base against tuned (every method with held-out data), then what a method keeps
+                  // nested in its metrics (DPO: reward accuracy and margins on its held-out pairs)
+                  v.evaluation || !nestedMetrics(v.metrics) ? evaluationTable(v.evaluation) : null,
+                  nestedMetrics(v.metrics))));
           })));
       }
       clear(list, cards);
