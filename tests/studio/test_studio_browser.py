@@ -555,17 +555,19 @@ def test_the_studio_shows_only_what_the_key_scope_allows(studio, services, brows
     """An inference key sees the playground and no Create, Jobs or Models; a tune key sees Create
     but no Deploy; an admin key sees Deploy. The server refuses the rest anyway (403)."""
     from tunelab.auth import create_key
+    from tunelab.registry.endpoints import deploy_version
     from tunelab.registry.models import register_version
 
     server, admin_key, _ = studio
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"not loaded: the page only lists it")
-    register_version(
+    colors = register_version(
         services.db, name="scoped-colors", method="sft", base_model="b",
         adapter_uri=str(adapter), adapter_sha256="0" * 64, adapter_size=1, config={},
         data_stats=None, metrics=None, source_job_id=None,
     )  # fmt: skip
+    deploy_version(services.db, colors.id)  # /v1/models offers only what is served
     keys = {
         "inference": create_key(services.db, "app", "inference").secret,
         "tune": create_key(services.db, "colleague", "tune").secret,
@@ -602,13 +604,13 @@ def test_the_studio_shows_only_what_the_key_scope_allows(studio, services, brows
     page.click("#nav a[data-page=models]")
     page.wait_for_selector(version)
     assert page.is_visible("#main .page-header a[href='#/create']")
-    assert page.is_hidden(f"{version} button.deploy")
+    assert page.is_hidden(f"{version} button.undeploy")  # deployed above: the admin's action
     assert page.errors == []
     context.close()
 
     context, page = logged_in("admin")
     page.click("#nav a[data-page=models]")
-    page.wait_for_selector(f"{version} button.deploy", state="visible")
+    page.wait_for_selector(f"{version} button.undeploy", state="visible")
     context.close()
 
 

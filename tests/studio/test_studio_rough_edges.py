@@ -405,4 +405,17 @@ def test_create_page_checks_embedding_files_together_with_line_numbers(studio, p
     page.wait_for_selector("#submit-job:not([disabled])")
     assert_fits(page)
     shot(page, "create-embedding")
+
+    # Submitted from the Studio, the job runs to SUCCEEDED, and the model page shows the tuned
+    # encoder's retrieval metrics beside the base's (the 4 queries: 1 held out as the test set).
+    page.fill("#param-train_steps", "4")
+    page.click("#submit-job")
+    page.wait_for_url("**/#/jobs/job-*")
+    job, _ = wait_done(server.url, key, page.url.rsplit("/", 1)[-1])
+    assert job["state"] == "SUCCEEDED", job.get("error")
+    assert job["method"] == "embedding" and job["config"]["train_steps"] == 4
+    page.goto(server.url + "/#/models")
+    card = f"[data-model='emb-studio-{page.width}']"
+    page.wait_for_selector(f"{card} table[data-set=test] tr[data-metric='ndcg@10']")
+    assert "No evaluation" not in page.inner_text(card)
     assert page.problems == []

@@ -44,7 +44,6 @@ from tunelab.losses.grpo import group_advantages, grpo_loss, k3_kl, token_logpro
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
-from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
@@ -281,9 +280,9 @@ def plot_rewards(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from io import BytesIO
-
     import matplotlib.pyplot as plt
+
+    from tunelab.training.metrics import save_figure
 
     rows = [r for r in rows if "reward" in r]
     steps = [r["step"] for r in rows]
@@ -292,11 +291,4 @@ def plot_rewards(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.plot(steps, [r["pass_rate"] for r in rows], color="#31a354", label="pass rate")
     ax.set_xlabel("step")
     ax.set_ylabel("rollouts (sampled)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    buf = BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_figure(fig, ax, path, title, legend_loc="upper left")

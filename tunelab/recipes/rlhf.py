@@ -67,7 +67,6 @@ from tunelab.models.device import resolve_placement
 from tunelab.models.reward_head import load_head, score
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
-from tunelab.training.atomic import write_bytes
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
@@ -345,9 +344,9 @@ def plot_rewards(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from io import BytesIO
-
     import matplotlib.pyplot as plt
+
+    from tunelab.training.metrics import save_figure
 
     steps = [r["step"] for r in rows if "reward" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -360,11 +359,4 @@ def plot_rewards(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         right.plot(*zip(*kls, strict=True), color="#e6550d", label="KL to reference")
         right.set_ylabel("KL (nats per answer)")
         right.legend(loc="lower right")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    buf = BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_figure(fig, ax, path, title, legend_loc="upper left")

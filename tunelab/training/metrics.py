@@ -58,12 +58,20 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.plot(steps, losses, "o-", color="#e6550d", linewidth=2, label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy on model turns")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    save_figure(fig, ax, path, title)
+
+
+def save_figure(fig, ax, path: Path, title: str, legend_loc: str = "best") -> None:
+    """Finish a training plot the one way every recipe draws it (title, grid, legend) and write
+    it to ``path`` as a PNG, atomically; the figure is closed (pyplot keeps every open one)."""
     from io import BytesIO
 
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc)
+    fig.tight_layout()
     buf = BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
