@@ -177,6 +177,22 @@ class Generation:
         )
 
 
+def check_prompt_ids(prompt: Sequence[int], vocab_size: int, max_positions: int) -> list[int]:
+    """The prompt as a list of ints; ValueError when a model of ``vocab_size`` tokens and
+    ``max_positions`` positions cannot read it (every engine checks with this, vLLM's too)."""
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    if not all(0 <= t < vocab_size for t in prompt):
+        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+    if len(prompt) >= max_positions:
+        raise PromptTooLongError(
+            f"the prompt has {len(prompt)} tokens; this model reads at most "
+            f"{max_positions} tokens including the output"
+        )
+    return prompt
+
+
 class ModelRunner:
     """A causal LM, its tokenizer and one running batch: prefill, decode, sample, stop.
 
@@ -232,17 +248,7 @@ class ModelRunner:
 
     def check_prompt(self, prompt: Sequence[int]) -> list[int]:
         """The prompt as a list of ints; ValueError when this model cannot read it."""
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        if not all(0 <= t < self.vocab_size for t in prompt):
-            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
-        if len(prompt) >= self.max_positions:
-            raise PromptTooLongError(
-                f"the prompt has {len(prompt)} tokens; this model reads at most "
-                f"{self.max_positions} tokens including the output"
-            )
-        return prompt
+        return check_prompt_ids(prompt, self.vocab_size, self.max_positions)
 
     def decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:

@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from tunelab.serving.engine import EngineClosedError, GenerationRequest, PromptTooLongError
-from tunelab.serving.runner import GenerationResult
+from tunelab.serving.engine import EngineClosedError, GenerationRequest
+from tunelab.serving.runner import GenerationResult, check_prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -202,16 +202,8 @@ class VllmEngine:
             with self._tokenizer_lock:
                 prompt = list(self._render(self.tokenizer, request.messages))
         else:
-            prompt = [int(t) for t in request.prompt_ids]
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        if not all(0 <= t < self.vocab_size for t in prompt):
-            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
-        if len(prompt) >= self.max_positions:
-            raise PromptTooLongError(
-                f"the prompt has {len(prompt)} tokens; this model reads at most "
-                f"{self.max_positions} tokens including the output"
-            )
+            prompt = request.prompt_ids
+        prompt = check_prompt_ids(prompt, self.vocab_size, self.max_positions)
         p = request.params
         body: dict[str, Any] = {
             "model": request.adapter[0] if request.adapter else self.served_model,
