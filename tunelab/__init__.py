@@ -6,7 +6,16 @@ The package is laid out along the path of the data (see DESIGN.md):
 -> adapter bundle -> ``serving`` (generation) -> ``cli``.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# transformers >= 5.25 "kernelizes" every model it loads by default: on .train()/.eval() it swaps
+# layers' forwards for kernels fetched from the Hugging Face Hub. That is code downloaded at run
+# time (TuneLab loads nothing it did not ship or the user did not name), and it silently undid
+# TuneLab's fused LoRA training forward, so "bf16" runs trained in fp32. Off unless the user
+# turns it on explicitly.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 
 def init(url: str | None = None, api_key: str | None = None) -> None:

@@ -96,3 +96,42 @@ def test_models_without_the_fused_path_train_in_bf16_by_autocast(
     rows = [json.loads(x) for x in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows]
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+@pytest.mark.parametrize("hub_kernels", ["NO", "YES"])
+def test_a_bf16_run_computes_in_bf16(
+    tmp_path, tiny_model_dir, color_data, monkeypatch, hub_kernels
+):
+    """bf16 changes what is learnt (rounding), so a bf16 run's adapter differs from the fp32
+    run's. Regression: transformers 5.25 "kernelizes" a model on ``.train()`` by default, which
+    put back the layers' own forwards, so "bf16" runs trained in fp32 and gave the fp32 adapter
+    bit for bit. TuneLab turns that off; with it forced on, the fast path reinstalls itself."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("USE_HUB_KERNELS", hub_kernels)
+    train, _ = color_data
+    adapters = {}
+    for precision_ in ("fp32", "bf16"):
+        config = tiny_config(tiny_model_dir, precision=precision_, train_steps=3)
+        result = train_sft(config, train, tmp_path / precision_)
+        adapters[precision_] = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    differences = [
+        (adapters["fp32"][name] - adapters["bf16"][name]).abs().max().item()
+        for name in adapters["fp32"]
+    ]
+    assert max(differences) > 1e-6  # bf16 rounding reached the adapter
+    assert max(differences) < 0.1  # and it is the same training
+
+
+def test_tunelab_turns_off_hub_kernels_unless_asked(monkeypatch):
+    import importlib
+    import os
+
+    import tunelab
+
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    importlib.reload(tunelab)  # what importing it does
+    assert os.environ["USE_HUB_KERNELS"] == "NO"
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")  # a user who asks for them gets them
+    importlib.reload(tunelab)
+    assert os.environ["USE_HUB_KERNELS"] == "YES"

@@ -11,13 +11,16 @@ Models the fused forward does not cover train through PEFT's forward, in bf16 by
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from tunelab.training.fused_lora import fuse_lora_for_training
+from tunelab.training.fused_lora import fuse_lora_for_training, is_fused
 from tunelab.training.precision import matmul_row_multiple
 from tunelab.training.prefix_sharing import can_share_prefix, decoder_hidden
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,8 +35,7 @@ class FastPath:
     @classmethod
     def install(cls, model: torch.nn.Module, precision: str) -> FastPath:
         """Switch ``model`` (a PEFT LoRA model) to the fused forward where it can be."""
-        bf16 = precision == "bf16"
-        fused = fuse_lora_for_training(model, torch.bfloat16 if bf16 else torch.float32)
+        fused = fuse_lora_for_training(model, _compute_dtype(precision))
         device = next(model.parameters()).device.type
         return cls(
             model, precision, fused, can_share_prefix(model), matmul_row_multiple(precision, device)
@@ -49,8 +51,17 @@ class FastPath:
     def hidden(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Final hidden states (B, T - offset, C) from ``offset`` on: see
         :func:`tunelab.training.prefix_sharing.decoder_hidden`. fp32 whatever the precision."""
+        if self.fused and not is_fused(self.model):
+            # Without this a run would silently train through PEFT's forward, in fp32 whatever
+            # its precision says (transformers' kernelization on .train() did exactly that).
+            logger.warning("the fused LoRA forward was replaced by the model's own; reinstalling")
+            fuse_lora_for_training(self.model, _compute_dtype(self.precision))
         with self.autocast():
             hidden, offset = decoder_hidden(
                 self.model, input_ids, loss_mask, self.share_prefix, self.row_multiple
             )
         return hidden.float(), offset
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32

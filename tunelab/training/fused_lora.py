@@ -394,6 +394,22 @@ def fuse_lora_for_training(
     return True
 
 
+def is_fused(peft_model: torch.nn.Module) -> bool:
+    """Whether the fused forward is (still) in place on every layer.
+
+    Something may put the model's own forwards back: transformers >= 5.25 "kernelizes" a model
+    on ``.train()``/``.eval()`` by default (``use_kernels``), resetting every layer's forward.
+    TuneLab turns that off (``USE_HUB_KERNELS``, set in ``tunelab/__init__.py``); this check is
+    what lets :class:`tunelab.training.fast_path.FastPath` notice if it happens anyway.
+    """
+    decoder = peft_model.get_decoder()
+    return all(
+        isinstance(vars(layer.self_attn).get("forward"), _FusedAttentionForward)
+        and isinstance(vars(layer.input_layernorm).get("forward"), _FusedNormForward)
+        for layer in decoder.layers
+    )
+
+
 def _norms(decoder: torch.nn.Module) -> list[torch.nn.Module]:
     pairs = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in decoder.layers]
     return [norm for pair in pairs for norm in pair] + [decoder.norm]
