@@ -1,20 +1,27 @@
 """Data-parallel training on CPU with gloo: 2 processes x 4 examples train the adapter 1 process
-x 8 does, and a rank killed with SIGKILL fails the run (no hang) which then resumes from its last
-checkpoint to the same adapter. Real processes, started the way a job starts them."""
+x 8 does, also as two machines (two processes on loopback); a rank killed with SIGKILL fails the
+run (no hang) which then resumes from its last checkpoint to the same adapter; a rank that dies
+before joining fails it at once. Real processes, started the way a job starts them."""
 
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import color_rows, write_jsonl
+from support import color_rows, free_port, write_jsonl
 
 from tunelab.configs import SFTConfig
 from tunelab.recipes.sft import train_sft
-from tunelab.training.distributed import RankFailed
+from tunelab.training import launch
+from tunelab.training.distributed import RankFailed, join_group
 from tunelab.training.launch import run_recipe
 
 STEPS = 6
@@ -139,6 +146,88 @@ def test_a_killed_rank_fails_the_run_and_resume_ends_with_the_same_adapter(
     assert [r["step"] for r in rows(resumed.adapter_dir) if "train_loss" in r] == list(
         range(1, STEPS + 1)
     )
+
+
+def test_two_machines_on_loopback_train_the_adapter_one_process_trains(
+    tmp_path, tiny_model_dir, data, one_process
+):
+    """Machine 0 is the job's process (as the job's train step calls it); machine 1 is
+    `tunelab tune sft ... --node-rank 1`, the command an operator runs on the second machine."""
+    train, val = data
+    port = free_port()
+    cfg = config(tiny_model_dir, nodes=2, master_addr="127.0.0.1", master_port=port)
+    same_config = [
+        "--base", str(tiny_model_dir), "--train-steps", str(STEPS), "--batch-size", "8",
+        "--learning-rate-multiplier", "10", "--eval-every-steps", "3",
+        "--checkpoint-every-steps", "3", "--seed", "7", "--precision", "fp32",
+        "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+    ]  # fmt: skip
+    machine_1 = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "tune", "sft", "--train", str(train)]
+        + ["--validation", str(val), "--name", "two-machines", "--node-rank", "1", *same_config],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        result = run_recipe(train_sft, cfg, train, tmp_path / "run", val, **cfg.parallel_fields())
+        out, _ = machine_1.communicate(timeout=120)
+    finally:
+        if machine_1.poll() is None:
+            machine_1.kill()
+    assert machine_1.returncode == 0, out
+    assert_same_adapter(one_process.adapter_dir, result.adapter_dir)
+    manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
+    assert manifest["usage"]["processes"] == 2
+
+
+def test_a_rank_that_dies_before_joining_fails_the_run_at_once(
+    tmp_path, tiny_model_dir, data, monkeypatch
+):
+    """A rank that cannot start (an import error, a bad environment, no memory) used to leave
+    rank 0 waiting for it in the rendezvous for the whole collective timeout."""
+    monkeypatch.setenv("TUNELAB_COLLECTIVE_TIMEOUT", "120")
+    broken = tmp_path / "python"  # what the rank is started with: dies after a second
+    broken.write_text("#!/bin/sh\nsleep 1\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(broken))
+    train, val = data
+    start = time.monotonic()
+    with pytest.raises(RankFailed, match=r"rank 1 exited \(code 3\) before joining"):
+        run_recipe(
+            train_sft, config(tiny_model_dir, processes=2), train, tmp_path / "run", processes=2
+        )
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_dying_before_joining_on_another_machine_fails_every_machine_at_once(
+    monkeypatch,
+):
+    """Machine 1's first rank (2) watches its own rank 3, which dies: it tells the group's store,
+    and rank 0, waiting on machine 0 for everyone, stops waiting too."""
+    monkeypatch.setenv("TUNELAB_COLLECTIVE_TIMEOUT", "30")
+    port, errors = free_port(), {}
+
+    def machine(rank: int, watched: dict) -> None:
+        try:
+            join_group(rank, 4, "127.0.0.1", port, watch=watched)
+        except RankFailed as exc:
+            errors[rank] = str(exc)
+
+    running, died = SimpleNamespace(poll=lambda: None), SimpleNamespace(poll=lambda: 4)
+    threads = [
+        threading.Thread(target=machine, args=(0, {1: running})),
+        threading.Thread(target=machine, args=(2, {3: died})),
+    ]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert time.monotonic() - start < 10
+    assert set(errors) == {0, 2}
+    assert all("rank 3 exited (code 4) before joining" in e for e in errors.values())
 
 
 @pytest.mark.parametrize("n, size", [(8, 2), (5, 2), (7, 3), (1, 2), (3, 4)])

@@ -72,6 +72,18 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
     for opt in options:
         add(opt.param, opt.annotation, opt.option, opt.flags)
     add(
+        "node_rank",
+        int,
+        typer.Option(
+            0,
+            "--node-rank",
+            min=0,
+            help="This machine's place among --nodes: 0 runs the job; 1..nodes-1 train beside "
+            "it (the same command, the same data files) and write nothing.",
+        ),
+        ("--node-rank",),
+    )
+    add(
         "detach",
         bool,
         typer.Option(False, "--detach", help="Only submit the job; a `tunelab worker` runs it."),
@@ -94,14 +106,19 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
         except ValidationError as exc:
             fail(config_errors(exc))
         datasets = {role.name: kwargs[f"data_{role.name}"] for role in spec.dataset_roles}
-        from tunelab.training.launch import follow, torchrun_follower
+        from tunelab.training.launch import torchrun_follower
 
-        if torchrun_follower():  # `torchrun ... -m tunelab.cli tune sft ...`: rank 0 is the job
-            if method != "sft":
-                fail(f"under torchrun only `tune sft` runs; use `tune {method} --processes N`")
-            from tunelab.recipes.sft import train_sft
+        node_rank = kwargs["node_rank"]
+        if node_rank >= getattr(config, "nodes", 1):
+            fail(f"--node-rank {node_rank}: machines are numbered 0..nodes-1 (--nodes)")
+        if node_rank > 0 or torchrun_follower():  # rank 0 is the job; this rank trains beside
+            from tunelab.cli.tune_follower import follow_job
+            from tunelab.training.distributed import RankFailed
 
-            return follow(train_sft, config, datasets["train"], datasets.get("validation"))
+            try:
+                return follow_job(method, config, datasets, node_rank)
+            except (ValueError, RankFailed) as exc:
+                fail(str(exc))
         name = kwargs["name"]
         key = command_key(name, config, datasets, restart=kwargs["restart"])
         services = _services()

@@ -99,6 +99,10 @@ class DPOConfig(ComputeFields, ParallelConfig):
     def _steps_or_epochs(self) -> DPOConfig:
         if self.epochs is not None and self.train_steps is not None:
             raise ValueError("give epochs or train_steps, not both")
+        if self.init_adapter is not None and self.nodes > 1:
+            # Every rank computes the reference (the policy at step 0) for its own pairs, and a
+            # machine > 0 has no registry to resolve the adapter from.
+            raise ValueError("init_adapter needs nodes 1 (the other machines cannot load it)")
         return self
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
@@ -170,6 +170,14 @@ class RLHFConfig(ComputeFields, ParallelConfig):
     keep_checkpoints: int = keep_checkpoints_field()
     precision: Precision = precision_field()
     deploy: DeployPolicy = deploy_field()
+
+    @model_validator(mode="after")
+    def _one_machine(self) -> RLHFConfig:
+        # The policy stage of a machine > 0 would need the reward model, which only machine 0
+        # (the job) has: several processes on one machine, yes; several machines, not yet.
+        if self.nodes > 1:
+            raise ValueError("rlhf trains on one machine: nodes must be 1 (use processes)")
+        return self
 
     @property
     def reinforcement_learning_rate(self) -> float:

@@ -210,7 +210,8 @@ def train_in_job(
     """Run ``recipe(*args)`` in the job's workdir under its stop requests, with its progress on
     the job's bar (from 5% over ``share`` of it; ``eval_every``: the steps between in-training
     evaluations, for the ETA) and its metrics mirrored into the store. On the config's
-    (``args[0]``) ``processes``: this process is rank 0, the others are started beside it."""
+    (``args[0]``) ``processes`` and ``nodes``: this process is rank 0, its machine's other
+    ranks are started beside it, and other machines' join it."""
     from tunelab.training.launch import run_recipe
 
     metrics_path = ctx.workdir / "metrics.jsonl"
@@ -222,7 +223,7 @@ def train_in_job(
         result = run_recipe(
             recipe,
             *args,
-            processes=getattr(args[0], "processes", 1),
+            **getattr(args[0], "parallel_fields", dict)(),  # RFT: one process
             on_progress=training_progress(ctx, 0.05, share, sync, eval_every=eval_every),
             should_stop=ctx.should_stop,
         )

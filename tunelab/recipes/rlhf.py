@@ -130,7 +130,11 @@ def train_policy(
     for step in run.steps():
         # 1. Rollouts: k answers per prompt from the current policy, seeded by the step.
         model.eval()
-        batch_prompts = [prompts[i] for i in run.local_batch(step)]  # this rank's share
+        share = run.local_batch(step)  # this rank's share of the step's prompts
+        batch_prompts = [prompts[i] for i in share]
+        # Prompt i of the global batch draws with seed (step seed + i * k) on whichever rank it
+        # falls: the rollouts do not depend on how many processes share the batch.
+        seed = _step_seed(config.seed, step) + run.order.at(step).index(share[0]) * k
         torch.manual_seed(_step_seed(config.seed, step))
         answers, cut = sample_answers(
             ModelRunner(model, tokenizer),
@@ -141,7 +145,7 @@ def train_policy(
                 top_k=0,
                 top_p=1.0,
                 max_output_tokens=config.target_sequence_length,
-                seed=_step_seed(config.seed, step),
+                seed=seed,
             ),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tunelab.sdk.client import client
-from tunelab.sdk.tuning import TuningJob, submit
+from tunelab.sdk.tuning import TuningJob, compute, submit
 
 
 @dataclass
@@ -117,11 +117,15 @@ class TextGenerationModel:
         kl_coeff: float | None = None,
         instruction: str | None = None,
         eval_data: str | Path | None = None,
+        workers: int | None = None,
+        accelerator: str | None = None,
         **config: Any,
     ) -> TuningJob:
         """RLHF with Vertex's parameters (``TextGenerationModel.tune_model_rlhf``): a reward
         model on the preference pairs, then reinforcement learning on the prompts. Each data
-        argument is a JSONL path to upload or a dataset id; None leaves RLHFConfig's default."""
+        argument is a JSONL path to upload or a dataset id; None leaves RLHFConfig's default.
+        ``workers``: training processes sharing each batch; ``accelerator``: cpu, cuda or
+        auto."""
         return submit(
             "rlhf",
             model_display_name,
@@ -136,6 +140,7 @@ class TextGenerationModel:
                 "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
                 "kl_coeff": kl_coeff,
                 "instruction": instruction,
+                **compute(workers, accelerator),
                 **config,
             },
         )
@@ -151,10 +156,14 @@ class TextGenerationModel:
         learning_rate_multiplier: float | None = None,
         adapter_size: int | None = None,
         validation_data: str | Path | None = None,
+        workers: int | None = None,
+        accelerator: str | None = None,
         **config: Any,
     ) -> TuningJob:
         """Direct preference optimisation on preference pairs (Vertex's preference-tuning
-        parameters: ``beta``, ``epochs``, ``learning_rate_multiplier``, ``adapter_size``)."""
+        parameters: ``beta``, ``epochs``, ``learning_rate_multiplier``, ``adapter_size``).
+        ``workers``: training processes sharing each batch; ``accelerator``: cpu, cuda or
+        auto."""
         return submit(
             "dpo",
             model_display_name,
@@ -166,6 +175,7 @@ class TextGenerationModel:
                 "train_steps": train_steps,
                 "learning_rate_multiplier": learning_rate_multiplier,
                 "adapter_size": adapter_size,
+                **compute(workers, accelerator),
                 **config,
             },
         )
@@ -182,11 +192,13 @@ class TextGenerationModel:
         kl_coeff: float | None = None,
         samples_per_prompt: int | None = None,
         pass_threshold: float | None = None,
+        accelerator: str | None = None,
         **config: Any,
     ) -> TuningJob:
         """Reinforcement fine-tuning toward a grader (``tunelab tune rft``): ``grader`` is the
         grader as a dict or the path of its JSON file; the data are prompts with the fields the
-        grader reads (a JSONL path to upload or a dataset id)."""
+        grader reads (a JSONL path to upload or a dataset id). ``accelerator``: cpu, cuda or
+        auto (RFT trains in one process: it has no ``workers``)."""
         if not isinstance(grader, dict):
             import json
 
@@ -203,6 +215,7 @@ class TextGenerationModel:
                 "kl_coeff": kl_coeff,
                 "samples_per_prompt": samples_per_prompt,
                 "pass_threshold": pass_threshold,
+                **compute(None, accelerator),
                 **config,
             },
         )
@@ -309,10 +322,14 @@ class TextEmbeddingModel:
         train_steps: int | None = None,
         learning_rate_multiplier: float | None = None,
         output_dimensionality: int | None = None,
+        workers: int | None = None,
+        accelerator: str | None = None,
         **config: Any,
     ) -> TuningJob:
         """Embedding tuning as Vertex's ``TextEmbeddingModel.tune_model``: corpus and queries
-        (JSONL), and labels (TSV query-id, corpus-id, score) for training, test and validation."""
+        (JSONL), and labels (TSV query-id, corpus-id, score) for training, test and validation.
+        ``workers``: training processes sharing each batch; ``accelerator``: cpu, cuda or
+        auto."""
         return submit(
             "embedding",
             model_display_name,
@@ -329,6 +346,7 @@ class TextEmbeddingModel:
                 "train_steps": train_steps,
                 "learning_rate_multiplier": learning_rate_multiplier,
                 "output_dimensionality": output_dimensionality,
+                **compute(workers, accelerator),
                 **config,
             },
         )

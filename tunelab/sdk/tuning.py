@@ -84,14 +84,21 @@ def train(
     train_steps: int | None = None,
     learning_rate_multiplier: float | None = None,
     adapter_size: int | None = None,
+    workers: int | None = None,
+    accelerator: str | None = None,
     **config: Any,
 ) -> SupervisedTuningJob:
-    """Start supervised tuning (Vertex ``sft.train``); returns at once with the job."""
+    """Start supervised tuning (Vertex ``sft.train``); returns at once with the job.
+
+    ``workers``: training processes sharing each batch (the config's ``processes``; the
+    adapter is the same, only the speed differs); ``accelerator``: ``"cpu"``, ``"cuda"`` or
+    ``"auto"``. Other config fields go as keywords (``nodes=``, ``devices=``...)."""
     named = {
         "epochs": epochs,
         "train_steps": train_steps,
         "learning_rate_multiplier": learning_rate_multiplier,
         "adapter_size": adapter_size,
+        **compute(workers, accelerator),
     }
     body = {
         "method": "sft",
@@ -105,6 +112,13 @@ def train(
         },
     }
     return SupervisedTuningJob(client().request("POST", "/v1/tuningJobs", json=body))
+
+
+def compute(workers: int | None, accelerator: str | None) -> dict[str, Any]:
+    """The job spec's fields for the SDK's ``workers`` and ``accelerator`` (the CLI's
+    ``--workers``/``--processes`` and ``--accelerator``), the ones given."""
+    fields = {"processes": workers, "accelerator": accelerator}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 TuningJob = SupervisedTuningJob

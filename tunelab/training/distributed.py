@@ -13,9 +13,11 @@ train the same adapter as 1 rank x 8 (up to float summation order).
 
 Ranks meet through torchrun's environment variables (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``): set by ``torchrun``
-or by :mod:`tunelab.training.launch`, which starts the other ranks of a local job. Every
-collective has a timeout (``TUNELAB_COLLECTIVE_TIMEOUT``, seconds), so a rank that dies fails
-the others with an error instead of a hang; gloo notices a dead peer's closed socket at once.
+or by :mod:`tunelab.training.launch`, which starts the other ranks of a job: those meet
+through :func:`join_group`, where a rank that dies before joining fails the others at once.
+Every collective has a timeout (``TUNELAB_COLLECTIVE_TIMEOUT``, seconds), so a rank that dies
+later fails the others with an error instead of a hang; gloo notices a dead peer's closed
+socket at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -78,9 +83,73 @@ def current() -> World:
         if size <= 1:
             return World()
         rank = int(os.environ["RANK"])
+        if os.environ.get(RENDEZVOUS_ENV):  # started by tunelab.training.launch
+            return join_group(rank, size, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
         logger.info("joining a process group of %d as rank %d (%s)", size, rank, backend())
         dist.init_process_group(backend(), rank=rank, world_size=size, timeout=timeout())
     return World(dist.get_rank(), dist.get_world_size())
+
+
+RENDEZVOUS_ENV = "TUNELAB_RENDEZVOUS"
+"""Set in the ranks TuneLab starts: they meet through :func:`join_group`, not torchrun's env://."""
+
+_JOINED, _READY, _FAILED = "tunelab/joined", "tunelab/ready", "tunelab/failed"
+
+
+def join_group(
+    rank: int, size: int, addr: str, port: int, watch: Mapping[int, subprocess.Popen] | None = None
+) -> World:
+    """Join a group of ``size`` as ``rank``, meeting at rank 0's TCP store on ``addr:port``.
+
+    Why not plain ``init_process_group``: it waits for every rank up to the collective timeout
+    (10 minutes), so a rank that dies while starting (a bad path, an import error, out of
+    memory) would leave the others waiting that long. Here the ranks first count themselves in
+    the store, and a process that started some of them (``watch``: {rank: process}) watches them
+    meanwhile: when one exits before joining, it says so in the store and every process still
+    waiting (rank 0, the other machines' first ranks) raises :class:`RankFailed` at once. Only
+    then is the process group made, with the collective timeout. A machine that never starts
+    is waited for as long as that timeout.
+    """
+    store = dist.TCPStore(
+        addr, port, size, is_master=rank == 0, timeout=timeout(), wait_for_workers=False
+    )
+    if rank == 0:
+        _wait(store, lambda: int(store.add(_JOINED, 0)) >= size - 1, watch or {}, size)
+        store.set(_READY, "1")
+    else:
+        store.add(_JOINED, 1)
+        if watch:
+            _wait(store, lambda: store.check([_READY]), watch, size)
+    logger.info("joining a process group of %d as rank %d (%s)", size, rank, backend())
+    dist.init_process_group(backend(), store=store, rank=rank, world_size=size, timeout=timeout())
+    return World(rank, size)
+
+
+def _wait(
+    store: dist.TCPStore,
+    done: Callable[[], bool],
+    watch: Mapping[int, subprocess.Popen],
+    size: int,
+) -> None:
+    deadline = time.monotonic() + timeout().total_seconds()
+    while not done():
+        if store.check([_FAILED]):
+            raise RankFailed(store.get(_FAILED).decode())
+        for rank, proc in watch.items():
+            code = proc.poll()
+            if code is not None:
+                message = (
+                    f"training process of rank {rank} exited (code {code}) before joining the "
+                    "others; its error is in the log above"
+                )
+                store.set(_FAILED, message)
+                raise RankFailed(message)
+        if time.monotonic() > deadline:
+            raise RankFailed(
+                f"only {int(store.add(_JOINED, 0)) + 1} of {size} training processes joined "
+                f"within {timeout().total_seconds():.0f} s"
+            )
+        time.sleep(0.05)
 
 
 def threads_per_rank() -> int:

@@ -8,9 +8,15 @@ torchrun's environment variables and the recipe call as JSON (a recipe's argumen
 config, paths and plain values: nothing is pickled). Under ``torchrun`` (``WORLD_SIZE`` set),
 no process is started: every rank is already running and joins the group from its variables.
 
-A rank that dies makes the others' next collective fail (:class:`RankFailed`); the job then
-fails like any transient error and its next attempt resumes from the last checkpoint. A rank
-started here dies with its parent (``PR_SET_PDEATHSIG``), so a killed worker leaves none behind.
+On several machines (``nodes``), each runs the same call with its ``node_rank`` (the job on
+machine 0; ``tunelab tune <method> --node-rank R`` elsewhere, see tunelab.cli.tune_follower):
+machine R starts its ranks R * processes onwards, and all meet at ``master_addr:master_port``.
+
+A rank that dies before joining fails the others at once (its starter watches it, see
+:func:`tunelab.training.distributed.join_group`); one that dies later makes their next
+collective fail (:class:`RankFailed`). The job then fails like any transient error and its next
+attempt resumes from the last checkpoint. A rank started here dies with its parent
+(``PR_SET_PDEATHSIG``), so a killed worker leaves none behind.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +43,26 @@ logger = logging.getLogger(__name__)
 SPEC_ENV = "TUNELAB_RANK_CALL"
 
 
-def run_recipe(recipe: Callable[..., Any], *args: Any, processes: int = 1, **kwargs: Any) -> Any:
-    """``recipe(*args, **kwargs)`` on ``processes`` local ranks (rank 0 here, with ``kwargs``'
-    hooks), or on this rank of a torchrun-started group, or simply here."""
-    if processes <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def run_recipe(
+    recipe: Callable[..., Any],
+    *args: Any,
+    processes: int = 1,
+    nodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``recipe(*args, **kwargs)`` on ``processes`` local ranks (the first here, with
+    ``kwargs``' hooks) of a group of ``nodes`` machines meeting at ``master_addr:master_port``
+    (this one being ``node_rank``), or on this rank of a torchrun-started group, or simply
+    here. Machine ``r``'s ranks are ``r * processes`` onwards: rank 0, the job, is machine 0's."""
+    if processes * nodes <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return recipe(*args, **kwargs)
     plain = {k: v for k, v in kwargs.items() if k not in ("on_progress", "should_stop")}
     call = {"recipe": _name(recipe), "args": _encode(list(args)), "kwargs": _encode(plain)}
-    with _local_group(processes, json.dumps(call)) as ranks:
+    group = _Group(processes, nodes, node_rank, master_addr or "127.0.0.1", master_port)
+    with _local_group(group, json.dumps(call)) as ranks:
         try:
             return recipe(*args, **kwargs)
         except Exception as exc:
@@ -51,7 +70,9 @@ def run_recipe(recipe: Callable[..., Any], *args: Any, processes: int = 1, **kwa
 
             if isinstance(exc, RankFailed):
                 codes = {r: p.poll() for r, p in ranks.items()}
-                raise RankFailed(f"{exc} (exit codes of ranks 1..: {codes})") from exc
+                raise RankFailed(
+                    f"{exc} (exit codes of this machine's other ranks: {codes})"
+                ) from exc
             raise
 
 
@@ -61,57 +82,81 @@ def torchrun_follower() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
 
 
-def follow(recipe: Callable[..., Any], config: BaseModel, data: Path, *more: Any) -> None:
-    """Train as a torchrun follower: ``recipe(config, data, run_dir, *more)`` in a scratch
-    folder (a follower reads and writes nothing there: rank 0 sends it the checkpoint)."""
+def follow(
+    recipe: Callable[..., Any],
+    config: BaseModel,
+    data: Any,
+    *more: Any,
+    node_rank: int = 0,
+) -> None:
+    """Train beside rank 0's job without being it: ``recipe(config, data, run_dir, *more)`` in
+    a scratch folder (rank 0 sends the checkpoint; nothing is read or written there). As a
+    torchrun rank > 0, or as machine ``node_rank`` > 0 of the config's ``nodes``, which starts
+    its ``processes`` local ranks here."""
     import tempfile
 
     from tunelab.training import distributed
     from tunelab.training.run import TrainingInterrupted
 
+    parallel = config.parallel_fields()  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="tunelab-rank-") as run_dir:
         try:
-            recipe(config, data, Path(run_dir), *more)
+            run_recipe(recipe, config, data, Path(run_dir), *more, node_rank=node_rank, **parallel)
         except TrainingInterrupted:
             pass  # rank 0 stopped the run and wrote its checkpoint
         finally:
             distributed.leave()
 
 
+@dataclass(frozen=True)
+class _Group:
+    processes: int
+    """Ranks on each machine."""
+    nodes: int
+    node_rank: int
+    addr: str
+    port: int | None
+    """None: one machine, any free port."""
+
+
 @contextlib.contextmanager
-def _local_group(processes: int, call: str) -> Iterator[dict[int, subprocess.Popen]]:
+def _local_group(group: _Group, call: str) -> Iterator[dict[int, subprocess.Popen]]:
+    """This machine's ranks: the first one here, the others started as processes, all joined
+    to the group (:func:`distributed.join_group`, which fails at once if one of them dies
+    before joining). Yields the started processes by rank."""
     import torch
 
     from tunelab.training import distributed
 
-    port = _free_port()
+    port = group.port or _free_port()
+    first = group.node_rank * group.processes
+    size = group.processes * group.nodes
     env = {
         **os.environ,
         SPEC_ENV: call,
-        "WORLD_SIZE": str(processes),
-        "LOCAL_WORLD_SIZE": str(processes),
-        "MASTER_ADDR": "127.0.0.1",
+        distributed.RENDEZVOUS_ENV: "1",
+        "WORLD_SIZE": str(size),
+        "LOCAL_WORLD_SIZE": str(group.processes),
+        "MASTER_ADDR": group.addr,
         "MASTER_PORT": str(port),
     }
     ranks = {
-        r: subprocess.Popen(
+        first + r: subprocess.Popen(
             [sys.executable, "-m", "tunelab.training.launch"],
-            env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
+            env=env | {"RANK": str(first + r), "LOCAL_RANK": str(r)},
             stdin=subprocess.DEVNULL,
         )
-        for r in range(1, processes)
+        for r in range(1, group.processes)
     }
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.processes))
     try:
-        torch.distributed.init_process_group(
-            distributed.backend(),
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=0,
-            world_size=processes,
-            timeout=distributed.timeout(),
-        )
+        distributed.join_group(first, size, group.addr, port, watch=ranks)
         yield ranks
+    except distributed.RankFailed:
+        for proc in ranks.values():  # the group is broken: they could only wait for it
+            proc.kill()
+        raise
     finally:
         distributed.leave()
         torch.set_num_threads(threads)
