@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
-from tunelab.api.deps import ServicesDep
+from tunelab import auth
+from tunelab.api.deps import CurrentKey, ServicesDep
 from tunelab.api.errors import ApiError
 from tunelab.api.schemas import TuningJobCreate
 from tunelab.graders.spec import error_path  # a grader's errors without union tags
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1/tuningJobs", tags=["tuning jobs"])
 
 
 @router.post("", status_code=201)
-def create(body: TuningJobCreate, services: ServicesDep) -> dict:
+def create(body: TuningJobCreate, services: ServicesDep, key: CurrentKey) -> dict:
     try:
         config = method_spec(body.method).config(**body.config)
     except UnknownMethod as exc:
@@ -37,6 +38,16 @@ def create(body: TuningJobCreate, services: ServicesDep) -> dict:
         raise ApiError(
             422, "invalid_config", f"{len(errors)} invalid tuning parameter(s)", {"errors": errors}
         ) from None
+    if getattr(config, "nodes", 1) > 1 and not auth.allows(key.scope, "admin"):
+        # Machine 0 of a multi-machine job listens on master_port on every interface, and
+        # torch.distributed's store and gloo have no authentication: an operator's decision.
+        raise ApiError(
+            403,
+            "forbidden",
+            "a job on several machines (config.nodes > 1) opens an unauthenticated "
+            "torch.distributed port on this server: it needs an API key with the 'admin' scope",
+            {"field": "config.nodes", "required_scope": "admin", "key_scope": key.scope},
+        )
     try:  # the same name rule as every face; models named by the config must be servable
         check_tuned_model_name(body.tuned_model_display_name)
     except InvalidModelName as exc:
