@@ -20,13 +20,31 @@ out = Console()
 
 @app.command("list")
 def list_() -> None:
+    """Tuned models with their latest version; "vLLM": whether vLLM can serve that version
+    (`tunelab models show NAME` says why not)."""
     from tunelab.registry.models import list_models
     from tunelab.services import open_services
 
-    table = Table("name", "versions", "latest", "method", "base model")
-    for m in list_models(open_services().db):
-        table.add_row(m.name, str(m.versions), str(m.latest_version), m.method, m.base_model)
+    services = open_services()
+    table = Table("name", "versions", "latest", "method", "base model", "vLLM")
+    for m in list_models(services.db, services.artifacts):
+        table.add_row(
+            m.name,
+            str(m.versions),
+            str(m.latest_version),
+            m.method,
+            m.base_model,
+            _vllm_cell(m.vllm),
+        )
     out.print(table)
+
+
+def _vllm_cell(verdict: dict | None) -> str:
+    if verdict is None:
+        return "?"
+    if verdict["servable"]:
+        return f"yes (--max-lora-rank ≥ {verdict['min_max_lora_rank']})"
+    return "no"
 
 
 @app.command("show")
