@@ -102,15 +102,15 @@ def test_a_store_that_cannot_be_read_is_not_stored_as_the_adapters_fault(
     def outage(uri):
         raise OSError("the bucket is unreachable")
 
-    monkeypatch.setattr(services.artifacts, "local_path", outage)
-    v = register(services, "m", folder)  # registering does not fail on it
-    assert stored(services, "m") is None
-    (summary,) = list_models(services.db, services.artifacts)
-    assert summary.vllm["reasons"] == [
-        "the adapter could not be read from the artifact store to check it"
-    ]
-    assert stored(services, "m") is None  # checked again at the next view
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(services.artifacts, "local_path", outage)
+        v = register(services, "m", folder)  # registering does not fail on it
+        assert stored(services, "m") is None
+        (summary,) = list_models(services.db, services.artifacts)
+        assert summary.vllm["reasons"] == [
+            "the adapter could not be read from the artifact store to check it"
+        ]
+        assert stored(services, "m") is None  # checked again at the next view
     (summary,) = list_models(services.db, services.artifacts)
     assert summary.vllm["servable"] and stored(services, v.model_name)["rank"] == 8
 
@@ -173,3 +173,26 @@ def test_models_list_and_show_say_whether_vllm_serves_each_version(services, tmp
     assert "vLLM: not servable: DoRA adapters (use_dora) are not supported by vLLM" in shown.output
     as_json = runner.invoke(app, ["models", "show", "plain", "--json"])
     assert json.loads(as_json.output)["vllm"]["min_max_lora_rank"] == 8
+
+
+def test_a_tuning_job_registers_its_version_with_the_verdict(services, tmp_path, tiny_model_dir):
+    from support import color_rows, write_jsonl
+
+    from tunelab.configs import SFTConfig
+    from tunelab.jobs.submit import submit_job
+    from tunelab.jobs.worker import Worker
+
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        name="tuned-rank2",
+        datasets={"train": write_jsonl(tmp_path / "train.jsonl", color_rows(8))},
+        config=SFTConfig(base_model=str(tiny_model_dir), train_steps=2, adapter_size=2),
+    )
+    assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
+    assert stored(services, "tuned-rank2") == {
+        "servable": True,
+        "reasons": [],
+        "rank": 2,
+        "min_max_lora_rank": 8,
+    }
