@@ -120,8 +120,8 @@ def deploy(
 @app.command("undeploy")
 def undeploy(ref: str = typer.Argument(..., help="name@version or name@alias")) -> None:
     """Stop serving a version: requests naming it are refused from now on. (Undeploying through
-    the API also unloads it from the server's memory at once; from here, the server unloads it
-    when its adapter cache next needs room.)"""
+    the API also unloads it from the server's memory at once; from here, the builtin engine
+    unloads it when its adapter cache next needs room, a server with --engine vllm within 2 s.)"""
     from tunelab.registry.endpoints import endpoint_id_for
     from tunelab.registry.endpoints import undeploy as undeploy_version
     from tunelab.registry.models import ModelNotRegistered, get_version
