@@ -196,3 +196,17 @@ def test_a_tuning_job_registers_its_version_with_the_verdict(services, tmp_path,
         "rank": 2,
         "min_max_lora_rank": 8,
     }
+
+
+def test_models_deploy_notes_a_version_no_vllm_server_can_serve(services, tmp_path):
+    register(services, "plain", adapter(tmp_path / "a", r=4))
+    register(services, "dora", adapter(tmp_path / "b", use_dora=True))
+    runner = CliRunner()
+    done = runner.invoke(app, ["models", "deploy", "dora"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    assert (
+        "note: a server with --engine vllm cannot serve it: DoRA adapters (use_dora) are not "
+        "supported by vLLM" in done.output
+    )
+    done = runner.invoke(app, ["models", "deploy", "plain"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0 and "note:" not in done.output

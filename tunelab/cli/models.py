@@ -115,6 +115,14 @@ def deploy(
         fail(str(exc))
     endpoint = deploy_version(services.db, v.id, traffic)
     out.print(f"deployed {v.model_name}@{v.version} on {endpoint.id}")
+    from tunelab.serving.vllm_compat import check_version
+
+    verdict = check_version(services, v)  # this process cannot know a server's --max-lora-rank
+    if not verdict.servable:
+        out.print(
+            "note: a server with --engine vllm cannot serve it: " + "; ".join(verdict.reasons),
+            markup=False,
+        )
 
 
 @app.command("undeploy")
