@@ -47,10 +47,11 @@ def vllm_peer(
     from tunelab.models import resolve_model
     from tunelab.serving.vllm_process import VllmOptions, VllmProcess
 
-    options = VllmOptions(
+    held = max(len(adapters), 1)
+    options = VllmOptions(  # vLLM refuses --max-cpu-loras below --max-loras
         max_lora_rank=max_lora_rank,
-        max_loras=max_loras,
-        max_cpu_loras=max(len(adapters), 1),
+        max_loras=min(max_loras, held),
+        max_cpu_loras=held,
         dtype=dtype,
     )
     process = VllmProcess(resolve_model(DEFAULT_BASE_MODEL).path, options, log_path=log).start()
