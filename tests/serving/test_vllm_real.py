@@ -120,13 +120,14 @@ def test_vllm_answers_as_the_builtin_engine_for_each_deployed_adapter(
     from tunelab.api.app import create_app
     from tunelab.auth import create_key
     from tunelab.config import DEFAULT_BASE_MODEL
-    from tunelab.registry.endpoints import endpoint_id_for, undeploy
+    from tunelab.registry.endpoints import deploy_version, endpoint_id_for, undeploy
     from tunelab.serving.pool import InferencePool
     from tunelab.serving.vllm_backend import VllmBackend
     from tunelab.serving.vllm_process import VllmOptions
 
     alpha = _tune(services, tmp_path, "alpha-model", "ALPHA", 8)
     bravo = _tune(services, tmp_path, "bravo-model", "BRAVO", 16)
+    assert alpha.vllm_check == {"servable": True, "reasons": [], "rank": 8, "min_max_lora_rank": 8}
     for name in ("alpha-model", "bravo-model"):  # deployed again below, through the REST route
         undeploy(services.db, endpoint_id_for(name))
     key = create_key(services.db, "tests").secret
@@ -167,6 +168,17 @@ def test_vllm_answers_as_the_builtin_engine_for_each_deployed_adapter(
             )
             assert r.status_code == 200, r.text
             assert backend.engine.loaded_adapters == {bravo.id}
+            # A deploy by another process (a worker, `tunelab models deploy`) reaches vLLM too:
+            # the server's watcher loads the adapter before its first request.
+            deploy_version(services.db, alpha.id)
+            deadline = time.monotonic() + 60
+            while alpha.id not in backend.engine.loaded_adapters:
+                assert time.monotonic() < deadline, "the watcher did not load alpha-model"
+                time.sleep(0.2)
+            assert (
+                _ask(vllm_client, "alpha-model", prompts[0])["chat"]
+                == answers["alpha-model", prompts[0]]
+            )
     finally:
         vllm_pool.close()
         builtin_pool.close()

@@ -90,9 +90,10 @@ def promote(
     from tunelab.registry.models import ModelNotRegistered, get_version
     from tunelab.services import open_services
 
-    db = open_services().db
+    services = open_services()
+    db = services.db
     try:
-        made = promote_checkpoint(db, get_version(db, name, version), step)
+        made = promote_checkpoint(db, get_version(db, name, version), step, services.artifacts)
     except (ModelNotRegistered, CheckpointNotFound) as exc:
         fail(str(exc))
     out.print(f"checkpoint {step} of {name} is now [bold]{made.model_name}@{made.version}[/]")

@@ -20,13 +20,31 @@ out = Console()
 
 @app.command("list")
 def list_() -> None:
+    """Tuned models with their latest version; "vLLM": whether vLLM can serve that version
+    (`tunelab models show NAME` says why not)."""
     from tunelab.registry.models import list_models
     from tunelab.services import open_services
 
-    table = Table("name", "versions", "latest", "method", "base model")
-    for m in list_models(open_services().db):
-        table.add_row(m.name, str(m.versions), str(m.latest_version), m.method, m.base_model)
+    services = open_services()
+    table = Table("name", "versions", "latest", "method", "base model", "vLLM")
+    for m in list_models(services.db, services.artifacts):
+        table.add_row(
+            m.name,
+            str(m.versions),
+            str(m.latest_version),
+            m.method,
+            m.base_model,
+            _vllm_cell(m.vllm),
+        )
     out.print(table)
+
+
+def _vllm_cell(verdict: dict | None) -> str:
+    if verdict is None:
+        return "?"
+    if verdict["servable"]:
+        return f"yes (--max-lora-rank ≥ {verdict['min_max_lora_rank']})"
+    return "no"
 
 
 @app.command("show")
@@ -97,13 +115,21 @@ def deploy(
         fail(str(exc))
     endpoint = deploy_version(services.db, v.id, traffic)
     out.print(f"deployed {v.model_name}@{v.version} on {endpoint.id}")
+    from tunelab.serving.vllm_compat import check_version
+
+    verdict = check_version(services, v)  # this process cannot know a server's --max-lora-rank
+    if not verdict.servable:
+        out.print(
+            "note: a server with --engine vllm cannot serve it: " + "; ".join(verdict.reasons),
+            markup=False,
+        )
 
 
 @app.command("undeploy")
 def undeploy(ref: str = typer.Argument(..., help="name@version or name@alias")) -> None:
     """Stop serving a version: requests naming it are refused from now on. (Undeploying through
-    the API also unloads it from the server's memory at once; from here, the server unloads it
-    when its adapter cache next needs room.)"""
+    the API also unloads it from the server's memory at once; from here, the builtin engine
+    unloads it when its adapter cache next needs room, a server with --engine vllm within 2 s.)"""
     from tunelab.registry.endpoints import endpoint_id_for
     from tunelab.registry.endpoints import undeploy as undeploy_version
     from tunelab.registry.models import ModelNotRegistered, get_version

@@ -160,6 +160,10 @@ class ModelVersion(Base):
     deploy_note: Mapped[str | None] = mapped_column(Text)
     """Why the job that made this version deployed it or registered it only (its ``deploy``
     setting and, for ``if_better``, the comparison with the version deployed before)."""
+    vllm_check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Whether vLLM can serve its adapter and why not, checked at registration
+    (``tunelab.serving.vllm_compat``: servable, reasons, rank, min_max_lora_rank); None for a
+    version registered before it was stored, until a view checks it."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("model_name", "version"),)

@@ -156,6 +156,7 @@ def register_adapter(
         adapter_size=adapter["size_bytes"],
         metrics=metrics,
         inputs=inputs,
+        store=ctx.store,
         **(values | overrides),
     )
 

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from tunelab.db import Database
 from tunelab.db.schema import ModelVersion, PipelineStep, TuningJob
+from tunelab.registry.artifacts import ArtifactStore
 
 CHECKPOINT_REF = re.compile(r"^(?P<name>[^@]+)@checkpoint-(?P<step>\d{1,9})$")
 """``name@checkpoint-STEP``: a kept checkpoint of the job that made ``name``'s latest version."""
@@ -140,11 +141,14 @@ def find(db: Database, version: ModelVersion, step: int) -> Checkpoint:
     )
 
 
-def promote(db: Database, version: ModelVersion, step: int) -> ModelVersion:
+def promote(
+    db: Database, version: ModelVersion, step: int, store: ArtifactStore | None = None
+) -> ModelVersion:
     """Register the checkpoint at ``step`` of ``version``'s job as the next version of the same
     model, with its metrics and evaluation; lineage: job -> new version and version -> new
     version, both ``promoted_checkpoint``, plus the datasets the job trained on. Promoting the
-    same checkpoint again returns the version it made."""
+    same checkpoint again returns the version it made. ``store`` holds the checkpoint (its vLLM
+    verdict is stored with the new version)."""
     from tunelab.registry.models import get_versions, register_version, upstream
 
     checkpoint = find(db, version, step)
@@ -185,6 +189,7 @@ def promote(db: Database, version: ModelVersion, step: int) -> ModelVersion:
         # is linked by lineage and by metrics["checkpoint"].
         source_job_id=None,
         inputs=inputs,
+        store=store,
     )
     return promoted
 

@@ -106,6 +106,7 @@ def import_adapter(services, folder: Path, *, name: str, base: str) -> ModelVers
         metrics=None,
         source_job_id=None,
         inputs=[("import", import_id, "imported")],
+        store=services.artifacts,
     )
     _deploy_if_first(services, version)
     return version

@@ -8,6 +8,7 @@ artifact.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from tunelab.db.schema import (
     TunedModel,
 )
 from tunelab.registry.artifacts import ArtifactStore
+
+logger = logging.getLogger(__name__)
 
 
 class ModelNotRegistered(LookupError):
@@ -43,8 +46,11 @@ def register_version(
     metrics: dict[str, Any] | None,
     source_job_id: str | None,
     inputs: list[tuple[str, str, str]] = (),
+    store: ArtifactStore | None = None,
 ) -> ModelVersion:
     """Add the next version of ``name``. ``inputs`` are lineage sources: (kind, id, relation).
+    With ``store`` (where ``adapter_uri`` lives), whether vLLM can serve the adapter is checked
+    and stored with the version; without, the first view checks it (:func:`vllm_verdict`).
 
     Idempotent per source job: a job retried after registering gets its version back.
     Raises :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take.
@@ -53,6 +59,7 @@ def register_version(
     from tunelab.registry.names import check_tuned_model_name
 
     check_tuned_model_name(name)
+    vllm_check = None if store is None else _check_for_vllm(store, adapter_uri, method)
     with db.session() as s:
         if source_job_id is not None:
             existing = s.scalar(
@@ -87,6 +94,7 @@ def register_version(
             data_stats=data_stats,
             metrics=metrics,
             source_job_id=source_job_id,
+            vllm_check=vllm_check,
         )
         s.add(version)
         s.flush()
@@ -143,24 +151,32 @@ class ModelSummary:
     latest_version: int
     base_model: str
     method: str
+    vllm: dict[str, Any] | None = None
+    """The latest version's vLLM verdict (:func:`vllm_verdict`); None when not checked yet."""
 
 
-def list_models(db: Database) -> list[ModelSummary]:
+def list_models(db: Database, store: ArtifactStore | None = None) -> list[ModelSummary]:
+    """Every tuned model, by name, with its latest version's facts; with ``store``, a latest
+    version registered before vLLM verdicts were stored is checked now."""
     with db.session() as s:
         rows = s.execute(
             select(ModelVersion.model_name, func.count(), func.max(ModelVersion.version))
             .group_by(ModelVersion.model_name)
             .order_by(ModelVersion.model_name)
         ).all()
-        out = []
+        found = []
         for name, count, latest in rows:
             v = s.scalar(
                 select(ModelVersion).where(
                     ModelVersion.model_name == name, ModelVersion.version == latest
                 )
             )
-            out.append(ModelSummary(name, count, latest, v.base_model, v.method))
-        return out
+            found.append((v, count))
+    out = []
+    for v, count in found:  # after the session: vllm_verdict may write its own
+        verdict = v.vllm_check if store is None else vllm_verdict(db, store, v)
+        out.append(ModelSummary(v.model_name, count, v.version, v.base_model, v.method, verdict))
+    return out
 
 
 def get_versions(db: Database, name: str) -> list[ModelVersion]:
@@ -215,6 +231,42 @@ def get_version(db: Database, name: str, version: int | None = None) -> ModelVer
 def adapter_artifact(db: Database, version: ModelVersion) -> Artifact:
     with db.session() as s:
         return s.get(Artifact, version.adapter_artifact_id)
+
+
+def vllm_verdict(db: Database, store: ArtifactStore, version: ModelVersion) -> dict[str, Any]:
+    """Whether vLLM can serve ``version``'s adapter, and why not, by the rules no server setting
+    changes (``tunelab.serving.vllm_compat``): as stored at registration, else checked now and
+    stored (a version registered before the verdict was kept)."""
+    if version.vllm_check is not None:
+        return version.vllm_check
+    uri = adapter_artifact(db, version).uri
+    verdict = _check_for_vllm(store, uri, version.method)
+    if verdict is None:  # the store did not answer: say so, and check again next time
+        return {
+            "servable": False,
+            "reasons": ["the adapter could not be read from the artifact store to check it"],
+            "rank": None,
+            "min_max_lora_rank": None,
+        }
+    with db.session() as s:
+        row = s.get(ModelVersion, version.id)
+        if row is not None:
+            row.vllm_check = verdict
+    version.vllm_check = verdict
+    return verdict
+
+
+def _check_for_vllm(store: ArtifactStore, uri: str, method: str) -> dict[str, Any] | None:
+    """The verdict for the adapter at ``uri``; None when the store cannot be read now (a
+    remote store's outage must not be stored as the adapter's fault, nor fail a registration)."""
+    from tunelab.serving.vllm_compat import check_adapter_folder
+
+    try:
+        folder = store.local_path(uri)
+    except Exception:  # whatever the store's backend raises (fsspec: OSError, boto, ...)
+        logger.warning("could not fetch %s to check it for vLLM", uri, exc_info=True)
+        return None
+    return check_adapter_folder(folder, method=method).as_dict()
 
 
 def set_evaluation(db: Database, version_id: str, evaluation: dict[str, Any]) -> None:

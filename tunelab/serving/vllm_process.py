@@ -89,7 +89,9 @@ class VllmProcess:
         self.options = options or VllmOptions()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = secrets.token_urlsafe(24)
+        # Hex, not urlsafe base64: a key starting with '-' is read by vLLM's argparse as an
+        # option, and vLLM exits at start (one start in 64).
+        self.api_key = secrets.token_hex(24)
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
         self._stopping = threading.Event()

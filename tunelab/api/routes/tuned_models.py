@@ -25,8 +25,15 @@ router = APIRouter(prefix="/v1/tunedModels", tags=["tuned models"])
 
 
 @router.get("")
-def list_(services: ServicesDep) -> dict:
-    return {"tuned_models": [m.__dict__ for m in list_models(services.db)]}
+def list_(services: ServicesDep, request: Request) -> dict:
+    """Every tuned model, with its latest version's facts (``vllm``: whether vLLM can serve it)."""
+    max_rank = _max_lora_rank(request)
+    return {
+        "tuned_models": [
+            m.__dict__ | {"vllm": _judged(m.vllm, max_rank)}
+            for m in list_models(services.db, services.artifacts)
+        ]
+    }
 
 
 @router.get("/{name}")
@@ -35,14 +42,27 @@ def get(name: str, services: ServicesDep, request: Request) -> dict:
         versions = get_versions(services.db, name)
     except ModelNotRegistered as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    backend = getattr(request.app.state.inference, "backend", None)
-    max_rank = backend.options.max_lora_rank if backend is not None else None
+    max_rank = _max_lora_rank(request)
     return {"name": name, "versions": [_with_serving(services, v, max_rank) for v in versions]}
 
 
+def _max_lora_rank(request: Request) -> int | None:
+    """This server's ``--max-lora-rank`` when it runs vLLM (``--engine vllm``), else None."""
+    backend = getattr(request.app.state.inference, "backend", None)
+    return backend.options.max_lora_rank if backend is not None else None
+
+
+def _judged(stored: dict | None, max_lora_rank: int | None) -> dict | None:
+    from tunelab.serving.vllm_compat import VllmVerdict, against_server
+
+    if stored is None:
+        return None
+    return against_server(VllmVerdict.from_dict(stored), max_lora_rank).as_dict()
+
+
 def _with_serving(services, version, max_lora_rank: int | None) -> dict:
-    """The version, with whether vLLM can serve its adapter and why not (``--engine vllm``;
-    judged against this server's ``--max-lora-rank`` when it runs vLLM)."""
+    """The version, with whether vLLM can serve its adapter and why not: the verdict stored at
+    its registration, judged against this server's ``--max-lora-rank`` when it runs vLLM."""
     from tunelab.serving.vllm_compat import check_version
 
     verdict = check_version(services, version, max_lora_rank=max_lora_rank)
@@ -142,6 +162,6 @@ def promote(
 
     try:
         v = get_version(services.db, name, version)
-        return version_view(promote_checkpoint(services.db, v, step))
+        return version_view(promote_checkpoint(services.db, v, step, services.artifacts))
     except (ModelNotRegistered, CheckpointNotFound) as exc:
         raise ApiError(404, "not_found", str(exc)) from None

@@ -51,6 +51,15 @@ function cell(x) {
   return JSON.stringify(x);
 }
 
+/** Whether `tunelab serve --engine vllm` can serve the version (checked when it was
+ * registered; on a vLLM server, against its --max-lora-rank), and every reason why not. */
+function vllmVerdict(verdict) {
+  if (!verdict) return h("span", { class: "muted", dataset: { testid: "vllm-verdict" } }, "not checked");
+  return verdict.servable
+    ? h("span", { dataset: { testid: "vllm-verdict" } }, `servable (--max-lora-rank ≥ ${verdict.min_max_lora_rank})`)
+    : h("span", { dataset: { testid: "vllm-verdict" } }, `not servable: ${verdict.reasons.join("; ")}`);
+}
+
 export function renderModels(main) {
   const list = h("div", { id: "models-list" });
   clear(main, pageHeader("Models", h("a", { class: "button", href: "#/create", dataset: { needs: "tune" } }, "Create tuned model")), list);
@@ -98,6 +107,7 @@ export function renderModels(main) {
                   ["Created", when(v.create_time)],
                   ["Base model", h("span", { class: "path" }, v.base_model)],
                   ["Adapter sha256", h("code", { class: "small" }, v.adapter_sha256)],
+                  ["vLLM", vllmVerdict(v.vllm)],
                   // scalars here; a nested result (DPO's evaluation on its validation pairs) below
                   ...Object.entries(v.metrics || {}).filter(([, x]) => x === null || typeof x !== "object").map(([k, x]) => [k, fmt(x)]),
                 ])),
