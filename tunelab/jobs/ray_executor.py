@@ -172,7 +172,10 @@ class RayExecutor:
             # Recording progress failed (a lost lease, the database gone): stop the run at its
             # next step, with a checkpoint, rather than leave it training for nobody.
             channel.request_stop.remote()
-            fit.done.wait(STOP_GRACE_SECONDS)
+            if not fit.done.wait(STOP_GRACE_SECONDS):
+                shutdown = getattr(fit.trainer, "shutdown", None)  # Ray Train V2: abort the run
+                if shutdown is not None:
+                    shutdown()
             raise
 
 
