@@ -199,7 +199,7 @@ def test_a_rest_job_trains_on_two_ray_workers_to_the_one_process_adapter(
         text=True,
         timeout=120,
     )
-    assert refused.returncode == 1 and "must be local or ray" in refused.stdout
+    assert refused.returncode == 1 and "must be local or ray" in refused.stderr
 
 
 def test_cancel_stops_the_ray_run_and_the_lease_is_renewed_meanwhile(
