@@ -184,9 +184,13 @@ def test_a_rest_job_trains_on_two_ray_workers_to_the_one_process_adapter(
     # Watched while it runs: the training processes are the cluster's Ray Train workers.
     seen = 0
     deadline = time.monotonic() + 600
-    while worker.poll() is None and time.monotonic() < deadline:
-        seen = max(seen, len(ray_train_workers()))
-        time.sleep(0.1)  # polling interval while the worker runs the job
+    try:
+        while worker.poll() is None and time.monotonic() < deadline:
+            seen = max(seen, len(ray_train_workers()))
+            time.sleep(0.1)  # polling interval while the worker runs the job
+    finally:
+        if worker.poll() is None:
+            worker.kill()
     assert worker.wait(10) == 0, log.read_text()[-3000:]
     assert seen == 2
 
