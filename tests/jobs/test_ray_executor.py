@@ -8,6 +8,7 @@ files, with deadlines.
 Skipped without Ray unless TUNELAB_REQUIRE_RAY is set (.ci/run sets it and installs the extra).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -152,18 +153,23 @@ def assert_same_adapter(services, name, reference_dir: Path) -> None:
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
 
 
+@contextlib.contextmanager
 def in_process_worker(services, **run):
-    """A worker with the Ray executor in a thread of this process (the cluster's driver)."""
+    """A worker with the Ray executor in a thread of this process (the cluster's driver); told
+    to shut down on the way out, so a failed test leaves no worker behind."""
     from tunelab.jobs.ray_executor import RayExecutor
     from tunelab.jobs.worker import Worker
 
     worker = Worker(services.db, services.artifacts, run_recipe=RayExecutor().run_recipe)
-    outcomes: list = []
     thread = threading.Thread(
-        target=lambda: outcomes.append(worker.run_forever(poll_seconds=0.2, **run)), daemon=True
+        target=worker.run_forever, kwargs={"poll_seconds": 0.2, **run}, daemon=True
     )
     thread.start()
-    return worker, thread
+    try:
+        yield worker, thread
+    finally:
+        worker.shutdown.set()
+        thread.join(120)
 
 
 def test_a_rest_job_trains_on_two_ray_workers_to_the_one_process_adapter(
@@ -218,55 +224,58 @@ def test_cancel_stops_the_ray_run_and_the_lease_is_renewed_meanwhile(
     ray_cluster, services, http, tmp_path, tunelab_home
 ):
     job_id = submit(http, tmp_path, "cancelled", train_steps=100_000)
-    worker, thread = in_process_worker(services, max_jobs=1)
-    wait_for(lambda: trained_steps(tunelab_home, job_id) >= 2, what="training on Ray")
-    running_since = time.monotonic()
-    # Training goes on past several lease periods: the heartbeat keeps the lease ahead.
-    wait_for(lambda: time.monotonic() - running_since > 5, what="three lease periods")
-    held = store.get_job(services.db, job_id)
-    assert held.state == "RUNNING" and held.worker_id == worker.id
-    assert held.lease_expires_at > utcnow()
-    assert len(ray_train_workers()) == 2
+    with in_process_worker(services, max_jobs=1) as (worker, thread):
+        wait_for(lambda: trained_steps(tunelab_home, job_id) >= 2, what="training on Ray")
+        running_since = time.monotonic()
+        # Training goes on past several lease periods: the heartbeat keeps the lease ahead.
+        wait_for(lambda: time.monotonic() - running_since > 5, what="two lease periods to pass")
+        held = store.get_job(services.db, job_id)
+        assert held.state == "RUNNING" and held.worker_id == worker.id
+        assert held.lease_expires_at > utcnow()
+        assert len(ray_train_workers()) == 2
 
-    asked = time.monotonic()
-    assert http.post(f"/v1/tuningJobs/{job_id}:cancel").status_code == 200
-    wait_for(
-        lambda: http.get(f"/v1/tuningJobs/{job_id}").json()["state"] == "CANCELLED",
-        timeout=60,
-        what="cancel",
-    )
-    assert time.monotonic() - asked < 20
-    thread.join(60)
-    assert not thread.is_alive()
-    wait_for(lambda: not ray_train_workers(), timeout=60, what="the Ray workers to exit")
-    stopped_at = trained_steps(tunelab_home, job_id)
-    assert 2 <= stopped_at < 100_000
-    assert (tunelab_home / "work" / job_id / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
+        asked = time.monotonic()
+        assert http.post(f"/v1/tuningJobs/{job_id}:cancel").status_code == 200
+        wait_for(
+            lambda: http.get(f"/v1/tuningJobs/{job_id}").json()["state"] == "CANCELLED",
+            timeout=60,
+            what="cancel",
+        )
+        assert time.monotonic() - asked < 20
+        thread.join(60)
+        assert not thread.is_alive()
+        wait_for(lambda: not ray_train_workers(), timeout=60, what="the Ray workers to exit")
+        stopped_at = trained_steps(tunelab_home, job_id)
+        assert 2 <= stopped_at < 100_000
+        assert (tunelab_home / "work" / job_id / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
 
 
 def test_a_killed_ray_worker_requeues_the_job_which_resumes_to_the_same_adapter(
     ray_cluster, services, http, tmp_path, tunelab_home, one_process
 ):
     job_id = submit(http, tmp_path, "killed")
-    worker, thread = in_process_worker(services, max_jobs=2)  # the failed attempt, the retry
-    wait_for(lambda: trained_steps(tunelab_home, job_id) >= 4, what="training past step 4")
-    ranks = ray_train_workers()
-    assert len(ranks) == 2
-    ranks[-1].send_signal(signal.SIGKILL)
+    # Two runs: the attempt that fails, and its retry.
+    with in_process_worker(services, max_jobs=2) as (worker, thread):
+        wait_for(lambda: trained_steps(tunelab_home, job_id) >= 4, what="training past step 4")
+        ranks = ray_train_workers()
+        assert len(ranks) == 2
+        ranks[-1].send_signal(signal.SIGKILL)
 
-    wait_for(
-        lambda: http.get(f"/v1/tuningJobs/{job_id}").json()["state"] in ("SUCCEEDED", "FAILED"),
-        what="the retried job to end",
-    )
-    job = http.get(f"/v1/tuningJobs/{job_id}").json()
-    assert job["state"] == "SUCCEEDED", job["error"]
-    assert job["attempts"] == 1
-    events = [e["message"] for e in http.get(f"/v1/tuningJobs/{job_id}/events").json()["events"]]
-    assert any("transient error, retrying" in m for m in events), events
-    train = next(s for s in job["pipeline"] if s["name"] == "train")
-    assert train["outputs"]["resumed_from_step"] >= 3  # from a checkpoint, not from scratch
-    metrics = http.get(f"/v1/tuningJobs/{job_id}/metrics").json()["metrics"]
-    assert [r["step"] for r in metrics if "train_loss" in r] == list(range(1, STEPS + 1))
-    assert_same_adapter(services, "killed", one_process.adapter_dir)
-    thread.join(60)
-    assert not thread.is_alive()
+        wait_for(
+            lambda: http.get(f"/v1/tuningJobs/{job_id}").json()["state"] in ("SUCCEEDED", "FAILED"),
+            what="the retried job to end",
+        )
+        job = http.get(f"/v1/tuningJobs/{job_id}").json()
+        assert job["state"] == "SUCCEEDED", job["error"]
+        assert job["attempts"] == 1
+        events = [
+            e["message"] for e in http.get(f"/v1/tuningJobs/{job_id}/events").json()["events"]
+        ]
+        assert any("transient error, retrying" in m for m in events), events
+        train = next(s for s in job["pipeline"] if s["name"] == "train")
+        assert train["outputs"]["resumed_from_step"] >= 3  # from a checkpoint, not from scratch
+        metrics = http.get(f"/v1/tuningJobs/{job_id}/metrics").json()["metrics"]
+        assert [r["step"] for r in metrics if "train_loss" in r] == list(range(1, STEPS + 1))
+        assert_same_adapter(services, "killed", one_process.adapter_dir)
+        thread.join(60)
+        assert not thread.is_alive()
