@@ -36,7 +36,7 @@ class Settings:
     """The operator's folder of allowed ``python`` grader files (``TUNELAB_PYTHON_GRADERS``);
     unset, python graders are off."""
     executor: str = "local"
-    """Where a worker runs a job's training (``TUNELAB_EXECUTOR``): ``local`` processes, or
+    """Where `tunelab worker` runs a job's training (``TUNELAB_EXECUTOR``): ``local`` processes, or
     ``ray``: a Ray Train run on the cluster at ``ray_address`` (tunelab.jobs.ray_executor)."""
     ray_address: str | None = None
     """The Ray cluster of the ``ray`` executor (``TUNELAB_RAY_ADDRESS``); unset: Ray's own
