@@ -60,6 +60,13 @@ def ray_cluster():
         ray.shutdown()
 
 
+@pytest.fixture
+def db_url(tmp_path):
+    """SQLite only: the worker, server and Ray processes share one machine here, and the store
+    tests cover PostgreSQL (a second backend would double this module's CI time)."""
+    return f"sqlite:///{tmp_path / 'tunelab.db'}"
+
+
 @pytest.fixture(autouse=True)
 def short_timeouts(monkeypatch):
     # A broken test must fail, not wait 10 minutes in a collective; a short lease shows the
