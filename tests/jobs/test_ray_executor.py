@@ -32,7 +32,7 @@ from tunelab.registry.models import adapter_artifact, get_version
 
 pytestmark = pytest.mark.ray
 
-STEPS = 12
+STEPS = 40  # long enough that the kill test lands mid-run, even on idle cores
 JOB = {
     "train_steps": STEPS,
     "batch_size": 8,  # 20 examples: batches of 8, 8 and 4, so the two shares differ in size
