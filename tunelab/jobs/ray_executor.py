@@ -137,6 +137,7 @@ class RayExecutor:
             run_config=RunConfig(
                 name=name,
                 storage_path=str(storage),
+                # No retry inside Ray: a dead worker fails the run, and TuneLab requeues the job.
                 failure_config=FailureConfig(max_failures=0),
             ),
         )
@@ -145,17 +146,18 @@ class RayExecutor:
         )
         fit = _Fit(trainer)
         try:
-            self._relay(fit, channel, on_progress, should_stop)
+            stopped = self._relay(fit, channel, on_progress, should_stop)
             outcome = ray.get(channel.outcome.remote())
         finally:
             ray.kill(channel)
             shutil.rmtree(storage / name, ignore_errors=True)
-        return _result(outcome, fit.error)
+        return _result(outcome, fit.error, stopped)
 
     @staticmethod
-    def _relay(fit: _Fit, channel: Any, on_progress: ProgressCallback, should_stop) -> None:
+    def _relay(fit: _Fit, channel: Any, on_progress: ProgressCallback, should_stop) -> bool:
         """Until the run ends: rank 0's progress events to ``on_progress`` (here, in the
-        worker's thread, as a local rank 0 calls it) and a stop request to rank 0."""
+        worker's thread, as a local rank 0 calls it) and a stop request to rank 0. Returns
+        whether a stop was asked for."""
         ray = _ray()
         stop_sent = False
         try:
@@ -164,18 +166,18 @@ class RayExecutor:
                 for event in ray.get(channel.drain.remote()):
                     on_progress(Progress(**event))
                 if ended:
-                    return
+                    return stop_sent
                 if not stop_sent and should_stop():
+                    # Rank 0 stops at its next step. (A run still waiting for the cluster's
+                    # CPUs or GPUs has no rank 0 to read this, and Ray 2.60's trainer has no
+                    # abort to call from here: such a run is not stopped until it starts.)
                     channel.request_stop.remote()
                     stop_sent = True
         except BaseException:
             # Recording progress failed (a lost lease, the database gone): stop the run at its
             # next step, with a checkpoint, rather than leave it training for nobody.
             channel.request_stop.remote()
-            if not fit.done.wait(STOP_GRACE_SECONDS):
-                shutdown = getattr(fit.trainer, "shutdown", None)  # Ray Train V2: abort the run
-                if shutdown is not None:
-                    shutdown()
+            fit.done.wait(STOP_GRACE_SECONDS)
             raise
 
 
@@ -197,7 +199,7 @@ class _Fit(threading.Thread):
             self.done.set()
 
 
-def _result(outcome: tuple[str, Any] | None, error: Exception | None) -> Any:
+def _result(outcome: tuple[str, Any] | None, error: Exception | None, stopped: bool) -> Any:
     from tunelab.training.distributed import RankFailed
     from tunelab.training.run import TrainingInterrupted
 
@@ -206,6 +208,8 @@ def _result(outcome: tuple[str, Any] | None, error: Exception | None) -> Any:
         return value
     if kind == "interrupted":
         raise TrainingInterrupted(value)
+    if kind is None and stopped:  # ended before rank 0 began: the stop, not a failure
+        raise TrainingInterrupted("stopped before training began")
     if kind == "error":  # rank 0's own exception: the job classifies it as a local one
         raise value from error
     # Rank 0 ended without a word (killed, its node lost): as a local rank's death, a transient
