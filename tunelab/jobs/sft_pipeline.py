@@ -62,6 +62,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         "final_train_loss": result.final_train_loss,
         "stopped_early": result.stopped_early,
         "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,  # > 0: this attempt resumed a checkpoint
     }
 
 

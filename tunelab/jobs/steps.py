@@ -211,17 +211,16 @@ def train_in_job(
     """Run ``recipe(*args)`` in the job's workdir under its stop requests, with its progress on
     the job's bar (from 5% over ``share`` of it; ``eval_every``: the steps between in-training
     evaluations, for the ETA) and its metrics mirrored into the store. On the config's
-    (``args[0]``) ``processes`` and ``nodes``: this process is rank 0, its machine's other
-    ranks are started beside it, and other machines' join it."""
-    from tunelab.training.launch import run_recipe
-
+    (``args[0]``) ``processes`` and ``nodes``, where the worker's executor runs them
+    (``ctx.run_recipe``): locally, this process is rank 0, its machine's other ranks are started
+    beside it and other machines' join it; on Ray, the cluster places them."""
     metrics_path = ctx.workdir / "metrics.jsonl"
 
     def sync() -> None:
         ctx.on_metrics(metrics_path)
 
     with stops_as_job_stops():
-        result = run_recipe(
+        result = ctx.run_recipe(
             recipe,
             *args,
             **getattr(args[0], "parallel_fields", dict)(),  # RFT: one process

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab.config import get_settings
 from tunelab.db import Database
@@ -49,8 +51,12 @@ class Worker:
         worker_id: str | None = None,
         lease_seconds: float | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        run_recipe: Callable[..., Any] | None = None,
     ) -> None:
+        """``run_recipe``: where training runs (tunelab.training.launch's, the default: local
+        processes; or a :class:`tunelab.jobs.ray_executor.RayExecutor`'s: a Ray cluster)."""
         self.db, self.artifacts = db, artifacts
+        self.run_recipe = run_recipe
         self.id = worker_id or store.worker_identity()
         self.lease_seconds = lease_seconds or get_settings().lease_seconds
         self.max_attempts = max_attempts
@@ -120,6 +126,7 @@ class Worker:
             report=report,
             should_stop=self._should_stop,
             on_metrics=lambda path: self._sync_metrics(job.id, path),
+            **({"run_recipe": self.run_recipe} if self.run_recipe else {}),
         )
         try:
             for name, step in pipeline.steps:
