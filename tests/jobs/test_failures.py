@@ -18,7 +18,7 @@ from tunelab.jobs import store
 from tunelab.jobs.methods import METHODS, DatasetRole, MethodSpec
 from tunelab.jobs.pipeline import PipelineDef
 from tunelab.jobs.submit import submit_job
-from tunelab.jobs.worker import Worker
+from tunelab.jobs.worker import RunOutcome, Worker
 from tunelab.training.checkpoint import list_checkpoints, load_latest
 
 
@@ -163,6 +163,41 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(services, tmp_pa
         failed.error["code"] == "internal" and "object store unreachable" in failed.error["message"]
     )
     assert store.claim(services.db, "host:9:z", 60) is None  # nothing left to retry
+
+
+def test_a_failure_while_cancelling_ends_the_job_cancelled(services, tmp_path, monkeypatch):
+    """A run that errors as it is being cancelled (its processes torn down under it) ends
+    CANCELLED; the worker used to try to requeue it (an illegal CANCELLING -> QUEUED), which
+    raised out of its loop and stopped it taking further jobs."""
+
+    def cancelled_then_broken(ctx):
+        store.request_cancel(ctx.db, ctx.job.id)
+        raise ConnectionError("a training process went away")
+
+    class Broken(SFTConfig):
+        method: str = "broken-test"
+
+    module = types.ModuleType("broken_test_pipeline")
+    module.PIPELINE = PipelineDef(
+        "broken-test", (("validate", cancelled_then_broken),), {"validate": 1.0}
+    )
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    roles = (DatasetRole("train", "rows", required=True),)
+    monkeypatch.setitem(METHODS, "broken-test", MethodSpec(Broken, roles, module.__name__, ()))
+    train = write_jsonl(tmp_path / "t.jsonl", _rows())
+    first, _ = submit_job(
+        services.db, services.artifacts, config=Broken(), name="one", datasets={"train": train}
+    )
+    second, _ = submit_job(
+        services.db, services.artifacts, config=SFTConfig(), name="two", datasets={"train": train}
+    )
+    worker = Worker(services.db, services.artifacts, max_attempts=3)
+    outcome = worker.run_job(first.id)
+    assert outcome == RunOutcome(first.id, "CANCELLED")
+    assert store.get_job(services.db, first.id).state == "CANCELLED"
+    events = [e.message for e in store.events_of(services.db, first.id)]
+    assert any("while stopping" in m for m in events), events
+    assert store.get_job(services.db, second.id).state == "QUEUED"  # untouched, still claimable
 
 
 @pytest.mark.parametrize("price", [None, "0.008"])

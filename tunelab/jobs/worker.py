@@ -196,6 +196,16 @@ class Worker:
         error = classify(exc)
         current = store.get_job(self.db, job.id)
         attempts = current.attempts + 1
+        if current.state == S.CANCELLING:
+            # The user asked to cancel and the run failed on its way out (e.g. its training
+            # processes were torn down): that is the cancel done. A retry would be an illegal
+            # CANCELLING -> QUEUED, and the exception would end this worker's loop.
+            return self._finish(
+                job.id,
+                S.CANCELLED,
+                message=f"cancelled (the run ended with an error while stopping: {error.message})",
+                attempts=attempts,
+            )
         if not error.permanent and attempts < self.max_attempts:
             logger.warning(
                 "job %s: transient error (attempt %d/%d): %s",
