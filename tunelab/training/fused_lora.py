@@ -176,6 +176,31 @@ class _SwiGLU(torch.autograd.Function):
         return grad, None
 
 
+class _GatherRows(torch.autograd.Function):
+    """x[index] along the first dimension, rows repeated as often as the index names them; the
+    backward adds each row's gradients back with one ``index_add_`` over a contiguous 2-D
+    gradient. Autograd's own backward of ``index_select`` takes a slow elementwise scatter when
+    the gradient is not contiguous, as it is after attention's transposes."""
+
+    @staticmethod
+    def forward(ctx, x, index):  # noqa: ANN001
+        ctx.save_for_backward(index)
+        ctx.shape = x.shape
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (index,) = ctx.saved_tensors
+        rows = grad.reshape(len(index), -1)
+        out = rows.new_zeros(ctx.shape[0], rows.shape[1]).index_add_(0, index, rows)
+        return out.view(ctx.shape), None
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(0, index)`` with a fast backward (:class:`_GatherRows`)."""
+    return _GatherRows.apply(x, index)
+
+
 def _block_diagonal(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(blocks) == 1:
         return blocks[0]
@@ -321,7 +346,7 @@ class _FusedAttentionForward:
         n, lq, lk = packed.segments, packed.query_length, packed.key_length
 
         def gather(t, index, length):  # (L, h, D) -> (n, h, length, D)
-            return t.index_select(0, index).view(n, length, *t.shape[1:]).transpose(1, 2)
+            return gather_rows(t, index).view(n, length, *t.shape[1:]).transpose(1, 2)
 
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
@@ -336,7 +361,7 @@ class _FusedAttentionForward:
             scale=self.attn.scaling,
             enable_gqa=True,
         )  # (n, H, Lq, D)
-        out = out.transpose(1, 2).reshape(n * lq, -1).index_select(0, packed.output_index)
+        out = gather_rows(out.transpose(1, 2).reshape(n * lq, -1), packed.output_index)
         if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
             out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
         return out[None]

@@ -44,6 +44,7 @@ import torch
 
 from tunelab.data.batching import Batch
 from tunelab.losses.lm import completion_loss
+from tunelab.training.fused_lora import gather_rows
 
 MIN_SHARED_TOKENS = 8
 """A run of tokens is computed once when that saves at least this many token computations
@@ -283,7 +284,7 @@ def decoder_hidden(
     """
     decoder = model.get_decoder()
     batch = Batch(input_ids, loss_mask, tokens=0)
-    packed = pack_shared_prefix(batch, row_multiple=row_multiple) if share_prefix else None
+    packed = pack_shared_prefix(batch, MIN_SHARED_TOKENS, row_multiple) if share_prefix else None
     if packed is None:
         padded = pad_rows(batch, row_multiple).input_ids
         hidden = decoder(input_ids=padded).last_hidden_state  # (B, T + pad, C)
@@ -292,7 +293,7 @@ def decoder_hidden(
         out = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids)
     # Each row's states gathered from the segments holding them: the backward sums the rows'
     # gradients of a shared token into its one copy.
-    rows = out.last_hidden_state[0].index_select(0, packed.row_positions.reshape(-1))
+    rows = gather_rows(out.last_hidden_state[0], packed.row_positions.reshape(-1))
     return rows.view(*packed.row_positions.shape, -1), packed.prefix
 
 
