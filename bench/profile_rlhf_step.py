@@ -3,7 +3,11 @@ recipes (tunelab.recipes.reward_model, .dpo, .rlhf) run for a few steps, with th
 phase of a step summed, and the ops of a window of steps under torch.profiler.
 
     python bench/profile_rlhf_step.py [--only reward dpo rl] [--steps 8] [--profile-steps 3] \
-        [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32]
+        [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32] \
+        [--precision auto] [--threads N]
+
+On a busy machine, ``--threads 1 --profile-steps 0`` and the CPU seconds per step are the
+steadier measure (a parallel region waits for its slowest thread, however busy its core).
 
 Phases (summed over the steps after the first, which pays one-off kernel choices):
 - ``forward``: the fast path's training forward (FastPath.hidden), packing included;
@@ -26,6 +30,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,9 @@ class Phases:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.step_cpu: list[float] = []
+        """CPU seconds of this process per step (from the second step on)."""
         self.calls: dict[str, int] = defaultdict(int)
         self.tokens = {"collated": 0, "computed": 0}
         self.step = 0
@@ -44,11 +52,12 @@ class Phases:
 
     @contextmanager
     def phase(self, name: str):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with record_function(name):
             yield
         if self.counting or name == "reference pass":
             self.seconds[name] += time.perf_counter() - start
+            self.cpu[name] += time.process_time() - cpu
             self.calls[name] += 1
 
 
@@ -120,14 +129,20 @@ def run_recipe(name: str, args, work: Path, reward_model: Path | None) -> Path |
     prof = profile(activities=[ProfilerActivity.CPU])
     window = (args.steps - args.profile_steps, args.steps)
 
+    last_cpu = [0.0]
+
     def on_progress(p) -> None:
         if p.phase != "training":
             return
+        now = time.process_time()
+        if phases.counting:
+            phases.step_cpu.append(now - last_cpu[0])
+        last_cpu[0] = now
         phases.step = p.step
         phases.counting = p.step >= 1
-        if p.step == window[0]:
+        if args.profile_steps and p.step == window[0]:
             prof.start()
-        elif p.step == window[1]:
+        elif args.profile_steps and p.step == window[1]:
             prof.stop()
 
     start = time.perf_counter()
@@ -173,16 +188,24 @@ def run_recipe(name: str, args, work: Path, reward_model: Path | None) -> Path |
     )
     for phase, seconds in sorted(phases.seconds.items(), key=lambda kv: -kv[1]):
         per = seconds / counted if phase != "reference pass" else seconds
-        print(f"  {phase:<16}{seconds:8.2f} s  ({per:.3f} s a step; {phases.calls[phase]} calls)")
+        print(
+            f"  {phase:<16}{seconds:8.2f} s  ({per:.3f} s a step; {phases.calls[phase]} calls), "
+            f"CPU {phases.cpu[phase]:.2f} s"
+        )
+    cpu = sum(phases.step_cpu)
+    print(
+        f"CPU seconds of this process in steps 2..{args.steps}: {cpu:.2f} ({cpu / counted:.3f} a step)"
+    )
     collated, computed = phases.tokens["collated"], phases.tokens["computed"]
     if collated:
         print(
             f"training forward tokens: {collated} collated (padding included), {computed} "
             f"computed after packing ({computed / collated:.0%})"
         )
-    ops = prof.key_averages()
-    print(f"ops of steps {window[0] + 1}..{window[1]}, by self CPU time:")
-    print(ops.table(sort_by="self_cpu_time_total", row_limit=20))
+    if args.profile_steps:
+        ops = prof.key_averages()
+        print(f"ops of steps {window[0] + 1}..{window[1]}, by self CPU time:")
+        print(ops.table(sort_by="self_cpu_time_total", row_limit=20))
     return out
 
 
@@ -196,7 +219,12 @@ def main() -> None:
     parser.add_argument("--samples-per-prompt", type=int, default=4)
     parser.add_argument("--target-length", type=int, default=32)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1: CPU seconds that a busy machine moves less)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     runs = args.only or ["reward", "dpo", "rl"]
     instrument()
     with tempfile.TemporaryDirectory() as tmp:
