@@ -3,7 +3,7 @@
     python bench/bench_rlhf.py [--reward-steps 20] [--rl-steps 10] [--dpo-steps 20] \
         [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32]
 
-Six runs, one after the other, each in a fresh subprocess (so that peak RSS is its own):
+Up to nine runs, one after the other, each in a fresh subprocess (so that peak RSS is its own):
 
 - ``reward/tunelab``  tunelab.recipes.reward_model.train_reward_model (LoRA + scalar head);
 - ``reward/trl``      trl.RewardTrainer on AutoModelForSequenceClassification + PEFT LoRA;
@@ -13,21 +13,25 @@ Six runs, one after the other, each in a fresh subprocess (so that peak RSS is i
                       reward function, the reward model of ``reward/tunelab`` exported as a
                       sequence-classification model (TRL loads a reward model as its own model);
 - ``dpo/tunelab``     tunelab.recipes.dpo.train_dpo (reference log-probs computed once);
-- ``dpo/trl``         trl.DPOTrainer with PEFT LoRA (reference = adapter disabled), its defaults.
+- ``dpo/trl``         trl.DPOTrainer with PEFT LoRA (reference = adapter disabled), its defaults;
+- ``*/trl-bf16``      each TRL run again with TRL's bf16 default kept: only on a CPU with native
+                      bf16 (AVX512-BF16 or AMX), where it may be TRL's faster setting. Each
+                      stage's ratio is taken against the faster of its TRL runs.
 
 Same for both sides of a stage: base model (SmolLM2-135M-Instruct), the pairs and prompts of
 ``examples/preference/``, LoRA rank/alpha/targets with no dropout, batch size, steps, learning
 rate with linear warm-up and decay, AdamW without weight decay, clipping at 1.0, seed, sequence
 limits; RL: prompts per step, samples per prompt, KL coefficient 0.1, temperature 1, no top-k/p.
 TRL runs with its defaults otherwise (activation checkpointing as it sets it), except
-``bf16=False`` (its bf16 default is emulated on this CPU, ~30x slower than fp32), and
-``save_strategy="no"`` (no checkpoints, which favours TRL: ours write theirs every 10 steps).
+``bf16=False`` in the ``*/trl`` runs (bf16 is emulated on a CPU without native bf16, ~30x
+slower than fp32; ``*/trl-bf16`` keeps it where it is native), and ``save_strategy="no"``
+(no checkpoints, which favours TRL: ours write theirs every 10 steps).
 
 Measured per run: wall seconds of the whole run (model loading and data preparation included),
 seconds inside the training steps (for our DPO, plus the one pass computing the reference
-log-probabilities, which TRL does inside its steps), and peak RSS. Each run also prints what it learned (the
-final train loss; RL: mean reward-model score of the last steps), to show that both sides did
-the same job. On a shared machine trust the ratios more than the absolute numbers; ``others``
+log-probabilities, which TRL does inside its steps), and peak RSS. Each run also prints what
+it learned (the final train loss; RL: mean reward-model score of the last steps), to show that
+both sides did the same job. On a shared machine trust the ratios more than the absolute numbers; ``others``
 is the share of the cores other processes used while the run ran.
 """
 
@@ -48,7 +52,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 EXAMPLES = ROOT / "examples" / "preference"
-RUNS = ["reward/tunelab", "reward/trl", "rl/tunelab", "rl/trl", "dpo/tunelab", "dpo/trl"]
+RUNS = [
+    "reward/tunelab",
+    "reward/trl",
+    "reward/trl-bf16",
+    "rl/tunelab",
+    "rl/trl",
+    "rl/trl-bf16",
+    "dpo/tunelab",
+    "dpo/trl",
+    "dpo/trl-bf16",
+]
+TRL_BF16 = False
+"""Whether this worker runs TRL with ``bf16=True`` (the ``*/trl-bf16`` runs)."""
 
 
 def peak_rss_mb() -> float:
@@ -95,14 +111,23 @@ def lora(rank: int, alpha: int, task: str):
     )
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def trl_args(cls, tmp: str, steps: int, lr: float, warmup: int, batch: int, seed: int, **kw):
     return cls(
         output_dir=tmp,
         use_cpu=True,  # without it, TRL's default bf16=True refuses to start on a CPU
         # and with it, bf16 autocast runs emulated on a CPU without native bf16 (no
-        # AVX512-BF16/AMX, as here): ~150 s a step of SFT (bench_sft.py's trl-defaults run).
-        # fp32, as TuneLab trains, is the fair and the faster peer.
-        bf16=False,
+        # AVX512-BF16/AMX): ~150 s a step of SFT (bench_sft.py's trl-defaults run). There fp32
+        # is TRL's faster setting; with native bf16 the */trl-bf16 runs keep its bf16 default.
+        bf16=TRL_BF16,
         report_to="none",
         save_strategy="no",
         max_steps=steps,
@@ -344,14 +369,19 @@ def dpo_trl(args) -> dict:
 WORKERS = {
     "reward/tunelab": reward_tunelab,
     "reward/trl": reward_trl,
+    "reward/trl-bf16": reward_trl,
     "rl/tunelab": rl_tunelab,
     "rl/trl": rl_trl,
+    "rl/trl-bf16": rl_trl,
     "dpo/tunelab": dpo_tunelab,
     "dpo/trl": dpo_trl,
+    "dpo/trl-bf16": dpo_trl,
 }
 
 
 def worker(args) -> None:
+    global TRL_BF16
+    TRL_BF16 = args.worker.endswith("-bf16")
     start = time.perf_counter()
     result = WORKERS[args.worker](args)
     result.update(wall_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
@@ -439,7 +469,7 @@ def main() -> None:
         f"{args.target_length} tokens; DPO: {args.dpo_steps} steps x {pairs} pairs; "
         f"candidates <= {args.target_length} tokens"
     )
-    runs = args.only or RUNS
+    runs = args.only or [r for r in RUNS if native_bf16() or not r.endswith("-bf16")]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name in runs:
@@ -471,13 +501,18 @@ def report(results: dict) -> None:
         )
     print()
     for stage in ("reward", "rl", "dpo"):
-        ours, theirs = results.get(f"{stage}/tunelab"), results.get(f"{stage}/trl")
-        if ours and theirs:
-            print(
-                f"{stage}: TuneLab {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x faster "
-                f"(wall), {theirs['train_seconds'] / ours['train_seconds']:.2f}x (train steps), "
-                f"peak RSS {ours['peak_rss_mb']:.0f} vs {theirs['peak_rss_mb']:.0f} MB"
-            )
+        ours = results.get(f"{stage}/tunelab")
+        trl = [name for name in (f"{stage}/trl", f"{stage}/trl-bf16") if name in results]
+        if not ours or not trl:
+            continue
+        fastest = min(trl, key=lambda name: results[name]["train_seconds"])
+        theirs = results[fastest]
+        print(
+            f"{stage}: TuneLab {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x faster "
+            f"(wall), {theirs['train_seconds'] / ours['train_seconds']:.2f}x (train steps) than "
+            f"TRL's faster run ({fastest}), peak RSS {ours['peak_rss_mb']:.0f} vs "
+            f"{theirs['peak_rss_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

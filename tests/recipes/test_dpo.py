@@ -151,3 +151,27 @@ def test_interrupted_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, d
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
     assert resumed.evaluation == pytest.approx(straight.evaluation, abs=1e-5)
+
+
+def test_a_resumed_run_recomputes_its_reference_in_the_precision_it_started_with(
+    tmp_path, tiny_model_dir, data, monkeypatch
+):
+    """The reference is computed before the first step as the steps compute (bf16 here): a
+    resumed run that must compute it again takes the checkpoint's precision, not a new
+    measurement, and the model before any step, not the checkpoint's."""
+    from tunelab.training import precision
+
+    pairs, heldout = data
+    config = dpo_config(tiny_model_dir, train_steps=6, precision="auto")
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda width: 3.0)
+    steps = iter(range(100))
+    with pytest.raises(TrainingInterrupted):  # stop after 3 steps; a checkpoint is written
+        train_dpo(config, pairs, tmp_path / "run", should_stop=lambda: next(steps) >= 3)
+    first = load_file(tmp_path / "run" / REFERENCE_FILE)
+    (tmp_path / "run" / REFERENCE_FILE).unlink()
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda width: 0.5)  # now says fp32
+    result = train_dpo(config, pairs, tmp_path / "run")
+    assert result.resumed_from_step == 3 and result.usage["precision"] == "bf16"
+    again = load_file(tmp_path / "run" / REFERENCE_FILE)
+    needed = ~torch.isnan(first["train"][:, 0])
+    torch.testing.assert_close(again["train"][needed], first["train"][needed], rtol=0, atol=1e-5)

@@ -18,6 +18,7 @@ from tunelab.models import load_causal_lm
 from tunelab.models.reward_head import rewards_at
 from tunelab.training.fast_path import FastPath
 from tunelab.training.lora import with_lora
+from tunelab.training.prefix_sharing import row_lengths
 
 
 def lora_model(model_dir):
@@ -136,7 +137,7 @@ def test_rloo_loss_and_gradients_match_peft(models, pairs, tokenizer):
     assert_same(loss_and_grads(fused, lambda: rloo(fused, fast_hidden(fast), batch)), expected)
 
 
-def test_another_active_adapter_runs_through_peft(tiny_model_dir, pairs, tokenizer, tmp_path):
+def test_another_active_adapter_is_the_one_computed(tiny_model_dir, pairs, tokenizer, tmp_path):
     """The RL stage scores with the reward adapter on the policy's fused model: the fused
     forward must compute that adapter, not the policy's."""
     other = lora_model(tiny_model_dir)
@@ -162,3 +163,22 @@ def test_another_active_adapter_runs_through_peft(tiny_model_dir, pairs, tokeniz
         got = fused.get_decoder()(input_ids=batch.input_ids).last_hidden_state
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, policy, atol=1e-2)
+
+
+def test_with_adapters_disabled_the_fast_path_computes_the_base_model(models, pairs, tokenizer):
+    """The RL stage's reference: the policy's fused model with its adapter switched off, through
+    the fast path without a gradient (packed; fp32 here), gives the base model's states, and
+    the model keeps its mode."""
+    plain, fused, fast = models
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    ids, mask = batch.input_ids, batch.response_mask
+    fused.eval()
+    with torch.no_grad(), plain.disable_adapter():
+        expected = plain.get_decoder()(input_ids=ids).last_hidden_state
+    with fused.disable_adapter():
+        got, p = fast.hidden_no_grad(ids, mask)
+    tuned, _ = fast.hidden_no_grad(ids, mask)
+    assert p > 0 and not got.requires_grad and not fused.training
+    for row, n in enumerate(row_lengths(mask)):  # past a row's last target: stand-ins
+        torch.testing.assert_close(got[row, : n - p], expected[row, p:n], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, tuned, atol=1e-2)

@@ -1,5 +1,5 @@
-"""A batch's shared prompt prefix computed once gives the loss and gradients of the batch
-computed row by row (PEFT's own forward, no packing)."""
+"""A batch packed as its prefix tree (the tokens rows share computed once, no padding) gives
+the loss and gradients of the batch computed row by row (PEFT's own forward, no packing)."""
 
 import copy
 
@@ -7,16 +7,19 @@ import pytest
 import torch
 from test_fused_lora import lora_model, relative_error
 
-from tunelab.data.batching import collate
+from tunelab.data.batching import Batch, collate
 from tunelab.data.formats import parse_record
+from tunelab.data.preference import collate_pairs, load_preference
 from tunelab.data.template import encode
 from tunelab.losses.lm import completion_loss
+from tunelab.training import prefix_sharing
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.prefix_sharing import (
     can_share_prefix,
     completion_loss_of,
     pack_shared_prefix,
     pad_rows,
+    row_lengths,
     shared_prefix_length,
 )
 
@@ -67,15 +70,55 @@ def backward(model, result):
     return loss.item(), int(correct), count, grads
 
 
+def assert_rows_map_back(batch, packed):
+    """Every row's token p + t, up to its last target, is at row_positions[b, t] in the packed
+    sequence, with its own position id."""
+    p = packed.prefix
+    for b, n in enumerate(row_lengths(batch.loss_mask)):
+        where = packed.row_positions[b, : n - p]
+        assert packed.input_ids[0, where].tolist() == batch.input_ids[b, p:n].tolist()
+        assert packed.position_ids[0, where].tolist() == list(range(p, n))
+
+
+def distinct_prefixes(batch) -> int:
+    """Tokens of the rows' full prefix tree: one per distinct (row prefix) up to a last target."""
+    ids = batch.input_ids.tolist()
+    lengths = row_lengths(batch.loss_mask)
+    return len({tuple(row[: t + 1]) for row, n in zip(ids, lengths, strict=True) for t in range(n)})
+
+
 def test_the_packed_batch_holds_the_prefix_once(batch):
     packed = pack_shared_prefix(batch)
     assert packed is not None
     p, (rows, length) = packed.prefix, batch.input_ids.shape
     assert p >= 20  # the chat header and the system message
     assert torch.equal(batch.input_ids[:, :p], batch.input_ids[:1, :p].expand(rows, -1))
-    assert packed.input_ids.shape == (1, p + rows * (length - p))
+    assert packed.input_ids[0, :p].tolist() == batch.input_ids[0, :p].tolist()
     assert packed.position_ids[0, :p].tolist() == list(range(p))
-    assert packed.position_ids[0, p : p + packed.suffix].tolist() == list(range(p, length))
+    # the prefix once, then each row's own tokens, none of the padding
+    ends = row_lengths(batch.loss_mask)
+    assert packed.tokens == p + sum(int(n) - p for n in ends) < rows * length
+    assert packed.input_ids.shape == (1, packed.tokens)
+    assert_rows_map_back(batch, packed)
+
+
+def test_pairs_share_their_prompt_and_the_start_of_their_answers(tmp_path, tokenizer):
+    """Preference pairs: the chosen and rejected answers follow one prompt and here begin alike
+    ("It is 3." / "It is 3. Well, ..."): all of that is computed once."""
+    from support import preference_rows, write_jsonl
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(4))
+    pairs, _ = load_preference(
+        path, tokenizer, prompt_sequence_length=64, target_sequence_length=24
+    )
+    pair_batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    batch = Batch(pair_batch.input_ids, pair_batch.response_mask, tokens=0)
+    packed = pack_shared_prefix(batch, minimum=1)
+    assert packed.tokens == distinct_prefixes(batch)  # every shared run once
+    assert_rows_map_back(batch, packed)
+    # beyond the prefix all rows share: each pair's question and "It is i." once, not twice
+    unshared = packed.prefix + sum(int(n) - packed.prefix for n in row_lengths(batch.loss_mask))
+    assert packed.tokens <= unshared - 10 * len(pairs)
 
 
 def test_same_loss_and_gradients_as_the_unpacked_batch(tiny_model_dir, batch):
@@ -134,7 +177,7 @@ def test_rounding_the_token_count_changes_nothing_learnt(tiny_model_dir, batch, 
     matmuls' rows up to a multiple (for per-shape kernels) without moving the loss or a grad."""
     packed = pack_shared_prefix(batch, row_multiple=32)
     assert packed.tail > 0 and packed.input_ids.shape[1] % 32 == 0
-    assert packed.input_ids.shape[1] == packed.packed_rows_end + packed.tail
+    assert packed.input_ids.shape[1] == packed.tokens + packed.tail
     padded = pad_rows(batch, 32)
     assert (
         padded.input_ids.numel() % 32 == 0 and padded.input_ids.shape[1] > batch.input_ids.shape[1]
@@ -146,6 +189,38 @@ def test_rounding_the_token_count_changes_nothing_learnt(tiny_model_dir, batch, 
     assert fuse_lora_for_training(fused)
     ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
     loss, correct, count, grads = shared_loss_and_grads(fused, batch, 32, share_prefix)
+    assert (correct, count) == (ref_correct, ref_count)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], ref) < 1e-5, name
+
+
+def test_a_deep_tree_with_repeated_rows_gives_the_rows_loss_and_gradients(
+    tiny_model_dir, tokenizer, monkeypatch
+):
+    """Answers nested in one another (each one the start of the next), a row repeated, and a
+    second prompt: a tree several levels deep, every shared run computed once."""
+    monkeypatch.setattr(prefix_sharing, "MIN_SHARED_TOKENS", 1)  # share every run
+    batch = chat_batch(
+        tokenizer,
+        [
+            ("Colour?", "red"),
+            ("Colour?", "red and green"),
+            ("Colour?", "red and green and blue, all three"),
+            ("Colour?", "red"),
+            ("Size?", "big"),
+        ],
+    )
+    packed = pack_shared_prefix(batch, minimum=1)
+    assert packed.segments > 6  # root, the two prompts, the nested answers, the rows' own ends
+    assert packed.tokens == distinct_prefixes(batch) + 1  # the repeated row's last token twice
+    assert_rows_map_back(batch, packed)
+
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
+    loss, correct, count, grads = shared_loss_and_grads(fused, batch, row_multiple=32)
     assert (correct, count) == (ref_correct, ref_count)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for name, ref in ref_grads.items():

@@ -44,6 +44,7 @@ from tunelab.losses.dpo import dpo_loss
 from tunelab.losses.rl import sequence_logprobs
 from tunelab.models.device import to_device
 from tunelab.training.atomic import write_bytes
+from tunelab.training.fast_path import FastPath
 from tunelab.training.lora import adapter_model, lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
@@ -94,10 +95,12 @@ def train_dpo(
     head = model.get_output_embeddings()
     order = BatchOrder(pair_lengths(train), config.batch_size, config.seed)
     total_steps = config.total_steps(len(train))
+    fast = run.fast_path(model)  # before any step: the reference is computed as they compute
 
     # The reference: this model before any step. Its log-probs are computed once, for the pairs
-    # the run will train on (the batch order is known in advance) and the validation pairs,
-    # and kept in the run folder so a resumed run reads them back.
+    # the run will train on (the batch order is known in advance; computed as the steps compute
+    # theirs, so that policy and reference agree at step 0) and the validation pairs (as
+    # evaluation computes), and kept in the run folder so a resumed run reads them back.
     reference_path = run_dir / REFERENCE_FILE
     # With several processes each computes the pairs of its own shares; only rank 0 keeps its
     # file, and a rank never trusts a file that lacks a pair it needs.
@@ -112,7 +115,9 @@ def train_dpo(
             "train": torch.full((len(train), 2), float("nan")),  # NaN: never trained on
             "validation": answer_logprobs(model, val if run.world.is_main else [], pad_id),
         }
-        reference["train"][needed] = answer_logprobs(model, [train[i] for i in needed], pad_id)
+        reference["train"][needed] = answer_logprobs(
+            model, [train[i] for i in needed], pad_id, fast
+        )
         if run.world.is_main:
             write_bytes(reference_path, save({k: v.contiguous() for k, v in reference.items()}))
     reference = {k: v.to(run.device) for k, v in reference.items()}
@@ -125,7 +130,6 @@ def train_dpo(
         order=order,
         eval_every=config.eval_every_steps if val else None,
     )
-    fast = run.fast_path(model)
     run.keep_checkpoints(model, tokenizer, config.keep_checkpoints)  # the last N and the best
 
     # ---------------------------------------------------------------- train
@@ -172,10 +176,11 @@ def train_dpo(
 
 @torch.no_grad()
 def answer_logprobs(
-    model, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8
+    model, pairs: Sequence[EncodedPair], pad_id: int, fast: FastPath | None = None
 ) -> torch.Tensor:
     """(n, 2) summed log-probabilities of each pair's chosen and rejected answer, on the CPU
-    (kept in the run folder); computed on the model's device."""
+    (kept in the run folder); computed on the model's device, by ``fast`` as a training step
+    computes (precision, shared prefixes), else in fp32 as evaluation computes."""
     out = torch.zeros(len(pairs), 2)
     if not pairs:
         return out
@@ -183,11 +188,16 @@ def answer_logprobs(
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     device = head.weight.device
     order = np.argsort(pair_lengths(pairs), kind="stable")
+    batch_size = 16 if fast else 8  # no graph kept: more pairs share their prefixes at once
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = to_device(collate_pairs([pairs[i] for i in idx], pad_id), device)
-        hidden = decoder(input_ids=batch.input_ids).last_hidden_state
-        logps = sequence_logprobs(hidden, head, batch.input_ids, batch.response_mask)
+        ids, mask = batch.input_ids, batch.response_mask
+        if fast:
+            hidden, p = fast.hidden_no_grad(ids, mask)
+            logps = sequence_logprobs(hidden, head, ids[:, p:], mask[:, p:])
+        else:
+            logps = sequence_logprobs(decoder(input_ids=ids).last_hidden_state, head, ids, mask)
         chosen, rejected = logps.chunk(2)
         out[torch.as_tensor(idx)] = torch.stack([chosen, rejected], dim=1).cpu()
     return out

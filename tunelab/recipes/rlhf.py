@@ -28,9 +28,10 @@ fresh batch the samples are on-policy, so no importance ratio or clipping is nee
 **Per step** (``P`` prompts x ``k`` samples): sample answers of at most
 ``target_sequence_length`` tokens at temperature 1 (the policy's own distribution, as REINFORCE
 requires), score them, compute reference log-probabilities, then one policy forward/backward.
-Rollouts, scores and the reference run in eval mode; the policy's forward/backward trains through
-the fast path every LoRA recipe shares (tunelab.training.fast_path: fused LoRA forward, bf16
-where the CPU is fast at it, the batch's shared prompt prefix computed once).
+Rollouts run in eval mode; the reward scores, the reference pass and the policy's
+forward/backward all run through the fast path every LoRA recipe shares
+(tunelab.training.fast_path: fused LoRA forward, bf16 where the CPU is fast at it, the tokens
+the samples of a prompt share computed once), the first two without a gradient.
 Logged per step: mean reward-model score, KL to the reference, answer length, the penalised
 reward, the loss, and how many answers ended by themselves.
 
@@ -64,7 +65,7 @@ from tunelab.losses.rl import (
 )
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.device import resolve_placement
-from tunelab.models.reward_head import load_head, score
+from tunelab.models.reward_head import load_head, rewards_at, score
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
@@ -113,7 +114,7 @@ def train_policy(
     model.set_adapter(POLICY)
     run.place(model)  # policy, reward adapter and reference: one copy on the run's device
     reward_head = run.place(load_head(reward_model_dir))
-    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+    lm_head = model.get_output_embeddings()
     k = config.samples_per_prompt
     order = BatchOrder([len(p.input_ids) for p in prompts], config.prompts_per_step, config.seed)
     run.start(
@@ -154,21 +155,22 @@ def train_policy(
         batch = run.batch(batch)
         ids, mask = batch.input_ids, batch.loss_mask  # (N, T), N = P*k; mask: answer tokens
 
-        # 2. Reward-model scores and reference log-probs: no gradient, same base weights.
-        with torch.no_grad():
-            scored = [
-                sequence(p, ended(a, c, end_id))
-                for p, a, c in zip(prompt_of, answers, cut, strict=True)
-            ]
-            scored_batch = run.batch(collate(scored, pad_id))
-            scored_lengths = torch.tensor([len(s.input_ids) for s in scored], device=run.device)
-            with active_adapter(model, REWARD):
-                scores = score(model, reward_head, scored_batch.input_ids, scored_lengths)  # (N,)
-            reference = None
-            if config.kl_coeff > 0:
-                with model.disable_adapter():
-                    ref_hidden = decoder(input_ids=ids).last_hidden_state
-                    reference = sequence_logprobs(ref_hidden, lm_head, ids, mask)  # (N,)
+        # 2. Reward-model scores and reference log-probs: no gradient, same base weights,
+        # computed as the step's own forward computes (precision, shared prefixes).
+        scored = [
+            sequence(p, ended(a, c, end_id))
+            for p, a, c in zip(prompt_of, answers, cut, strict=True)
+        ]
+        scored_batch = run.batch(collate(scored, pad_id))
+        scored_lengths = torch.tensor([len(s.input_ids) for s in scored], device=run.device)
+        with active_adapter(model, REWARD):
+            hidden, p = fast.hidden_no_grad(scored_batch.input_ids, scored_batch.loss_mask)
+        scores = rewards_at(reward_head, hidden, scored_lengths - 1 - p)  # (N,)
+        reference = None
+        if config.kl_coeff > 0:
+            with model.disable_adapter(), torch.no_grad():
+                hidden, p = fast.hidden_no_grad(ids, mask)
+                reference = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
 
         # 3. One policy-gradient step with RLOO advantages on the KL-penalised rewards.
         model.train()

@@ -6,6 +6,8 @@ once and kept in the checkpoints). A recipe then asks it for the final hidden st
 training batch (:meth:`FastPath.hidden`) and computes its own loss from them: the completion
 loss (SFT), sequence log-probabilities (DPO, RLOO) or the reward head's scores (reward model).
 Models the fused forward does not cover train through PEFT's forward, in bf16 by autocast.
+Passes without a gradient inside a run (reference log-probabilities, reward scores) run
+through it too (:meth:`FastPath.hidden_no_grad`), so they compute as the steps do.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ class FastPath:
                 self.model, input_ids, loss_mask, self.share_prefix, self.row_multiple
             )
         return hidden.float(), offset
+
+    @torch.no_grad()
+    def hidden_no_grad(
+        self, input_ids: torch.Tensor, loss_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """:meth:`hidden` without a graph, computed as a training step computes it (precision
+        and packing): for the passes inside a run whose numbers meet the steps' own, the
+        reference log-probabilities (DPO, RLOO) and the reward model's scores (RLOO)."""
+        training = self.model.training
+        # Train mode is what makes the fused norms hand the blocks the compute dtype (eval
+        # mode computes fp32, as evaluation must); the fused path has no dropout it would
+        # switch on. PEFT's forward (a model the fused path does not cover) stays in eval mode.
+        self.model.train(self.fused)
+        try:
+            return self.hidden(input_ids, loss_mask)
+        finally:
+            self.model.train(training)
 
 
 def _compute_dtype(precision: str) -> torch.dtype:

@@ -21,8 +21,10 @@ work without changing what is learnt:
 
 Parameters stay where PEFT put them (``...q_proj.lora_A.default.weight``...), so checkpoints,
 ``save_pretrained`` and every loader are unchanged. Only ``forward`` of the attention, MLP and
-norm modules is replaced, and PEFT's path still runs whenever a KV cache is in use (generation)
-or the adapter is disabled or merged.
+norm modules is replaced. The fused forward computes whichever one plain LoRA adapter is active
+(the RL stage scores with a reward adapter beside the policy's) or none while PEFT is asked to
+skip them (``disable_adapter()``: the reference); PEFT's path still runs whenever a KV cache is
+in use (generation) or an adapter is merged.
 :func:`fuse_lora_for_training` returns False, changing nothing, for any model it does not
 recognise (other architectures, dropout, biases on LoRA, missing targets).
 
@@ -174,6 +176,31 @@ class _SwiGLU(torch.autograd.Function):
         return grad, None
 
 
+class _GatherRows(torch.autograd.Function):
+    """x[index] along the first dimension, rows repeated as often as the index names them; the
+    backward adds each row's gradients back with one ``index_add_`` over a contiguous 2-D
+    gradient. Autograd's own backward of ``index_select`` takes a slow elementwise scatter when
+    the gradient is not contiguous, as it is after attention's transposes."""
+
+    @staticmethod
+    def forward(ctx, x, index):  # noqa: ANN001
+        ctx.save_for_backward(index)
+        ctx.shape = x.shape
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (index,) = ctx.saved_tensors
+        rows = grad.reshape(len(index), -1)
+        out = rows.new_zeros(ctx.shape[0], rows.shape[1]).index_add_(0, index, rows)
+        return out.view(ctx.shape), None
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(0, index)`` with a fast backward (:class:`_GatherRows`)."""
+    return _GatherRows.apply(x, index)
+
+
 def _block_diagonal(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(blocks) == 1:
         return blocks[0]
@@ -198,19 +225,33 @@ class _FusedGroup:
         # The frozen weights in each compute dtype in use; a bf16 copy is made once, when a
         # bf16 input first arrives (the fp32 ones stay for PEFT's forward and evaluation).
         self.frozen = {fused.dtype: (fused, self.bias)}
-        self.a = [layer.lora_A["default"].weight for layer in layers]
-        self.b = [layer.lora_B["default"].weight for layer in layers]
-        self.scaling = float(layers[0].scaling["default"])
         self.outs = [base.weight.shape[0] for base in bases]
         self.layers = list(layers)
 
+    def adapter(self) -> str | None:
+        """The one adapter the layers compute (``default``, or another one switched on with
+        ``set_adapter``, as the RL stage's reward adapter), or None when PEFT is asked to skip
+        them (``with model.disable_adapter():``)."""
+        return None if self.layers[0].disable_adapters else self.layers[0].active_adapters[0]
+
     def bypassed(self) -> bool:
-        """PEFT is asked to skip or has merged the adapter (``with model.disable_adapter():``,
-        ``merge_adapter()``), or another adapter than ``default`` is active (the RL stage's
-        reward adapter): its own forward knows how, so the fused one steps aside."""
+        """PEFT has merged an adapter, several are active, or the active one is not plain LoRA
+        (dropout, DoRA, a bias): its own forward knows how, so the fused one steps aside."""
+        layer = self.layers[0]
+        if any(x.merged or x.active_adapters != layer.active_adapters for x in self.layers):
+            return True
+        if layer.disable_adapters:
+            return False
+        if len(layer.active_adapters) != 1:
+            return True
+        name = layer.active_adapters[0]
         return any(
-            layer.disable_adapters or layer.merged or layer.active_adapters != ["default"]
-            for layer in self.layers
+            not isinstance(x.lora_dropout[name], torch.nn.Identity)
+            or x.use_dora.get(name, False)
+            or getattr(x, "lora_bias", {}).get(name, False)
+            or x.scaling[name] != layer.scaling[name]  # one scaling and rank for the group
+            or x.r[name] != layer.r[name]
+            for x in self.layers
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +261,14 @@ class _FusedGroup:
             bias = None if self.bias is None else self.bias.to(flat.dtype)
             self.frozen[flat.dtype] = (self.weight.to(flat.dtype), bias)
         weight, bias = self.frozen[flat.dtype]
-        y = _LoraLinear.apply(flat, weight, bias, self.scaling, *self.a, *self.b)
+        name = self.adapter()
+        if name is None:  # the base model alone (the RL stage's reference)
+            y = F.linear(flat, weight, bias)
+        else:
+            a = [layer.lora_A[name].weight for layer in self.layers]
+            b = [layer.lora_B[name].weight for layer in self.layers]
+            scaling = float(self.layers[0].scaling[name])
+            y = _LoraLinear.apply(flat, weight, bias, scaling, *a, *b)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -266,16 +314,16 @@ class _FusedAttentionForward:
         cos, sin = (t.float() for t in position_embeddings)  # (B, T, D)
         qk, v = qkv.split(self.qkv_widths, dim=-1)
         qk = _Rotary.apply(qk.float().view(hidden_shape), cos, sin)
-        q, k = (t.transpose(1, 2) for t in qk.split(self.qk_heads, dim=2))  # (B, H|Hkv, T, D)
-        v = v.float().contiguous().view(hidden_shape).transpose(1, 2)
+        q, k = qk.split(self.qk_heads, dim=2)  # (B, T, H|Hkv, D)
         kwargs.pop("cache", None)
         kwargs.pop("past_key_values", None)
-        if self.shared_prefix is not None:
-            out, weights = self._attend_shared_prefix(q, k, v, **kwargs)
-        else:
-            out, weights = self._attend(q, k, v, attention_mask, **kwargs)
-            out = out.reshape(*input_shape, -1)
-        return self.o(out.to(compute_dtype)), weights
+        if self.shared_prefix is not None:  # the gathers give q, k and v storage of their own
+            out = self._attend_packed(q[0], k[0], v[0].float().view(k.shape[1:]))
+            return self.o(out.to(compute_dtype)), None
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H|Hkv, T, D)
+        v = v.float().contiguous().view(hidden_shape).transpose(1, 2)
+        out, weights = self._attend(q, k, v, attention_mask, **kwargs)
+        return self.o(out.reshape(*input_shape, -1).to(compute_dtype)), weights
 
     def _attend(self, q, k, v, mask, **kwargs):
         """(B, H, T, D) queries over (B, Hkv, T', D) keys -> (B, T, H*D)."""
@@ -286,44 +334,37 @@ class _FusedAttentionForward:
         )
         return out.reshape(*out.shape[:2], -1), weights
 
-    def _attend_shared_prefix(self, q, k, v, **kwargs):
-        """Attention over a packed batch (see tunelab.training.prefix_sharing): the sequence is
-        [prefix (P) | row 1's suffix (S) | ... | row B's suffix (S) | dead tail], one copy of
-        the prefix the rows share. The prefix attends causally to itself; each suffix to the
-        whole prefix and causally to itself. The prefix's keys and values are broadcast to the
-        rows, so autograd sums the rows' gradients into the one copy: the same sums as B
-        separate copies."""
+    def _attend_packed(self, q, k, v):
+        """Attention over a batch packed as its prefix tree (see
+        tunelab.training.prefix_sharing): q (L, H, D), k and v (L, Hkv, D) of the packed
+        tokens -> (1, L, H*D). Each segment's queries and keys (its ancestors' tokens, then its
+        own) are gathered into one padded batch of segments, attended under the segments' masks
+        in one call, and the outputs put back in packed order. A shared token's key and value
+        are gathered into every segment below it, so the backward sums their gradients into
+        the one copy: the same sums as separate copies per row."""
         packed = self.shared_prefix
-        p, rows, s, end = packed.prefix, packed.rows, packed.suffix, packed.packed_rows_end
-        kwargs.pop("position_ids", None)  # the packed positions; the masks below say it all
+        n, lq, lk = packed.segments, packed.query_length, packed.key_length
 
-        def parts(t):  # (1, h, P + B*S + tail, D) -> (1, h, P, D) and (B, h, S, D)
-            prefix, body, _ = t.split([p, end - p, packed.tail], dim=2)
-            return prefix, body.unflatten(2, (rows, s)).transpose(1, 2).squeeze(0)
+        def gather(t, index, length):  # (L, h, D) -> (n, h, length, D)
+            return gather_rows(t, index).view(n, length, *t.shape[1:]).transpose(1, 2)
 
-        (q_prefix, q_rows), (k_prefix, k_rows), (v_prefix, v_rows) = parts(q), parts(k), parts(v)
-        out_prefix, weights = self._attend(q_prefix, k_prefix, v_prefix, None, **kwargs)
-        keys = torch.cat([k_prefix.expand(rows, -1, -1, -1), k_rows], dim=2)
-        values = torch.cat([v_prefix.expand(rows, -1, -1, -1), v_rows], dim=2)
-        mask = packed.suffix_mask.to(q.device)
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
         # copy (and its backward) that made the rows' attention ~30% slower on CPU.
         dropout = self.attn.attention_dropout if self.attn.training else 0.0
-        out_rows = F.scaled_dot_product_attention(
-            q_rows,
-            keys,
-            values,
-            attn_mask=mask,
+        out = F.scaled_dot_product_attention(
+            gather(q, packed.query_index, lq),
+            gather(k, packed.key_index, lk),
+            gather(v, packed.key_index, lk),
+            attn_mask=packed.attention_mask,
             dropout_p=dropout,
             scale=self.attn.scaling,
             enable_gqa=True,
-        )
-        out_rows = out_rows.transpose(1, 2).reshape(rows, s, -1)  # (B, S, H*D)
-        outputs = [out_prefix, out_rows.reshape(1, rows * s, -1)]
+        )  # (n, H, Lq, D)
+        out = gather_rows(out.transpose(1, 2).reshape(n * lq, -1), packed.output_index)
         if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
-            outputs.append(out_rows.new_zeros(1, packed.tail, out_rows.shape[-1]))
-        return torch.cat(outputs, dim=1), weights
+            out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
+        return out[None]
 
 
 class _FusedMLPForward:

@@ -1,22 +1,31 @@
-"""Compute the prompt prefix a batch's examples share once, instead of once per example.
+"""Compute the tokens a batch's rows share once, instead of once per row: a prefix tree.
 
 Tuning datasets repeat their instructions: Vertex's formats put the same ``systemInstruction``
 (or system message) on every line, and a chat template adds the same header in front of it.
 In examples/ticket-routing-chat, 31 of the 66 tokens of an average example are the same in
-every example. A causal model's hidden states over a shared prefix do not depend on what comes
-after it, so in a batch of B examples the prefix's B copies compute B identical results.
+every example. Preference data repeats more: the chosen and rejected answers of a pair follow
+the same prompt, and often begin alike ("26 plus 4 is 30." and "26 plus 4 is 30. A number
+line..."); an RL step samples k answers to each prompt. A causal model's hidden states over
+tokens rows share do not depend on what comes after them, so each shared run of tokens needs
+computing once.
 
-The batch is packed as one sequence, ``[prefix (P) | suffix of row 1 (S) | ... | row B (S)]``
-(suffixes right-padded to the longest, as before), with each token's own position id. Every
-per-token layer (linear layers, norms, MLP, rotary) runs on P + B*S tokens instead of B*(P+S).
-Attention, which has to know the layout, is computed by the fused LoRA path
-(tunelab.training.fused_lora): the prefix attends causally to itself and every suffix attends
-to the whole prefix and causally to itself. The prefix's keys and values are broadcast to the
-rows, so the backward sums the rows' gradients into them: the loss and every gradient are those
-of the unpacked batch, up to float summation order (tests/training/test_prefix_sharing.py).
+The batch is packed as one sequence of *segments*, the edges of the prefix tree of its rows:
+a run of tokens that several rows share (the chat header all rows share, a pair's prompt, the
+start two answers share) is one segment, and so is each row's own rest. Every token keeps its
+own position id, and no padding is packed: per-token layers (linear layers, norms, MLP, rotary)
+run on the tree's tokens instead of rows x longest row. Attention, which has to know the layout,
+is computed by the fused LoRA path (tunelab.training.fused_lora): each segment's tokens attend
+to all of their ancestor segments and causally to their own segment. The shared segments' keys
+and values are gathered into every row that reads them, so the backward sums those rows'
+gradients into the one copy: the loss and every gradient are those of the unpacked batch, up
+to float summation order (tests/training/test_prefix_sharing.py).
 
-The prefix stops before the first position whose next token is a training target in any row,
-so every loss position lies in a suffix and the loss is the plain completion loss over them.
+The training forward hands back every row's hidden states as a ``(B, T - p, C)`` tensor (each
+row's tokens gathered from the segments that hold them), from ``p``, the prefix every row shares
+before its first training target: a loss over ``input_ids[:, p:]`` is the loss of the batch.
+
+A row's tokens end at its last training target (``loss_mask``): under a causal mask nothing
+before them depends on what follows, and the padding after them is never computed.
 
 ``row_multiple`` rounds the token count the linear layers see up to a multiple (dead tokens at
 the end of a packed batch, right padding otherwise), for kernels that are generated per shape:
@@ -30,37 +39,52 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import gcd
 
+import numpy as np
 import torch
 
 from tunelab.data.batching import Batch
 from tunelab.losses.lm import completion_loss
+from tunelab.training.fused_lora import gather_rows
 
-MIN_SHARED_PREFIX = 8
-"""Tokens; a shorter shared prefix saves less than the packing and the split attention cost."""
+MIN_SHARED_TOKENS = 8
+"""A run of tokens is computed once when that saves at least this many token computations
+((rows sharing it - 1) x its length): a smaller saving is less than its attention segment and
+the packing cost."""
 
 
 @dataclass(frozen=True)
 class PackedBatch:
-    prefix: int
-    """P: tokens every row shares, computed once."""
-    rows: int
-    suffix: int
-    """S: the longest row's tokens after the prefix; shorter rows are right-padded to it."""
-    input_ids: torch.Tensor
-    """(1, P + B*S + tail)"""
-    position_ids: torch.Tensor
-    """(1, P + B*S + tail): 0..P-1, then P..P+S-1 for every row, then zeros."""
-    suffix_mask: torch.Tensor
-    """(1, 1, S, P + S) bool, what a suffix token attends to: every prefix token, then its own
-    row's tokens up to itself. The same for every row and every layer."""
-    tail: int = 0
-    """Dead tokens after the last row, only there to round the length up: no token attends to
-    them, their attention output is zero and nothing reads their hidden states."""
+    """A batch as the segments of its prefix tree, and the index maps attention and the loss
+    read it through. ``L``: packed tokens (``tokens``) plus the dead ``tail``."""
 
-    @property
-    def packed_rows_end(self) -> int:
-        """P + B*S: where the rows end and the tail starts."""
-        return self.prefix + self.rows * self.suffix
+    prefix: int
+    """p: tokens every row shares before its first training target; the rows' hidden states are
+    handed back from there."""
+    rows: int
+    tokens: int
+    """Tokens of the tree: what the layers compute (and ``tail`` more)."""
+    input_ids: torch.Tensor
+    """(1, L)"""
+    position_ids: torch.Tensor
+    """(1, L): each token's position in its rows; zeros in the tail."""
+    row_positions: torch.Tensor
+    """(B, T - p) int64: where row b's token p + t sits in the packed sequence (past the row's
+    last training target: its last token, a stand-in nothing reads)."""
+    query_index: torch.Tensor
+    """(S * Lq,) int64: the packed tokens of each of the S segments, padded to Lq with token 0."""
+    key_index: torch.Tensor
+    """(S * Lk,) int64: each segment's ancestors' tokens then its own, padded to Lk."""
+    attention_mask: torch.Tensor
+    """(S, 1, Lq, Lk) bool: what each query attends to; a padding query attends to key 0 (its
+    output is dropped; a query that attends to nothing would give NaN)."""
+    output_index: torch.Tensor
+    """(tokens,) int64: where each packed token's attention output is in the (S * Lq) outputs."""
+    segments: int
+    query_length: int
+    key_length: int
+    tail: int = 0
+    """Dead tokens after the tree, only there to round the length up: no token attends to
+    them, their attention output is zero and nothing reads their hidden states."""
 
 
 def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -75,35 +99,134 @@ def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> in
     return max(0, min(common, first_target - 1))
 
 
+def row_lengths(loss_mask: torch.Tensor) -> np.ndarray:
+    """(B,) tokens of each row up to and including its last training target (at least 1)."""
+    mask = loss_mask.cpu().numpy()
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(1), last + 1, 1)
+
+
+@dataclass
+class _Segment:
+    row: int
+    """A row holding the segment's tokens (every row sharing it holds the same)."""
+    start: int
+    """Position of its first token in that row."""
+    length: int
+    parent: int
+    """Index of the parent segment, -1 for none."""
+
+
+def _prefix_tree(ids: np.ndarray, lengths: np.ndarray, minimum: int):
+    """The segments of the rows' prefix tree, depth first, and which segment holds each row's
+    token t (``owner[b, t]``, with the offset in it, ``offset[b, t]``)."""
+    segments: list[_Segment] = []
+    owner = np.full(ids.shape, -1, dtype=np.int64)
+    offset = np.zeros(ids.shape, dtype=np.int64)
+
+    def emit(members: list[int], start: int, length: int, parent: int) -> int:
+        segments.append(_Segment(members[0], start, length, parent))
+        owner[members, start : start + length] = len(segments) - 1
+        offset[members, start : start + length] = np.arange(length)
+        return len(segments) - 1
+
+    def build(members: list[int], start: int, parent: int) -> None:
+        # Every member holds the same tokens before ``start`` and at least one after it.
+        if len(members) == 1:
+            emit(members, start, int(lengths[members[0]]) - start, parent)
+            return
+        limit = int(lengths[members].min()) - 1  # each row keeps a token of its own
+        block = ids[members, start:limit]
+        differs = (block != block[:1]).any(0).nonzero()[0]
+        common = int(differs[0]) if len(differs) else limit - start
+        at = start + common
+        if common and common * (len(members) - 1) >= minimum:
+            parent, start = emit(members, start, common, parent), at
+        groups: dict[int, list[int]] = {}
+        for m in members:
+            groups.setdefault(int(ids[m, at]), []).append(m)
+        if len(groups) == 1:  # the rows are alike up to the shortest one's last token
+            for m in members:
+                build([m], start, parent)
+            return
+        for group in groups.values():
+            build(group, start, parent)
+
+    build(list(range(len(ids))), 0, -1)
+    return segments, owner, offset
+
+
 def pack_shared_prefix(
-    batch: Batch, minimum: int = MIN_SHARED_PREFIX, row_multiple: int = 1
+    batch: Batch, minimum: int = MIN_SHARED_TOKENS, row_multiple: int = 1
 ) -> PackedBatch | None:
-    """The batch packed around its shared prefix, or None when it shares too little; its
-    length rounded up to a multiple of ``row_multiple`` with dead tokens."""
-    prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
-    if prefix < minimum:
-        return None
+    """The batch packed as its prefix tree, or None when its rows share too little (no run of
+    tokens whose sharing saves ``minimum`` token computations); its length rounded up to a
+    multiple of ``row_multiple`` with dead tokens."""
     rows, length = batch.input_ids.shape
-    suffix = length - prefix
-    tail = -(prefix + rows * suffix) % row_multiple
-    ids = torch.cat(
-        [
-            batch.input_ids[0, :prefix],
-            batch.input_ids[:, prefix:].reshape(-1),
-            batch.input_ids.new_zeros(tail),
-        ]
-    )
+    if rows < 2:
+        return None
+    ids = batch.input_ids.cpu().numpy()
+    lengths = row_lengths(batch.loss_mask)
+    segments, owner, offset = _prefix_tree(ids, lengths, minimum)
+    if len(segments) == rows:  # one segment a row: nothing shared
+        return None
+    starts = np.cumsum([0] + [s.length for s in segments])  # packed position of each segment
+    tokens = int(starts[-1])
+    tail = -tokens % row_multiple
+    # The ancestors of each segment, root first: its keys before its own tokens.
+    context: list[list[int]] = []
+    for seg in segments:
+        context.append([*context[seg.parent], seg.parent] if seg.parent >= 0 else [])
+    ancestors = [sum(segments[a].length for a in chain) for chain in context]
+    n, lq = len(segments), max(s.length for s in segments)
+    lk = max(a + s.length for a, s in zip(ancestors, segments, strict=True))
+
+    packed_ids = np.zeros(tokens + tail, dtype=np.int64)
+    positions = np.zeros(tokens + tail, dtype=np.int64)
+    query = np.zeros((n, lq), dtype=np.int64)
+    key = np.zeros((n, lk), dtype=np.int64)
+    mask = np.zeros((n, lq, lk), dtype=bool)
+    for i, seg in enumerate(segments):
+        own = np.arange(starts[i], starts[i] + seg.length)
+        packed_ids[own] = ids[seg.row, seg.start : seg.start + seg.length]
+        positions[own] = np.arange(seg.start, seg.start + seg.length)
+        query[i, : seg.length] = own
+        chain = [np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]]
+        key[i, : ancestors[i] + seg.length] = np.concatenate([*chain, own])
+        # its query q sees every ancestor token and its own tokens up to itself
+        visible = ancestors[i] + np.arange(seg.length)  # (its length,): last key seen
+        mask[i, : seg.length] = np.arange(lk)[None, :] <= visible[:, None]
+        mask[i, seg.length :, 0] = True
+    seg_of = np.repeat(np.arange(n), [s.length for s in segments])
+    output = seg_of * lq + (np.arange(tokens) - starts[seg_of])
+
+    prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
+    where = starts[owner] + offset  # (B, T); -1 owners are past a row's end
+    last = where[np.arange(rows), lengths - 1]
+    past = np.arange(length)[None, :] >= lengths[:, None]
+    where = np.where(past, last[:, None], where)[:, prefix:]
+
     device = batch.input_ids.device
-    positions = torch.cat(
-        [
-            torch.arange(prefix, device=device),
-            torch.arange(prefix, length, device=device).repeat(rows),
-            torch.zeros(tail, dtype=torch.long, device=device),
-        ]
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return PackedBatch(
+        prefix=prefix,
+        rows=rows,
+        tokens=tokens,
+        input_ids=tensor(packed_ids)[None],
+        position_ids=tensor(positions)[None],
+        row_positions=tensor(where),
+        query_index=tensor(query.reshape(-1)),
+        key_index=tensor(key.reshape(-1)),
+        attention_mask=tensor(mask)[:, None],
+        output_index=tensor(output),
+        segments=n,
+        query_length=lq,
+        key_length=lk,
+        tail=tail,
     )
-    mask = torch.ones(suffix, prefix + suffix, dtype=torch.bool, device=device)
-    mask[:, prefix:] = torch.ones(suffix, suffix, dtype=torch.bool, device=device).tril()
-    return PackedBatch(prefix, rows, suffix, ids[None], positions[None], mask[None, None], tail)
 
 
 def pad_rows(batch: Batch, row_multiple: int) -> Batch:
@@ -149,25 +272,29 @@ def decoder_hidden(
     row_multiple: int = 1,
 ) -> tuple[torch.Tensor, int]:
     """The training step's forward: final hidden states ``(B, T - offset, C)`` of the rows of
-    ``input_ids`` (B, T) from position ``offset`` on, where ``offset`` is the shared prompt
-    prefix computed once (0 when ``share_prefix`` is off or the batch shares too little).
+    ``input_ids`` (B, T) from position ``offset`` on, where ``offset`` is the prompt prefix
+    every row shares (0 when ``share_prefix`` is off or the batch shares too little). Packed,
+    every run of tokens rows share is computed once (see the module's docstring).
 
     Every position whose next token is in ``loss_mask``, and every later one, lies at or after
     ``offset``: a loss over ``input_ids[:, offset:]`` and ``loss_mask[:, offset:]`` is the loss
-    of the whole batch. The tokens the linear layers see are rounded up to a multiple of
-    ``row_multiple``.
+    of the whole batch. Packed, a row's hidden states after its last target are stand-ins: read
+    only positions up to a row's last target. The tokens the linear layers see are rounded up
+    to a multiple of ``row_multiple``.
     """
     decoder = model.get_decoder()
     batch = Batch(input_ids, loss_mask, tokens=0)
-    packed = pack_shared_prefix(batch, row_multiple=row_multiple) if share_prefix else None
+    packed = pack_shared_prefix(batch, MIN_SHARED_TOKENS, row_multiple) if share_prefix else None
     if packed is None:
         padded = pad_rows(batch, row_multiple).input_ids
         hidden = decoder(input_ids=padded).last_hidden_state  # (B, T + pad, C)
         return (hidden if padded.shape == input_ids.shape else hidden[:, : input_ids.shape[1]]), 0
     with sharing_prefix(model, packed):
         out = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids)
-    p, rows_end = packed.prefix, packed.packed_rows_end
-    return out.last_hidden_state[0, p:rows_end].unflatten(0, (packed.rows, packed.suffix)), p
+    # Each row's states gathered from the segments holding them: the backward sums the rows'
+    # gradients of a shared token into its one copy.
+    rows = gather_rows(out.last_hidden_state[0], packed.row_positions.reshape(-1))
+    return rows.view(*packed.row_positions.shape, -1), packed.prefix
 
 
 def completion_loss_of(

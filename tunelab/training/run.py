@@ -38,6 +38,7 @@ the others what they need (the resumed checkpoint, stop requests, evaluation res
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
@@ -57,7 +58,9 @@ from tunelab.models.device import resolve_placement, to_device
 from tunelab.training import distributed, kept
 from tunelab.training.atomic import atomic_dir, recover_dir, write_json
 from tunelab.training.checkpoint import (
+    STATE,
     LoopState,
+    list_checkpoints,
     load_latest,
     optimizer_tensors,
     save_checkpoint,
@@ -176,6 +179,7 @@ class TrainingRun:
         self._keep: tuple[torch.nn.Module, Any, int, list[str] | None] | None = None
         self._evaluated_step: int | None = None
         self._real_share = True
+        self._fast: FastPath | None = None
 
     def report(self, phase: str, message: str = "") -> None:
         """A progress event outside the steps: loading, validating, preparing, saving."""
@@ -231,6 +235,8 @@ class TrainingRun:
                 self.state.best_eval_loss, self.state.best_step = None, None  # lost with it
         if self.world.parallel:
             self._share_start()
+        if self._fast is not None:  # installed before this start: its precision is the run's
+            self.state.extra["precision"] = self._fast.precision
         self.resumed_from = self.state.step
         return self.state
 
@@ -250,19 +256,34 @@ class TrainingRun:
             self.state = LoopState(**state)
 
     def fast_path(self, model: torch.nn.Module) -> FastPath:
-        """Install the fast training forward on ``model`` (after :meth:`start`), in the config's
-        ``precision``. It is chosen once per run and kept in its checkpoints: a resumed run
-        computes the same."""
-        if "precision" not in self.state.extra:
-            width = model.config.hidden_size
-            self.state.extra["precision"] = resolve_precision(
-                self.config.precision, width, self.device.type
-            )
-            if self.world.parallel:  # measured on rank 0; every rank must compute alike
-                self.state.extra["precision"] = distributed.broadcast_json(
-                    self.state.extra["precision"], self.world
+        """Install the fast training forward on ``model``, in the config's ``precision``
+        (once; later calls return it). It is chosen once per run and kept in its checkpoints:
+        a resumed run computes the same. Called before :meth:`start` (DPO computes its
+        reference through it before the first step), it reads the precision from the latest
+        checkpoint, if any."""
+        if self._fast is None:
+            state = getattr(self, "state", None)
+            precision = state.extra.get("precision") if state else self._checkpoint_precision()
+            if precision is None:
+                precision = resolve_precision(
+                    self.config.precision, model.config.hidden_size, self.device.type
                 )
-        return FastPath.install(model, self.state.extra["precision"])
+            if self.world.parallel:  # rank 0's; every rank must compute alike
+                precision = distributed.broadcast_json(precision, self.world)
+            self._fast = FastPath.install(model, precision)
+        if getattr(self, "state", None) is not None:
+            self.state.extra["precision"] = self._fast.precision
+        return self._fast
+
+    def _checkpoint_precision(self) -> str | None:
+        checkpoints = list_checkpoints(self.ckpt_dir) if self.world.is_main else []
+        if not checkpoints:
+            return None
+        try:
+            saved = json.loads((checkpoints[-1] / STATE).read_text())
+        except (OSError, ValueError):
+            return None  # the run's own checkpoint loading reports a damaged one
+        return saved.get("extra", {}).get("precision")
 
     def learning_rate(self, step: int) -> float:
         return learning_rate_at(step, self.peak_lr, self.warmup, self.total_steps)
