@@ -68,6 +68,13 @@ class RFTConfig(ComputeFields):
     scale_rewards: bool = Field(
         True, description="Divide each advantage by its group's reward std (GRPO)."
     )
+    grade_cut_answers: bool = Field(
+        False,
+        description="Grade an answer that target_sequence_length cut before it ended as it "
+        "stands. Off, such an answer scores 0 without being graded: it is unfinished, and "
+        "partial credit for it (a format check that still passes, a similarity) rewards "
+        "answers that run on, e.g. repeating digits.",
+    )
     temperature: float = Field(1.0, gt=0, le=2, description="Sampling temperature of rollouts.")
     prompt_sequence_length: int = Field(
         512, ge=8, le=131_072, description="Prompts are cut to their last N tokens."
