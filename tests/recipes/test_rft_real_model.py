@@ -46,7 +46,9 @@ def test_rft_raises_the_heldout_pass_rate(tmp_path):
     )
     for example in report["examples"]:
         print(example)
-    for row in (json.loads(x) for x in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()):
+    for row in (
+        json.loads(x) for x in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()
+    ):
         print(f"step {row['step']}: reward {row['reward']:.3f}, pass {row['pass_rate']:.0%}")
     assert result.grader_failures == 0
     assert tuned["low"] > base["high"]  # non-overlapping 95% intervals
