@@ -235,3 +235,21 @@ def test_gemini_contents_prompts_carry_the_graders_fields(tmp_path, tokenizer):
     assert [p.text for p in prompts] == ["Seven?", "Eight?"] and items == rows[:2]
     assert report.formats == {"prompt_contents": 1, "prompt_messages": 1}
     assert build_grader(grader).grade(["7", "8.0"], items).scores.tolist() == [1.0, 1.0]
+
+
+def test_a_step_where_no_rewards_differ_leaves_the_policy_alone(tmp_path, tiny_model_dir, prompts):
+    """Nothing passes, so no group's rewards differ: no update at all, not even from the KL term,
+    whose gradient at the start is only rounding noise between the bf16 policy pass and the
+    reference pass (AdamW would scale it to a step of the learning rate's size: on the real
+    example that scrambled the policy before any answer had passed)."""
+    never = {"type": "string_check", "operation": "eq", "reference": "never said"}
+    config = rft_config(tiny_model_dir, grader=never, train_steps=2, precision="bf16", kl_coeff=1.0)
+    result = train_rft(config, prompts, tmp_path / "run")
+    rows = rows_of(result.adapter_dir / "metrics.jsonl")
+    assert [(r["informative_groups"], r["reward"], r["grad_norm"]) for r in rows] == [
+        (0, 0.0, 0.0),
+        (0, 0.0, 0.0),
+    ]
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)  # still the base

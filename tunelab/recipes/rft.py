@@ -122,6 +122,14 @@ def train_rft(
         rewards = torch.tensor(grades.scores, dtype=torch.float32)  # (N,), N = P*k
         _log_step(step, texts, grades, k)
         advantages = group_advantages(rewards.view(len(batch), k), config.scale_rewards).view(-1)
+        informative = int((advantages.view(len(batch), k) != 0).any(dim=-1).sum())
+        # A step where every group's rewards are equal has no policy gradient; its KL term is
+        # left out too. At the start (policy = base) that gradient is only rounding noise between
+        # the bf16 policy pass and the reference pass, and AdamW scales any gradient, however
+        # small, to a step of about the learning rate: measured on the example, one such step at
+        # 8e-3 with no answer passing moved the policy 3.8 nats per answer from the base, into
+        # incoherent text, before the grader had said anything.
+        kl_coeff = config.kl_coeff if informative else 0.0
 
         prompt_of = [prompts[i].input_ids for i in batch for _ in range(k)]
         seqs = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
@@ -140,7 +148,7 @@ def train_rft(
         logps = token_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N, T - p - 1)
         answer_mask = mask[:, p + 1 :].float()  # the positions logps counts
         kl = k3_kl(logps, ref[:, p:]) if ref is not None else None
-        loss = grpo_loss(logps, answer_mask, advantages, kl, config.kl_coeff)
+        loss = grpo_loss(logps, answer_mask, advantages, kl, kl_coeff)
         passed = (rewards >= config.pass_threshold).float()
         run.message = f"reward {rewards.mean().item():.3f}, pass {passed.mean().item():.0%}"
         last = run.backward_and_step(
@@ -149,6 +157,7 @@ def train_rft(
             reward=rewards.mean().item(),
             reward_std=rewards.std().item(),
             pass_rate=passed.mean().item(),
+            informative_groups=informative,
             grader_failures=sum(grades.failures.values()),
             kl=_mean_kl(kl, answer_mask) if kl is not None else None,
             response_length=float(np.mean([len(a) for a in answers])),
