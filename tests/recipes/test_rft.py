@@ -237,11 +237,23 @@ def test_gemini_contents_prompts_carry_the_graders_fields(tmp_path, tokenizer):
     assert build_grader(grader).grade(["7", "8.0"], items).scores.tolist() == [1.0, 1.0]
 
 
-def test_a_step_where_no_rewards_differ_leaves_the_policy_alone(tmp_path, tiny_model_dir, prompts):
-    """Nothing passes, so no group's rewards differ: no update at all, not even from the KL term,
-    whose gradient at the start is only rounding noise between the bf16 policy pass and the
-    reference pass (AdamW would scale it to a step of the learning rate's size: on the real
-    example that scrambled the policy before any answer had passed)."""
+def test_a_step_where_no_rewards_differ_makes_no_update(
+    tmp_path, tiny_model_dir, prompts, monkeypatch
+):
+    """Nothing passes, so no group's rewards differ: the step's loss leaves out the KL term too
+    and its gradient is zero. At the start that KL gradient is only rounding noise between the
+    bf16 policy pass and the reference pass, and AdamW scales any gradient to a step of about the
+    learning rate: on the real example it scrambled the policy before any answer had passed."""
+    import tunelab.recipes.rft as recipe
+
+    used = []
+
+    def recording(*args, **kwargs):
+        used.append(args[4])  # the KL weight the step used
+        return recipe_loss(*args, **kwargs)
+
+    recipe_loss = recipe.grpo_loss
+    monkeypatch.setattr(recipe, "grpo_loss", recording)
     never = {"type": "string_check", "operation": "eq", "reference": "never said"}
     config = rft_config(tiny_model_dir, grader=never, train_steps=2, precision="bf16", kl_coeff=1.0)
     result = train_rft(config, prompts, tmp_path / "run")
@@ -250,6 +262,11 @@ def test_a_step_where_no_rewards_differ_leaves_the_policy_alone(tmp_path, tiny_m
         (0, 0.0, 0.0),
         (0, 0.0, 0.0),
     ]
+    assert used == [0.0, 0.0]
     weights = load_file(result.adapter_dir / "adapter_model.safetensors")
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)  # still the base
+
+    used.clear()  # rewards that differ: the KL term is in
+    train_rft(rft_config(tiny_model_dir, train_steps=1, kl_coeff=1.0), prompts, tmp_path / "r2")
+    assert used == [1.0]
