@@ -28,8 +28,9 @@ answer ``Answer: 4316`` is 7 tokens and the end-of-turn token."""
 @pytest.mark.xfail(
     reason="not yet shown robust: the reward no longer pays for repeated digits and a step with "
     "no reward differences no longer moves the policy, but at this rate (8e-3) one AdamW step "
-    "after a single passing sample turns every answer into 'Answer: Answer: ...'; the gentler "
-    "schedule's 1/2-thread x 3-seed measurement is still to do (examples/rft/README.md)",
+    "after a single passing sample turns every answer into 'Answer: Answer: ...', and at 4e-3 "
+    "some seeds sample no passing answer in 10 steps; the 1/2-thread x 3-seed measurement is "
+    "still to do (examples/rft/README.md)",
     strict=False,
 )
 def test_rft_raises_the_heldout_pass_rate(tmp_path):
