@@ -29,7 +29,7 @@ answer ``Answer: 4316`` is 7 tokens and the end-of-turn token."""
     reason="not yet shown robust: the reward no longer pays for repeated digits and a step with "
     "no reward differences no longer moves the policy, but at this rate (8e-3) one AdamW step "
     "after a single passing sample turns every answer into 'Answer: Answer: ...', and at 4e-3 "
-    "some seeds sample no passing answer in 10 steps; the 1/2-thread x 3-seed measurement is "
+    "some seeds sample no passing answer in 12 steps; the 1/2-thread x 3-seed measurement is "
     "still to do (examples/rft/README.md)",
     strict=False,
 )
