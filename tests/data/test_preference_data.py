@@ -173,6 +173,57 @@ def test_every_bad_prompt_line_is_reported(tmp_path):
     assert report.examples == 3 and report.formats == {"prompt_text": 2, "prompt_messages": 1}
 
 
+def parts(*texts):
+    return [{"text": t} for t in texts]
+
+
+def test_gemini_contents_serve_as_prompts(tmp_path, tokenizer):
+    """Gemini's ``contents`` with a ``systemInstruction`` (RFT's and RLHF's prompts): rendered
+    exactly as the same conversation in ``messages`` form, other fields ignored; bad lines say
+    what and where."""
+    contents = {
+        "systemInstruction": {"parts": parts("Be brief.")},
+        "contents": [
+            {"role": "user", "parts": parts("Hi")},
+            {"role": "model", "parts": parts("Hello!")},
+            {"role": "user", "parts": parts("Capital of ", "Peru?")},
+        ],
+        "answer": "Lima",  # a grader's field
+    }
+    messages = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            user("Hi"),
+            {"role": "model", "content": "Hello!"},
+            user("Capital of Peru?"),
+        ]
+    }
+    asked = {"role": "user", "parts": parts("Q")}
+    bad = [
+        {"contents": [asked, {"role": "model", "parts": parts("A")}]},  # 3: ends with model
+        {"contents": [{"role": "system", "parts": parts("S")}, asked]},  # 4
+        {"systemInstruction": {"parts": parts("S")}},  # 5: nothing to answer
+        {"contents": [asked], "messages": [user("Q")]},  # 6: two formats
+        {"contents": [{"role": "user", "parts": [{"inline_data": {}}]}]},  # 7: no text
+    ]
+    report = validate_prompt_file(write(tmp_path, [contents, messages, *bad]), tokenizer)
+    assert {(e.line, e.code, e.field) for e in report.errors} == {
+        (3, "turn_order", "contents[1].role"),
+        (4, "unknown_role", "contents[0].role"),
+        (5, "missing_field", "contents"),
+        (6, "unknown_format", None),
+        (7, "missing_field", "contents[0].parts[0].text"),
+    }
+    assert "systemInstruction" in next(e.message for e in report.errors if e.line == 4)
+    assert report.formats == {"prompt_contents": 1, "prompt_messages": 1}
+
+    (a, b), _ = load_prompts(write(tmp_path, [contents, messages], "ok.jsonl"), tokenizer)
+    chat = [{**m, "role": "assistant"} if m["role"] == "model" else m for m in messages["messages"]]
+    expected = prompt_ids(tokenizer, chat)
+    assert a.input_ids.tolist() == b.input_ids.tolist() == expected
+    assert a.text == "Capital of Peru?"
+
+
 def test_empty_files_cannot_be_trained_on(tmp_path, tokenizer):
     path = write(tmp_path, [])
     with pytest.raises(DatasetValidationError, match="no usable pairs"):

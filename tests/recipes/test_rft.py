@@ -4,6 +4,7 @@ without stopping the run, resume equal to uninterrupted, and base-vs-tuned evalu
 bootstrap intervals."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,13 @@ from safetensors.torch import load_file
 from support import write_jsonl
 
 from tunelab.configs.rft import RFTConfig
+from tunelab.data.rft import load_rft
 from tunelab.data.validation import DatasetValidationError
-from tunelab.recipes.rft import evaluate_rft, train_rft
+from tunelab.graders.build import Grader, build_grader
+from tunelab.recipes.rft import evaluate_rft, grade_answers, train_rft
 from tunelab.training.run import TrainingInterrupted
+
+EXAMPLE_GRADER = Path(__file__).resolve().parents[2] / "examples" / "rft" / "grader.json"
 
 # Dense enough for a random tiny model to get different rewards within a group.
 SIMILAR = {"type": "text_similarity", "metric": "fuzzy_ratio", "reference": "{{item.reference}}"}
@@ -31,6 +36,7 @@ def rft_config(model_dir, **overrides):
         samples_per_prompt=3,
         checkpoint_every_steps=2,
         seed=11,
+        grade_cut_answers=True,  # a random tiny model rarely ends within 6 tokens
     )
     return RFTConfig(**(values | overrides))
 
@@ -165,3 +171,102 @@ def test_evaluation_against_the_base_model(tmp_path, tiny_model_dir, prompts):
     examples = report["examples"]
     base_mean = sum(e["reward_base"] for e in examples) / 2
     assert 0 <= base_mean <= 1
+
+
+def test_a_cut_answer_scores_zero_without_being_graded():
+    """An answer the token budget stopped is unfinished: it scores 0 and the grader never sees
+    it (the example's format check would pass ``Answer: 4316000000``, and that partial credit
+    is how a policy learned to repeat digits), unless ``grade_cut_answers`` asks otherwise."""
+    spec = json.loads(EXAMPLE_GRADER.read_text())  # mean of format (regex) and value (numeric)
+    inner, seen = build_grader(spec), []
+
+    def spy(samples, items):
+        seen.append(list(samples))
+        return inner.grade(samples, items)
+
+    grader = Grader(inner.spec, spy)
+    texts = ["Answer: 4316", "Answer: 4316000000", "Answer: 4317", "The bakery sold 4316"]
+    items = [{"answer": 4316}] * 4
+    cut = [False, True, False, True]
+
+    graded = grade_answers(grader, texts, items, cut, RFTConfig(grader=spec))
+    assert graded.scores.tolist() == [1.0, 0.0, 0.5, 0.0]
+    assert seen == [["Answer: 4316", "Answer: 4317"]]
+    assert {k: v.tolist() for k, v in graded.parts.items()} == {
+        "format": [1.0, 0.0, 1.0, 0.0],
+        "value": [1.0, 0.0, 0.0, 0.0],
+    }
+
+    every = RFTConfig(grader=spec, grade_cut_answers=True)
+    assert grade_answers(grader, texts, items, cut, every).scores.tolist() == [1.0, 0.5, 0.5, 0.0]
+
+    seen.clear()
+    none_ended = grade_answers(grader, texts[:2], items[:2], [True, True], RFTConfig(grader=spec))
+    assert none_ended.scores.tolist() == [0.0, 0.0] and seen == []
+
+
+def test_gemini_contents_prompts_carry_the_graders_fields(tmp_path, tokenizer):
+    """Prompts in Gemini's ``contents`` form (with a ``systemInstruction``) beside ``messages``
+    lines in one file: each whole line is the grader's item, and a line missing a field the
+    grader reads fails with its number."""
+    grader = RFTConfig(grader={"type": "numeric", "reference": "{{item.answer}}"}).grader
+
+    def asked(text):
+        return {"role": "user", "parts": [{"text": text}]}
+
+    rows = [
+        {
+            "systemInstruction": {"parts": [{"text": "Reply with a number."}]},
+            "contents": [asked("Seven?")],
+            "answer": 7,
+            "reference": "7",
+        },
+        {"messages": [{"role": "user", "content": "Eight?"}], "answer": 8},
+        {"contents": [asked("Nine?")]},
+    ]
+    with pytest.raises(DatasetValidationError) as info:
+        load_rft(write_jsonl(tmp_path / "bad.jsonl", rows), tokenizer, grader)
+    assert [(e.line, e.code, e.field) for e in info.value.report.errors] == [
+        (3, "missing_field", "answer")
+    ]
+    prompts, items, report = load_rft(
+        write_jsonl(tmp_path / "ok.jsonl", rows[:2]), tokenizer, grader
+    )
+    assert [p.text for p in prompts] == ["Seven?", "Eight?"] and items == rows[:2]
+    assert report.formats == {"prompt_contents": 1, "prompt_messages": 1}
+    assert build_grader(grader).grade(["7", "8.0"], items).scores.tolist() == [1.0, 1.0]
+
+
+def test_a_step_where_no_rewards_differ_makes_no_update(
+    tmp_path, tiny_model_dir, prompts, monkeypatch
+):
+    """Nothing passes, so no group's rewards differ: the step's loss leaves out the KL term too
+    and its gradient is zero. At the start that KL gradient is only rounding noise between the
+    bf16 policy pass and the reference pass, and AdamW scales any gradient to a step of about the
+    learning rate: on the real example it scrambled the policy before any answer had passed."""
+    import tunelab.recipes.rft as recipe
+
+    used = []
+
+    def recording(*args, **kwargs):
+        used.append(args[4])  # the KL weight the step used
+        return recipe_loss(*args, **kwargs)
+
+    recipe_loss = recipe.grpo_loss
+    monkeypatch.setattr(recipe, "grpo_loss", recording)
+    never = {"type": "string_check", "operation": "eq", "reference": "never said"}
+    config = rft_config(tiny_model_dir, grader=never, train_steps=2, precision="bf16", kl_coeff=1.0)
+    result = train_rft(config, prompts, tmp_path / "run")
+    rows = rows_of(result.adapter_dir / "metrics.jsonl")
+    assert [(r["informative_groups"], r["reward"], r["grad_norm"]) for r in rows] == [
+        (0, 0.0, 0.0),
+        (0, 0.0, 0.0),
+    ]
+    assert used == [0.0, 0.0]
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)  # still the base
+
+    used.clear()  # rewards that differ: the KL term is in
+    train_rft(rft_config(tiny_model_dir, train_steps=1, kl_coeff=1.0), prompts, tmp_path / "r2")
+    assert used == [1.0]

@@ -26,8 +26,11 @@ answer ``Answer: 4316`` is 7 tokens and the end-of-turn token."""
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="not yet robust: passed once (0% -> 100%, OMP_NUM_THREADS=1) but the same run with 2 "
-    "threads collapsed into repeated digits (0% -> 0%); see examples/rft/README.md",
+    reason="not yet shown robust: the reward no longer pays for repeated digits and a step with "
+    "no reward differences no longer moves the policy, but at this rate (8e-3) one AdamW step "
+    "after a single passing sample turns every answer into 'Answer: Answer: ...', and at 4e-3 "
+    "some seeds sample no passing answer in 12 steps; the 1/2-thread x 3-seed measurement is "
+    "still to do (examples/rft/README.md)",
     strict=False,
 )
 def test_rft_raises_the_heldout_pass_rate(tmp_path):
@@ -44,6 +47,10 @@ def test_rft_raises_the_heldout_pass_rate(tmp_path):
     )
     for example in report["examples"]:
         print(example)
+    for row in (
+        json.loads(x) for x in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()
+    ):
+        print(f"step {row['step']}: reward {row['reward']:.3f}, pass {row['pass_rate']:.0%}")
     assert result.grader_failures == 0
     assert tuned["low"] > base["high"]  # non-overlapping 95% intervals
     assert report["pass_rate_difference"]["low"] > 0

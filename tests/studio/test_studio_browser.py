@@ -666,8 +666,11 @@ def test_wizard_rft_with_a_grader_from_the_form_to_the_pass_rates(studio, page, 
     page.fill("#param-grader", json.dumps(grader))
     for field, value in {"train_steps": "2", "target_sequence_length": "4"}.items():
         page.fill(f"#param-{field}", value)
+    assert page.input_value("#param-accelerator") == "auto"  # compute, as every method has
+    page.select_option("#param-accelerator", "cpu")
     page.click("#extra-config-details summary")
-    page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
+    extra = {"prompts_per_step": 2, "samples_per_prompt": 2, "grade_cut_answers": True}
+    page.fill("#extra-config", json.dumps(extra))
     page.wait_for_selector("#submit-job:not([disabled])")
     page.click("#submit-job")
 
@@ -680,8 +683,31 @@ def test_wizard_rft_with_a_grader_from_the_form_to_the_pass_rates(studio, page, 
         f"{server.url}/v1/tuningJobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
     ).json()
     assert job["method"] == "rft" and job["config"]["grader"]["reference"] == "{{item.answer}}"
+    assert job["config"]["accelerator"] == "cpu"
     page.wait_for_selector("[data-testid=evaluation]")
     shown = page.text_content("[data-testid=evaluation]")
     assert "Pass rate, tuned" in shown and "[" in shown  # with its interval
     shoot(page, "job-rft")
+
+    # The model page: the version's base-vs-tuned evaluation, each figure with its interval,
+    # as REST stores it on the version.
+    model = httpx.get(
+        f"{server.url}/v1/tunedModels/studio-rft", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    evaluation = model["versions"][0]["metrics"]["evaluation"]
+    page.click("#nav a[data-page=models]")
+    card = "[data-model=studio-rft] [data-testid=metrics-evaluation]"
+    page.wait_for_selector(card)
+    table = page.inner_text(card)
+    for key_, label in (
+        ("pass_rate_base", "Pass rate, base"),
+        ("pass_rate_tuned", "Pass rate, tuned"),
+        ("mean_reward_base", "Mean reward, base"),
+        ("mean_reward_tuned", "Mean reward, tuned"),
+    ):
+        i = evaluation[key_]
+        assert i["low"] <= i["value"] <= i["high"]
+        assert label in table
+    assert "[object Object]" not in table and table.count("[") >= 6  # value [low, high]
+    shoot(page, "models-rft")
     assert page.errors == []

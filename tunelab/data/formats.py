@@ -159,6 +159,20 @@ def _parse_messages(obj: dict[str, Any], line: int) -> Parsed:
 
 def _parse_contents(obj: dict[str, Any], line: int) -> Parsed:
     problems: list[Problem] = []
+    turns, roles, roles_ok = _contents_turns(obj, problems)
+    if roles_ok:
+        _check_order(roles, "contents", problems)
+    if problems:
+        return problems
+    return Example(turns=tuple(turns), line=line, format="gemini_contents")
+
+
+def _contents_turns(
+    obj: dict[str, Any], problems: list[Problem]
+) -> tuple[list[Turn], list[tuple[str, Role]], bool]:
+    """A Gemini ``contents`` line's turns (its system instruction first), each valid role with
+    its path, and whether every role was readable (only then can the order be checked). Shared
+    by supervised examples (a model turn last) and prompts (a user turn last)."""
     turns: list[Turn] = []
     roles: list[tuple[str, Role]] = []
     key = "systemInstruction" if "systemInstruction" in obj else "system_instruction"
@@ -195,11 +209,7 @@ def _parse_contents(obj: dict[str, Any], line: int) -> Parsed:
         roles.append((f"{path}.role", role))
         if text is not None:
             turns.append(Turn(role, text))
-    if roles_ok:
-        _check_order(roles, "contents", problems)
-    if problems:
-        return problems
-    return Example(turns=tuple(turns), line=line, format="gemini_contents")
+    return turns, roles, roles_ok
 
 
 def _parts_text(container: dict[str, Any], path: str, problems: list[Problem]) -> str | None:

@@ -15,6 +15,7 @@ fine-tuning API work unchanged::
 to, and evaluation prompts)::
 
     {"input_text": str}     or     {"messages": [..., a user turn last]}
+    or Gemini's {"systemInstruction"?: {"parts": [...]}, "contents": [..., a user turn last]}
 
 ``messages`` takes Gemini roles (``system``, ``user``, ``model``) or OpenAI's (``assistant``), as
 supervised data does; keys a format does not use are ignored (so a supervised file's
@@ -45,6 +46,7 @@ from tunelab.data.example import Role, Turn
 from tunelab.data.formats import (
     Format,
     Problem,
+    _contents_turns,
     _is_object,
     _list,
     _string,
@@ -79,7 +81,7 @@ class PromptExample:
     prompt: tuple[Turn, ...]
     line: int
     format: str
-    """``prompt_text`` or ``prompt_messages``."""
+    """``prompt_text``, ``prompt_messages`` or ``prompt_contents``."""
 
 
 def _parse_preference_text(obj: dict[str, Any], line: int) -> PreferenceExample | list[Problem]:
@@ -169,6 +171,17 @@ def _parse_prompt_messages(obj: dict[str, Any], line: int) -> PromptExample | li
     return PromptExample(turns, line, "prompt_messages")
 
 
+def _parse_prompt_contents(obj: dict[str, Any], line: int) -> PromptExample | list[Problem]:
+    """Gemini's ``contents`` (and optional ``systemInstruction``), a user turn last."""
+    problems: list[Problem] = []
+    turns, roles, roles_ok = _contents_turns(obj, problems)
+    if roles_ok:
+        _check_prompt_order(roles, "contents", problems)
+    if problems:
+        return problems
+    return PromptExample(tuple(turns), line, "prompt_contents")
+
+
 def _candidates(obj: dict[str, Any], problems: list[Problem]) -> tuple[str, str]:
     """(chosen, rejected) from ``candidate_0``, ``candidate_1`` and ``choice``."""
     first = _string(obj, "candidate_0", "candidate_0", problems)
@@ -235,32 +248,35 @@ def _prompt_messages(obj: dict[str, Any], problems: list[Problem]) -> tuple[Turn
         if content is not None:
             turns.append(Turn(role, content))
     if roles_ok:
-        expected, previous = "user", None
-        for i, (path, role) in enumerate(roles):
-            if role == "system":
-                if i > 0:
-                    problems.append(
-                        Problem("turn_order", path, "a system turn may only come first")
-                    )
-                continue
-            if role != expected:
-                after = f"after a {previous} turn" if previous else "at the start"
-                problems.append(
-                    Problem("turn_order", path, f"expected a {expected} turn {after}, got {role}")
-                )
-            previous, expected = role, ("model" if role == "user" else "user")
-        spoken = [(p, r) for p, r in roles if r != "system"]
-        if not spoken:
-            problems.append(Problem("no_user_turn", "messages", "no user turn: nothing to answer"))
-        elif spoken[-1][1] != "user":
-            problems.append(
-                Problem(
-                    "turn_order",
-                    spoken[-1][0],
-                    "the last turn must be a user turn (the prompt the model answers)",
-                )
-            )
+        _check_prompt_order(roles, "messages", problems)
     return tuple(turns)
+
+
+def _check_prompt_order(roles: list[tuple[str, Role]], where: str, problems: list[Problem]) -> None:
+    """System first (optional), then user and model alternating from user, ending with user."""
+    expected, previous = "user", None
+    for i, (path, role) in enumerate(roles):
+        if role == "system":
+            if i > 0:
+                problems.append(Problem("turn_order", path, "a system turn may only come first"))
+            continue
+        if role != expected:
+            after = f"after a {previous} turn" if previous else "at the start"
+            problems.append(
+                Problem("turn_order", path, f"expected a {expected} turn {after}, got {role}")
+            )
+        previous, expected = role, ("model" if role == "user" else "user")
+    spoken = [(p, r) for p, r in roles if r != "system"]
+    if not spoken:
+        problems.append(Problem("no_user_turn", where, "no user turn: nothing to answer"))
+    elif spoken[-1][1] != "user":
+        problems.append(
+            Problem(
+                "turn_order",
+                spoken[-1][0],
+                "the last turn must be a user turn (the prompt the model answers)",
+            )
+        )
 
 
 PREFERENCE_FORMATS = (
@@ -291,6 +307,12 @@ PROMPT_FORMATS = (
         ("messages",),
         '{"messages": [{"role", "content"}, ... a user turn last]}',
         _parse_prompt_messages,
+    ),
+    Format(
+        "prompt_contents",
+        ("contents", "systemInstruction", "system_instruction"),
+        '{"systemInstruction"?: {"parts"}, "contents": [{"role", "parts"}, ... a user turn last]}',
+        _parse_prompt_contents,
     ),
 )
 

@@ -1,10 +1,14 @@
 """Reinforcement fine-tuning data: prompts with the fields their graders read.
 
 One line per prompt, in a prompt format (:mod:`tunelab.data.preference`: Vertex's
-``{"input_text"}`` or Gemini/OpenAI ``{"messages": [..., a user turn last]}``), plus any other
-fields, which the grader reads as ``{{item.FIELD}}``::
+``{"input_text"}``, Gemini/OpenAI ``{"messages": [..., a user turn last]}`` or Gemini's
+``{"systemInstruction"?, "contents": [..., a user turn last]}``), plus any other fields, which
+the grader reads as ``{{item.FIELD}}``::
 
     {"messages": [{"role": "user", "content": "What year did the bridge open? ..."}],
+     "answer": 1932}
+    {"systemInstruction": {"parts": [{"text": "Answer with a year."}]},
+     "contents": [{"role": "user", "parts": [{"text": "When did the bridge open?"}]}],
      "answer": 1932}
 
 The whole line is the grader's ``item``. Validation reports, besides every problem of a prompt

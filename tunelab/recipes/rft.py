@@ -39,7 +39,7 @@ from tunelab.configs.rft import RFTConfig
 from tunelab.data.batching import collate
 from tunelab.data.preference import sequence
 from tunelab.data.rft import load_rft
-from tunelab.graders.build import ModelLocator, build_grader
+from tunelab.graders.build import Grader, Grades, ModelLocator, build_grader
 from tunelab.losses.grpo import group_advantages, grpo_loss, k3_kl, token_logprobs
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.serving.generation import GenerationParams
@@ -114,12 +114,22 @@ def train_rft(
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
 
-        # 2. Grade every answer against its prompt's line.
-        grades = grader.grade(
-            [_text(tokenizer, a) for a in answers], [items[i] for i in batch for _ in range(k)]
+        # 2. Grade every answer against its prompt's line (a cut one scores 0 unless asked).
+        texts = [_text(tokenizer, a) for a in answers]
+        grades = grade_answers(
+            grader, texts, [items[i] for i in batch for _ in range(k)], cut, config
         )
         rewards = torch.tensor(grades.scores, dtype=torch.float32)  # (N,), N = P*k
+        _log_step(step, texts, grades, k)
         advantages = group_advantages(rewards.view(len(batch), k), config.scale_rewards).view(-1)
+        informative = int((advantages.view(len(batch), k) != 0).any(dim=-1).sum())
+        # A step where every group's rewards are equal has no policy gradient; its KL term is
+        # left out too. At the start (policy = base) that gradient is only rounding noise between
+        # the bf16 policy pass and the reference pass, and AdamW scales any gradient, however
+        # small, to a step of about the learning rate: measured on the example, one such step at
+        # 8e-3 with no answer passing moved the policy 3.8 nats per answer from the base, into
+        # incoherent text, before the grader had said anything.
+        kl_coeff = config.kl_coeff if informative else 0.0
 
         prompt_of = [prompts[i].input_ids for i in batch for _ in range(k)]
         seqs = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
@@ -138,7 +148,7 @@ def train_rft(
         logps = token_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N, T - p - 1)
         answer_mask = mask[:, p + 1 :].float()  # the positions logps counts
         kl = k3_kl(logps, ref[:, p:]) if ref is not None else None
-        loss = grpo_loss(logps, answer_mask, advantages, kl, config.kl_coeff)
+        loss = grpo_loss(logps, answer_mask, advantages, kl, kl_coeff)
         passed = (rewards >= config.pass_threshold).float()
         run.message = f"reward {rewards.mean().item():.3f}, pass {passed.mean().item():.0%}"
         last = run.backward_and_step(
@@ -147,6 +157,7 @@ def train_rft(
             reward=rewards.mean().item(),
             reward_std=rewards.std().item(),
             pass_rate=passed.mean().item(),
+            informative_groups=informative,
             grader_failures=sum(grades.failures.values()),
             kl=_mean_kl(kl, answer_mask) if kl is not None else None,
             response_length=float(np.mean([len(a) for a in answers])),
@@ -165,6 +176,43 @@ def train_rft(
         plot_name="reward_curve.png",
     )
     return RFTResult(last=last, grader_failures=failures, **run.result(adapter_dir))
+
+
+def grade_answers(
+    grader: Grader,
+    texts: list[str],
+    items: list[dict[str, Any]],
+    cut: list[bool],
+    config: RFTConfig,
+) -> Grades:
+    """The grader's scores, except that an answer the token budget cut before it ended scores 0
+    ungraded unless ``config.grade_cut_answers``: partial credit for an unfinished answer (a
+    regex that still matches ``Answer: 4316000000``, a similarity) rewards running on, and the
+    policy learns to repeat digits instead of stopping."""
+    graded = [i for i, c in enumerate(cut) if config.grade_cut_answers or not c]
+    if len(graded) == len(texts):
+        return grader.grade(texts, items)
+    scores = np.zeros(len(texts))
+    if not graded:
+        return Grades(scores)
+    some = grader.grade([texts[i] for i in graded], [items[i] for i in graded])
+    scores[graded] = some.scores
+    parts = {}
+    for label, part in some.parts.items():
+        parts[label] = np.zeros(len(texts))
+        parts[label][graded] = part
+    return Grades(scores, some.failures, parts)
+
+
+def _log_step(step: int, texts: list[str], grades: Grades, k: int) -> None:
+    """What the policy writes: the first group's answers and rewards, and each part's mean
+    reward (a collapse shows here first, e.g. answers turning into repeated digits)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    parts = ", ".join(f"{label} {p.mean():.2f}" for label, p in grades.parts.items())
+    shown = [f"{t[:60]!r} -> {r:.2f}" for t, r in zip(texts, grades.scores, strict=True)]
+    logger.info("step %d: %s%s", step, f"parts: {parts}; " if parts else "", "; ".join(shown[:k]))
+    logger.debug("step %d, every answer: %s", step, "; ".join(shown))
 
 
 def _text(tokenizer, answer: np.ndarray) -> str:
@@ -197,7 +245,8 @@ def evaluate_rft(
     """Tuned policy against the base model on held-out prompts, judged by the grader.
 
     Both answer every prompt greedily (deterministic: what a user gets at temperature 0). The
-    grader scores both; reported: mean reward and pass rate of each with percentile-bootstrap
+    grader scores both as in training (a cut answer scores 0 unless ``grade_cut_answers``);
+    reported: mean reward and pass rate of each with percentile-bootstrap
     95% intervals, and the paired-bootstrap interval of tuned - base (same resampled prompts),
     grader failures, and a few examples. One base model in memory, the policy adapter on it.
     """
@@ -225,20 +274,25 @@ def evaluate_rft(
         temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=config.target_sequence_length
     )
 
-    def answer(use_policy: bool) -> list[str]:
+    def answer(use_policy: bool) -> tuple[list[str], list[bool]]:
         out: list[str] = []
+        cuts: list[bool] = []
         for start in range(0, len(prompts), batch_size):
             chunk = [p.input_ids for p in prompts[start : start + batch_size]]
             if use_policy:
-                ids, _ = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
+                ids, cut = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
             else:
                 with model.disable_adapter():
-                    ids, _ = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
+                    ids, cut = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
             out += [_text(tokenizer, a) for a in ids]
-        return out
+            cuts += cut
+        return out, cuts
 
-    texts = {"base": answer(False), "tuned": answer(True)}
-    graded = {who: grader.grade(t, items) for who, t in texts.items()}
+    answered = {"base": answer(False), "tuned": answer(True)}
+    texts = {who: t for who, (t, _) in answered.items()}
+    graded = {
+        who: grade_answers(grader, t, items, cut, config) for who, (t, cut) in answered.items()
+    }
     rewards = [mean_metric(graded[w].scores) for w in ("base", "tuned")]
     passes = [
         mean_metric((graded[w].scores >= config.pass_threshold).astype(float))

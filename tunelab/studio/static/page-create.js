@@ -44,7 +44,7 @@ const DATASETS = {
 const KIND = {
   supervised: { noun: "examples", format: '{"input_text", "output_text"}, or chat {"messages": [...]} / {"contents": [...]}', checks: ["max_seq_length", "epochs"] },
   preference: { noun: "pairs", format: '{"input_text" or "messages", "candidate_0", "candidate_1", "choice": 0 | 1}', checks: ["prompt_sequence_length", "target_sequence_length", "instruction"] },
-  prompts: { noun: "prompts", format: '{"input_text"} or {"messages": [... a user turn last]}', checks: ["prompt_sequence_length", "instruction"] },
+  prompts: { noun: "prompts", format: '{"input_text"}, or chat {"messages": [...]} / {"contents": [...]} with a user turn last', checks: ["prompt_sequence_length", "instruction"] },
   // Embedding files are checked together (labels name ids of the corpus and the queries).
   corpus: { noun: "passages", format: '{"_id", "text", "title" (optional)}', checks: [], joint: true },
   queries: { noun: "queries", format: '{"_id", "text"}', checks: [], joint: true },
@@ -117,6 +117,7 @@ const FIELDS = {
     ["instruction", "Instruction", "text", "", ""],
     ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
     ["seed", "Seed", "int", "", ""],
+    ...COMPUTE,
   ],
   // RLHFConfig's defaults (tunelab/configs/rlhf.py).
   rlhf: [
