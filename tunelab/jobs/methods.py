@@ -77,6 +77,13 @@ class MethodSpec:
 
 
 _VALIDATION = "Held-out data of the same format: evaluation during and after training."
+_PREFERENCE = DatasetRole(
+    "preference",
+    "Human-preference pairs (JSONL).",
+    required=True,
+    kind="preference",
+    title="Preference pairs",
+)
 
 METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec(
@@ -101,13 +108,7 @@ METHODS: dict[str, MethodSpec] = {
     "rlhf": MethodSpec(
         config=RLHFConfig,
         dataset_roles=(
-            DatasetRole(
-                "preference",
-                "Human-preference pairs (JSONL).",
-                required=True,
-                kind="preference",
-                title="Preference pairs",
-            ),
+            _PREFERENCE,
             DatasetRole(
                 "prompts",
                 "Prompts for reinforcement learning (JSONL).",
@@ -130,13 +131,7 @@ METHODS: dict[str, MethodSpec] = {
     "dpo": MethodSpec(
         config=DPOConfig,
         dataset_roles=(
-            DatasetRole(
-                "preference",
-                "Human-preference pairs (JSONL).",
-                required=True,
-                kind="preference",
-                title="Preference pairs",
-            ),
+            _PREFERENCE,
             DatasetRole(
                 "validation",
                 "Held-out preference pairs.",
