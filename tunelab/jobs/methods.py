@@ -17,6 +17,7 @@ database, torch or transformers code.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,7 +70,7 @@ class MethodSpec:
 
     @property
     def about(self) -> str:
-        doc = " ".join((self.config.__doc__ or "").split("\n\n")[0].split())
+        doc = " ".join((inspect.getdoc(self.config) or "").split("\n\n")[0].split())
         return self.summary or doc.replace("``", "")
 
     def load_pipeline(self) -> PipelineDef:
