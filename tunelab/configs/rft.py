@@ -61,7 +61,9 @@ class RFTConfig(ComputeFields):
     )
     grader: GraderSpec = Field(
         description="How an answer is scored (JSON): string_check, text_similarity, "
-        "json_schema, numeric, score_model, python, or weighted_sum/all/any of them."
+        "json_schema, numeric, score_model, python, or weighted_sum/all/any of them; "
+        "{{item.FIELD}} reads a field of the prompt's line.",
+        examples=[{"type": "numeric", "reference": "{{item.answer}}"}],
     )
     pass_threshold: float = Field(
         1.0, description="An answer passes when its reward is at least this (for pass rates)."

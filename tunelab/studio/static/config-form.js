@@ -63,7 +63,8 @@ export function fieldInput(field, value) {
   }
   if (field.kind === "bool") return h("input", { id, type: "checkbox", checked: value === "true" });
   if (field.kind === "json") {
-    return h("textarea", { id, rows: "6", spellcheck: "false", class: "code", placeholder: field.required ? "required: JSON" : "JSON" }, value);
+    const example = field.prop.examples ? `e.g. ${JSON.stringify(field.prop.examples[0])}` : "JSON";
+    return h("textarea", { id, rows: "6", spellcheck: "false", class: "code", placeholder: example }, value);
   }
   if (field.kind === "text") {
     return h("input", { id, type: "text", maxlength: String(inner.maxLength ?? 10000), value, placeholder: field.nullable ? "none" : "" });

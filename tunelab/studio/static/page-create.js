@@ -275,7 +275,8 @@ export function renderCreate(main, fromJob) {
       if (!input) continue;
       const { value, error } = readField(field, inputText(input));
       const serverError = state.fieldErrors[field.name];
-      input.setAttribute("aria-invalid", String(Boolean(error || serverError)));
+      // An input not yet filled in is not marked wrong: the reason under the button says it.
+      input.setAttribute("aria-invalid", String(Boolean((error && input.dataset.touched) || serverError)));
       if (error) problems.push(error);
       else values[field.name] = value;
     }
