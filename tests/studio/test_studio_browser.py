@@ -657,7 +657,8 @@ def test_wizard_rft_with_a_grader_from_the_form_to_the_pass_rates(studio, page, 
     grader = {"type": "numeric", "reference": "{{item.answer}}"}
     page.fill("#param-grader", json.dumps(grader))
     small = {"train_steps": "2", "target_sequence_length": "4"}
-    for field, value in small | {"prompts_per_step": "2", "samples_per_prompt": "2"}.items():
+    small |= {"prompts_per_step": "2", "samples_per_prompt": "2"}
+    for field, value in small.items():
         page.fill(f"#param-{field}", value)
     page.wait_for_selector("#submit-job:not([disabled])")
     page.click("#submit-job")

@@ -117,8 +117,9 @@ def test_create_page_no_404s_dpo_defaults_base_model_error_and_validation_advice
     # Every parameter, shown or folded, has a label naming its input and the config's help.
     params = page.eval_on_selector_all(
         "#hyperparameters .param",
-        """ps => ps.map(p => [p.querySelector('label').htmlFor, p.querySelector('input, select,
-            textarea').id, p.querySelector('label').textContent, p.querySelector('small').textContent])""",
+        """ps => ps.map(p => [p.querySelector('label').htmlFor,
+            p.querySelector('input, select, textarea').id,
+            p.querySelector('label').textContent, p.querySelector('small').textContent])""",
     )
     assert len(params) > 10
     assert all(f == i and label and hint.strip() for f, i, label, hint in params), params
