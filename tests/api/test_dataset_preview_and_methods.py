@@ -4,6 +4,7 @@ and validation of a held-out set without training-set size advice."""
 
 import json
 
+import pytest
 from support import write_jsonl
 
 from tunelab.jobs.methods import METHODS
@@ -45,9 +46,17 @@ def test_the_method_listing_and_the_job_body_come_from_the_method_table(http, mo
     assert list(listed) == list(METHODS)
     assert listed["grown"]["config_schema"]["properties"]["workers"]["default"] == 1
     assert listed["grown"]["dataset_roles"] == [
-        {"role": "train", "required": True, "description": "Rows."},
-        {"role": "extra", "required": False, "description": "More rows."},
+        {"role": "train", "required": True, "description": "Rows.", "title": "Train", "kind": None},
+        {
+            "role": "extra",
+            "required": False,
+            "description": "More rows.",
+            "title": "Extra",
+            "kind": None,
+        },
     ]
+    assert listed["grown"]["title"] == "grown"  # no title in the table: its key
+    assert listed["grown"]["description"].startswith("Supervised fine-tuning")  # the docstring's
     assert [r["role"] for r in listed["rlhf"]["dataset_roles"]] == ["preference", "prompts", "eval"]
     body = {"tuned_model_display_name": "m", "train_dataset": "ds-x", "method": "grown"}
     r = http.post("/v1/tuningJobs", json=body | {"config": {"workers": 0, "batch_size": 0}})
@@ -100,3 +109,59 @@ def test_a_held_out_set_gets_no_training_size_advice(http, tmp_path, tiny_base):
     assert not any("16" in w or "recommended" in w for w in held_out["warnings"])
     bad = http.get(f"/v1/datasets/{ds}/validation", params=params | {"purpose": "other"})
     assert bad.status_code == 422
+
+
+def test_the_studio_form_reads_titles_kinds_and_layout_from_the_listing(http):
+    """What the create form is built from: each method's title and description, each dataset
+    role's title and the kind its file is checked as, and each config's labels and layout."""
+    listed = {m["method"]: m for m in http.get("/v1/tuningMethods").json()["tuning_methods"]}
+    assert listed["rlhf"]["title"] == "RLHF" and "reward model" in listed["rlhf"]["description"]
+    roles = {r["role"]: r for r in listed["dpo"]["dataset_roles"]}
+    assert roles["preference"] | {"description": ""} == {
+        "role": "preference",
+        "required": True,
+        "description": "",
+        "title": "Preference pairs",
+        "kind": "preference",
+    }
+    kinds = {r["role"]: r["kind"] for r in listed["embedding"]["dataset_roles"]}
+    assert kinds == {
+        "corpus": "corpus",
+        "queries": "queries",
+        "train_labels": "labels",
+        "test_labels": "labels",
+        "validation_labels": "labels",
+    }
+    sft = listed["sft"]["config_schema"]
+    assert sft["properties"]["adapter_size"]["title"] == "Adapter size (LoRA rank)"
+    assert sft["properties"]["learning_rate_multiplier"]["title"] == "Learning rate multiplier"
+    assert listed["rlhf"]["config_schema"]["properties"]["kl_coeff"]["title"] == "KL coefficient"
+    assert sft["x-form"]["basic"][:2] == ["epochs", "train_steps"]
+    assert sft["x-form"]["advanced"][-3:] == ["accelerator", "devices", "processes"]
+    assert sft["properties"]["epochs"]["x-when-empty"] == 3
+
+
+def test_every_config_field_is_in_its_form_layout_once(http):
+    """The layout lists each field but method and base_model exactly once, so a new field shows
+    in the form (among the advanced ones) the moment it is on the config."""
+    for m in http.get("/v1/tuningMethods").json()["tuning_methods"]:
+        schema = m["config_schema"]
+        layout = schema["x-form"]["basic"] + schema["x-form"]["advanced"]
+        assert sorted(layout) == sorted(set(schema["properties"]) - {"method", "base_model"})
+        assert all(schema["properties"][f].get("description") for f in layout), m["method"]
+
+
+def test_a_layout_naming_no_field_is_an_error():
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict
+
+    from tunelab.configs.form import form_layout
+
+    class Typo(BaseModel):
+        model_config = ConfigDict(**form_layout("epoch"))
+        method: Literal["typo"] = "typo"
+        epochs: int = 1
+
+    with pytest.raises(ValueError, match="Typo: form_layout names no field epoch"):
+        Typo.model_json_schema()

@@ -124,6 +124,28 @@ def test_invalid_config_reports_every_field(http):
     assert {e["field"] for e in details["errors"]} == {"config.adapter_size", "config.batch_size"}
 
 
+@pytest.mark.parametrize("method", ["sft", "rlhf", "dpo", "embedding", "rft"])
+def test_an_unknown_or_mistyped_config_field_is_a_422_naming_it(http, method):
+    """The body's config is the method's config class (the CLI's and the Studio's schema): a
+    field it does not have, or a value of the wrong type, is refused naming the field."""
+    from tunelab.jobs.methods import METHODS
+
+    schema = METHODS[method].config.model_json_schema()
+    integer = next(f for f, p in schema["properties"].items() if p.get("type") == "integer")
+    body = {
+        "method": method,
+        "tuned_model_display_name": "m",
+        "train_dataset": "d",
+        "config": {"no_such_knob": 1, integer: "many"},
+    }
+    r = http.post("/v1/tuningJobs", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_config"
+    errors = {e["field"]: e["message"] for e in r.json()["error"]["details"]["errors"]}
+    assert "Extra inputs are not permitted" in errors["config.no_such_knob"]
+    assert "integer" in errors[f"config.{integer}"]
+
+
 def test_oversized_bodies_get_413(services, api_key):
     from support import LiveServer
 

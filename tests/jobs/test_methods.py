@@ -44,3 +44,21 @@ def test_reading_the_table_imports_no_pipeline_database_or_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_each_dataset_role_is_checked_as_a_kind_the_server_validates():
+    """The Studio checks each role's file before submitting as the table's ``kind`` says: a
+    kind of GET /v1/datasets/{id}/validation, or one of the files GET /v1/embeddingData/
+    validation checks together (by the role's name)."""
+    import inspect
+
+    from tunelab.api.routes.datasets import KINDS
+    from tunelab.api.routes.embedding_data import validate as validate_together
+
+    together = set(inspect.signature(validate_together).parameters)
+    for name, spec in METHODS.items():
+        for role in spec.dataset_roles:
+            if role.kind in ("corpus", "queries", "labels"):
+                assert role.name in together, (name, role.name)
+            else:
+                assert role.kind in KINDS, (name, role.name, role.kind)

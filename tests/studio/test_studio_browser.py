@@ -171,6 +171,7 @@ def test_login_wizard_job_playground_and_code(studio, page, tmp_path):
     page.fill("#param-train_steps", "16")
     page.fill("#param-batch_size", "4")
     page.fill("#param-learning_rate_multiplier", "10")
+    page.click("#advanced-params summary")  # the config's other fields, folded until asked for
     page.fill("#param-eval_every_steps", "2")
     page.fill("#param-checkpoint_every_steps", "4")
     assert page.input_value("#param-precision") == "auto"
@@ -337,18 +338,18 @@ def test_wizard_dpo_checks_preference_pairs(studio, page, tmp_path):
     page.fill("#display-name", "dpo-model")
     page.fill("#base-model", tiny)
     assert page.query_selector("#param-beta") and not page.query_selector("#param-max_seq_length")
-    page.set_input_files("#train-file", str(bad))
+    page.set_input_files("#preference-file", str(bad))  # the method table's role name
     page.wait_for_selector(
-        "#train-report .report.has-errors[data-kind=preference]:not([aria-busy])"
+        "#preference-report .report.has-errors[data-kind=preference]:not([aria-busy])"
     )
     lines = page.eval_on_selector_all(
-        "#train-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
+        "#preference-report tr[data-line]", "rs => rs.map(r => r.dataset.line)"
     )
     assert lines == ["2", "3", "3", "3"]  # choice; then candidate_0, candidate_1, choice missing
     assert page.is_disabled("#submit-job")
-    page.set_input_files("#train-file", str(good))
-    page.wait_for_selector("#train-report .report.ok")
-    assert "20 usable pairs" in page.text_content("#train-report")
+    page.set_input_files("#preference-file", str(good))
+    page.wait_for_selector("#preference-report .report.ok")
+    assert "20 usable pairs" in page.text_content("#preference-report")
     page.wait_for_selector("#submit-job:not([disabled])")
     assert page.errors == []
 
@@ -374,21 +375,11 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     server, key, tiny = studio
     open_rlhf_wizard(page, server.url, key, tiny, "studio-concise")
     # The form shows RLHFConfig's defaults (read from its JSON schema, GET /v1/tuningMethods):
-    # compared with the config itself.
+    # compared with the config itself, for the fields it shows first (Vertex's parameters).
     from tunelab.configs.rlhf import RLHFConfig
 
-    fields = [
-        "reward_model_train_steps",
-        "reward_model_learning_rate_multiplier",
-        "reinforcement_learning_train_steps",
-        "reinforcement_learning_rate_multiplier",
-        "kl_coeff",
-        "prompt_sequence_length",
-        "target_sequence_length",
-        "instruction",
-        "adapter_size",
-        "seed",
-    ]
+    fields = RLHFConfig.model_json_schema()["x-form"]["basic"]
+    assert "kl_coeff" in fields and "reward_model_train_steps" in fields
     config_defaults = RLHFConfig.model_fields
     defaults = {
         f: "" if config_defaults[f].default is None else str(config_defaults[f].default)
@@ -407,8 +398,9 @@ def test_wizard_rlhf_job_from_the_wizard_to_succeeded(studio, page, tmp_path):
     }
     for field, value in small.items():
         page.fill(f"#param-{field}", value)
-    page.click("#extra-config-details summary")
-    page.fill("#extra-config", json.dumps({"prompts_per_step": 2, "samples_per_prompt": 2}))
+    page.click("#advanced-params summary")  # RLHFConfig's knobs beyond Vertex's parameters
+    page.fill("#param-prompts_per_step", "2")
+    page.fill("#param-samples_per_prompt", "2")
     files = {
         "preference": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32)),
         "prompts": write_jsonl(tmp_path / "prompts.jsonl", prompts(8)),
@@ -664,13 +656,14 @@ def test_wizard_rft_with_a_grader_from_the_form_to_the_pass_rates(studio, page, 
     assert page.is_disabled("#submit-job")
     grader = {"type": "numeric", "reference": "{{item.answer}}"}
     page.fill("#param-grader", json.dumps(grader))
-    for field, value in {"train_steps": "2", "target_sequence_length": "4"}.items():
+    small = {"train_steps": "2", "target_sequence_length": "4"}
+    small |= {"prompts_per_step": "2", "samples_per_prompt": "2"}
+    for field, value in small.items():
         page.fill(f"#param-{field}", value)
+    page.click("#advanced-params summary")  # the compute fields and grade_cut_answers
     assert page.input_value("#param-accelerator") == "auto"  # compute, as every method has
     page.select_option("#param-accelerator", "cpu")
-    page.click("#extra-config-details summary")
-    extra = {"prompts_per_step": 2, "samples_per_prompt": 2, "grade_cut_answers": True}
-    page.fill("#extra-config", json.dumps(extra))
+    page.check("#param-grade_cut_answers")  # a tiny random model rarely ends an answer
     page.wait_for_selector("#submit-job:not([disabled])")
     page.click("#submit-job")
 

@@ -114,17 +114,22 @@ def test_create_page_no_404s_dpo_defaults_base_model_error_and_validation_advice
     assert page.input_value("#param-adapter_size") == "8"
     assert page.input_value("#param-prompt_sequence_length") == "512"
     assert "server default" not in page.content()
-    hints = page.eval_on_selector_all("#hyperparameters .param", "ps => ps.map(p => p.innerText)")
-    assert all("\n" in h and h.split("\n", 1)[1].strip() for h in hints), hints
+    # Every parameter, shown or folded, has a label naming its input and the config's help.
+    params = page.eval_on_selector_all(
+        "#hyperparameters .param",
+        """ps => ps.map(p => [p.querySelector('label').htmlFor,
+            p.querySelector('input, select, textarea').id,
+            p.querySelector('label').textContent, p.querySelector('small').textContent])""",
+    )
+    assert len(params) > 10
+    assert all(f == i and label and hint.strip() for f, i, label, hint in params), params
     guidance = page.text_content("#guidance")
     assert "DPO" in guidance and "training steps" not in guidance
     assert page.is_hidden("#task")
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(20))
-    page.set_input_files("#train-file", str(pairs))
-    page.wait_for_selector("#train-report .report.ok")
+    page.set_input_files("#preference-file", str(pairs))
+    page.wait_for_selector("#preference-report .report.ok")
     assert "20 usable pairs" in page.text_content("#steps-estimate")
-    # The extra config and the charts are named for assistive technology.
-    assert page.locator("#extra-config").get_attribute("aria-label")
 
     # Supervised: a base-model typo is reported at the base model, not in the data card.
     page.select_option("#method", "sft")

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.form import form_layout
 from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import (
     DeployPolicy,
@@ -44,7 +45,20 @@ class DPOConfig(ComputeFields, ParallelConfig):
     pass per step are needed.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        **form_layout(
+            "epochs",
+            "train_steps",
+            "beta",
+            "learning_rate_multiplier",
+            "adapter_size",
+            "batch_size",
+            "prompt_sequence_length",
+            "target_sequence_length",
+        ),
+    )
 
     method: Literal["dpo"] = "dpo"
     base_model: str = Field(
@@ -67,7 +81,11 @@ class DPOConfig(ComputeFields, ParallelConfig):
         description="Strength of the KL constraint to the reference (higher: stay closer).",
     )
     epochs: int | None = Field(
-        None, ge=1, le=1000, description=f"Passes over the pairs (default {DEFAULT_EPOCHS})."
+        None,
+        ge=1,
+        le=1000,
+        description=f"Passes over the pairs (default {DEFAULT_EPOCHS}).",
+        json_schema_extra={"x-when-empty": DEFAULT_EPOCHS},
     )
     train_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Optimizer steps; an alternative to epochs."
@@ -87,12 +105,16 @@ class DPOConfig(ComputeFields, ParallelConfig):
     target_sequence_length: int = Field(
         512, ge=1, le=131_072, description="Candidates are cut to their first N tokens."
     )
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds pair order and adapter init.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of steps with linear warm-up."
+    )
     precision: Precision = precision_field()
     deploy: DeployPolicy = deploy_field()
     eval_every_steps: int = Field(20, ge=1, description="Evaluate on validation pairs every N.")
-    checkpoint_every_steps: int = Field(20, ge=1)
+    checkpoint_every_steps: int = Field(
+        20, ge=1, description="Write a resumable checkpoint every N steps."
+    )
     keep_checkpoints: int = keep_checkpoints_field()
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.form import form_layout
 from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import DeployPolicy, deploy_field
 
@@ -26,7 +27,18 @@ class EmbeddingConfig(ComputeFields, ParallelConfig):
     ``adapter_size``) on the query/key/value and dense layers of every encoder block, trained
     with an in-batch-negatives contrastive loss on (query, relevant passage) pairs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        **form_layout(
+            "train_steps",
+            "batch_size",
+            "learning_rate_multiplier",
+            "adapter_size",
+            "output_dimensionality",
+            "max_seq_length",
+        ),
+    )
 
     method: Literal["embedding"] = "embedding"
     base_model: str = Field(

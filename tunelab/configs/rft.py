@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.form import form_layout
 from tunelab.configs.sft import Precision, precision_field
 from tunelab.graders.spec import GraderSpec
 
@@ -35,7 +36,21 @@ class RFTConfig(ComputeFields):
     """Reinforcement fine-tuning with a grader: k answers per prompt, advantage = reward minus
     the group's mean (divided by its std unless ``scale_rewards`` is off), KL to the base."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        **form_layout(
+            "grader",
+            "train_steps",
+            "learning_rate_multiplier",
+            "kl_coeff",
+            "samples_per_prompt",
+            "prompts_per_step",
+            "pass_threshold",
+            "target_sequence_length",
+            "instruction",
+        ),
+    )
 
     method: Literal["rft"] = "rft"
     base_model: str = Field(
@@ -46,7 +61,9 @@ class RFTConfig(ComputeFields):
     )
     grader: GraderSpec = Field(
         description="How an answer is scored (JSON): string_check, text_similarity, "
-        "json_schema, numeric, score_model, python, or weighted_sum/all/any of them."
+        "json_schema, numeric, score_model, python, or weighted_sum/all/any of them; "
+        "{{item.FIELD}} reads a field of the prompt's line.",
+        examples=[{"type": "numeric", "reference": "{{item.answer}}"}],
     )
     pass_threshold: float = Field(
         1.0, description="An answer passes when its reward is at least this (for pass rates)."
@@ -89,8 +106,12 @@ class RFTConfig(ComputeFields):
     )
     adapter_size: Literal[1, 2, 4, 8, 16] = Field(8, description="LoRA rank.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, init and sampling.")
-    checkpoint_every_steps: int = Field(10, ge=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    checkpoint_every_steps: int = Field(
+        10, ge=1, description="Write a resumable checkpoint every N steps."
+    )
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of steps with linear warm-up."
+    )
     precision: Precision = precision_field()
 
     @property

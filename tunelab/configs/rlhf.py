@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.form import form_layout
 from tunelab.configs.parallel import ParallelConfig
 from tunelab.configs.sft import (
     DeployPolicy,
@@ -102,7 +103,21 @@ class RLHFConfig(ComputeFields, ParallelConfig):
     The rest are knobs Vertex keeps to itself, with the values we use.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        **form_layout(  # Vertex's RLHF parameters
+            "reward_model_train_steps",
+            "reward_model_learning_rate_multiplier",
+            "reinforcement_learning_train_steps",
+            "reinforcement_learning_rate_multiplier",
+            "kl_coeff",
+            "prompt_sequence_length",
+            "target_sequence_length",
+            "instruction",
+            "adapter_size",
+        ),
+    )
 
     method: Literal["rlhf"] = "rlhf"
     base_model: str = Field(
@@ -166,7 +181,9 @@ class RLHFConfig(ComputeFields, ParallelConfig):
     checkpoint_every_steps: int = Field(
         10, ge=1, description="Write a resumable checkpoint every N steps (both stages)."
     )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of steps with linear warm-up (both stages)."
+    )
     keep_checkpoints: int = keep_checkpoints_field()
     precision: Precision = precision_field()
     deploy: DeployPolicy = deploy_field()

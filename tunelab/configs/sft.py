@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
+from tunelab.configs.form import form_layout
 from tunelab.configs.parallel import ParallelConfig
 
 RECOMMENDED_LEARNING_RATE = 1e-3
@@ -64,7 +65,18 @@ def deploy_field():
 class SFTConfig(ComputeFields, ParallelConfig):
     """Supervised fine-tuning with a LoRA adapter on every linear layer of the base model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        **form_layout(
+            "epochs",
+            "train_steps",
+            "learning_rate_multiplier",
+            "adapter_size",
+            "batch_size",
+            "max_seq_length",
+        ),
+    )
 
     method: Literal["sft"] = "sft"
     base_model: str = Field(
@@ -86,6 +98,7 @@ class SFTConfig(ComputeFields, ParallelConfig):
         ge=1,
         le=1000,
         description=f"Passes over the training data (default {DEFAULT_EPOCHS}).",
+        json_schema_extra={"x-when-empty": DEFAULT_EPOCHS},
     )
     train_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Optimizer steps; an alternative to epochs."

@@ -14,9 +14,16 @@ ETA drawn from the first results errs long rather than short.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tunelab.serving.generation import GenerationParams, LoadedModel
-from tunelab.serving.runner import GenerationResult, RowGroup
+from tunelab.serving.runner import GenerationResult, ModelRunner, RowGroup, sample_answers
+
+if TYPE_CHECKING:
+    from tunelab.data.preference import EncodedPrompt
 
 GenerateProgress = Callable[[int, int], None]
 """Called with (prompts done, total) after every ``batch_size`` prompts, and at the end."""
@@ -50,3 +57,30 @@ def generate_batched(
         [RowGroup(ids[i], params) for i in order], max_batch_size=batch_size, on_done=finished
     )
     return outputs
+
+
+def greedy_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[EncodedPrompt],
+    max_output_tokens: int,
+    batch_size: int,
+    *,
+    adapter: bool = True,
+) -> tuple[list[np.ndarray], list[bool]]:
+    """Each prompt's greedy answer (token ids, with the end-of-sequence token it drew; ``cut``
+    marks one stopped by ``max_output_tokens``) from a PEFT ``model`` with its active adapter,
+    or, with ``adapter=False``, from the base model under it: how the RL recipes compare a
+    tuned policy with its base on held-out prompts. ``batch_size`` prompts at a time."""
+    greedy = GenerationParams.model_construct(  # unchecked: the caller's config bounds it
+        temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=max_output_tokens
+    )
+    answers: list[np.ndarray] = []
+    cut: list[bool] = []
+    with nullcontext() if adapter else model.disable_adapter():
+        for start in range(0, len(prompts), batch_size):
+            chunk = [p.input_ids for p in prompts[start : start + batch_size]]
+            a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
+            answers += a
+            cut += c
+    return answers, cut

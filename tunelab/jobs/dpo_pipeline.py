@@ -9,18 +9,14 @@ version's lineage records it.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from tunelab.configs.dpo import DPOConfig
 from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
-from tunelab.jobs.init_adapter import resolve_init_adapter
+from tunelab.jobs.init_adapter import prepare_base_and_init_adapter
 from tunelab.jobs.pipeline import StepContext
-from tunelab.jobs.usage import job_usage
-
-logger = logging.getLogger(__name__)
 
 
 def _role(ctx: StepContext, role: str) -> str | None:
@@ -57,35 +53,12 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     return steps.validate_datasets(ctx, {role: (_role(ctx, role), check) for role in roles})
 
 
-def prepare(ctx: StepContext) -> dict[str, Any]:
-    """Resolve the base model and, with ``init_adapter``, the adapter to start from."""
-    from tunelab.models import resolve_model
-
-    config = DPOConfig(**ctx.job.config)
-    base = resolve_model(config.base_model)
-    out: dict[str, Any] = {"base_model": base.ref, "base_model_path": str(base.path)}
-    return out | resolve_init_adapter(ctx, config.init_adapter)
-
-
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.dpo import train_dpo
 
     config = DPOConfig(**ctx.job.config)
-    result = steps.train_adapter_in_job(
-        ctx,
-        train_dpo,
-        config,
-        _dataset_path(ctx, "preference"),
-        _dataset_path(ctx, "validation"),
-    )
-    return {
-        "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
-        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
-        "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["preference"]),
-        "evaluation": result.evaluation,
-        "final_train_loss": result.final_train_loss,
-        "steps": result.steps,
-    }
+    result = steps.train_adapter_in_job(ctx, train_dpo, config, _role(ctx, "preference"))
+    return steps.kept_adapter_outputs(ctx, result, "preference") | {"evaluation": result.evaluation}
 
 
 def evaluate(ctx: StepContext) -> dict[str, Any]:
@@ -133,7 +106,6 @@ def register(ctx: StepContext) -> dict[str, Any]:
         set_evaluation(
             ctx.db, version.id, evaluated["evaluation"] | {"report": evaluated["report"]}
         )
-    logger.info("registered %s version %d (dpo)", version.model_name, version.version)
     return steps.registered(version)
 
 
@@ -151,5 +123,5 @@ def summary(outputs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 PIPELINE = steps.standard_pipeline(
-    "dpo", validate, prepare, train, evaluate, register, summary=summary
+    "dpo", validate, prepare_base_and_init_adapter, train, evaluate, register, summary=summary
 )

@@ -1,6 +1,7 @@
 """The adapter a job starts from (``init_adapter``), resolved in the job's prepare step: a
 registered tuned model (``name@version``; its artifact, and the version id for lineage) or an
-adapter bundle folder. Shared by every pipeline whose config has ``init_adapter``."""
+adapter bundle folder. Shared by every pipeline whose config has ``init_adapter``; SFT's and
+DPO's prepare step is :func:`prepare_base_and_init_adapter`."""
 
 from __future__ import annotations
 
@@ -33,3 +34,15 @@ def resolve_init_adapter(ctx: StepContext, ref: str | None) -> dict[str, Any]:
     if target.version is not None:
         out["init_adapter_version_id"] = target.version.id
     return out
+
+
+def prepare_base_and_init_adapter(ctx: StepContext) -> dict[str, Any]:
+    """A prepare step: resolve (and, once, convert) the config's base model, so training starts
+    from a local folder, and the adapter a continued run starts from."""
+    from tunelab.jobs.methods import method_spec
+    from tunelab.models import resolve_model
+
+    config = method_spec(ctx.job.method).config(**ctx.job.config)
+    base = resolve_model(config.base_model)
+    out = {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
+    return out | resolve_init_adapter(ctx, config.init_adapter)

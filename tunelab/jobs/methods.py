@@ -5,8 +5,8 @@ pipeline (``tunelab/jobs/<method>_pipeline.py``, which defines ``PIPELINE``: the
 runs) and the recipe(s) that pipeline trains with (``tunelab/recipes/``). Every face reads this
 table: ``tunelab tune <method>`` builds its options from the config's JSON schema and the roles
 (tunelab/cli/tune.py), ``POST /v1/tuningJobs`` validates its body's config with the config class,
-``GET /v1/tuningMethods`` lists the schemas and roles (the Studio's form), and submit and the
-worker take the pipeline from here.
+``GET /v1/tuningMethods`` lists the titles, schemas and roles (the Studio builds its create form
+from them: tunelab/configs/form.py), and submit and the worker take the pipeline from here.
 
 The table lives in the jobs layer because that layer may import configs, pipelines and recipes
 (nothing imports upward). Pipelines and recipes are named by module and imported only when a
@@ -17,6 +17,7 @@ database, torch or transformers code.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,17 @@ class DatasetRole:
     name: str
     description: str
     required: bool = False
+    kind: str | None = None
+    """How the Studio checks the file before submitting: the ``kind`` of
+    ``GET /v1/datasets/{id}/validation`` (supervised, preference, prompts), or corpus, queries
+    or labels (checked together by ``GET /v1/embeddingData/validation``). None: only the job's
+    validate step reads it."""
+    title: str = ""
+    """Its name in the Studio (default: the role's name in words)."""
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name.replace("_", " ").capitalize()
 
 
 @dataclass(frozen=True)
@@ -51,68 +63,137 @@ class MethodSpec:
     recipes: tuple[str, ...]
     """Modules of the recipe(s) the pipeline trains with (read by people and by the table's
     test; the pipeline imports them itself, when a step runs)."""
+    title: str = ""
+    """The method's name in the Studio (default: its key)."""
+    summary: str = ""
+    """What it does, for someone choosing a method (default: the config's first sentence)."""
+
+    @property
+    def about(self) -> str:
+        doc = " ".join((inspect.getdoc(self.config) or "").split("\n\n")[0].split())
+        return self.summary or doc.replace("``", "")
 
     def load_pipeline(self) -> PipelineDef:
         return importlib.import_module(self.pipeline).PIPELINE
 
 
 _VALIDATION = "Held-out data of the same format: evaluation during and after training."
+_PREFERENCE = DatasetRole(
+    "preference",
+    "Human-preference pairs (JSONL).",
+    required=True,
+    kind="preference",
+    title="Preference pairs",
+)
 
 METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec(
         config=SFTConfig,
         dataset_roles=(
-            DatasetRole("train", "Training JSONL.", required=True),
-            DatasetRole("validation", "Validation JSONL. " + _VALIDATION),
+            DatasetRole(
+                "train", "Training JSONL.", required=True, kind="supervised", title="Training data"
+            ),
+            DatasetRole(
+                "validation",
+                "Validation JSONL. " + _VALIDATION,
+                kind="supervised",
+                title="Validation data",
+            ),
         ),
         pipeline="tunelab.jobs.sft_pipeline",
         recipes=("tunelab.recipes.sft",),
+        title="Supervised tuning",
+        summary="Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model "
+        "learns to answer like the outputs.",
     ),
     "rlhf": MethodSpec(
         config=RLHFConfig,
         dataset_roles=(
-            DatasetRole("preference", "Human-preference pairs (JSONL).", required=True),
-            DatasetRole("prompts", "Prompts for reinforcement learning (JSONL).", required=True),
-            DatasetRole("eval", "Held-out prompts: tuned vs base."),
+            _PREFERENCE,
+            DatasetRole(
+                "prompts",
+                "Prompts for reinforcement learning (JSONL).",
+                required=True,
+                kind="prompts",
+            ),
+            DatasetRole(
+                "eval",
+                "Held-out prompts: tuned vs base.",
+                kind="prompts",
+                title="Evaluation prompts",
+            ),
         ),
         pipeline="tunelab.jobs.rlhf_pipeline",
         recipes=("tunelab.recipes.reward_model", "tunelab.recipes.rlhf"),
+        title="RLHF",
+        summary="Preference pairs (prompt, two candidates, choice) train a reward model; then "
+        "reinforcement learning on prompts earns its reward, with a KL penalty to the base model.",
     ),
     "dpo": MethodSpec(
         config=DPOConfig,
         dataset_roles=(
-            DatasetRole("preference", "Human-preference pairs (JSONL).", required=True),
-            DatasetRole("validation", "Held-out preference pairs."),
+            _PREFERENCE,
+            DatasetRole(
+                "validation",
+                "Held-out preference pairs.",
+                kind="preference",
+                title="Validation pairs",
+            ),
         ),
         pipeline="tunelab.jobs.dpo_pipeline",
         recipes=("tunelab.recipes.dpo",),
+        title="DPO",
+        summary="Preference pairs (prompt, chosen, rejected), optimised directly without a "
+        "reward model.",
     ),
     "embedding": MethodSpec(
         config=EmbeddingConfig,
         dataset_roles=(
-            DatasetRole("corpus", "Corpus JSONL (_id, title, text).", required=True),
-            DatasetRole("queries", "Queries JSONL (_id, text).", required=True),
+            DatasetRole("corpus", "Corpus JSONL (_id, title, text).", required=True, kind="corpus"),
+            DatasetRole("queries", "Queries JSONL (_id, text).", required=True, kind="queries"),
             DatasetRole(
-                "train_labels", "TSV with header query-id, corpus-id, score.", required=True
+                "train_labels",
+                "TSV with header query-id, corpus-id, score.",
+                required=True,
+                kind="labels",
+                title="Training labels",
             ),
             DatasetRole(
-                "test_labels", "Test labels TSV (default: 20% of the training queries, held out)."
+                "test_labels",
+                "Test labels TSV (default: 20% of the training queries, held out).",
+                kind="labels",
             ),
-            DatasetRole("validation_labels", "Validation labels TSV."),
+            DatasetRole("validation_labels", "Validation labels TSV.", kind="labels"),
         ),
         pipeline="tunelab.jobs.embedding_pipeline",
         recipes=("tunelab.recipes.embedding",),
+        title="Embedding tuning",
+        summary="A corpus, queries and labels (which passages answer which query), as Vertex "
+        "takes them: the encoder learns to rank the labelled passages first.",
     ),
     "rft": MethodSpec(
         config=RFTConfig,
         dataset_roles=(
             DatasetRole(
-                "train", "Prompts (JSONL) with the fields the grader reads.", required=True
+                "train",
+                "Prompts (JSONL) with the fields the grader reads.",
+                required=True,
+                kind="prompts",
+                title="Prompts",
             ),
-            DatasetRole("validation", "Held-out prompts: pass rate and reward, tuned vs base."),
+            DatasetRole(
+                "validation",
+                "Held-out prompts: pass rate and reward, tuned vs base.",
+                kind="prompts",
+                title="Held-out prompts",
+            ),
         ),
         pipeline="tunelab.jobs.rft_pipeline",
         recipes=("tunelab.recipes.rft",),
+        title="Reinforcement fine-tuning",
+        summary="Prompts with the fields a grader checks (an exact label, a number, JSON with "
+        "given keys, a Python function): the model samples answers and learns from the "
+        "grader's rewards (GRPO), with a KL penalty to the base model.",
     ),
 }
 

@@ -10,7 +10,6 @@ becomes an input of the tuned model's lineage.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from tunelab.jobs import steps
 from tunelab.jobs.errors import PermanentError
 from tunelab.jobs.pipeline import StepContext
 from tunelab.jobs.usage import job_usage
-
-logger = logging.getLogger(__name__)
 
 
 def _locator(ctx: StepContext):
@@ -141,7 +138,6 @@ def register(ctx: StepContext) -> dict[str, Any]:
     metrics |= {"last_step": trained.get("last")}
     metrics |= {"evaluation": {k: v for k, v in evaluation.items() if k != "examples"}}
     version = steps.register_adapter(ctx, trained["adapter"], metrics, inputs)
-    logger.info("registered %s version %d (rft)", version.model_name, version.version)
     return steps.registered(version)
 
 

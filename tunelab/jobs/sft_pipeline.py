@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from tunelab.bundle import read_manifest
 from tunelab.configs import SFTConfig
 from tunelab.data.validation import validate_file
 from tunelab.jobs import steps
-from tunelab.jobs.init_adapter import resolve_init_adapter
+from tunelab.jobs.init_adapter import prepare_base_and_init_adapter
 from tunelab.jobs.pipeline import StepContext, StopRequested
-from tunelab.jobs.usage import job_usage
-
-logger = logging.getLogger(__name__)
 
 
 def validate(ctx: StepContext) -> dict[str, Any]:
@@ -31,37 +26,15 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     return steps.validate_datasets(ctx, {role: (role, check) for role in ("train", "validation")})
 
 
-def prepare(ctx: StepContext) -> dict[str, Any]:
-    """Resolve (and, once, convert) the base model so training starts from a local folder, and
-    the adapter a continued run starts from."""
-    from tunelab.models import resolve_model
-
-    config = SFTConfig(**ctx.job.config)
-    base = resolve_model(config.base_model)
-    out = {"base_model": base.ref, "base_model_path": str(base.path), "source": base.source}
-    return out | resolve_init_adapter(ctx, config.init_adapter)
-
-
 def train(ctx: StepContext) -> dict[str, Any]:
     from tunelab.recipes.sft import train_sft
 
     config = SFTConfig(**ctx.job.config)
-    result = steps.train_adapter_in_job(
-        ctx,
-        train_sft,
-        config,
-        steps.dataset_path(ctx, "train"),
-        steps.dataset_path(ctx, "validation"),
-    )
-    return {
-        "adapter": steps.store_dir(ctx, result.adapter_dir, "adapter"),
-        "checkpoints": steps.store_checkpoints(ctx, result.checkpoints),
-        "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"]["train"]),
+    result = steps.train_adapter_in_job(ctx, train_sft, config, "train")
+    return steps.kept_adapter_outputs(ctx, result, "train") | {
         "best_step": result.best_step,
         "best_eval_loss": result.best_eval_loss,
-        "final_train_loss": result.final_train_loss,
         "stopped_early": result.stopped_early,
-        "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,  # > 0: this attempt resumed a checkpoint
     }
 
@@ -85,7 +58,6 @@ def register(ctx: StepContext) -> dict[str, Any]:
     from tunelab.registry.models import set_evaluation
 
     trained = ctx.outputs["train"]
-    manifest = read_manifest(ctx.store.local_path(trained["adapter"]["uri"]))
     inputs = [("dataset", ctx.job.datasets["train"], "train")]
     if "validation" in ctx.job.datasets:
         inputs.append(("dataset", ctx.job.datasets["validation"], "validation"))
@@ -101,15 +73,11 @@ def register(ctx: StepContext) -> dict[str, Any]:
         set_evaluation(
             ctx.db, version.id, evaluation["evaluation"] | {"report": evaluation["report"]}
         )
-    logger.info(
-        "registered %s version %d (%s)",
-        version.model_name,
-        version.version,
-        manifest.get("method"),
-    )
     return steps.registered(version)
 
 
-PIPELINE = steps.standard_pipeline("sft", validate, prepare, train, evaluate, register)
+PIPELINE = steps.standard_pipeline(
+    "sft", validate, prepare_base_and_init_adapter, train, evaluate, register
+)
 
 __all__ = ["StopRequested"]

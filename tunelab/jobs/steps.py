@@ -5,6 +5,7 @@ method does differently."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from tunelab.config import get_settings
 from tunelab.data.validation import DatasetValidationError
 from tunelab.jobs.pipeline import PipelineDef, Step, StepContext, StopRequested
+
+logger = logging.getLogger(__name__)
 
 STANDARD_WEIGHTS = {
     "validate": 0.02,
@@ -120,6 +123,21 @@ def store_checkpoints(ctx: StepContext, checkpoints: list[dict[str, Any]]) -> li
     ]
 
 
+def kept_adapter_outputs(ctx: StepContext, result: Any, data_role: str) -> dict[str, Any]:
+    """The train step's outputs of a LoRA method whose checkpoints are models (SFT, DPO): the
+    bundle and the kept checkpoints in the artifact store, the usage (billed on ``data_role``'s
+    dataset), the final training loss and the steps."""
+    from tunelab.jobs.usage import job_usage
+
+    return {
+        "adapter": store_dir(ctx, result.adapter_dir, "adapter"),
+        "checkpoints": store_checkpoints(ctx, result.checkpoints),
+        "usage": job_usage(result.usage, ctx.outputs["validate"]["reports"][data_role]),
+        "final_train_loss": result.final_train_loss,
+        "steps": result.steps,
+    }
+
+
 def with_cost(usage: dict[str, Any], billed: str = "billable_tokens") -> dict[str, Any]:
     """``usage`` with its ``estimated_cost`` at the configured price per 1k tokens of ``billed``
     (None without a price)."""
@@ -149,7 +167,7 @@ def register_adapter(
         "data_stats": ctx.outputs["validate"]["reports"],
         "source_job_id": job.id,
     }
-    return register_version(
+    version = register_version(
         ctx.db,
         adapter_uri=adapter["uri"],
         adapter_sha256=adapter["sha256"],
@@ -159,6 +177,10 @@ def register_adapter(
         store=ctx.store,
         **(values | overrides),
     )
+    logger.info(
+        "registered %s version %d (%s)", version.model_name, version.version, version.method
+    )
+    return version
 
 
 def registered(version) -> dict[str, Any]:
@@ -232,18 +254,16 @@ def train_in_job(
 
 
 def train_adapter_in_job(
-    ctx: StepContext,
-    recipe: Callable[..., Any],
-    config: Any,
-    train_path: Path | None,
-    validation_path: Path | None,
+    ctx: StepContext, recipe: Callable[..., Any], config: Any, train_role: str
 ):
     """Run a LoRA recipe taking (config, train, run_dir, validation, init_adapter_dir) in the
-    job: from the prepare step's init adapter when there is one (continued tuning), evaluating
-    every ``config.eval_every_steps`` when there is a validation set. An init adapter that
-    cannot fit this run fails the job for good."""
+    job, on the datasets of ``train_role`` and ``validation``: from the prepare step's init
+    adapter when there is one (continued tuning), evaluating every ``config.eval_every_steps``
+    when there is a validation set. An init adapter that cannot fit this run fails the job for
+    good."""
     from tunelab.jobs.errors import PermanentError
 
+    train_path, validation_path = dataset_path(ctx, train_role), dataset_path(ctx, "validation")
     init = ctx.outputs["prepare"].get("init_adapter_dir")
     try:
         return train_in_job(

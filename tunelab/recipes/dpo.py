@@ -123,14 +123,9 @@ def train_dpo(
     reference = {k: v.to(run.device) for k, v in reference.items()}
     reference_seconds = time.perf_counter() - reference_start
 
-    run.start(
-        model,
-        learning_rate=config.learning_rate,
-        total_steps=total_steps,
-        order=order,
-        eval_every=config.eval_every_steps if val else None,
+    fast = run.start_lora(
+        model, tokenizer, total_steps=total_steps, order=order, validating=bool(val)
     )
-    run.keep_checkpoints(model, tokenizer, config.keep_checkpoints)  # the last N and the best
 
     # ---------------------------------------------------------------- train
     model.train()

@@ -39,6 +39,7 @@ from tunelab.configs.rft import RFTConfig
 from tunelab.data.batching import collate
 from tunelab.data.preference import sequence
 from tunelab.data.rft import load_rft
+from tunelab.evaluation.generate import greedy_answers
 from tunelab.graders.build import Grader, Grades, ModelLocator, build_grader
 from tunelab.losses.grpo import group_advantages, grpo_loss, k3_kl, token_logprobs
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
@@ -270,23 +271,12 @@ def evaluate_rft(
     grader = build_grader(config.grader, locate_model=locate_model)
     model = PeftModel.from_pretrained(load_causal_lm(base.path), adapter_dir)
     model.eval()
-    greedy = GenerationParams.model_construct(  # unchecked: the config bounds the length
-        temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=config.target_sequence_length
-    )
 
     def answer(use_policy: bool) -> tuple[list[str], list[bool]]:
-        out: list[str] = []
-        cuts: list[bool] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = [p.input_ids for p in prompts[start : start + batch_size]]
-            if use_policy:
-                ids, cut = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
-            else:
-                with model.disable_adapter():
-                    ids, cut = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
-            out += [_text(tokenizer, a) for a in ids]
-            cuts += cut
-        return out, cuts
+        ids, cuts = greedy_answers(
+            model, tokenizer, prompts, config.target_sequence_length, batch_size, adapter=use_policy
+        )
+        return [_text(tokenizer, a) for a in ids], cuts
 
     answered = {"base": answer(False), "tuned": answer(True)}
     texts = {who: t for who, (t, _) in answered.items()}

@@ -56,6 +56,7 @@ from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.data.batching import collate
 from tunelab.data.preference import ended, load_prompts, sequence
+from tunelab.evaluation.generate import greedy_answers
 from tunelab.losses.rl import (
     kl_penalty,
     penalized_rewards,
@@ -275,19 +276,9 @@ def evaluate_policy(
     end_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def answer_and_score(use_policy: bool) -> tuple[list[np.ndarray], torch.Tensor]:
-        answers, cut = [], []
-        greedy = GenerationParams.model_construct(  # unchecked: the config bounds the length
-            temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=config.target_sequence_length
+        answers, cut = greedy_answers(
+            model, tokenizer, prompts, config.target_sequence_length, batch_size, adapter=use_policy
         )
-        for start in range(0, len(prompts), batch_size):
-            chunk = [p.input_ids for p in prompts[start : start + batch_size]]
-            if use_policy:
-                a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
-            else:
-                with model.disable_adapter():
-                    a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
-            answers += a
-            cut += c
         scores = []
         with active_adapter(model, REWARD):
             for start in range(0, len(prompts), batch_size):

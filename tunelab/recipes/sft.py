@@ -78,15 +78,13 @@ def train_sft(
         init_adapter_from(model, init_adapter_dir)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     order = BatchOrder([len(e.input_ids) for e in train], config.batch_size, config.seed)
-    run.start(
+    fast = run.start_lora(
         model,
-        learning_rate=config.learning_rate,
+        tokenizer,
         total_steps=config.total_steps(len(train)),
         order=order,
-        eval_every=config.eval_every_steps if val else None,
-    )
-    fast = run.fast_path(model)
-    run.keep_checkpoints(model, tokenizer, config.keep_checkpoints)  # the last N and the best
+        validating=bool(val),
+    )  # the last keep_checkpoints checkpoints and the best are kept as models
 
     # ---------------------------------------------------------------- train
     model.train()

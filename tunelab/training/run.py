@@ -285,6 +285,30 @@ class TrainingRun:
             return None  # the run's own checkpoint loading reports a damaged one
         return saved.get("extra", {}).get("precision")
 
+    def start_lora(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        total_steps: int,
+        order: BatchOrder,
+        validating: bool,
+    ) -> FastPath:
+        """The start of a recipe that tunes a LoRA language model whose checkpoints are models
+        (SFT, DPO): :meth:`start` at the config's ``learning_rate``, evaluating every
+        ``eval_every_steps`` when ``validating``; the :meth:`fast_path`; and
+        :meth:`keep_checkpoints`, the config's ``keep_checkpoints`` last ones and the best."""
+        self.start(
+            model,
+            learning_rate=self.config.learning_rate,
+            total_steps=total_steps,
+            order=order,
+            eval_every=self.config.eval_every_steps if validating else None,
+        )
+        fast = self.fast_path(model)
+        self.keep_checkpoints(model, tokenizer, self.config.keep_checkpoints)
+        return fast
+
     def learning_rate(self, step: int) -> float:
         return learning_rate_at(step, self.peak_lr, self.warmup, self.total_steps)
 

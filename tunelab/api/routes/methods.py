@@ -1,9 +1,10 @@
 """The tuning methods this server offers, each with its config's JSON schema.
 
-The schema carries every parameter's type, bounds, default and description, so a client (the
-Studio's form) shows the real defaults without restating them: a default is written once, on
-the config class (tunelab/configs/). Methods, schemas and dataset roles come from the one
-method table (tunelab/jobs/methods.py).
+The schema carries every parameter's type, bounds, default, description and label, and which
+parameters a form shows first (``x-form``, tunelab/configs/form.py), so a client (the Studio's
+create form) builds its fields from it: a default is written once, on the config class
+(tunelab/configs/). Methods, their titles, schemas and dataset roles (with the ``kind`` the
+Studio checks each file as) come from the one method table (tunelab/jobs/methods.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ def list_() -> dict:
         "tuning_methods": [
             {
                 "method": method,
+                "title": spec.title or method,
+                "description": spec.about,
                 "config_schema": spec.config.model_json_schema(),
                 "dataset_roles": [
-                    {"role": r.name, "required": r.required, "description": r.description}
+                    {
+                        "role": r.name,
+                        "required": r.required,
+                        "description": r.description,
+                        "title": r.label,
+                        "kind": r.kind,
+                    }
                     for r in spec.dataset_roles
                 ],
             }

@@ -1,46 +1,17 @@
 // Create a tuned model: method, name, base model, datasets with their validation report shown
-// before anything is submitted, hyperparameters with Vertex's defaults and guidance.
+// before anything is submitted, hyperparameters and guidance. The methods, their dataset roles
+// and their parameters (labels, inputs, defaults, help, which come first) are the server's
+// method table and config schemas (GET /v1/tuningMethods; config-form.js): none is named here
+// but for the guidance some methods get.
 import { api } from "./api.js";
 import { h, clear, fmt, errorBox, toast } from "./dom.js";
 import { pageHeader } from "./widgets.js";
+import { configFields, fieldInput, inputText, readField, valueText } from "./config-form.js";
 
 const DEFAULT_BASE = "smollm2-135m-instruct";
-const METHODS = [
-  ["sft", "Supervised tuning", "Input/output examples (Vertex text, Gemini or OpenAI chat JSONL). The model learns to answer like the outputs."],
-  ["rlhf", "RLHF", "Preference pairs (prompt, two candidates, choice) train a reward model; then reinforcement learning on prompts earns its reward, with a KL penalty to the base model."],
-  ["dpo", "DPO", "Preference pairs (prompt, chosen, rejected), optimised directly without a reward model."],
-  ["rft", "Reinforcement fine-tuning", "Prompts with the fields a grader checks (an exact label, a number, JSON with given keys, a Python function): the model samples answers and learns from the grader's rewards (GRPO), with a KL penalty to the base model."],
-  ["embedding", "Embedding tuning", "A corpus, queries and labels (which passages answer which query), as Vertex takes them: the encoder learns to rank the labelled passages first."],
-];
 
-// The datasets each method takes, by the role POST /v1/tuningJobs names them with:
-// [role, title, noun, optional, kind (the `kind` of GET /v1/datasets/{id}/validation)]
-const DATASETS = {
-  sft: [
-    ["train", "Training data", "training data", false, "supervised"],
-    ["validation", "Validation data (optional)", "validation data", true, "supervised"],
-  ],
-  dpo: [
-    ["train", "Preference pairs", "training data", false, "preference"],
-    ["validation", "Validation pairs (optional)", "validation data", true, "preference"],
-  ],
-  embedding: [
-    ["corpus", "Corpus", "corpus", false, "corpus"],
-    ["queries", "Queries", "queries", false, "queries"],
-    ["train_labels", "Training labels", "training labels", false, "labels"],
-    ["test_labels", "Test labels (optional)", "test labels", true, "labels"],
-    ["validation_labels", "Validation labels (optional)", "validation labels", true, "labels"],
-  ],
-  rft: [
-    ["train", "Prompts", "prompts", false, "prompts"],
-    ["validation", "Held-out prompts (optional)", "held-out prompts", true, "prompts"],
-  ],
-  rlhf: [
-    ["preference", "Preference pairs", "preference pairs", false, "preference"],
-    ["prompts", "Prompts", "prompts", false, "prompts"],
-    ["eval", "Evaluation prompts (optional)", "evaluation prompts", true, "prompts"],
-  ],
-};
+// The data kinds a dataset role's `kind` names: how its file is described and checked, and the
+// parameters the server's check takes from the form.
 const KIND = {
   supervised: { noun: "examples", format: '{"input_text", "output_text"}, or chat {"messages": [...]} / {"contents": [...]}', checks: ["max_seq_length", "epochs"] },
   preference: { noun: "pairs", format: '{"input_text" or "messages", "candidate_0", "candidate_1", "choice": 0 | 1}', checks: ["prompt_sequence_length", "target_sequence_length", "instruction"] },
@@ -50,93 +21,6 @@ const KIND = {
   queries: { noun: "queries", format: '{"_id", "text"}', checks: [], joint: true },
   labels: { noun: "labels", format: "TSV: query-id<TAB>corpus-id<TAB>score, after a header line", checks: [], joint: true },
 };
-
-// [name, label, kind, default, hint]. The default and (where the hint is empty) the hint are
-// replaced by the config's own, from its JSON schema (GET /v1/tuningMethods): written once, on
-// the config class. The defaults here only show until that answer arrives.
-const COMMON_STEPS = [
-  ["epochs", "Epochs", "int", "", ""],  // the hint is the config's: its default differs by method
-  ["train_steps", "Train steps", "int", "", ""],
-];
-// Every method's config has them (tunelab/configs/compute.py); hints from the schema.
-const COMPUTE = [
-  ["accelerator", "Accelerator", "choice:auto,cpu,cuda", "auto", ""],
-  ["devices", "Devices", "text", "", ""],
-];
-const FIELDS = {
-  sft: [
-    ...COMMON_STEPS,
-    ["learning_rate_multiplier", "Learning rate multiplier", "float", "1.0", "× the recommended rate 1e-3 for LoRA."],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "8", "Larger adapters learn more and take longer."],
-    ["batch_size", "Batch size", "int", "8", "Examples per optimizer step."],
-    ["max_seq_length", "Max sequence length", "int", "1024", "Longer examples are truncated (or dropped if no model turn is left)."],
-    ["warmup_ratio", "Warm-up ratio", "float", "0.05", "Fraction of steps with linear warm-up."],
-    ["eval_every_steps", "Evaluate every N steps", "int", "20", "Needs a validation set."],
-    ["checkpoint_every_steps", "Checkpoint every N steps", "int", "20", "A crash or pause resumes from the last one."],
-    ["early_stopping_patience", "Early stopping patience", "int", "3", "Stop after this many evaluations without a better eval loss; empty disables. Needs a validation set."],
-    ["seed", "Seed", "int", "42", "Seeds data order and adapter initialisation."],
-    ["precision", "Precision", "choice:auto,fp32,bf16", "auto", "auto trains in bf16 mixed precision where this machine's bf16 matmuls measure clearly faster, else fp32."],
-    ...COMPUTE,
-    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
-  ],
-  dpo: [
-    ...COMMON_STEPS,
-    ["beta", "Beta", "float", "", ""],
-    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
-    ["batch_size", "Batch size", "int", "", ""],
-    ["prompt_sequence_length", "Prompt sequence length", "int", "", ""],
-    ["target_sequence_length", "Target sequence length", "int", "", ""],
-    ["eval_every_steps", "Evaluate every N steps", "int", "", "Needs validation pairs."],
-    ["seed", "Seed", "int", "", "Seeds data order and adapter initialisation."],
-    ...COMPUTE,
-    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
-  ],
-  embedding: [
-    ["train_steps", "Train steps", "int", "", ""],
-    ["batch_size", "Batch size", "int", "", ""],
-    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16,32", "", ""],
-    ["output_dimensionality", "Output dimensionality", "int", "", ""],
-    ["temperature", "Temperature", "float", "", ""],
-    ["max_seq_length", "Max sequence length", "int", "", ""],
-    ["seed", "Seed", "int", "", ""],
-    ...COMPUTE,
-    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
-  ],
-  // RFTConfig (tunelab/configs/rft.py); the grader is JSON, checked by the server on submit.
-  rft: [
-    ["grader", "Grader (JSON)", "json", "", 'How an answer is scored, e.g. {"type": "string_check", "operation": "eq", "reference": "{{item.label}}"}; {{item.FIELD}} reads a field of the prompt\'s line. Try it first with `tunelab graders test`.'],
-    ["train_steps", "Train steps", "int", "", ""],
-    ["learning_rate_multiplier", "Learning rate multiplier", "float", "", ""],
-    ["kl_coeff", "KL coefficient", "float", "", ""],
-    ["samples_per_prompt", "Samples per prompt", "int", "", ""],
-    ["prompts_per_step", "Prompts per step", "int", "", ""],
-    ["pass_threshold", "Pass threshold", "float", "", ""],
-    ["target_sequence_length", "Target sequence length", "int", "", ""],
-    ["instruction", "Instruction", "text", "", ""],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "", ""],
-    ["seed", "Seed", "int", "", ""],
-    ...COMPUTE,
-  ],
-  // RLHFConfig's defaults (tunelab/configs/rlhf.py).
-  rlhf: [
-    ["reward_model_train_steps", "Reward model train steps", "int", "50", "Steps of 8 pairs. Vertex recommends 100-500; a small model learns a clear preference in 10-20."],
-    ["reward_model_learning_rate_multiplier", "Reward model learning rate multiplier", "float", "1.0", "× the reward model's recommended rate 1e-3."],
-    ["reinforcement_learning_train_steps", "Reinforcement learning train steps", "int", "40", "Policy steps, each scoring 4 sampled answers to each of 4 prompts. Vertex recommends 100-500."],
-    ["reinforcement_learning_rate_multiplier", "Reinforcement learning rate multiplier", "float", "1.0", "× the policy's recommended rate 5e-4."],
-    ["kl_coeff", "KL coefficient", "float", "0.1", "Penalty for moving away from the base model: higher stays closer, 0 turns it off."],
-    ["prompt_sequence_length", "Prompt sequence length", "int", "512", "Prompts are cut to their last N tokens."],
-    ["target_sequence_length", "Target sequence length", "int", "64", "Most tokens of an answer: samples stop there, candidates are cut to it."],
-    ["instruction", "Instruction", "text", "", "Optional: put before the first user turn of every prompt, e.g. “Answer in one sentence.”"],
-    ["adapter_size", "Adapter size (LoRA rank)", "select:1,2,4,8,16", "8", "Of both the reward model and the policy."],
-    ["seed", "Seed", "int", "42", "Seeds data order, initialisation and sampling."],
-    ...COMPUTE,
-    ["processes", "Processes", "int", "", "Data-parallel training processes on this machine; the result equals one process."],
-  ],
-};
-// Knobs of RLHFConfig the form leaves to the extra config, for the guidance's arithmetic.
-const RLHF_DEFAULTS = { reward_model_batch_size: 8, prompts_per_step: 4 };
 
 const TASKS = {
   classification: ["Classification", "100+ examples", 100, 500],
@@ -197,31 +81,40 @@ function previewRow(r) {
   return h("div", { class: "preview-row", dataset: { line: String(r.line) } }, h("small", { class: "muted" }, `line ${r.line}`), h("pre", { class: "rendered" }, parts));
 }
 
-/** A hyperparameter's current value in the form ("" when absent or empty). */
-const paramValue = (field) => (document.getElementById(`param-${field}`)?.value || "").trim();
+/** A hyperparameter's text in the form ("" when absent or empty). */
+const paramValue = (field) => {
+  const input = document.getElementById(`param-${field}`);
+  return input ? inputText(input) : "";
+};
+
+/** What to ask for before the method is chosen and the server's methods arrive. */
+const NOTHING = { title: "", description: "", roles: [], fields: [] };
 
 export function renderCreate(main, fromJob) {
-  const state = { method: "sft", supported: { sft: true }, schemas: {}, data: {}, busy: 0, baseError: null };
+  const state = { method: null, methods: {}, data: {}, busy: 0, baseError: null, fieldErrors: {} };
   const submitBtn = h("button", { id: "submit-job", type: "submit", disabled: true }, "Start tuning");
   const reason = h("span", { class: "muted small", id: "submit-reason" });
   const formError = h("div", { id: "form-error" });
   const name = h("input", { id: "display-name", required: true, maxlength: "128", placeholder: "e.g. ticket-router" });
   const base = h("input", { id: "base-model", required: true, value: DEFAULT_BASE, list: "base-models", maxlength: "512" });
   const datalist = h("datalist", { id: "base-models" });
-  const methodSelect = h("select", { id: "method" }, METHODS.map(([id, label]) => h("option", { value: id }, label)));
+  const methodSelect = h("select", { id: "method" }, h("option", { value: "" }, "Loading the methods…"));
   const methodNote = h("p", { class: "muted small", id: "method-note" });
   const dataCards = h("div", { id: "datasets" });
   const paramsLegend = h("legend", {});
-  const params = h("div", { class: "params", id: "hyperparameters" });
+  const params = h("div", { id: "hyperparameters" });
   const guidance = h("div", { class: "guidance", id: "guidance" });
   const taskLabel = h("label", { for: "task" }, "Task");
   const task = h("select", { id: "task" }, Object.entries(TASKS).map(([k, [label]]) => h("option", { value: k }, label)));
   const evalNote = h("p", { class: "muted small", id: "eval-note" });
-  const extra = h("textarea", { id: "extra-config", rows: "2", placeholder: '{"kl_coeff": 0.1}', "aria-label": "Extra config (JSON)" });
   const baseError = h("div", { id: "base-model-error", role: "alert" });
 
-  const roles = () => DATASETS[state.method];
+  const spec = () => state.methods[state.method] || NOTHING;
+  // [role, title, noun, optional, kind, description] of each dataset the method takes
+  const roles = () => spec().roles;
   const kindOf = (role) => (roles().find(([r]) => r === role) || [])[4];
+  const fields = () => spec().fields;
+  const fieldOf = (name) => fields().find((f) => f.name === name);
 
   function datasetBlock(role, optional) {
     const file = h("input", { type: "file", id: `${role}-file`, accept: ".jsonl,.json,application/jsonl,text/plain" });
@@ -272,14 +165,14 @@ export function renderCreate(main, fromJob) {
         "Upload the file here, or with ", h("code", {}, `curl -F file=@${role}.jsonl …/v1/datasets`), " and paste its id."),
       info, report, preview);
     block.report = report;
-    block.show = (number, title, kind) => {
+    block.show = (number, title, kind, description) => {
       clear(legend, `${number} · ${title}`);
-      clear(format, "One JSON object a line: ", h("code", {}, KIND[kind].format));
+      clear(format, KIND[kind] ? ["One JSON object a line: ", h("code", {}, KIND[kind].format)] : description);
     };
     block.refresh = () => {
       const d = state.data[role];
       clear(info, d ? [`Dataset `, h("code", {}, d.id), d.filename ? ` (${d.filename})` : ""] : "");
-      if (d && d.report) clear(report, KIND[kindOf(role)].joint ? jointReportView(d.report, role, kindOf(role)) : reportView(d.report, kindOf(role)));
+      if (d && d.report) clear(report, KIND[kindOf(role)]?.joint ? jointReportView(d.report, role, kindOf(role)) : reportView(d.report, kindOf(role)));
       preview.hidden = !(d && kindOf(role) === "supervised");
       if (preview.open) loadPreview();
     };
@@ -310,12 +203,15 @@ export function renderCreate(main, fromJob) {
   async function validate(role) {
     const d = state.data[role];
     const kind = kindOf(role);
-    if (!d || !kind) return;
+    if (!d || !KIND[kind]) return; // a kind the Studio cannot check: the job's validate step reads it
     if (KIND[kind].joint) return validateJoint(role);
     const optional = (roles().find(([r]) => r === role) || [])[3];
     // A held-out set gets no advice on its size (that is for training sets).
     const q = new URLSearchParams({ kind, base_model: base.value.trim() || DEFAULT_BASE, purpose: optional ? "validation" : "train" });
-    for (const field of KIND[kind].checks) if (paramValue(field)) q.set(field, paramValue(field));
+    for (const name of KIND[kind].checks) {
+      const field = fieldOf(name);
+      if (field && paramValue(name) && !readField(field, paramValue(name)).error) q.set(name, paramValue(name));
+    }
     const ticket = (d.ticket = (d.ticket || 0) + 1);
     const report = await api(`/v1/datasets/${d.id}/validation?${q}`);
     if (state.baseError) { state.baseError = null; clear(baseError); }
@@ -324,20 +220,12 @@ export function renderCreate(main, fromJob) {
     blocks[role].refresh();
   }
 
-  /** The config's default and description for a field, from its JSON schema. */
-  function fromSchema(field, value, hint) {
-    const prop = ((state.schemas[state.method] || {}).properties || {})[field];
-    if (!prop) return [value, hint];
-    const d = prop.default;
-    // A float shows as one ("1.0", not "1"), as the config writes it.
-    const shown = d === null || d === undefined ? "" : prop.type === "number" && Number.isInteger(d) ? d.toFixed(1) : String(d);
-    return [shown, hint || prop.description || ""];
-  }
-
-  /** Corpus, queries and labels are checked together, once the three required ones are there. */
+  /** Corpus, queries and labels are checked together, once the required ones are there. */
   async function validateJoint(role) {
-    const present = roles().filter(([r]) => state.data[r]).map(([r]) => r);
-    const missing = roles().filter(([r, , , optional]) => !optional && !state.data[r]).map(([, , noun]) => noun);
+    const method = state.method;
+    const joint = roles().filter(([, , , , kind]) => KIND[kind]?.joint);
+    const present = joint.filter(([r]) => state.data[r]).map(([r]) => r);
+    const missing = joint.filter(([r, , , optional]) => !optional && !state.data[r]).map(([, , noun]) => noun);
     if (missing.length) {
       state.data[role].report = null;
       clear(blocks[role].report, h("p", { class: "muted" }, `Checked together with the ${missing.join(" and ")}, once uploaded.`));
@@ -346,56 +234,101 @@ export function renderCreate(main, fromJob) {
     const q = new URLSearchParams(present.map((r) => [r, state.data[r].id]));
     const ticket = (state.jointTicket = (state.jointTicket || 0) + 1);
     const report = await api(`/v1/embeddingData/validation?${q}`);
-    if (ticket !== state.jointTicket || state.method !== "embedding") return;
+    if (ticket !== state.jointTicket || state.method !== method) return;
     for (const r of present) { state.data[r].report = report; blocks[r].refresh(); }
   }
 
-  function renderParams() {
-    // What the user typed survives a redraw (the schemas may arrive after they started).
-    const typed = Object.fromEntries([...params.querySelectorAll("[data-touched]")].map((el) => [el.id, el.value]));
-    clear(params, FIELDS[state.method].map(([field, label, kind, jsValue, jsHint]) => {
-      const [schemaValue, hint] = fromSchema(field, jsValue, jsHint);
-      const value = typed[`param-${field}`] ?? schemaValue;
-      // select: numeric options; choice: named ones, sent as text
-      const input = kind.startsWith("select:") || kind.startsWith("choice:")
-        ? h("select", { id: `param-${field}` }, kind.slice(7).split(",").map((o) => h("option", { value: o, selected: o === value }, o)))
-        : kind === "json"
-          ? h("textarea", { id: `param-${field}`, rows: "6", spellcheck: "false", class: "code", placeholder: '{"type": "numeric", "reference": "{{item.answer}}"}' }, value)
-        : kind === "text"
-          ? h("input", { id: `param-${field}`, type: "text", maxlength: "10000", value, placeholder: "none" })
-          : h("input", { id: `param-${field}`, type: "number", step: kind === "float" ? "any" : "1", value, placeholder: value ? "" : "optional" });
-      input.addEventListener("input", () => { input.dataset.touched = "1"; update(); });
-      if (typed[`param-${field}`] !== undefined) input.dataset.touched = "1";
-      if (Object.values(KIND).some((k) => k.checks.includes(field))) input.addEventListener("change", revalidate);
-      return h("div", { class: "param" }, h("label", { for: `param-${field}` }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
-    }));
+  /** One parameter: its label, input and help, as its config's schema says. */
+  function paramView(field, typed) {
+    const id = `param-${field.name}`;
+    const input = fieldInput(field, typed[id] ?? field.initial);
+    const touch = () => { input.dataset.touched = "1"; delete state.fieldErrors[field.name]; update(); };
+    input.addEventListener("input", touch);
+    input.addEventListener("change", touch);
+    if (typed[id] !== undefined) input.dataset.touched = "1";
+    if (Object.values(KIND).some((k) => k.checks.includes(field.name))) input.addEventListener("change", revalidate);
+    const label = h("label", { for: id }, field.label);
+    const hint = h("small", { class: "muted" }, field.hint);
+    // A checkbox sits beside its label; the help stays right after the input, as for the others.
+    return h("div", { class: `param${field.kind === "json" ? " wide" : ""}${field.kind === "bool" ? " check" : ""}`, dataset: { field: field.name } },
+      label, input, hint);
   }
 
+  function renderParams() {
+    // What the user typed survives a redraw (the method's schema may arrive after they started).
+    const typed = Object.fromEntries([...params.querySelectorAll("[data-touched]")].map((el) => [el.id, inputText(el)]));
+    const basic = fields().filter((f) => f.group === "basic");
+    const advanced = fields().filter((f) => f.group === "advanced");
+    const wasOpen = params.querySelector("#advanced-params")?.open;
+    clear(params,
+      h("div", { class: "params", id: "basic-params" }, basic.map((f) => paramView(f, typed))),
+      advanced.length ? h("details", { id: "advanced-params", open: Boolean(wasOpen) },
+        h("summary", {}, `Advanced: ${advanced.length} more parameter${advanced.length === 1 ? "" : "s"}`),
+        h("div", { class: "params" }, advanced.map((f) => paramView(f, typed)))) : null);
+  }
+
+  /** Each parameter's value as the config takes it, or the problems that keep it from it. */
+  function readParams() {
+    const values = {}, problems = [];
+    for (const field of fields()) {
+      const input = document.getElementById(`param-${field.name}`);
+      if (!input) continue;
+      const { value, error } = readField(field, inputText(input));
+      const serverError = state.fieldErrors[field.name];
+      // An input not yet filled in is not marked wrong: the reason under the button says it.
+      input.setAttribute("aria-invalid", String(Boolean((error && input.dataset.touched) || serverError)));
+      if (error) problems.push(error);
+      else values[field.name] = value;
+    }
+    return { values, problems };
+  }
+
+  /** The job's config: the base model and every parameter set to other than its default. */
   function config() {
     const out = { base_model: base.value.trim() };
-    for (const [field, , kind] of FIELDS[state.method]) {
-      const raw = paramValue(field);
-      if (raw === "") { if (field === "early_stopping_patience") out[field] = null; continue; }
-      const named = kind === "text" || kind.startsWith("choice:");
-      out[field] = kind === "json" ? JSON.parse(raw) : named ? raw : kind === "float" ? Number(raw) : Number.parseInt(raw, 10);
+    for (const [name, value] of Object.entries(readParams().values)) {
+      const prop = fieldOf(name).prop;
+      if (value !== undefined && JSON.stringify(value) !== JSON.stringify(prop.default ?? null)) out[name] = value;
     }
-    if (extra.value.trim()) Object.assign(out, JSON.parse(extra.value));
     return out;
   }
 
-  function stepsGuidance() {
+  /** A parameter's value for the guidance's arithmetic: the form's, else what the config takes. */
+  function current(name) {
+    const field = fieldOf(name);
+    if (!field) return undefined;
+    const { value } = readField(field, paramValue(name));
+    return value ?? field.prop.default ?? field.whenEmpty;
+  }
+
+  /** "N usable <noun> -> S steps of P read ... about X passes", for a role's checked file. */
+  function passes(lines, role, perStep, steps, noun) {
+    const r = state.data[role] && state.data[role].report;
+    if (!r || !r.ok || !r.usable_examples || !perStep || !steps) return;
+    const seen = perStep * steps;
+    lines.push(h("p", { id: `${role}-estimate` }, `${r.usable_examples} usable ${noun} → ${steps} steps of ${perStep} read `,
+      h("strong", {}, `${fmt(seen)} ${noun}`), `, about ${fmt(seen / r.usable_examples, 2)} passes.`));
+  }
+
+  /** Steps per epoch and in all, at the form's batch size and epochs or steps. */
+  function stepsEstimate(lines, r, noun) {
+    const bs = current("batch_size");
+    const epochs = current("epochs");
+    const stepsInput = paramValue("train_steps");
+    const perEpoch = Math.ceil(r.usable_examples / bs);
+    const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
+    lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable ${noun} → ${perEpoch} steps per epoch at batch size ${bs}; `,
+      h("strong", {}, `${steps} steps`), stepsInput ? " (train steps)." : ` over ${epochs} epoch${epochs === 1 ? "" : "s"}.`));
+    return steps;
+  }
+
+  function sftGuidance() {
     const [label, examples, lo, hi] = TASKS[task.value];
     const r = state.data.train && state.data.train.report;
     const lines = [h("p", {}, h("strong", {}, label), `: Vertex recommends ${examples} and ${lo}-${hi} training steps. `,
       "Every task needs at least 16 examples; 100 to 500 are recommended. More, varied examples beat more epochs.")];
     if (r && r.ok) {
-      const bs = Number(paramValue("batch_size")) || 8;
-      const stepsInput = paramValue("train_steps");
-      const epochs = Number(paramValue("epochs")) || 3;
-      const perEpoch = Math.ceil(r.usable_examples / bs);
-      const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
-      lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable examples → ${perEpoch} steps per epoch at batch size ${bs}; `,
-        h("strong", {}, `${steps} steps`), stepsInput ? " (train steps)." : ` over ${epochs} epochs.`));
+      const steps = stepsEstimate(lines, r, "examples");
       if (r.usable_examples < 16) lines.push(h("p", { class: "alert warn" }, "Fewer than 16 examples: Vertex would refuse this dataset."));
       if (steps < lo || steps > hi) lines.push(h("p", { class: "alert warn" }, `${steps} steps is outside the recommended ${lo}-${hi} for this task.`));
     }
@@ -404,19 +337,10 @@ export function renderCreate(main, fromJob) {
 
   /** How many times each stage of RLHF reads its data, from the reports and the step counts. */
   function rlhfGuidance() {
-    let c = {};
-    try { c = { ...RLHF_DEFAULTS, ...config() }; } catch (_) { c = { ...RLHF_DEFAULTS }; }
     const lines = [h("p", {}, h("strong", {}, "RLHF"), ": stage 1 trains a reward model to score the preferred candidate higher; ",
       "stage 2 samples answers to the prompts and tunes the model to earn more reward, held near the base model by the KL coefficient.")];
-    const passes = (role, perStep, steps, noun) => {
-      const r = state.data[role] && state.data[role].report;
-      if (!r || !r.ok || !r.usable_examples || !steps) return;
-      const seen = perStep * steps;
-      lines.push(h("p", { id: `${role}-estimate` }, `${r.usable_examples} usable ${noun} → ${steps} steps of ${perStep} read `,
-        h("strong", {}, `${fmt(seen)} ${noun}`), `, about ${fmt(seen / r.usable_examples, 2)} passes.`));
-    };
-    passes("preference", c.reward_model_batch_size, c.reward_model_train_steps, "pairs");
-    passes("prompts", c.prompts_per_step, c.reinforcement_learning_train_steps, "prompts");
+    passes(lines, "preference", current("reward_model_batch_size"), current("reward_model_train_steps"), "pairs");
+    passes(lines, "prompts", current("prompts_per_step"), current("reinforcement_learning_train_steps"), "prompts");
     return lines;
   }
 
@@ -425,18 +349,16 @@ export function renderCreate(main, fromJob) {
     const lines = [h("p", {}, h("strong", {}, "DPO"), ": each step compares the chosen and the rejected answer of ",
       "a batch of pairs and moves the model toward the chosen one, held near its starting point by beta. ",
       "Vertex advises at least 16 pairs; a few hundred varied ones work better than more epochs.")];
-    const r = state.data.train && state.data.train.report;
-    if (r && r.ok) {
-      const [bsDefault] = fromSchema("batch_size", "8", "");
-      const [epochsDefault] = fromSchema("epochs", "", "");
-      const bs = Number(paramValue("batch_size") || bsDefault) || 8;
-      const epochs = Number(paramValue("epochs") || epochsDefault) || 1;
-      const perEpoch = Math.ceil(r.usable_examples / bs);
-      const stepsInput = paramValue("train_steps");
-      const steps = stepsInput ? Number(stepsInput) : perEpoch * epochs;
-      lines.push(h("p", { id: "steps-estimate" }, `Your data: ${r.usable_examples} usable pairs → ${perEpoch} steps per epoch at batch size ${bs}; `,
-        h("strong", {}, `${steps} steps`), stepsInput ? " (train steps)." : ` over ${epochs} epoch${epochs === 1 ? "" : "s"}.`));
-    }
+    const r = state.data.preference && state.data.preference.report;
+    if (r && r.ok) stepsEstimate(lines, r, "pairs");
+    return lines;
+  }
+
+  function rftGuidance() {
+    const lines = [h("p", {}, h("strong", {}, "Reinforcement fine-tuning"), ": each step samples answers to a few prompts, ",
+      "scores them with the grader and moves the model toward the answers that scored above their group's mean. ",
+      "Try the grader on the references first: ", h("code", {}, "tunelab graders test"), ".")];
+    passes(lines, "train", current("prompts_per_step"), current("train_steps"), "prompts");
     return lines;
   }
 
@@ -449,38 +371,40 @@ export function renderCreate(main, fromJob) {
     return lines;
   }
 
+  // Guidance for the methods that have some; another method shows its description.
+  const GUIDANCE = { sft: sftGuidance, rlhf: rlhfGuidance, dpo: dpoGuidance, rft: rftGuidance, embedding: embeddingGuidance };
+  const EVAL_NOTES = {
+    sft: "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.",
+    rlhf: "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate).",
+    dpo: "With validation pairs, TuneLab measures reward accuracy and margins on them every few steps and stores the last evaluation on the model version.",
+    rft: "With held-out prompts, TuneLab compares the tuned model with its base under the grader (pass rate and mean reward, with 95% intervals).",
+    embedding: "Without test labels, 20% of the training queries are held out to compare the tuned encoder with its base.",
+  };
+
   function renderGuidance() {
-    const rlhf = state.method === "rlhf", dpo = state.method === "dpo", emb = state.method === "embedding";
-    taskLabel.hidden = task.hidden = rlhf || dpo || emb;
-    clear(guidance, rlhf ? rlhfGuidance() : dpo ? dpoGuidance() : emb ? embeddingGuidance() : stepsGuidance());
-    clear(evalNote, rlhf
-      ? "With evaluation prompts, TuneLab compares the tuned model with its base on them under the reward model (mean reward, win rate)."
-      : emb ? "Without test labels, 20% of the training queries are held out to compare the tuned encoder with its base."
-      : dpo ? "With validation pairs, TuneLab measures reward accuracy and margins on them every few steps and stores the last evaluation on the model version."
-      : "With a validation set, TuneLab evaluates every few steps, keeps the best checkpoint, stops early when eval loss stops improving, and compares the tuned model with its base.");
+    taskLabel.hidden = task.hidden = state.method !== "sft";
+    const own = GUIDANCE[state.method];
+    clear(guidance, own ? own() : state.method ? h("p", {}, h("strong", {}, spec().title), `: ${spec().description}`) : null);
+    clear(evalNote, EVAL_NOTES[state.method] ?? roles().filter(([, , , optional]) => optional).map(([, , , , , about]) => about).join(" "));
   }
 
   function update() {
     const problems = [];
-    if (!state.supported[state.method]) problems.push("this server does not offer this method");
+    if (!state.method) problems.push("the server's tuning methods have not arrived");
     if (!name.value.trim()) problems.push("give the tuned model a name");
     if (!base.value.trim()) problems.push("choose a base model");
     else if (state.baseError) problems.push("the base model was not found");
     if (state.busy) problems.push("checking the data");
-    for (const [role, , noun, optional] of roles()) {
+    for (const [role, , noun, optional, kind] of roles()) {
       const d = state.data[role];
       if (!d) { if (!optional) problems.push(`upload the ${noun}`); continue; }
-      const joint = KIND[kindOf(role)].joint; // one report for all the embedding files: this file's errors
+      if (!KIND[kind]) continue; // not checked here: the job's validate step reads it
+      const joint = KIND[kind].joint; // one report for all the embedding files: this file's errors
       if (d.report && !d.report.ok && (!joint || d.report.errors.some((e) => e.role === role))) problems.push(`errors in the ${noun}`);
       else if (!d.report && !state.busy) problems.push(`the ${noun} not checked yet`);
     }
-    if (extra.value.trim()) { try { JSON.parse(extra.value); } catch (_) { problems.push("extra config is not valid JSON"); } }
-    for (const [field, label, kind] of FIELDS[state.method]) {
-      if (kind !== "json") continue;
-      const raw = paramValue(field);
-      if (!raw) { problems.push(`write the ${label.toLowerCase().replace(" (json)", "")}`); continue; }
-      try { JSON.parse(raw); } catch (_) { problems.push(`the ${label.toLowerCase().replace(" (json)", "")} is not valid JSON`); }
-    }
+    problems.push(...readParams().problems);
+    for (const [field, message] of Object.entries(state.fieldErrors)) problems.push(`${fieldOf(field)?.label.toLowerCase() || field}: ${message}`);
     submitBtn.disabled = problems.length > 0;
     reason.textContent = problems.length ? `Cannot start yet: ${problems.join("; ")}.` : "Ready.";
     renderGuidance();
@@ -496,22 +420,35 @@ export function renderCreate(main, fromJob) {
 
   function setMethod() {
     const previous = state.method;
-    state.method = methodSelect.value;
+    state.method = methodSelect.value || null;
+    state.fieldErrors = {};
     // Each method's own default base model (an encoder for embeddings), unless one was typed.
-    const defaultOf = (m) => (((state.schemas[m] || {}).properties || {}).base_model || {}).default;
+    const defaultOf = (m) => ((((state.methods[m] || {}).schema || {}).properties || {}).base_model || {}).default;
     if (defaultOf(state.method) && (!base.value.trim() || base.value.trim() === (defaultOf(previous) || DEFAULT_BASE))) base.value = defaultOf(state.method);
-    const [, label, about] = METHODS.find(([id]) => id === state.method);
-    clear(methodNote, about, state.supported[state.method] ? "" : h("strong", {}, ` ${label} is not available on this server yet.`));
-    clear(dataCards, roles().map(([role, title, , optional, kind], i) => {
+    clear(methodNote, spec().description);
+    clear(dataCards, roles().map(([role, title, , optional, kind, about], i) => {
       const block = blockOf(role, optional);
-      block.show(i + 2, title, kind);
+      block.show(i + 2, title, kind, about);
       if (state.data[role]) { state.data[role].report = null; clear(block.report); }
       return block;
     }));
     clear(paramsLegend, `${roles().length + 2} · Hyperparameters`);
+    if (previous !== state.method) clear(params); // another method's values are not this one's
     renderParams();
     revalidate();
     update();
+  }
+
+  /** The server refused the config: each field's message beside it (advanced ones unfolded). */
+  function showFieldErrors(errors) {
+    for (const { field, message } of errors) {
+      const name = (field || "").replace(/^config\./, "").split(".")[0];
+      if (!fieldOf(name)) continue;
+      state.fieldErrors[name] = message;
+      const input = document.getElementById(`param-${name}`);
+      const details = input && input.closest("details");
+      if (details) details.open = true;
+    }
   }
 
   const form = h("form", { class: "wizard", id: "create-form", onsubmit: async (e) => {
@@ -532,6 +469,7 @@ export function renderCreate(main, fromJob) {
       location.hash = `#/jobs/${job.id}`;
     } catch (err) {
       const errors = (err.details && err.details.errors) || [];
+      showFieldErrors(errors);
       clear(formError, errorBox(err), errors.length ? h("ul", { class: "alert bad" }, errors.map((x) => h("li", {}, `${x.field}: ${x.message}`))) : null);
       update();
     }
@@ -544,9 +482,7 @@ export function renderCreate(main, fromJob) {
           h("label", { for: "base-model" }, "Base model"), base, datalist, baseError,
           h("small", { class: "muted" }, "A catalog name, a model folder on the server, or a Hugging Face hub id.")),
         dataCards,
-        h("fieldset", { class: "card" }, paramsLegend, params,
-          h("details", { id: "extra-config-details" }, h("summary", {}, "Extra config (JSON)"), extra,
-            h("small", { class: "muted" }, "Merged into the config as given; for parameters this form does not show.")))),
+        h("fieldset", { class: "card" }, paramsLegend, params)),
       h("div", { class: "col-narrow" },
         h("div", { class: "card sticky" }, h("h2", {}, "Guidance"), taskLabel, task, guidance, evalNote,
           formError, h("div", { class: "actions" }, submitBtn), reason))));
@@ -556,53 +492,62 @@ export function renderCreate(main, fromJob) {
   base.addEventListener("change", () => { update(); revalidate(); });
   base.addEventListener("input", update);
   task.addEventListener("change", update);
-  extra.addEventListener("input", update);
   methodSelect.addEventListener("change", setMethod);
-  setMethod();
+  update();
 
   api("/v1/models").then(({ data }) => clear(datalist, data.filter((m) => m.owned_by !== "user").map((m) => h("option", { value: m.id })))).catch(() => {});
-  // Which methods this server takes, each with its config's JSON schema (defaults, hints).
+  // The methods this server offers, each with its dataset roles and its config's JSON schema.
   api("/v1/tuningMethods").then(({ tuning_methods: methods }) => {
-    for (const m of methods) state.schemas[m.method] = m.config_schema;
-    for (const option of methodSelect.options) {
-      const method = option.value;
-      state.supported[method] = method in state.schemas;
-      option.textContent = METHODS.find(([id]) => id === method)[1] + (state.supported[method] ? "" : " (not available on this server)");
-      option.disabled = !state.supported[method];
-      option.dataset.supported = String(state.supported[method]);
+    for (const m of methods) {
+      state.methods[m.method] = {
+        title: m.title || m.method,
+        description: m.description || "",
+        schema: m.config_schema,
+        fields: configFields(m.config_schema),
+        roles: m.dataset_roles.map((r) => {
+          const title = r.title || r.role;
+          return [r.role, r.required ? title : `${title} (optional)`, title.toLowerCase(), !r.required, r.kind, r.description];
+        }),
+      };
     }
-    if (!state.closed) setMethod();
-    if (fromJob && !state.closed) return cloneJob(fromJob);
+    clear(methodSelect, methods.map((m) => h("option", { value: m.method, dataset: { supported: "true" } }, state.methods[m.method].title)));
+    if (state.closed) return;
+    setMethod();
+    if (fromJob) return cloneJob(fromJob);
   }).catch((err) => clear(formError, errorBox(err)));
 
   /** "Tune again with these settings": the job's method, base, datasets (by id) and config. */
   async function cloneJob(jobId) {
     const job = await api(`/v1/tuningJobs/${encodeURIComponent(jobId)}`);
     if (state.closed) return;
+    if (!state.methods[job.method]) {
+      clear(formError, h("div", { class: "alert bad" }, `Job ${job.id} used the method ${job.method}, which this server no longer offers.`));
+      return;
+    }
     methodSelect.value = job.method;
     setMethod();
     name.value = job.display_name;
     base.value = job.config.base_model || job.base_model;
-    const shown = new Set(FIELDS[state.method].map(([f]) => f));
-    const leftover = {};
+    const unknown = [];
     for (const [field, value] of Object.entries(job.config)) {
       if (field === "method" || field === "base_model") continue;
+      const spec = fieldOf(field);
       const input = document.getElementById(`param-${field}`);
-      if (shown.has(field) && input) {
-        input.value = value === null ? "" : typeof value === "object" ? JSON.stringify(value, null, 2) : String(value);
-        input.dataset.touched = "1";
-      } else {
-        const prop = ((state.schemas[state.method] || {}).properties || {})[field];
-        if (!prop || JSON.stringify(prop.default) !== JSON.stringify(value)) leftover[field] = value;
-      }
+      if (!spec || !input) { unknown.push(field); continue; }
+      const text = valueText(spec, value);
+      if (input.type === "checkbox") input.checked = text === "true";
+      else input.value = text;
+      input.dataset.touched = "1";
+      // A setting other than the default, among the advanced ones: unfold them to show it.
+      if (spec.group === "advanced" && text !== spec.initial) input.closest("details").open = true;
     }
-    extra.value = Object.keys(leftover).length ? JSON.stringify(leftover) : "";
-    if (extra.value) extra.closest("details").open = true;
-    clear(methodNote, methodNote.textContent, " ", h("strong", { id: "cloned-from" }, `Settings of job ${job.id}.`));
+    clear(methodNote, methodNote.textContent, " ", h("strong", { id: "cloned-from" }, `Settings of job ${job.id}.`),
+      unknown.length ? ` Not in this method's config any more, so left out: ${unknown.join(", ")}.` : "");
     for (const [jobRole, id] of Object.entries(job.datasets)) {
-      // DPO takes its pairs as "preference" or "train"; the form names them "train".
-      const role = state.method === "dpo" && jobRole === "preference" ? "train" : jobRole;
-      const block = blocks[role];
+      // DPO's pairs may have been sent as "train" (the API's train_dataset); the form says "preference".
+      const takes = (r) => roles().some(([known]) => known === r);
+      const role = takes(jobRole) ? jobRole : jobRole === "train" && takes("preference") ? "preference" : null;
+      const block = role && blocks[role];
       if (!block) continue;
       await withBusy(block.report, async () => {
         const ds = await api(`/v1/datasets/${encodeURIComponent(id)}`);
