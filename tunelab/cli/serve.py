@@ -144,8 +144,9 @@ def serve(
         "fp32",
         "--precision",
         help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
-        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream). "
-        "See bench/RESULTS.md.",
+        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream), int8+bf16 "
+        "(int8 for steps of few rows, bf16 for many), auto (measured on this machine at "
+        "load). See bench/RESULTS.md.",
     ),
     threads: int | None = typer.Option(
         None,
@@ -180,10 +181,10 @@ def serve(
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     device = resolve_cli_device(accelerator, devices)
     services = open_services()
-    from tunelab.serving.quantize import PRECISIONS
+    from tunelab.serving.quantize import CHOICES
 
-    if precision not in PRECISIONS:
-        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
+    if precision not in CHOICES:
+        raise typer.BadParameter(f"choose one of {', '.join(CHOICES)}", param_hint="--precision")
     backend = _vllm_backend(
         services, engine, vllm_url, vllm_python, preload, max_loras, max_lora_rank, max_cpu_loras
     )
