@@ -207,7 +207,7 @@ def test_shared_input_targets_share_one_product_and_match_peft(tmp_path, tiny_mo
     attn = cache.model.model.layers[0].self_attn
     qkv = cache._layers["model.layers.0.self_attn.q_proj"].group
     assert [m.name.rsplit(".", 1)[1] for m in qkv.members] == ["q_proj", "k_proj", "v_proj"]
-    assert qkv.At.shape[1] == 8 * 4  # q: qv, all; k: all, k-up; v: qv, all
+    assert qkv.At.shape[1] == 8 * 6  # q: qv, all; k: all, k-up; v: qv, all (rank 8 each)
     for m in qkv.members:  # each target's A factors are views into the group's matrix
         assert m.At.untyped_storage().data_ptr() == qkv.At.untyped_storage().data_ptr()
 
