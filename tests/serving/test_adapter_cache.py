@@ -188,15 +188,11 @@ def test_folders_that_are_not_servable_adapters_are_refused(tmp_path, tiny_model
     assert len(cache) == 0
 
 
-def test_shared_input_targets_share_one_product_and_match_peft(tmp_path, tiny_model_dir):
-    """Adapters on different subsets of q/k/v and gate/up, several in one batch with the base
-    model: a decode step computes one first product per shared input (q, k, v's A factors are
-    blocks of one matrix) and every row's logits stay PEFT's with that row's adapter alone."""
-    specs = {
-        "qv": ["q_proj", "v_proj"],
-        "all": None,
-        "k-up": ["k_proj", "up_proj", "down_proj"],
-    }
+def test_adapters_on_different_targets_mix_in_one_decode_step(tmp_path, tiny_model_dir):
+    """Adapters on different subsets of the layers (q and v only; all; k, up and down), several
+    in one batch with the base model: a layer's mask covers only the rows whose adapter
+    targets it, and every row's logits stay PEFT's with that row's adapter alone."""
+    specs = {"qv": ["q_proj", "v_proj"], "all": None, "k-up": ["k_proj", "up_proj", "down_proj"]}
     folders = {
         key: make_adapter_bundle(tiny_model_dir, tmp_path / key, seed=20 + i, targets=targets)
         for i, (key, targets) in enumerate(specs.items())
@@ -204,44 +200,13 @@ def test_shared_input_targets_share_one_product_and_match_peft(tmp_path, tiny_mo
     cache = AdapterCache(load_causal_lm(tiny_model_dir), max_adapters=3)
     for key, folder in folders.items():
         cache.ensure(key, folder)
-    attn = cache.model.model.layers[0].self_attn
-    qkv = cache._layers["model.layers.0.self_attn.q_proj"].group
-    assert [m.name.rsplit(".", 1)[1] for m in qkv.members] == ["q_proj", "k_proj", "v_proj"]
-    assert qkv.At.shape[1] == 8 * 6  # q: qv, all; k: all, k-up; v: qv, all (rank 8 each)
-    for m in qkv.members:  # each target's A factors are views into the group's matrix
-        assert m.At.untyped_storage().data_ptr() == qkv.At.untyped_storage().data_ptr()
-
     keys = ["all", None, "qv", "k-up", "qv", "all"]
     torch.manual_seed(1)
-    ids = torch.randint(0, 1000, (len(keys), 1))
-    products = []
-    original = type(qkv).hidden
-
-    def counted(self, x):
-        fresh = x is not self._x
-        products.append(fresh)
-        return original(self, x)
-
-    type(qkv).hidden = counted
-    try:
+    ids = torch.randint(0, 1000, (len(keys), 5))
+    for tokens in (ids, ids[:, :1]):  # a prefill, then a decode step's shape
         cache.select(keys)
         with torch.inference_mode():
-            mixed = cache.model(input_ids=ids).logits
-    finally:
-        type(qkv).hidden = original
-    # 2 layers x 7 targets, one product per input: q|k|v, o, gate|up and down.
-    assert len(products) == 2 * 7 and sum(products) == 2 * 4
-    for b, key in enumerate(keys):
-        alone = peft_logits(tiny_model_dir, folders.get(key), ids[b : b + 1])[0]
-        torch.testing.assert_close(mixed[b], alone, rtol=1e-4, atol=1e-4)
-
-    # A target called on another input computes its own product rather than reuse the cached
-    # one: k_proj on y after q_proj on x gives k_proj(y) as if alone.
-    x, y = torch.randn(len(keys), 1, 64), torch.randn(len(keys), 1, 64)
-    cache.select(keys)
-    with torch.inference_mode():
-        attn.q_proj(x)
-        shared = attn.k_proj(y)
-        cache.select(keys)
-        alone = attn.k_proj(y)
-    torch.testing.assert_close(shared, alone)
+            mixed = cache.model(input_ids=tokens).logits
+        for b, key in enumerate(keys):
+            alone = peft_logits(tiny_model_dir, folders.get(key), tokens[b : b + 1])[0]
+            torch.testing.assert_close(mixed[b], alone, rtol=1e-4, atol=1e-4)

@@ -14,12 +14,6 @@ for the adapter each row selected:
       h = (A_cat x) * mask     # (B, 1, R); mask: the row's scale s on its adapter's block, else 0
       y = y + B_cat h          # (B, 1, out), accumulated in place
 
-  Targets of one layer that read the same input (q, k and v; gate and up) share the first
-  product: their A_cat are column blocks of one (in, R_q + R_k + R_v) matrix, so the first of
-  them to run computes ``h`` for all (one matmul and one mask product instead of three each)
-  and the others take their columns of it. Sharing is checked, not assumed: a target reuses
-  ``h`` only when it is called on the very tensor ``h`` was computed from.
-
 - a prefill (many tokens per row, rows of one adapter side by side) runs each adapter on its
   own rows, ``y[rows] += s · B (A x[rows])``, so it costs the rows' own adapters only.
 
@@ -158,36 +152,17 @@ class _Factors:
     scale: float
 
 
-_SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-"""Targets that read the same input in Llama-shaped layers (also Mistral, Qwen2, Gemma...)."""
-
-
-def _shared_input_group(name: str) -> str | None:
-    """A name for the targets that read the same input as module ``name`` (None: no group)."""
-    parent, _, child = name.rpartition(".")
-    for members in _SHARED_INPUTS:
-        if child in members:
-            return f"{parent}.{'|'.join(members)}"
-    return None
-
-
 class _LayerLora:
     """The LoRA factors of every loaded adapter that targets one linear layer, side by side,
     and the forward hook that applies them to a mixed batch."""
 
-    def __init__(
-        self, owner: AdapterCache, name: str, module: torch.nn.Linear, group: _SharedInput
-    ):
+    def __init__(self, owner: AdapterCache, module: torch.nn.Linear):
         self.owner = owner
-        self.name = name
-        self.group = group
         self.factors: dict[str, _Factors] = {}
-        # Stored transposed: x @ At and h @ Bt are the fastest forms of these skinny products
-        # on CPU (1.5x faster than F.linear's transposed views here). At is a column block of
-        # the group's matrix (a strided view), Bt contiguous.
+        # Stored transposed and contiguous: x @ At and h @ Bt are the fastest forms of these
+        # skinny products on CPU (1.5x faster than F.linear's transposed views here).
         self.At = module.weight.new_zeros((module.in_features, 0))  # (in, R): A_cat^T
         self.Bt = module.weight.new_zeros((0, module.out_features))  # (R, out): B_cat^T
-        self.offset = 0  # first column of At in the group's matrix
         self.blocks: dict[str, tuple[int, int, float]] = {}  # key -> (offset, rank, scale)
         self.layout: tuple[tuple[str, int, float], ...] = ()
         """(key, rank, scale) in block order: a batch's mask depends only on it."""
@@ -197,14 +172,15 @@ class _LayerLora:
         become views into the concatenation, so the weights are held once."""
         keys = list(self.factors)
         if keys:
+            self.At = torch.cat([self.factors[k].A.t() for k in keys], dim=1).contiguous()
             self.Bt = torch.cat([self.factors[k].B.t() for k in keys], dim=0).contiguous()
         else:
-            self.Bt = self.Bt[:0]
+            self.At, self.Bt = self.At[:, :0], self.Bt[:0]
         self.blocks, at = {}, 0
         for k in keys:
             f = self.factors[k]
             r = f.A.shape[0]
-            f.B = self.Bt[at : at + r].t()
+            f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
             self.blocks[k] = (at, r, f.scale)
             at += r
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
@@ -227,62 +203,13 @@ class _LayerLora:
                 else:
                     output.index_add_(0, rows, delta)
             return output
-        # A decode step (one token per row): all adapters in two small matmuls, the first
-        # shared with the layer's other targets of the same input.
-        if not self.owner._uses(self.layout):  # no row uses an adapter on this layer
+        # A decode step (one token per row): all adapters in two small matmuls.
+        mask = self.owner._mask_for(self.layout)  # (B, 1, R): row's scale on its own block
+        if mask is None:  # no row uses an adapter on this layer
             return None
-        h = self.group.hidden(x)  # (B, R of the group), masked
-        h = h[:, self.offset : self.offset + self.At.shape[1]]
-        output.view(-1, output.shape[-1]).addmm_(h, self.Bt)
+        h = (x @ self.At) * mask  # (B, 1, R)
+        output.view(-1, output.shape[-1]).addmm_(h.view(-1, h.shape[-1]), self.Bt)
         return output
-
-
-class _SharedInput:
-    """The LoRA targets of one layer that read the same input: their A factors are column
-    blocks of one matrix, and a decode step's masked ``h = (x A_cat^T) * mask`` is computed
-    once for all of them."""
-
-    def __init__(self, owner: AdapterCache):
-        self.owner = owner
-        self.members: list[_LayerLora] = []
-        self.At: torch.Tensor | None = None  # (in, R of all members)
-        self.layout: tuple[tuple[str, int, float], ...] = ()
-        self._x: torch.Tensor | None = None  # the input the cached h was computed from
-        self._h: torch.Tensor | None = None
-
-    def rebuild(self) -> None:
-        """Concatenate every member's A factors (after a load or an eviction) and point the
-        members' and adapters' A at their blocks."""
-        for m in self.members:
-            m.rebuild()
-        pieces = [m.factors[k].A.t() for m in self.members for k in m.factors]
-        self.At = (
-            torch.cat(pieces, dim=1).contiguous()
-            if pieces
-            else self.members[0].At.new_zeros((self.members[0].At.shape[0], 0))
-        )
-        at = 0
-        for m in self.members:
-            m.offset = at
-            m.At = self.At[:, at : at + sum(r for _, r, _ in m.layout)]
-            for key, (off, r, _) in m.blocks.items():
-                m.factors[key].A = m.At[:, off : off + r].t()
-            at += m.At.shape[1]
-        self.layout = tuple(block for m in self.members for block in m.layout)
-        self.forget()
-
-    def forget(self) -> None:
-        self._x = self._h = None
-
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, R) masked first product of ``x`` (B, 1, in) for every member, computed once per
-        input tensor: the identity check keeps a member called on another input correct."""
-        if x is not self._x:
-            mask = self.owner._mask_for(self.layout)  # (B, 1, R); not None: a member uses it
-            h = x.reshape(-1, x.shape[-1]) @ self.At
-            h.mul_(mask.view(h.shape))
-            self._x, self._h = x, h
-        return self._h
 
 
 @dataclass
@@ -311,16 +238,13 @@ class AdapterCache:
         self.max_adapters = max_adapters
         self.max_bytes = max_bytes
         self._modules = dict(model.named_modules())
-        self._order = {name: i for i, name in enumerate(self._modules)}
         self._dtype = next(model.parameters()).dtype
         self._device = next(model.parameters()).device
         self._layers: dict[str, _LayerLora] = {}  # module name -> its factors, hooked
-        self._shared: dict[str, _SharedInput] = {}  # targets reading one input, by group name
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
         self._groups: list[tuple[str, slice | torch.Tensor]] = []  # rows of each adapter
         self._masks: dict[tuple, torch.Tensor | None] = {}  # per layer layout, for _rows
-        self._used: dict[tuple, bool] = {}  # per layer layout: does a selected row use it
         self.loads = 0
         self.evictions = 0
 
@@ -349,9 +273,7 @@ class AdapterCache:
         Every key must be loaded."""
         if row_keys is not None and all(k is None for k in row_keys):
             row_keys = None
-        self._rows, self._groups, self._masks, self._used = row_keys, [], {}, {}
-        for shared in self._shared.values():
-            shared.forget()
+        self._rows, self._groups, self._masks = row_keys, [], {}
         if row_keys is None:
             return
         missing = {k for k in row_keys if k is not None} - self._entries.keys()
@@ -372,34 +294,25 @@ class AdapterCache:
                 )
             )
 
-    def _uses(self, layout: tuple) -> bool:
-        """Whether a selected row uses one of the adapters of a layer's layout."""
-        used = self._used.get(layout)
-        if used is None:
-            keys = set(self._rows)
-            used = self._used[layout] = any(key in keys for key, _, _ in layout)
-        return used
-
     def _mask_for(self, layout: tuple) -> torch.Tensor | None:
-        """(B, 1, R) for the selected rows and a layout of blocks (an adapter may have several:
-        one per target of a shared input): each row's adapter scale over its adapter's
-        blocks, 0 elsewhere; None when no row uses these adapters."""
+        """(B, 1, R) for the selected rows and a layer's layout: each row's adapter scale over
+        that adapter's block, 0 elsewhere; None when no row uses these adapters."""
         if layout not in self._masks:
-            rows_of: dict[str, list[int]] = {}
-            for b, key in enumerate(self._rows):
-                rows_of.setdefault(key, []).append(b)
             mask = torch.zeros(
                 (len(self._rows), 1, sum(r for _, r, _ in layout)),
                 dtype=self._dtype,
                 device=self._device,
             )
-            at, used = 0, False
+            blocks, at = {}, 0
             for key, rank, s in layout:
-                rows = rows_of.get(key)
-                if rows:
-                    mask[rows, 0, at : at + rank] = s
-                    used = True
+                blocks[key] = (at, rank, s)
                 at += rank
+            used = False
+            for b, key in enumerate(self._rows):
+                if key in blocks:
+                    at, rank, s = blocks[key]
+                    mask[b, 0, at : at + rank] = s
+                    used = True
             self._masks[layout] = mask if used else None
         return self._masks[layout]
 
@@ -428,11 +341,14 @@ class AdapterCache:
             )
         self._make_room(nbytes)
         for name, f in factors.items():
-            self._layer(name).factors[key] = f
-        for shared in {id(s): s for s in (self._layers[n].group for n in factors)}.values():
-            shared.rebuild()
+            layer = self._layers.get(name)
+            if layer is None:
+                layer = self._layers[name] = _LayerLora(self, self._modules[name])
+                self._modules[name].register_forward_hook(layer)
+            layer.factors[key] = f
+            layer.rebuild()
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
-        self._masks, self._used = {}, {}
+        self._masks = {}
         self.loads += 1
         logger.info(
             "loaded adapter %s from %s (%.1f MB; %d loaded)",
@@ -456,28 +372,13 @@ class AdapterCache:
         if entry.pins:
             raise RuntimeError(f"adapter {key} is in use by {entry.pins} batch row(s)")
         for name in entry.layers:
-            del self._layers[name].factors[key]
-        for shared in {id(s): s for s in (self._layers[n].group for n in entry.layers)}.values():
-            shared.rebuild()
+            layer = self._layers[name]
+            del layer.factors[key]
+            layer.rebuild()
         del self._entries[key]
-        self._masks, self._used = {}, {}
+        self._masks = {}
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
-
-    def _layer(self, name: str) -> _LayerLora:
-        """The hooked factors of target ``name``, made (with its shared-input group) on first
-        use."""
-        layer = self._layers.get(name)
-        if layer is None:
-            group_name = _shared_input_group(name) or name
-            shared = self._shared.get(group_name)
-            if shared is None:
-                shared = self._shared[group_name] = _SharedInput(self)
-            layer = self._layers[name] = _LayerLora(self, name, self._modules[name], shared)
-            shared.members.append(layer)
-            shared.members.sort(key=lambda m: self._order[m.name])  # the model's module order
-            self._modules[name].register_forward_hook(layer)
-        return layer
 
     def _make_room(self, incoming_bytes: int) -> None:
         def over() -> bool:
