@@ -34,9 +34,12 @@ same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at mo
 
 Every TuneLab precision of ``--precisions`` (``tunelab serve --precision``) runs every scenario.
 ``others`` is the share of the machine's cores that other processes used during a run (this
-machine may be shared: compare figures of one run only). Quality: the accuracy (the label the
-answer names first) of the base model on ``examples/ticket-routing-chat/test.jsonl`` in each precision, greedy,
-against fp32 (target: within 1 point).
+machine may be shared: compare figures of one run only). Quality: the exact-match accuracy of
+a tuned adapter on ``examples/ticket-routing-chat/test.jsonl`` served in each precision,
+greedy, against fp32 (target: within 1 point), and how many answers equal fp32's. The adapter
+is trained once by ``train_sft`` (``QUALITY_STEPS`` steps, fixed seed) and kept in TuneLab's
+cache for later runs: the base model alone names the right label in 2 of 80 examples, which
+cannot resolve a point.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEST_SET = ROOT / "examples" / "ticket-routing-chat" / "test.jsonl"
+TRAIN_SET = TEST_SET.with_name("train.jsonl")
+QUALITY_STEPS = 40
+"""SFT steps of the quality guard's adapter (batch 8: one pass over the 320 examples)."""
 TOPICS = [
     "the weather in spring",
     "how a bicycle works",
@@ -235,6 +241,8 @@ class TuneLab:
             precision=precision,
             threads=args.threads,
         )
+        if precision == "auto":
+            print(f"tunelab auto: serving in {self.engine.precision}", flush=True)
         warm = [self._submit([1, 2, 3], i) for i in range(len(adapters))]
         warm.append(self._submit([1, 2, 3], None))
         for stream in warm:
@@ -283,16 +291,10 @@ class TuneLab:
         label = f"{self.name} {'mixed' if mixed else 'base'}"
         return Run(label, scenario, wall, tokens, latencies, ttfts, others)
 
-    def accuracy(self, examples: list[tuple[list[int], str]], labels: list[str]) -> float:
-        """Share of examples whose answer names the right label first (the base model is not
-        tuned to answer with the label alone, so exact match would be 0 in every precision)."""
-        streams = [self._submit(p, None, max_tokens=16) for p, _ in examples]
-        right = 0
-        for stream, (_, label) in zip(streams, examples, strict=True):
-            text = "".join(stream).lower()
-            named = sorted((text.find(x), x) for x in labels if x in text)
-            right += bool(named) and named[0][1] == label.strip().lower()
-        return 100 * right / len(examples)
+    def answers(self, examples: list[tuple[list[int], str]]) -> list[str]:
+        """Greedy answers of the first adapter (the tuned one) to every example."""
+        streams = [self._submit(p, 0, max_tokens=8) for p, _ in examples]
+        return ["".join(stream) for stream in streams]
 
     def close(self) -> None:
         self.engine.close()
@@ -392,15 +394,61 @@ def verdicts(runs: list[Run], precisions: list[str]) -> list[str]:
     return lines
 
 
-def read_test_set(runner_render) -> tuple[list[tuple[list[int], str]], list[str]]:
-    """(prompt ids, label) per example, and the labels the set uses."""
-    examples = []
-    for line in TEST_SET.read_text().splitlines():
-        messages = json.loads(line)["messages"]
-        prompt = [m for m in messages if m["role"] != "model"]
-        label = next(m["content"] for m in messages if m["role"] == "model")
-        examples.append((runner_render(prompt), label))
-    return examples, sorted({label.strip().lower() for _, label in examples})
+def read_test_set(tokenizer, runner_render) -> list[tuple[list[int], str]]:
+    """(prompt ids, reference) per example, as ``tunelab eval`` reads them: the last model turn
+    is the reference, everything before it the prompt."""
+    from tunelab.evaluation.dataset import read_eval_set
+
+    data = read_eval_set(TEST_SET, tokenizer, max_examples=None)
+    return [(runner_render(e.prompt), e.reference) for e in data.examples]
+
+
+def tuned_adapter() -> Path:
+    """An SFT adapter for the default model on ``TRAIN_SET``, trained once (fixed seed) and
+    kept in TuneLab's cache, keyed by the training file's hash and the config."""
+    import hashlib
+    import shutil
+
+    from tunelab.config import get_settings
+    from tunelab.configs.sft import SFTConfig
+    from tunelab.recipes.sft import train_sft
+
+    config = SFTConfig(base_model=MODEL, train_steps=QUALITY_STEPS, batch_size=8, seed=0)
+    key = hashlib.sha256(TRAIN_SET.read_bytes() + config.model_dump_json().encode()).hexdigest()
+    folder = get_settings().cache / "bench" / f"serving-quality-adapter-{key[:16]}"
+    if not (folder / "manifest.json").is_file():
+        print(f"training the quality guard's adapter ({QUALITY_STEPS} SFT steps) ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-serving-sft-") as tmp:
+            trained = train_sft(config, TRAIN_SET, Path(tmp) / "run").adapter_dir
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(trained, folder.with_suffix(".tmp"), dirs_exist_ok=True)
+            folder.with_suffix(".tmp").rename(folder)
+    return folder
+
+
+def quality(args, base, tokenizer, render, precisions: list[str]) -> dict[str, dict]:
+    """Per precision: the tuned adapter's exact-match accuracy on ``TEST_SET`` (%), and how
+    many of its answers equal fp32's."""
+    from tunelab.evaluation.metrics import normalize
+
+    adapter = tuned_adapter()
+    examples = read_test_set(tokenizer, render)
+    answers: dict[str, list[str]] = {}
+    out: dict[str, dict] = {}
+    for precision in dict.fromkeys(["fp32", *precisions]):
+        ours = TuneLab(args, base, tokenizer, precision, [adapter])
+        try:
+            got = answers[precision] = ours.answers(examples)
+        finally:
+            ours.close()
+        right = sum(normalize(a) == normalize(r) for a, (_, r) in zip(got, examples, strict=True))
+        out[precision] = {
+            "accuracy": 100 * right / len(examples),
+            "same_as_fp32": sum(a == b for a, b in zip(got, answers["fp32"], strict=True)),
+            "examples": len(examples),
+        }
+        print(f"  accuracy {precision}: {right}/{len(examples)}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -463,7 +511,7 @@ def main() -> None:
         print(f"llama.cpp: llama-cpp-python {peer.version}, {gguf.name}", flush=True)
 
     runs: list[Run] = []
-    quality: dict[str, float] = {}
+    accuracy: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         adapters = make_adapters(base.path, Path(tmp), args.adapters)
         for precision in precisions:
@@ -496,40 +544,33 @@ def main() -> None:
 
             runs += vllm_runs(args, adapters, single, many, BusyLoop)
         # Quality after every speed run, so the speed figures come first on a busy machine.
-        for precision in [] if args.no_quality else ["fp32", *precisions]:
-            if precision in quality:
-                continue
-            ours = TuneLab(args, base, tokenizer, precision, [])
-            try:
-                quality[precision] = ours.accuracy(*read_test_set(render))
-                print(f"  accuracy {precision}: {quality[precision]:.1f}%", flush=True)
-            finally:
-                ours.close()
+        if not args.no_quality:
+            accuracy = quality(args, base, tokenizer, render, precisions)
 
     table([r.row() for r in runs])
     for line in verdicts(runs, precisions):
         print(line)
-    if quality:
+    if accuracy:
         print(
-            f"\naccuracy of the base model on {TEST_SET.relative_to(ROOT)} (greedy; the label it names first):"
+            f"\nexact-match accuracy of a tuned adapter ({QUALITY_STEPS} SFT steps on "
+            f"{TRAIN_SET.relative_to(ROOT)}) on {TEST_SET.relative_to(ROOT)}, greedy:"
         )
-        for precision, acc in quality.items():
-            delta = acc - quality["fp32"]
+        for precision, q in accuracy.items():
+            delta = q["accuracy"] - accuracy["fp32"]["accuracy"]
             verdict = (
                 ""
                 if precision == "fp32"
-                else (
-                    f"  {'PASS' if abs(delta) <= 1.0 else 'FAIL'} (within 1 point of fp32: {delta:+.1f})"
-                )
+                else f"  {'PASS' if abs(delta) <= 1.0 else 'FAIL'} (within 1 point of fp32: "
+                f"{delta:+.1f}; {q['same_as_fp32']}/{q['examples']} answers as fp32's)"
             )
-            print(f"  {precision:5s} {acc:5.1f}%{verdict}")
+            print(f"  {precision:9s} {q['accuracy']:5.1f}%{verdict}")
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "args": vars(args) | {"json": str(args.json)},
                     "runs": [r.row() for r in runs],
-                    "accuracy": quality,
+                    "accuracy": accuracy,
                 },
                 indent=2,
             )

@@ -169,3 +169,11 @@ def test_serve_help_says_how_the_docs_and_tls_work():
     text = " ".join(CliRunner().invoke(app, ["serve", "--help"]).output.split())
     assert "--ssl-certfile" in text and "--ssl-keyfile" in text
     assert "/openapi.json" in text
+
+
+def test_serving_precisions_are_checked_before_anything_loads(fake_uvicorn):
+    refused = serve("--precision", "int4")
+    assert refused.exit_code != 0 and not fake_uvicorn
+    assert "int8+bf16" in refused.output and "auto" in refused.output
+    for precision in ("auto", "int8+bf16"):
+        assert serve("--precision", precision).exit_code == 0

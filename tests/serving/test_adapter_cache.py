@@ -186,3 +186,27 @@ def test_folders_that_are_not_servable_adapters_are_refused(tmp_path, tiny_model
     with pytest.raises(AdapterError, match="does not fit"):
         cache.ensure("wrong", wrong)
     assert len(cache) == 0
+
+
+def test_adapters_on_different_targets_mix_in_one_decode_step(tmp_path, tiny_model_dir):
+    """Adapters on different subsets of the layers (q and v only; all; k, up and down), several
+    in one batch with the base model: a layer's mask covers only the rows whose adapter
+    targets it, and every row's logits stay PEFT's with that row's adapter alone."""
+    specs = {"qv": ["q_proj", "v_proj"], "all": None, "k-up": ["k_proj", "up_proj", "down_proj"]}
+    folders = {
+        key: make_adapter_bundle(tiny_model_dir, tmp_path / key, seed=20 + i, targets=targets)
+        for i, (key, targets) in enumerate(specs.items())
+    }
+    cache = AdapterCache(load_causal_lm(tiny_model_dir), max_adapters=3)
+    for key, folder in folders.items():
+        cache.ensure(key, folder)
+    keys = ["all", None, "qv", "k-up", "qv", "all"]
+    torch.manual_seed(1)
+    ids = torch.randint(0, 1000, (len(keys), 5))
+    for tokens in (ids, ids[:, :1]):  # a prefill, then a decode step's shape
+        cache.select(keys)
+        with torch.inference_mode():
+            mixed = cache.model(input_ids=tokens).logits
+        for b, key in enumerate(keys):
+            alone = peft_logits(tiny_model_dir, folders.get(key), tokens[b : b + 1])[0]
+            torch.testing.assert_close(mixed[b], alone, rtol=1e-4, atol=1e-4)

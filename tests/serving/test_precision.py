@@ -6,9 +6,10 @@ from lora_helpers import make_adapter_bundle
 
 from tunelab.data.template import prompt_ids
 from tunelab.models import load_tokenizer
+from tunelab.serving import quantize
 from tunelab.serving.engine import Engine, GenerationRequest
 from tunelab.serving.generation import GenerationParams
-from tunelab.serving.quantize import Int8Linear, apply_precision
+from tunelab.serving.quantize import PRECISIONS, Int8Linear, apply_precision, choose_precision
 from tunelab.serving.threads import ThreadTuner
 
 
@@ -25,6 +26,76 @@ def test_int8_linear_is_close_to_the_float_layer():
     assert q.qweight.dtype == torch.int8 and q.qweight.shape == (48, 64)
 
 
+def test_many_rows_use_bf16_products_on_the_dequantized_weight():
+    """A decode step of few rows runs the int8 kernel; a prefill of many rows a bf16 matmul on
+    the dequantized weight (made per call for int8, kept for int8+bf16): the same weights."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=False)
+    lean = Int8Linear(linear, dense_rows=8)
+    kept = Int8Linear(linear, keep_dense=True, dense_rows=8)
+    assert lean.weight.numel() == 0
+    assert kept.weight.shape == (48, 64) and torch.equal(kept.weight, kept.dequantized())
+    dense = kept.dequantized()
+    few, many = torch.randn(7, 64).bfloat16(), torch.randn(8, 64).bfloat16()
+    kernel = torch.ops.aten._weight_int8pack_mm(few, lean.qweight, lean.scales)
+    for layer in (lean, kept):
+        assert torch.equal(layer(few), kernel)
+        assert torch.equal(layer(many), torch.nn.functional.linear(many, dense))
+    # Both paths are close to the float layer.
+    expected = linear(many.float())
+    assert (lean(many).float() - expected).abs().max() < 0.03 * expected.abs().max()
+    # The defaults: dequantize only for prefills; with a kept copy, from a few rows.
+    assert Int8Linear(linear).dense_rows == quantize.DEQUANTIZE_ROWS
+    assert Int8Linear(linear, keep_dense=True).dense_rows == quantize.DENSE_ROWS
+
+
+def fake_timings(fp32, bf16, int8):
+    """_time_products' answer from per-format seconds at 1, 2, 4, 8 and 16 rows."""
+    t = {}
+    for fmt, times in (("fp32", fp32), ("bf16", bf16), ("int8", int8)):
+        for rows, s in zip(quantize.PROBE_ROWS, times, strict=True):
+            t[fmt, rows] = s
+    return lambda *shape: t
+
+
+@pytest.mark.parametrize(
+    ("timings", "expected", "dense_rows"),
+    [
+        # A Xeon with AMX (figures from quantize.py): int8 for one stream, bf16 from 8 rows.
+        (
+            ([161, 200, 280, 400, 538], [190] * 5, [83, 111, 170, 280, 500]),
+            "int8+bf16",
+            8,
+        ),
+        # int8 faster up to 16 rows: plain int8 (bf16 only for prefills).
+        (([161, 200, 280, 400, 538], [190] * 5, [50, 55, 60, 70, 90]), "int8", None),
+        # bf16 fast for batches, int8 no faster than bf16 for one row: bf16.
+        (([161, 200, 280, 400, 538], [150] * 5, [140, 160, 300, 400, 500]), "bf16", None),
+        # No fast bf16 (AVX2): fp32, whatever int8 does.
+        (([161, 200, 280, 400, 538], [900] * 5, [83, 100, 200, 400, 800]), "fp32", None),
+    ],
+)
+def test_auto_picks_from_the_measured_products(
+    monkeypatch, tiny_model_dir, timings, expected, dense_rows
+):
+    from tunelab.models import load_causal_lm
+
+    monkeypatch.setattr(quantize, "_time_products", fake_timings(*timings))
+    choice = choose_precision("auto", load_causal_lm(tiny_model_dir))
+    assert (choice.precision, choice.dense_rows) == (expected, dense_rows)
+    assert "bf16" in choice.reason and "16 rows" in choice.reason
+
+
+def test_choose_precision_passes_explicit_choices_and_refuses_unknown(tiny_model_dir):
+    from tunelab.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model_dir)
+    assert choose_precision("int8", model).precision == "int8"
+    assert choose_precision("auto", model).precision in PRECISIONS  # measured for real
+    with pytest.raises(ValueError, match="precision must be one of .*auto"):
+        choose_precision("int4", model)
+
+
 def test_apply_precision_converts_every_linear_layer(tiny_model_dir):
     from tunelab.models import load_causal_lm
 
@@ -34,9 +105,13 @@ def test_apply_precision_converts_every_linear_layer(tiny_model_dir):
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be one of"):
         apply_precision(model, "int4")
+    both = apply_precision(load_causal_lm(tiny_model_dir), "int8+bf16", dense_rows=3)
+    layer = both.model.layers[0].mlp.up_proj
+    assert isinstance(layer, Int8Linear) and layer.dense_rows == 3
+    assert layer.weight.shape == (layer.out_features, layer.in_features)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8+bf16", "auto"])
 def test_adapters_apply_per_row_in_every_precision(tiny_model_dir, tmp_path, precision):
     tok = load_tokenizer(tiny_model_dir)
     bundle = make_adapter_bundle(tiny_model_dir, tmp_path / "a", seed=5)

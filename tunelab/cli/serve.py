@@ -140,12 +140,17 @@ def serve(
     devices: str | None = typer.Option(
         None, "--devices", help="CUDA device to serve on, as an index with a comma (1,)."
     ),
+    # fp32 stays the default: it is what `tunelab predict` and `tunelab eval` compute in, so a
+    # served answer equals theirs. bf16/int8 held quality (a tuned adapter's accuracy on the
+    # example test set equal to fp32's, 2 of 80 greedy answers different; bench_serving.py)
+    # and `auto` picks the fastest for this CPU: opt in for speed.
     precision: str = typer.Option(
         "fp32",
         "--precision",
         help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
-        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream). "
-        "See bench/RESULTS.md.",
+        "batches on CPUs with AMX), int8 (weight-only; fastest for one stream), int8+bf16 "
+        "(int8 for steps of few rows, bf16 for many), auto (measured on this machine at "
+        "load). See bench/RESULTS.md.",
     ),
     threads: int | None = typer.Option(
         None,
@@ -180,10 +185,10 @@ def serve(
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     device = resolve_cli_device(accelerator, devices)
     services = open_services()
-    from tunelab.serving.quantize import PRECISIONS
+    from tunelab.serving.quantize import CHOICES
 
-    if precision not in PRECISIONS:
-        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
+    if precision not in CHOICES:
+        raise typer.BadParameter(f"choose one of {', '.join(CHOICES)}", param_hint="--precision")
     backend = _vllm_backend(
         services, engine, vllm_url, vllm_python, preload, max_loras, max_lora_rank, max_cpu_loras
     )

@@ -46,7 +46,7 @@ from tunelab.serving.adapters import (
     check_adapter_folder,
 )
 from tunelab.serving.generation import GenerationParams
-from tunelab.serving.quantize import apply_precision
+from tunelab.serving.quantize import apply_precision, choose_precision
 from tunelab.serving.runner import Detokenizer as _Detokenizer  # noqa: F401  (tests use it)
 from tunelab.serving.runner import (
     Generation,
@@ -218,7 +218,7 @@ class Engine:
     ``max_adapter_bytes`` bound the adapters kept loaded (least recently used unloaded first);
     ``batch_window_ms`` is how long an idle engine waits after a first request for others to
     share its prefill. ``precision`` is the base model's number format (``quantize.py``: fp32,
-    bf16, or int8 weight-only); ``threads`` the engine thread's torch threads (None: measured
+    bf16, int8 weight-only, int8+bf16, or auto: measured on this machine); ``threads`` the engine thread's torch threads (None: measured
     and re-chosen as the machine's load changes, ``threads.py``).
     """
 
@@ -243,8 +243,13 @@ class Engine:
         self.batch_window = batch_window_ms / 1000
         if threads is not None and threads < 1:
             raise ValueError("threads must be at least 1")
-        base = apply_precision(load_causal_lm(self.model_dir).eval(), precision).to(device)
-        self.precision = precision
+        base = load_causal_lm(self.model_dir).eval()
+        choice = choose_precision(precision, base, device)
+        if precision == "auto":
+            logger.info("precision auto: %s (%s)", choice.precision, choice.reason)
+        base = apply_precision(base, choice.precision, dense_rows=choice.dense_rows).to(device)
+        self.precision = choice.precision
+        """The precision served in (``auto`` resolved)."""
         self.model = base
         most = torch.get_num_threads()
         self.threads = ThreadTuner([threads] if threads else sorted({1, most}))
