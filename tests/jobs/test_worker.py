@@ -38,6 +38,9 @@ def config(model_dir, steps):
         checkpoint_every_steps=10,
         learning_rate_multiplier=5,
         seed=3,
+        # The workers are other processes: with "auto" each measures bf16 against fp32 itself,
+        # and on a busy machine they may choose differently from the reference run.
+        precision="fp32",
     )
 
 
