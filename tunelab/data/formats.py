@@ -246,8 +246,11 @@ def _parts_text(container: dict[str, Any], path: str, problems: list[Problem]) -
 # --- Shared checks ---------------------------------------------------------------------------
 
 
-def _check_order(roles: list[tuple[str, Role]], where: str, problems: list[Problem]) -> None:
-    """System first (if any), then user and model alternating from user, ending with model."""
+def check_turn_alternation(
+    roles: list[tuple[str, Role]], problems: list[Problem]
+) -> list[tuple[str, Role]]:
+    """System first (if any), then user and model alternating from user; returns the spoken
+    (non-system) turns, for the caller's rule on how a conversation must end."""
     expected: Role = "user"
     previous: Role | None = None
     for i, (path, role) in enumerate(roles):
@@ -262,7 +265,12 @@ def _check_order(roles: list[tuple[str, Role]], where: str, problems: list[Probl
             )
         previous = role
         expected = "model" if role == "user" else "user"
-    spoken = [(p, r) for p, r in roles if r != "system"]
+    return [(p, r) for p, r in roles if r != "system"]
+
+
+def _check_order(roles: list[tuple[str, Role]], where: str, problems: list[Problem]) -> None:
+    """Alternating turns (:func:`check_turn_alternation`) ending with a model turn."""
+    spoken = check_turn_alternation(roles, problems)
     if not any(r == "model" for _, r in spoken):
         problems.append(
             Problem("no_model_turn", where, "no model turn: nothing for the model to learn")

@@ -52,6 +52,7 @@ from tunelab.data.formats import (
     _string,
     _unknown_role,
     _wrong_type,
+    check_turn_alternation,
     parse_line,
 )
 from tunelab.data.reader import DEFAULT_MAX_LINE_BYTES, ReadError, iter_lines
@@ -253,20 +254,9 @@ def _prompt_messages(obj: dict[str, Any], problems: list[Problem]) -> tuple[Turn
 
 
 def _check_prompt_order(roles: list[tuple[str, Role]], where: str, problems: list[Problem]) -> None:
-    """System first (optional), then user and model alternating from user, ending with user."""
-    expected, previous = "user", None
-    for i, (path, role) in enumerate(roles):
-        if role == "system":
-            if i > 0:
-                problems.append(Problem("turn_order", path, "a system turn may only come first"))
-            continue
-        if role != expected:
-            after = f"after a {previous} turn" if previous else "at the start"
-            problems.append(
-                Problem("turn_order", path, f"expected a {expected} turn {after}, got {role}")
-            )
-        previous, expected = role, ("model" if role == "user" else "user")
-    spoken = [(p, r) for p, r in roles if r != "system"]
+    """Alternating turns (:func:`tunelab.data.formats.check_turn_alternation`) ending with a
+    user turn: the prompt the model answers."""
+    spoken = check_turn_alternation(roles, problems)
     if not spoken:
         problems.append(Problem("no_user_turn", where, "no user turn: nothing to answer"))
     elif spoken[-1][1] != "user":
