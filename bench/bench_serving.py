@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,46 @@ class Meter:
         mine = _self_cpu() - self.self0
         busy = _busy_seconds() - self.busy0
         return wall, max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1)))
+
+
+def run_clients(
+    prompts: list[list[int]],
+    one: Callable[[int, list[int]], tuple[int, float | None]],
+    concurrent: bool,
+) -> tuple[float, float, list[float], list[float], int]:
+    """Send every prompt through ``one(i, prompt)`` -> (completion tokens, time of the first
+    text): all at once (``concurrent``, a thread each) or one after the other. Returns wall
+    seconds, the others' share of the cores (:class:`Meter`), each request's latency and time to
+    first token from its submission, and the tokens in all. The harness of every peer that
+    takes concurrent requests (TuneLab's engine, vLLM)."""
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    tokens = 0
+    lock = threading.Lock()
+
+    def client(i: int, prompt: list[int], t0: float) -> None:
+        nonlocal tokens
+        n, first = one(i, prompt)
+        end = time.perf_counter()
+        with lock:
+            latencies.append(end - t0)
+            ttfts.append((first or end) - t0)
+            tokens += n
+
+    meter = Meter()
+    meter.start()
+    if concurrent:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i, p, t0)) for i, p in enumerate(prompts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for i, p in enumerate(prompts):
+            client(i, p, time.perf_counter())
+    wall, others = meter.stop()
+    return wall, others, latencies, ttfts, tokens
 
 
 def _busy_seconds() -> float:
@@ -258,36 +299,15 @@ class TuneLab:
 
     def serve(self, scenario: str, prompts: list[list[int]], concurrent: bool, mixed: bool) -> Run:
         """All prompts at once (``concurrent``) or one after the other."""
-        latencies, ttfts, tokens = [], [], 0
-        lock = threading.Lock()
 
-        def client(i: int, prompt: list[int], t0: float) -> None:
-            nonlocal tokens
+        def one(i: int, prompt: list[int]) -> tuple[int, float | None]:
             stream = self._submit(prompt, i % len(self.adapters) if mixed else None)
             first = None
             for _ in stream:
                 first = first or time.perf_counter()
-            end = time.perf_counter()
-            with lock:
-                latencies.append(end - t0)
-                ttfts.append((first or end) - t0)
-                tokens += stream.result.result().completion_tokens
+            return stream.result.result().completion_tokens, first
 
-        meter = Meter()
-        meter.start()
-        if concurrent:
-            t0 = time.perf_counter()
-            threads = [
-                threading.Thread(target=client, args=(i, p, t0)) for i, p in enumerate(prompts)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        else:
-            for i, p in enumerate(prompts):
-                client(i, p, time.perf_counter())
-        wall, others = meter.stop()
+        wall, others, latencies, ttfts, tokens = run_clients(prompts, one, concurrent)
         label = f"{self.name} {'mixed' if mixed else 'base'}"
         return Run(label, scenario, wall, tokens, latencies, ttfts, others)
 

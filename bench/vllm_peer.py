@@ -193,37 +193,13 @@ class VllmPeer:
     def serve(self, scenario: str, prompts: list[list[int]], concurrent: bool, mixed: bool):
         """All prompts at once (``concurrent``, one thread each) or one after the other; latency
         from submission to the last token, as bench_serving measures TuneLab."""
-        from bench_serving import Meter, Run
+        from bench_serving import Run, run_clients
 
-        latencies, ttfts, tokens = [], [], 0
-        lock = threading.Lock()
+        def one(i: int, prompt: list[int]) -> tuple[int, float | None]:
+            return self._one(prompt, self.adapters[i % len(self.adapters)] if mixed else self.base)
 
-        def client(i: int, prompt: list[int], t0: float) -> None:
-            nonlocal tokens
-            model = self.adapters[i % len(self.adapters)] if mixed else self.base
-            n, first = self._one(prompt, model)
-            end = time.perf_counter()
-            with lock:
-                latencies.append(end - t0)
-                ttfts.append((first or end) - t0)
-                tokens += n
-
-        meter = Meter()
-        meter.start()
         cpu0 = session_cpu_seconds(self.pid)
-        if concurrent:
-            t0 = time.perf_counter()
-            threads = [
-                threading.Thread(target=client, args=(i, p, t0)) for i, p in enumerate(prompts)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        else:
-            for i, p in enumerate(prompts):
-                client(i, p, time.perf_counter())
-        wall, others = meter.stop()
+        wall, others, latencies, ttfts, tokens = run_clients(prompts, one, concurrent)
         cores = os.cpu_count() or 1
         others = max(0.0, others - (session_cpu_seconds(self.pid) - cpu0) / (wall * cores))
         if len(latencies) != len(prompts):
