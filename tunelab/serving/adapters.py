@@ -152,6 +152,26 @@ class _Factors:
     scale: float
 
 
+LOW_PRECISION_ROWS = 64
+"""Products of at least this many rows (prefills) run in the model's dtype when it is not the
+factors' (bf16 activations, fp32 factors): measured (one thread, Xeon with AMX, 64 adapter
+columns) fp32 and bf16 cost the same at 64 rows, bf16 is 1.5-7x faster at 128-320 rows and
+fp32 2-4x faster at 16."""
+
+
+def lora_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the adapter factors are held and multiplied in.
+
+    On a CPU, fp32 whatever the base model's dtype: the LoRA products are tiny ((16, 576) x
+    (576, 64) in a decode step), and there oneDNN's bf16 matmul costs ~25 us a call whatever
+    the size, while MKL's fp32 sgemm takes 3-9 us (one thread, Xeon with AMX; ~200 such
+    products per decode step). On a GPU, the model's dtype.
+    """
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    return model_dtype
+
+
 class _LayerLora:
     """The LoRA factors of every loaded adapter that targets one linear layer, side by side,
     and the forward hook that applies them to a mixed batch."""
@@ -160,9 +180,11 @@ class _LayerLora:
         self.owner = owner
         self.factors: dict[str, _Factors] = {}
         # Stored transposed and contiguous: x @ At and h @ Bt are the fastest forms of these
-        # skinny products on CPU (1.5x faster than F.linear's transposed views here).
-        self.At = module.weight.new_zeros((module.in_features, 0))  # (in, R): A_cat^T
-        self.Bt = module.weight.new_zeros((0, module.out_features))  # (R, out): B_cat^T
+        # skinny products on CPU (1.5x faster than F.linear's transposed views here); in the
+        # cache's ``lora_dtype`` (fp32 on a CPU, see AdapterCache).
+        like = dict(dtype=owner.lora_dtype, device=module.weight.device)
+        self.At = torch.zeros((module.in_features, 0), **like)  # (in, R): A_cat^T
+        self.Bt = torch.zeros((0, module.out_features), **like)  # (R, out): B_cat^T
         self.blocks: dict[str, tuple[int, int, float]] = {}  # key -> (offset, rank, scale)
         self.layout: tuple[tuple[str, int, float], ...] = ()
         """(key, rank, scale) in block order: a batch's mask depends only on it."""
@@ -188,27 +210,25 @@ class _LayerLora:
     def __call__(self, module, args, output):
         if not self.blocks or self.owner._rows is None:
             return None
-        x = args[0]  # (B, T, in)
-        if x.shape[-2] > 1:
-            # A prefill (many tokens per row): each adapter's rows on their own, so the cost is
-            # that of the rows' own adapters.
-            for key, rows in self.owner._groups:
-                block = self.blocks.get(key)
-                if block is None:
-                    continue
-                at, r, scale = block
-                delta = (x[rows] @ self.At[:, at : at + r]) @ self.Bt[at : at + r] * scale
-                if isinstance(rows, slice):
-                    output[rows] += delta  # (b, T, out)
-                else:
-                    output.index_add_(0, rows, delta)
-            return output
-        # A decode step (one token per row): all adapters in two small matmuls.
-        mask = self.owner._mask_for(self.layout)  # (B, 1, R): row's scale on its own block
-        if mask is None:  # no row uses an adapter on this layer
+        plan = self.owner._plan_for(self.layout)
+        if plan is None:  # no row uses an adapter on this layer
             return None
-        h = (x @ self.At) * mask  # (B, 1, R)
-        output.view(-1, output.shape[-1]).addmm_(h.view(-1, h.shape[-1]), self.Bt)
+        lo, hi, mask = plan  # the used blocks lie in columns lo:hi; mask (B, 1, hi - lo)
+        x = args[0]  # (B, T, in)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in), N = B * T
+        out2 = output.view(-1, output.shape[-1])  # (N, out)
+        At, Bt = self.At[:, lo:hi], self.Bt[lo:hi]  # (in, r), (r, out)
+        if out2.dtype != At.dtype and x2.shape[0] >= LOW_PRECISION_ROWS:
+            # Many rows (a prefill) of a bf16 model: bf16 products (AMX) beat fp32 ones, and
+            # the factors' conversion is small next to them.
+            At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
+        h = torch.mm(x2.to(At.dtype), At).view(x.shape[0], -1, hi - lo)  # (B, T, r)
+        h.mul_(mask)  # each row keeps its own adapter's block, times its scale
+        h2 = h.view(-1, hi - lo)  # (N, r)
+        if out2.dtype == h2.dtype:
+            out2.addmm_(h2, Bt)  # (N, out), in place
+        else:
+            out2.add_(torch.mm(h2, Bt))
         return output
 
 
@@ -238,13 +258,13 @@ class AdapterCache:
         self.max_adapters = max_adapters
         self.max_bytes = max_bytes
         self._modules = dict(model.named_modules())
-        self._dtype = next(model.parameters()).dtype
         self._device = next(model.parameters()).device
+        self.lora_dtype = lora_dtype(next(model.parameters()).dtype, self._device)
+        """The factors' dtype: see :func:`lora_dtype`."""
         self._layers: dict[str, _LayerLora] = {}  # module name -> its factors, hooked
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
-        self._groups: list[tuple[str, slice | torch.Tensor]] = []  # rows of each adapter
-        self._masks: dict[tuple, torch.Tensor | None] = {}  # per layer layout, for _rows
+        self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
         self.loads = 0
         self.evictions = 0
 
@@ -270,51 +290,45 @@ class AdapterCache:
     # -- choosing adapters per row ----------------------------------------------------------
     def select(self, row_keys: list[str | None] | None) -> None:
         """The adapter of each batch row for the next forward passes (``None``: base model).
-        Every key must be loaded."""
+        Every key must be loaded. Selecting the same rows again (the next decode step of an
+        unchanged batch) keeps the masks already built."""
         if row_keys is not None and all(k is None for k in row_keys):
             row_keys = None
-        self._rows, self._groups, self._masks = row_keys, [], {}
-        if row_keys is None:
+        if row_keys == self._rows:
             return
-        missing = {k for k in row_keys if k is not None} - self._entries.keys()
-        if missing:
-            raise KeyError(f"adapters not loaded: {sorted(missing)}")
-        by_key: dict[str, list[int]] = {}
-        for b, key in enumerate(row_keys):
-            if key is not None:
-                by_key.setdefault(key, []).append(b)
-        for key, rows in by_key.items():
-            contiguous = rows == list(range(rows[0], rows[-1] + 1))
-            self._groups.append(
-                (
-                    key,
-                    slice(rows[0], rows[-1] + 1)
-                    if contiguous
-                    else torch.tensor(rows, device=self._device),
-                )
-            )
+        if row_keys is not None:
+            missing = {k for k in row_keys if k is not None} - self._entries.keys()
+            if missing:
+                raise KeyError(f"adapters not loaded: {sorted(missing)}")
+            row_keys = list(row_keys)  # the caller's list may change under us
+        self._rows, self._plans = row_keys, {}
 
-    def _mask_for(self, layout: tuple) -> torch.Tensor | None:
-        """(B, 1, R) for the selected rows and a layer's layout: each row's adapter scale over
-        that adapter's block, 0 elsewhere; None when no row uses these adapters."""
-        if layout not in self._masks:
-            mask = torch.zeros(
-                (len(self._rows), 1, sum(r for _, r, _ in layout)),
-                dtype=self._dtype,
-                device=self._device,
-            )
-            blocks, at = {}, 0
-            for key, rank, s in layout:
-                blocks[key] = (at, rank, s)
-                at += rank
-            used = False
+    def _plan_for(self, layout: tuple) -> tuple[int, int, torch.Tensor] | None:
+        """For the selected rows and a layer's layout, ``(lo, hi, mask)``: the blocks of the
+        adapters these rows use lie in columns ``lo:hi`` of the layer's factors, and mask
+        (B, 1, hi - lo) holds each row's adapter scale over that adapter's block, 0 elsewhere.
+        None when no row uses these adapters. Built once per layout and selection."""
+        if layout in self._plans:
+            return self._plans[layout]
+        blocks, at = {}, 0
+        for key, rank, s in layout:
+            blocks[key] = (at, rank, s)
+            at += rank
+        used = [blocks[k] for k in set(self._rows) if k in blocks]
+        plan = None
+        if used:
+            # Only the columns between the first and last used block: a batch of one adapter
+            # multiplies by its rank, not by the sum of every loaded adapter's.
+            lo = min(a for a, _, _ in used)
+            hi = max(a + r for a, r, _ in used)
+            mask = torch.zeros((len(self._rows), 1, hi - lo), dtype=self.lora_dtype)
             for b, key in enumerate(self._rows):
                 if key in blocks:
                     at, rank, s = blocks[key]
-                    mask[b, 0, at : at + rank] = s
-                    used = True
-            self._masks[layout] = mask if used else None
-        return self._masks[layout]
+                    mask[b, 0, at - lo : at - lo + rank] = s
+            plan = (lo, hi, mask.to(self._device))
+        self._plans[layout] = plan
+        return plan
 
     # -- loading and eviction -------------------------------------------------------------
     def ensure(self, key: str, folder: Path) -> None:
@@ -348,7 +362,7 @@ class AdapterCache:
             layer.factors[key] = f
             layer.rebuild()
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
-        self._masks = {}
+        self._plans = {}
         self.loads += 1
         logger.info(
             "loaded adapter %s from %s (%.1f MB; %d loaded)",
@@ -376,7 +390,7 @@ class AdapterCache:
             del layer.factors[key]
             layer.rebuild()
         del self._entries[key]
-        self._masks = {}
+        self._plans = {}
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
 
@@ -397,7 +411,7 @@ class AdapterCache:
     def _read(self, folder: Path, key: str) -> dict[str, _Factors]:
         """An adapter's factors per target module name, checked against the base model.
         Messages name the adapter by its key, never by its folder."""
-        return _read_factors(folder, key, self._modules)
+        return _read_factors(folder, key, self._modules, self.lora_dtype)
 
 
 def read_adapter(
@@ -416,8 +430,9 @@ def read_adapter(
 
 
 def _read_factors(
-    folder: Path, key: str, modules: dict[str, torch.nn.Module]
+    folder: Path, key: str, modules: dict[str, torch.nn.Module], dtype: torch.dtype | None = None
 ) -> dict[str, _Factors]:
+    """The factors in ``dtype`` (None: each module's weight dtype)."""
     from safetensors.torch import load_file
 
     config = json.loads((folder / CONFIG).read_text())
@@ -467,10 +482,10 @@ def _read_factors(
                 f"{module.in_features}) layer"
             )
         a = alpha_pattern.get(_pattern_key(alpha_pattern, name), alpha)
-        device, dtype = module.weight.device, module.weight.dtype
+        device, as_dtype = module.weight.device, dtype or module.weight.dtype
         factors[name] = _Factors(
-            A=A.to(device, dtype).contiguous(),
-            B=B.to(device, dtype).contiguous(),
+            A=A.to(device, as_dtype).contiguous(),
+            B=B.to(device, as_dtype).contiguous(),
             scale=a / math.sqrt(r) if rslora else a / r,
         )
     if not factors:

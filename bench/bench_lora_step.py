@@ -1,0 +1,175 @@
+"""Mixed-adapter LoRA cost in the serving runner: CPU time per decode step and per prefill,
+base model only against rows spread over 4 and 8 LoRA adapters, old code against new.
+
+    python bench/bench_lora_step.py [--precisions int8+bf16,bf16] [--threads 1] \
+        [--steps 16] [--rounds 3] [--against /work/main]
+
+Loads the default model in each precision with 8 random rank-8 adapters on every projection
+(as ``bench_serving.py`` makes them), then per scenario prefills ~20-token prompts and times
+``--steps`` decode steps of ``ModelRunner`` in thread CPU time (``time.thread_time``: steady
+on a machine shared with other work, unlike wall time). Scenarios: 16 rows base only, 16 rows
+over 4 adapters, 16 rows over 8 adapters (rows interleaved, as requests arrive), 1 row base,
+1 row with an adapter. ``prefill`` is the CPU time of prefilling the 16 prompts.
+
+``--against PATH`` runs the same measurement with the ``tunelab`` package of another checkout
+(e.g. the main branch's) in alternating child processes, ``--rounds`` times each, and prints
+both side by side; each figure is the best round (the least disturbed by other processes).
+Without it, only this checkout is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {
+    "16 base": [None] * 16,
+    "16 mixed/4": [f"adapter-{i % 4}" for i in range(16)],
+    "16 mixed/8": [f"adapter-{i % 8}" for i in range(16)],
+    "1 base": [None],
+    "1 adapter": ["adapter-0"],
+}
+
+
+def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[str, float]:
+    """Milliseconds of thread CPU time: per decode step, and per prefill, for each scenario."""
+    import torch
+
+    from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
+    from tunelab.serving.adapters import AdapterCache
+    from tunelab.serving.generation import GenerationParams
+    from tunelab.serving.quantize import apply_precision, choose_precision
+    from tunelab.serving.runner import ModelRunner, RowGroup
+
+    torch.set_num_threads(threads)
+    base = resolve_model("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(base.path)
+    model = load_causal_lm(base.path).eval()
+    choice = choose_precision(precision, model)
+    model = apply_precision(model, choice.precision, dense_rows=choice.dense_rows)
+    folders = sorted(adapters.iterdir())
+    cache = AdapterCache(model, max_adapters=len(folders))
+    for folder in folders:
+        cache.ensure(folder.name, folder)
+    runner = ModelRunner(model, tokenizer, adapters=cache)
+    params = GenerationParams(temperature=0, max_output_tokens=steps + 8)
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        for name, keys in SCENARIOS.items():
+            groups = [
+                RowGroup([1] + list(range(100 + i, 118 + i + i % 5)), params, adapter_key=k)
+                for i, k in enumerate(keys)
+            ]
+            for g in groups:
+                if g.adapter_key is not None:
+                    cache.pin(g.adapter_key)
+            start = time.thread_time()
+            runner.start(groups)
+            prefill = time.thread_time() - start
+            for _ in range(3):  # warm-up: first calls of each shape
+                runner.step()
+            start = time.thread_time()
+            for _ in range(steps):
+                runner.step()
+            out[f"{name} step"] = (time.thread_time() - start) / steps * 1e3
+            if len(keys) > 1:
+                out[f"{name} prefill"] = prefill * 1e3
+            runner.reset()
+    return out
+
+
+def child(args) -> None:
+    import tunelab
+
+    result = {
+        p: measure(p, args.threads, args.steps, Path(args.adapters))
+        for p in args.precisions.split(",")
+    }
+    print(json.dumps({"tunelab": tunelab.__file__, "ms": result}))
+
+
+def run_child(args, pythonpath: Path, adapters: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(pythonpath))
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--adapters",
+        str(adapters),
+        "--precisions",
+        args.precisions,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {pythonpath} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", default="int8+bf16,bf16")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="another checkout to measure in turn")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_serving import make_adapters
+
+    from tunelab.models import resolve_model
+
+    checkouts = {"new": ROOT}
+    if args.against is not None:
+        checkouts = {"old": args.against.resolve(), "new": ROOT}
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}  threads {args.threads}, {args.steps} steps, "
+        f"best of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    best: dict[str, dict[str, dict[str, float]]] = {k: {} for k in checkouts}
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        adapters = Path(tmp) / "adapters"
+        adapters.mkdir()
+        make_adapters(resolve_model("smollm2-135m-instruct").path, adapters, 8)
+        for r in range(args.rounds):
+            for label, path in checkouts.items():
+                got = run_child(args, path, adapters)
+                print(f"  round {r + 1} {label} ({got['tunelab']}): {got['ms']}", flush=True)
+                for precision, figures in got["ms"].items():
+                    mine = best[label].setdefault(precision, {})
+                    for key, ms in figures.items():
+                        mine[key] = min(ms, mine.get(key, float("inf")))
+    labels = list(checkouts)
+    print("\n| precision | measure | " + " | ".join(f"{k} ms" for k in labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
+    for precision in args.precisions.split(","):
+        for key in best[labels[-1]][precision]:
+            cells = " | ".join(f"{best[k][precision].get(key, float('nan')):.1f}" for k in labels)
+            print(f"| {precision} | {key} | {cells} |")
+        for label in labels:
+            b = best[label][precision]
+            ratios = ", ".join(
+                f"{mix}: {b['16 base step'] / b[f'16 {mix} step']:.2f}x"
+                for mix in ("mixed/4", "mixed/8")
+            )
+            print(f"{label} {precision}: base-only step time / mixed step time: {ratios}")
+
+
+if __name__ == "__main__":
+    main()
