@@ -96,3 +96,16 @@ def test_rows_cannot_name_adapters_without_an_adapter_cache(runner, prompts):
     assert not runner.rows
     with pytest.raises(ValueError, match="prompt is empty"):
         runner.check_prompt([])
+
+
+def test_forward_passes_the_cache_under_the_name_transformers_expects(tiny_model_dir, tok, prompts):
+    """transformers 5.25 renamed forward's ``past_key_values`` to ``cache`` (removal of the old
+    name announced for 5.40): the transformers path of the runner (prefill, and decode without
+    the lean step) must not use the deprecated name."""
+    import warnings
+
+    runner = ModelRunner(load_causal_lm(tiny_model_dir).eval(), tok, lean_decode=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        results = runner.generate([RowGroup(p, GREEDY) for p in prompts])
+    assert all(len(r.token_ids[0]) > 0 for r in results)

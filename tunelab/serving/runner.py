@@ -30,6 +30,7 @@ training loop) and all its methods run under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -222,6 +223,7 @@ class ModelRunner:
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not re-entrant
+        self._cache_arg = _cache_argument(model)
         core = causal_lm_core(model) if lean_decode else None
         self._lean = LeanDecoder(core) if core is not None else None
         """The lean decode step over a preallocated cache (``fast_decode.py``) when the model
@@ -366,9 +368,9 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
 
     def _prefill(self, groups: list[RowGroup]):
@@ -394,7 +396,7 @@ class ModelRunner:
         self.stats["prefill_seconds"] += time.perf_counter() - start
         self.stats["requests"] += len(groups)
         logits = out.logits[:, -1, :]  # (G, V)
-        layers = _layers(out.past_key_values)
+        layers = _layers(_cache_of(out))
         if any(g.n > 1 for g in groups):
             # One row per candidate: a prompt's cache row is copied for each of its candidates.
             index = torch.tensor(
@@ -442,7 +444,7 @@ class ModelRunner:
             logits = self._lean(inputs, positions, mask, self._cache)  # (B, V); cache in place
         else:
             out = self._forward(inputs, mask, positions, self._cache, keys)  # over (B, L + 1)
-            self._cache, logits = out.past_key_values, out.logits[:, -1, :]
+            self._cache, logits = _cache_of(out), out.logits[:, -1, :]
         self._mask = mask
         self.stats["steps"] += 1
         self.stats["step_seconds"] += time.perf_counter() - start
@@ -609,6 +611,24 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 best = n
                 break
     return best
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name of the KV cache argument of the model's forward: ``cache`` since transformers
+    5.25 renamed ``past_key_values`` (deprecated, removal announced for 5.40); older 5.x
+    releases know only ``past_key_values``."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(core.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache of a forward's output, under its 5.25+ name or the older one."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.past_key_values
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
