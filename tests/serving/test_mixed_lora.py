@@ -11,7 +11,7 @@ from test_adapter_cache import peft_logits
 
 from tunelab.data.template import prompt_ids
 from tunelab.models import load_causal_lm, load_tokenizer
-from tunelab.serving.adapters import LOW_PRECISION_ROWS, AdapterCache
+from tunelab.serving.adapters import MANY_ROWS, AdapterCache
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, RowGroup
 
@@ -104,12 +104,12 @@ def test_evicted_and_reloaded_adapter_gets_fresh_masks(tiny_model_dir, bundles):
 
 
 def test_bf16_prefill_and_decode_match_each_adapter_alone(tiny_model_dir, bundles):
-    """A bf16 model: a prefill of at least LOW_PRECISION_ROWS tokens runs the bf16 products,
+    """A bf16 model: a prefill of at least MANY_ROWS tokens runs the bf16 products,
     a decode step the fp32 ones. Each row stays what its adapter computes alone and what PEFT
     computes in fp32, up to bf16 noise several times smaller than the adapter's own effect."""
     cache = loaded(load_causal_lm(tiny_model_dir).to(torch.bfloat16), bundles)
     keys = ["m0", "m2", "m1", "m0", "m2", None]
-    width = LOW_PRECISION_ROWS // len(keys) + 2
+    width = MANY_ROWS // len(keys) + 2
     torch.manual_seed(2)
     ids = torch.randint(0, 1000, (len(keys), width))
     folders = {f"m{i}": f for i, f in enumerate(bundles)}
@@ -152,3 +152,34 @@ def test_rows_joining_and_leaving_keep_each_adapters_tokens(tiny_model_dir, tok,
     assert [r.token_ids for r in runner.generate(groups, max_batch_size=3)] == alone
     assert alone[3][0] == peft_greedy(tiny_model_dir, bundles[2], prompts[3], lengths[3])
     assert alone[0][0] == peft_greedy(tiny_model_dir, bundles[0], prompts[0], lengths[0])
+
+
+def test_decode_products_run_on_one_thread_and_the_count_is_restored(
+    tiny_model_dir, bundles, monkeypatch
+):
+    """A decode step's LoRA products are too small to share between threads: they run on one,
+    and the caller's thread count is back afterwards (a prefill's keep all threads)."""
+    from tunelab.serving import adapters
+
+    seen = []
+    real = adapters._add_lora
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(adapters, "_add_lora", spy)
+    cache = loaded(load_causal_lm(tiny_model_dir), bundles)
+    ids = torch.randint(0, 1000, (MANY_ROWS, 2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for tokens, threads in ((ids[:4, :1], 1), (ids, 2)):  # a decode step, a prefill
+            seen.clear()
+            cache.select(["m0", "m1", "m2", None] * (len(tokens) // 4))
+            with torch.inference_mode():
+                cache.model(input_ids=tokens)
+            assert seen and set(seen) == {threads}
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -152,11 +152,11 @@ class _Factors:
     scale: float
 
 
-LOW_PRECISION_ROWS = 64
-"""Products of at least this many rows (prefills) run in the model's dtype when it is not the
-factors' (bf16 activations, fp32 factors): measured (one thread, Xeon with AMX, 64 adapter
-columns) fp32 and bf16 cost the same at 64 rows, bf16 is 1.5-7x faster at 128-320 rows and
-fp32 2-4x faster at 16."""
+MANY_ROWS = 64
+"""LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
+the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
+AMX, 64 adapter columns) fp32 and bf16 cost the same at 64 rows, bf16 is 1.5-7x faster at
+128-320 rows and fp32 2-4x faster at 16. Fewer rows (decode steps): fp32, one thread."""
 
 
 def lora_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -188,6 +188,8 @@ class _LayerLora:
         self.blocks: dict[str, tuple[int, int, float]] = {}  # key -> (offset, rank, scale)
         self.layout: tuple[tuple[str, int, float], ...] = ()
         """(key, rank, scale) in block order: a batch's mask depends only on it."""
+        self._work: tuple[int, tuple | None] | None = None
+        """(the cache's selection version, (At, Bt, mask) of the selected rows, or None)."""
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -208,28 +210,54 @@ class _LayerLora:
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
 
     def __call__(self, module, args, output):
-        if not self.blocks or self.owner._rows is None:
+        owner = self.owner
+        if owner._rows is None or not self.blocks:
             return None
-        plan = self.owner._plan_for(self.layout)
-        if plan is None:  # no row uses an adapter on this layer
+        work = self._work
+        if work is None or work[0] != owner._version:  # first call since the rows changed
+            plan = owner._plan_for(self.layout)
+            if plan is not None:
+                lo, hi, mask = plan  # the used blocks are columns lo:hi; mask (B, 1, hi - lo)
+                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask)  # (in, r), (r, out)
+            work = self._work = (owner._version, plan)
+        if work[1] is None:  # no row uses an adapter on this layer
             return None
-        lo, hi, mask = plan  # the used blocks lie in columns lo:hi; mask (B, 1, hi - lo)
+        At, Bt, mask = work[1]
         x = args[0]  # (B, T, in)
-        x2 = x.reshape(-1, x.shape[-1])  # (N, in), N = B * T
-        out2 = output.view(-1, output.shape[-1])  # (N, out)
-        At, Bt = self.At[:, lo:hi], self.Bt[lo:hi]  # (in, r), (r, out)
-        if out2.dtype != At.dtype and x2.shape[0] >= LOW_PRECISION_ROWS:
-            # Many rows (a prefill) of a bf16 model: bf16 products (AMX) beat fp32 ones, and
-            # the factors' conversion is small next to them.
-            At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
-        h = torch.mm(x2.to(At.dtype), At).view(x.shape[0], -1, hi - lo)  # (B, T, r)
-        h.mul_(mask)  # each row keeps its own adapter's block, times its scale
-        h2 = h.view(-1, hi - lo)  # (N, r)
-        if out2.dtype == h2.dtype:
-            out2.addmm_(h2, Bt)  # (N, out), in place
-        else:
-            out2.add_(torch.mm(h2, Bt))
+        out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
+        if out2.shape[0] >= MANY_ROWS:  # a prefill
+            if out2.dtype != At.dtype:  # bf16 activations: bf16 products (AMX) beat fp32 ones
+                At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
+            _add_lora(x, out2, At, Bt, mask)
+            return output
+        threads = torch.get_num_threads()
+        if threads == 1:
+            _add_lora(x, out2, At, Bt, mask)
+            return output
+        # A decode step's products are too small to share between threads: on two threads
+        # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
+        # longer when another process holds a core. Setting the count costs ~0.1 us.
+        torch.set_num_threads(1)
+        try:
+            _add_lora(x, out2, At, Bt, mask)
+        finally:
+            torch.set_num_threads(threads)
         return output
+
+
+def _add_lora(
+    x: torch.Tensor, out2: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, mask: torch.Tensor
+) -> None:
+    """``out2 += ((x At) * mask) Bt`` in place: x (B, T, in), out2 (B * T, out), At (in, r),
+    Bt (r, out), mask (B, 1, r); the products in At's dtype."""
+    x2 = x.reshape(-1, x.shape[-1]).to(At.dtype)  # (N, in)
+    h = torch.mm(x2, At).view(x.shape[0], -1, At.shape[1])  # (B, T, r)
+    h.mul_(mask)  # each row keeps its own adapter's block, times its scale
+    h2 = h.view(out2.shape[0], -1)  # (N, r)
+    if out2.dtype == h2.dtype:
+        out2.addmm_(h2, Bt)  # (N, out), in place
+    else:
+        out2.add_(torch.mm(h2, Bt))
 
 
 @dataclass
@@ -265,6 +293,7 @@ class AdapterCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
         self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
+        self._version = 0  # changes with the selection and the loaded adapters
         self.loads = 0
         self.evictions = 0
 
@@ -302,6 +331,7 @@ class AdapterCache:
                 raise KeyError(f"adapters not loaded: {sorted(missing)}")
             row_keys = list(row_keys)  # the caller's list may change under us
         self._rows, self._plans = row_keys, {}
+        self._version += 1
 
     def _plan_for(self, layout: tuple) -> tuple[int, int, torch.Tensor] | None:
         """For the selected rows and a layer's layout, ``(lo, hi, mask)``: the blocks of the
@@ -363,6 +393,7 @@ class AdapterCache:
             layer.rebuild()
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
         self._plans = {}
+        self._version += 1
         self.loads += 1
         logger.info(
             "loaded adapter %s from %s (%.1f MB; %d loaded)",
@@ -391,6 +422,7 @@ class AdapterCache:
             layer.rebuild()
         del self._entries[key]
         self._plans = {}
+        self._version += 1
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
 
