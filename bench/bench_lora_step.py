@@ -6,8 +6,9 @@ base model only against rows spread over 4 and 8 LoRA adapters, old code against
 
 Loads the default model in each precision with 8 random rank-8 adapters on every projection
 (as ``bench_serving.py`` makes them), then per scenario prefills ~20-token prompts and times
-``--steps`` decode steps of ``ModelRunner`` in thread CPU time (``time.thread_time``: steady
-on a machine shared with other work, unlike wall time). Scenarios: 16 rows base only, 16 rows
+``--steps`` decode steps of ``ModelRunner`` in CPU time: with ``--threads 1`` the thread's
+(``time.thread_time``: steady on a machine shared with other work, unlike wall time); with more,
+the process's (``time.process_time``: every torch thread's, their spin-waits included). Scenarios: 16 rows base only, 16 rows
 over 4 adapters, 16 rows over 8 adapters (rows interleaved, as requests arrive), 1 row base,
 1 row with an adapter. ``prefill`` is the CPU time of prefilling the 16 prompts.
 
@@ -39,7 +40,7 @@ SCENARIOS = {
 
 
 def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[str, float]:
-    """Milliseconds of thread CPU time: per decode step, and per prefill, for each scenario."""
+    """Milliseconds of CPU time: per decode step, and per prefill, for each scenario."""
     import torch
 
     from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
@@ -49,6 +50,7 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
     from tunelab.serving.runner import ModelRunner, RowGroup
 
     torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.process_time
     base = resolve_model("smollm2-135m-instruct")
     tokenizer = load_tokenizer(base.path)
     model = load_causal_lm(base.path).eval()
@@ -70,15 +72,15 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
             for g in groups:
                 if g.adapter_key is not None:
                     cache.pin(g.adapter_key)
-            start = time.thread_time()
+            start = clock()
             runner.start(groups)
-            prefill = time.thread_time() - start
+            prefill = clock() - start
             for _ in range(3):  # warm-up: first calls of each shape
                 runner.step()
-            start = time.thread_time()
+            start = clock()
             for _ in range(steps):
                 runner.step()
-            out[f"{name} step"] = (time.thread_time() - start) / steps * 1e3
+            out[f"{name} step"] = (clock() - start) / steps * 1e3
             if len(keys) > 1:
                 out[f"{name} prefill"] = prefill * 1e3
             runner.reset()

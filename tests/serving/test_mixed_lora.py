@@ -64,9 +64,7 @@ def test_a_batch_multiplies_only_the_columns_of_its_adapters(tiny_model_dir, bun
     assert (lo, hi) == (0, sum(r for _, r, _ in layer.layout))
 
 
-def test_masks_are_kept_while_the_rows_stay_and_rebuilt_when_they_change(
-    tiny_model_dir, bundles
-):
+def test_masks_are_kept_while_the_rows_stay_and_rebuilt_when_they_change(tiny_model_dir, bundles):
     cache = loaded(load_causal_lm(tiny_model_dir), bundles)
     layer = next(iter(cache._layers.values()))
     keys = ["m0", "m1", None]
