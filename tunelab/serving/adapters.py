@@ -6,24 +6,28 @@ al. 2021, "LoRA"), with A: (r, in), B: (out, r) and s = alpha / r (alpha / sqrt(
 rsLoRA). Every targeted layer keeps the factors of all loaded adapters side by side, A_cat:
 (R, in) and B_cat: (out, R) with R the sum of their ranks (each adapter's own A and B are
 views into them, so the weights are held once), and a forward hook on the layer adds the term
-for the adapter each row selected:
+for the adapter each row selected, for a prefill and a decode step alike, in two products
+whatever the mix of adapters:
 
-- a decode step (one token per row) does it for the whole batch in two small matmuls,
-  whatever the mix of adapters:
+    h = (A_u x) * mask       # (B, T, R_u); mask: the row's scale s on its adapter's block, else 0
+    y = y + B_u h            # (B, T, out), accumulated in place
 
-      h = (A_cat x) * mask     # (B, 1, R); mask: the row's scale s on its adapter's block, else 0
-      y = y + B_cat h          # (B, 1, out), accumulated in place
+where A_u, B_u are the columns from the first to the last block of the adapters the batch uses
+(a batch of one adapter multiplies by its own rank, not by every loaded adapter's). The masks
+are built once per batch composition and kept while the same rows come back step after step.
 
-- a prefill (many tokens per row, rows of one adapter side by side) runs each adapter on its
-  own rows, ``y[rows] += s · B (A x[rows])``, so it costs the rows' own adapters only.
-
-A row without adapter gets exactly ``y``, and a batch without adapters runs the bare base
-model. Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply
-per adapter per layer and register hooks on every module at each call; on SmolLM2-135M, batch
-16, 8 adapters, one CPU thread, a PEFT decode step took 0.53 s against 0.32 s for the base rows
-(0.6x), and the PEFT wrappers slowed base-only batches by 20% (0.316 s against 0.26 s for the
-bare model); with this hook the mixed step takes 0.23 s against 0.19 s (0.84x, see
-bench/RESULTS.md for the engine end to end).
+What it costs, and why this shape (SmolLM2-135M, 16 rows over 8 rank-8 adapters, one thread,
+Xeon with AMX; ``bench/bench_lora_step.py`` and bench/RESULTS.md): the ~210 hooked products of
+a decode step are tiny, (16, 576) x (576, 64), and there oneDNN's bf16 matmul costs ~25 us a
+call whatever the size while MKL's fp32 sgemm takes 3-9 us, so the factors are held in fp32 on
+a CPU (:func:`lora_dtype`) even for a bf16 or int8 base model, and a decode step's products run
+on one thread (on two they took twice the CPU time). A prefill's products are large enough for
+bf16 (AMX) to win: from :data:`MANY_ROWS` rows they run in the activations' dtype. Rows
+without adapter get exactly ``y``, and a batch without adapters runs the bare base model.
+Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
+adapter per layer and register hooks on every module at each call; on this model, batch 16,
+8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
+PEFT wrappers slowed base-only batches by 20%.
 
 Adapters are still PEFT's files and semantics (``adapter_config.json`` +
 ``adapter_model.safetensors``: target modules, rank and alpha patterns, rsLoRA); the tests
@@ -274,7 +278,7 @@ class AdapterCache:
     ``ensure(key, folder)`` loads an adapter if it is not loaded; ``pin`` / ``unpin`` bracket
     its use by a batch row; ``select(row_keys)`` says which adapter (or ``None``) each row of
     the next forward passes uses. Bounds: at most ``max_adapters`` loaded, and at most
-    ``max_bytes`` of adapter tensors (``None``: no byte bound).
+    ``max_bytes`` of adapter tensors as held (in :attr:`lora_dtype`; ``None``: no byte bound).
     """
 
     def __init__(

@@ -273,20 +273,17 @@ class ModelRunner:
         are released."""
         if not groups:
             return []
-        # Rows of one adapter side by side: cheaper LoRA. The sort is stable.
-        order = sorted(range(len(groups)), key=lambda i: groups[i].adapter_key or "")
+        # Rows in the groups' order: the adapter cache's LoRA products cost the same however
+        # the adapters are spread over the rows (one masked product per layer).
         try:
-            generations, cache, mask = self._prefill([groups[i] for i in order])
+            generations, cache, mask = self._prefill(list(groups))
         except Exception:
             for g in groups:
                 self._unpin(g.adapter_key, g.n)
             raise
         self._merge([r for gen in generations for r in gen.rows], cache, mask)
         self._drop_finished()
-        in_order: list[Generation] = [None] * len(groups)  # type: ignore[list-item]
-        for gen, i in zip(generations, order, strict=True):
-            in_order[i] = gen
-        return in_order
+        return generations
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
