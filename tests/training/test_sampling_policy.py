@@ -38,9 +38,7 @@ def logits(model, ids):
     return model(input_ids=ids).logits.float()  # (1, T, V)
 
 
-def test_the_copy_computes_the_policys_logits_and_follows_every_adapter_change(
-    tiny_model_dir, ids
-):
+def test_the_copy_computes_the_policys_logits_and_follows_every_adapter_change(tiny_model_dir, ids):
     model = policy(tiny_model_dir)
     fuse_lora_for_training(model, torch.bfloat16)  # as in a bf16 run: base weights are views
     sampling = SamplingPolicy(model, "bf16")
