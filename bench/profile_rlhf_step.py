@@ -13,7 +13,8 @@ Phases (summed over the steps after the first, which pays one-off kernel choices
 - ``forward``: the fast path's training forward (FastPath.hidden), packing included;
 - ``loss``: what the recipe computes from the hidden states up to its loss;
 - ``backward+step``: TrainingRun.backward_and_step (backward, clipping, fused AdamW);
-- RL only: ``rollout`` (sampling the answers), ``score`` (the reward model's pass),
+- RL only: ``rollout`` (sampling the answers), ``rollout merge`` (refreshing the merged bf16
+  copy the rollouts decode, tunelab.training.sampling_policy), ``score`` (the reward model's pass),
   ``reference`` (the reference log-probabilities), each inside the step;
 - DPO only: ``reference pass``, the reference log-probabilities computed once before step 0.
 Also printed: the tokens of the batches as collated (padding included) against the tokens the
@@ -95,6 +96,12 @@ def instrument() -> None:
     fast_path.FastPath.hidden = hidden
     wrap(run.TrainingRun, "backward_and_step", "backward+step")
     wrap(rlhf, "sample_answers", "rollout")
+    try:  # the rollouts' merged bf16 copy of the policy, refreshed before each step's rollouts
+        from tunelab.training import sampling_policy
+
+        wrap(sampling_policy.SamplingPolicy, "current", "rollout merge")
+    except ImportError:  # a checkout from before it (profiled side by side with this one)
+        pass
     wrap(rlhf, "score", "score")
     wrap(dpo, "answer_logprobs", "reference pass")
 

@@ -163,6 +163,7 @@ def test_rlhf_rollout_draws_what_the_server_draws(tmp_path, monkeypatch, tiny_mo
         target_sequence_length=MAX_TOKENS,
         prompts_per_step=2,
         samples_per_prompt=3,
+        precision="fp32",  # as the server computes; a bf16 run samples a bf16 copy of the policy
         seed=5,
     )
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))

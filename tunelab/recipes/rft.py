@@ -47,6 +47,7 @@ from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
+from tunelab.training.sampling_policy import SamplingPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def train_rft(
         model, learning_rate=config.learning_rate, total_steps=config.train_steps, order=order
     )
     fast = run.fast_path(model)
+    sampling = SamplingPolicy(model, fast.precision)  # what rollouts decode
 
     # ---------------------------------------------------------------- train
     last: dict[str, Any] = {}
@@ -102,7 +104,7 @@ def train_rft(
         seed = _step_seed(config.seed, step)
         torch.manual_seed(seed)
         answers, cut = sample_answers(
-            ModelRunner(model, tokenizer),
+            ModelRunner(sampling.current(), tokenizer),
             [prompts[i].input_ids for i in batch],
             k,
             GenerationParams.model_construct(  # unchecked: the config bounds every field

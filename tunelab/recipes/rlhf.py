@@ -28,8 +28,9 @@ fresh batch the samples are on-policy, so no importance ratio or clipping is nee
 **Per step** (``P`` prompts x ``k`` samples): sample answers of at most
 ``target_sequence_length`` tokens at temperature 1 (the policy's own distribution, as REINFORCE
 requires), score them, compute reference log-probabilities, then one policy forward/backward.
-Rollouts run in eval mode; the reward scores, the reference pass and the policy's
-forward/backward all run through the fast path every LoRA recipe shares
+Rollouts run in eval mode, from a bf16 copy of the policy with its LoRA merged in where the
+run computes in bf16 (tunelab.training.sampling_policy); the reward scores, the reference pass
+and the policy's forward/backward all run through the fast path every LoRA recipe shares
 (tunelab.training.fast_path: fused LoRA forward, bf16 where the CPU is fast at it, the tokens
 the samples of a prompt share computed once), the first two without a gradient.
 Logged per step: mean reward-model score, KL to the reference, answer length, the penalised
@@ -71,6 +72,7 @@ from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
+from tunelab.training.sampling_policy import SamplingPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,7 @@ def train_policy(
         order=order,
     )
     fast = run.fast_path(model)
+    sampling = SamplingPolicy(model, fast.precision, adapter=POLICY)  # what rollouts decode
     run.keep_checkpoints(model, tokenizer, config.keep_checkpoints, adapters=[POLICY])
 
     # ---------------------------------------------------------------- train
@@ -139,7 +142,7 @@ def train_policy(
         seed = _step_seed(config.seed, step) + run.order.at(step).index(share[0]) * k
         torch.manual_seed(_step_seed(config.seed, step))
         answers, cut = sample_answers(
-            ModelRunner(model, tokenizer),
+            ModelRunner(sampling.current(), tokenizer),  # the adapter as it is now
             [p.input_ids for p in batch_prompts],
             k,
             GenerationParams.model_construct(  # unchecked: the config bounds the length
