@@ -6,6 +6,13 @@
 Each prompt states a quantity in a sentence and asks for it as ``Answer: N``; the line's
 ``answer`` is the number the grader checks, ``reference`` an ideal answer (for the dry run).
 Validation prompts use sentences the training prompts never use.
+
+Every third training line carries an earlier exchange first: another training sentence, asked
+the same way and answered ``Answer: M``, as a chat log would hold. SmolLM2-135M almost never
+writes the format when asked once (0-1% of its sampled answers, so a group of samples rarely
+holds a passing one and GRPO has nothing to learn from); after an earlier turn in the format it
+passes about 40% of the time, and what the policy learns there carries over to the lines
+without one. Validation lines have no earlier exchange: the held-out test is the harder case.
 """
 
 import json
@@ -41,6 +48,8 @@ SENTENCES = [
 ASK = "Reply with the number only, in the form 'Answer: <number>'."
 HELD_OUT = 6
 """The last sentences are for validation only."""
+EARLIER_EVERY = 3
+"""Every third training line carries an earlier exchange answered in the format."""
 
 
 def line(rng: random.Random, sentence: tuple[str, str]) -> dict:
@@ -54,6 +63,18 @@ def line(rng: random.Random, sentence: tuple[str, str]) -> dict:
     }
 
 
+def with_earlier_exchange(rng: random.Random, row: dict, sentences: list) -> dict:
+    """``row`` preceded by a question on another of ``sentences``, answered in the format."""
+    own = row["messages"][0]["content"]
+    fact, question = rng.choice([s for s in sentences if not own.startswith(s[0].split("{n}")[0])])
+    m = rng.randint(12, 9800)
+    earlier = [
+        {"role": "user", "content": f"{fact.format(n=m)} {question} {ASK}"},
+        {"role": "assistant", "content": f"Answer: {m}"},
+    ]
+    return {**row, "messages": earlier + row["messages"]}
+
+
 def main() -> None:
     rng = random.Random(7)
     here = Path(__file__).parent / "rft"
@@ -61,6 +82,11 @@ def main() -> None:
     train = [line(rng, s) for _ in range(8) for s in train_sentences]
     validation = [line(rng, s) for _ in range(10) for s in held_out]
     rng.shuffle(train)
+    earlier = random.Random(11)  # its own stream: the lines themselves stay as they were
+    train = [
+        with_earlier_exchange(earlier, row, train_sentences) if i % EARLIER_EVERY == 0 else row
+        for i, row in enumerate(train)
+    ]
     for name, rows in (("train.jsonl", train), ("validation.jsonl", validation)):
         (here / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
