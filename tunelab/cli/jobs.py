@@ -58,7 +58,10 @@ def submit_command():
         option = typer.Option(None, role_flag(role), exists=True, dir_okay=False, help=about)
         params.append(
             inspect.Parameter(
-                f"data_{role}", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Path | None
+                f"data_{role}",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option,
+                annotation=Path | None,
             )
         )
     params += [
@@ -88,8 +91,12 @@ def submit_command():
         from pydantic import ValidationError
 
         from tunelab.cli.tune import submit as submit_from_cli
-        from tunelab.jobs.methods import DatasetRoleError, UnknownMethod, check_dataset_roles
-        from tunelab.jobs.methods import method_spec
+        from tunelab.jobs.methods import (
+            DatasetRoleError,
+            UnknownMethod,
+            check_dataset_roles,
+            method_spec,
+        )
         from tunelab.services import open_services
 
         method, config_file = kwargs["method"], kwargs["config_file"]

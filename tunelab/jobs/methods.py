@@ -262,7 +262,7 @@ def check_dataset_roles(method: str, given: Iterable[str]) -> None:
             problems.append((present[1], f"give {' or '.join(map(repr, present))}, not both"))
         elif role.required and not present:
             problems.append(
-                (role.name, f"a {method} job needs a {role.name!r} dataset: {role.description}")
+                (role.name, f"{method} jobs need a {role.name!r} dataset: {role.description}")
             )
     if problems:
         raise DatasetRoleError(method, problems, allowed)
