@@ -118,3 +118,11 @@ def test_each_method_takes_its_required_roles_and_refuses_anything_else(method):
         check_dataset_roles(method, [*required, "nope"])
     assert refused.value.problems[0][0] == "nope"
     assert set(refused.value.allowed) >= {r.name for r in spec.dataset_roles}
+
+
+def test_a_dataset_keeps_the_name_it_was_uploaded_under(http, ids):
+    """Display only (never a path): View code's CLI tab names the job's files by it; the
+    dataset said upload.jsonl, the server's temporary name, once the upload had answered."""
+    assert http.get(f"/v1/datasets/{ids['pairs']}").json()["filename"] == "pairs.jsonl"
+    listed = {d["id"]: d["filename"] for d in http.get("/v1/datasets").json()["datasets"]}
+    assert listed[ids["rows"]] == "rows.jsonl"

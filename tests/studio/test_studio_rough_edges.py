@@ -302,10 +302,10 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     # the CLI and SDK code, run as shown (the CLI on the server's machine, beside the files that
     # were uploaded), create the same job.
     page.click("#job-view-code")
-    page.wait_for_selector("#job-snippet-cli")
+    page.wait_for_selector("#job-snippet-cli", state="attached")  # behind its tab
     cli = page.text_content("#job-snippet-cli")
     assert "tunelab jobs submit --method dpo" in cli
-    assert '--preference "p.jsonl"' in cli and '--validation "pv.jsonl"' in cli
+    assert "--preference 'p.jsonl'" in cli and "--validation 'pv.jsonl'" in cli
     for snippet in ("python", "cli"):
         page.click(f"#job-code .tab[data-tab={snippet}]")
         code = page.text_content(f"#job-snippet-{snippet}")

@@ -1,6 +1,8 @@
 // "View code" for a tuning job: the same job as REST (curl), Python SDK and CLI code. Strings
 // are written with JSON.stringify, whose output is also a valid Python string literal.
 const q = (s) => JSON.stringify(s);
+/** A shell word: single-quoted, a quote inside it closed, escaped and reopened. */
+const sh = (s) => `'${String(s).replaceAll("'", "'\\''")}'`;
 
 /** The body of POST /v1/tuningJobs that creates this job again (datasets by their ids). */
 export function jobBody(job) {
@@ -84,14 +86,17 @@ export const roleFlag = (role) => `--${role.replaceAll("_", "-")}`;
 /** The CLI queues a job on the server's own machine from files: the uploaded files' names. */
 export function jobCli(job, filenames) {
   const { method, ...config } = job.config;
-  const file = (role) => filenames[role] || `${role}.${role.endsWith("labels") ? "tsv" : "jsonl"}`;
-  const data = Object.keys(given(job)).map((role) => `${roleFlag(role)} ${q(file(role))}`);
+  // An uploaded file's name as the client sent it: its last part only, and single-quoted, so
+  // nothing in it ($, backticks) runs in the shell of whoever pastes the command.
+  const base = (name) => name && name.split(/[\\/]/).pop();
+  const file = (role) => base(filenames[role]) || `${role}.${role.endsWith("labels") ? "tsv" : "jsonl"}`;
+  const data = Object.keys(given(job)).map((role) => `${roleFlag(role)} ${sh(file(role))}`);
   return [
     "# On the server's machine, with the files that were uploaded:",
     `cat > config.json <<'EOF'`,
     JSON.stringify(config, null, 2),
     "EOF",
-    `tunelab jobs submit --method ${job.method} --name ${q(job.display_name)} \\`,
+    `tunelab jobs submit --method ${job.method} --name ${sh(job.display_name)} \\`,
     ...data.map((d) => `  ${d} \\`),
     "  --config config.json",
     "",
