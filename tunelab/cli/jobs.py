@@ -33,6 +33,12 @@ def dataset_roles() -> dict[str, list[tuple[str, str]]]:
     return roles
 
 
+def _method_names() -> list[str]:
+    from tunelab.jobs.methods import METHODS
+
+    return list(METHODS)
+
+
 def submit_command():
     """``jobs submit``: a dataset option per role of any method (``--train``, ``--preference``,
     ``--prompts``, ``--corpus``, ``--train-labels``...), generated from the method table as the
@@ -49,7 +55,9 @@ def submit_command():
         inspect.Parameter(
             "method",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option("sft", "--method", help="Tuning method."),
+            default=typer.Option(
+                "sft", "--method", help=f"Tuning method: one of {', '.join(_method_names())}."
+            ),
             annotation=str,
         ),
     ]
