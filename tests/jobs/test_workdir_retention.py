@@ -1,7 +1,8 @@
 """A job's working folder (resume checkpoints with optimizer state, metrics) goes when the job
-ends, however it ends: it was removed on success only, so every failed or cancelled job left
-its checkpoints under $TUNELAB_HOME/work for good. A job that may still continue (queued,
-paused) keeps it, and a folder this database knows no job of is left alone."""
+succeeds or is cancelled: it was removed on success only, so every cancelled job left its
+checkpoints under $TUNELAB_HOME/work for good. A job that may still continue (queued, paused)
+keeps it, a failed one too (its last checkpoint is promised intact after a full disk), and a
+folder this database knows no job of is left alone."""
 
 import json
 
@@ -34,12 +35,13 @@ def _with_checkpoint(job_id):
     return get_settings().work / job_id
 
 
-def test_a_failed_job_leaves_no_working_folder(services, tmp_path, tiny_model_dir):
+def test_a_failed_job_keeps_its_working_folder(services, tmp_path, tiny_model_dir):
     job = _submit(services, tmp_path, "bad", [{"input_text": "no output"}], tiny_model_dir)
     folder = _with_checkpoint(job.id)  # e.g. from an earlier attempt
     assert Worker(services.db, services.artifacts).run_job(job.id).state == "FAILED"
     assert store.get_job(services.db, job.id).error["code"] == "invalid_dataset"
-    assert not folder.exists()
+    assert folder.is_dir()
+    assert prune_workdirs(services.db) == []
 
 
 def test_the_worker_sweeps_jobs_that_ended_without_it_and_keeps_the_others(services, tmp_path):

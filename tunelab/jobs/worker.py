@@ -25,8 +25,8 @@ from tunelab.jobs import store
 from tunelab.jobs.errors import classify
 from tunelab.jobs.methods import pipeline_for
 from tunelab.jobs.pipeline import StepContext, StopRequested
-from tunelab.jobs.retention import prune_workdirs, remove_workdir
-from tunelab.jobs.states import TERMINAL, JobState
+from tunelab.jobs.retention import REMOVED_WHEN, prune_workdirs, remove_workdir
+from tunelab.jobs.states import JobState
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.training.metrics import MetricsLog
 
@@ -245,7 +245,7 @@ class Worker:
             store.transition(self.db, job_id, state, by_worker=self.id, message=message, **fields)
         except store.LeaseLost:
             return RunOutcome(job_id, "LEASE_LOST")
-        if state in TERMINAL:  # it never continues: its checkpoints go (tunelab.jobs.retention)
+        if state in REMOVED_WHEN:  # it never continues: its checkpoints go (jobs.retention)
             remove_workdir(job_id)
         return RunOutcome(job_id, str(state))
 
