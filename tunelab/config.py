@@ -41,6 +41,10 @@ class Settings:
     ray_address: str | None = None
     """The Ray cluster of the ``ray`` executor (``TUNELAB_RAY_ADDRESS``); unset: Ray's own
     ``RAY_ADDRESS``, else the cluster running on this machine."""
+    export_ttl_hours: float = 24.0
+    """How long an export archive the server made (``POST /v1/tunedModels/{name}:export``) stays
+    downloadable (``TUNELAB_EXPORT_TTL_HOURS``); then it is deleted (tunelab.export.archive).
+    0 keeps them until deleted by hand."""
 
     @property
     def model_cache(self) -> Path:
@@ -78,4 +82,20 @@ def get_settings() -> Settings:
         ),
         executor=os.environ.get("TUNELAB_EXECUTOR") or "local",
         ray_address=os.environ.get("TUNELAB_RAY_ADDRESS") or None,
+        export_ttl_hours=_hours("TUNELAB_EXPORT_TTL_HOURS", 24.0),
     )
+
+
+def _hours(name: str, default: float) -> float:
+    """A number of hours from the environment; a value that is not one is refused by name
+    (a typo must not silently mean "keep forever" or "delete at once")."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        hours = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a number of hours (0: never)") from None
+    if not hours >= 0 or hours == float("inf"):
+        raise ValueError(f"{name}={text!r}: expected a number of hours >= 0 (0: never)")
+    return hours

@@ -7,6 +7,8 @@ by the worker thread of the ``studio`` fixture on the tiny model.
 
 # ruff: noqa: F811  (pytest fixtures imported from test_studio_browser, then requested by name)
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -222,8 +224,8 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
         {"base_model": tiny, "train_steps": 2, "batch_size": 4},
         f"edges-dpo-{page.width}",
     )
-    done, _ = wait_done(server.url, key, dpo)
-    assert done["state"] == "SUCCEEDED", done.get("error")
+    done_dpo, _ = wait_done(server.url, key, dpo)
+    assert done_dpo["state"] == "SUCCEEDED", done_dpo.get("error")
 
     log_in(page, server.url, key)
     page.goto(f"{server.url}/#/jobs/{sft}")
@@ -295,6 +297,29 @@ def test_job_and_models_pages_read_right(studio, page, tmp_path):
     page.wait_for_function("document.querySelector('#margin-chart')?.dataset.points > 0")
     assert page.locator("#reward-accuracy-chart").count() == 1
     assert page.locator("#kl-chart").count() == 0 and page.is_hidden("#accuracy-chart")
+
+    # View code of a DPO job: every tab can write it (the CLI and SDK tabs were SFT-only), and
+    # the CLI and SDK code, run as shown (the CLI on the server's machine, beside the files that
+    # were uploaded), create the same job.
+    page.click("#job-view-code")
+    page.wait_for_selector("#job-snippet-cli", state="attached")  # behind its tab
+    cli = page.text_content("#job-snippet-cli")
+    assert "tunelab jobs submit --method dpo" in cli
+    assert "--preference 'p.jsonl'" in cli and "--validation 'pv.jsonl'" in cli
+    for snippet in ("python", "cli"):
+        page.click(f"#job-code .tab[data-tab={snippet}]")
+        code = page.text_content(f"#job-snippet-{snippet}")
+        argv = [sys.executable, "-c", code] if snippet == "python" else ["bash", "-c", code]
+        env = {**os.environ, "TUNELAB_API_KEY": key}
+        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (snippet, done.stderr)
+        again = done.stdout.strip().splitlines()[-1]
+        twin = httpx.get(f"{server.url}/v1/tuningJobs/{again}", headers=auth).json()
+        assert twin["method"] == "dpo", snippet
+        assert twin["config"] == done_dpo["config"], snippet
+        assert twin["datasets"] == done_dpo["datasets"], snippet
+        httpx.post(f"{server.url}/v1/tuningJobs/{again}:cancel", headers=auth)
+        assert wait_done(server.url, key, again)[0]["state"] in ("CANCELLED", "SUCCEEDED")
 
     # Overlay: two jobs' loss curves on one chart, from the jobs list.
     page.goto(server.url + "/#/jobs")

@@ -22,7 +22,8 @@ class TuningJobCreate(BaseModel):
     datasets: dict[str, str] = Field(
         default_factory=dict,
         max_length=8,
-        description="Other dataset roles by id, e.g. {'preference': 'ds-…', 'prompts': 'ds-…'} for RLHF.",
+        description="Other dataset roles by id, e.g. {'preference': 'ds-…', 'prompts': 'ds-…'} for "
+        "RLHF: the method's roles only (GET /v1/tuningMethods lists them); any other is refused.",
     )
     config: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
@@ -34,6 +35,14 @@ class TuningJobCreate(BaseModel):
         if self.validation_dataset:
             roles["validation"] = self.validation_dataset
         return roles
+
+    def role_field(self, role: str) -> str:
+        """The body's field that gives (or would give) the dataset of ``role``."""
+        if role == "train" and self.train_dataset:
+            return "train_dataset"
+        if role == "validation" and self.validation_dataset:
+            return "validation_dataset"
+        return f"datasets.{role}"
 
 
 class DeployRequest(BaseModel):

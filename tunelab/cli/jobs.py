@@ -2,63 +2,146 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.cli.tune import config_errors, fail, run_in_process, show_error
+from tunelab.cli.tune import config_errors, fail, role_flag, run_in_process, show_error
 
 app = typer.Typer(help="Submit, watch and control tuning jobs.", no_args_is_help=True)
 out = Console()
 
 
-@app.command("submit")
-def submit(
-    train: Path = typer.Option(..., "--train", exists=True, dir_okay=False),
-    name: str = typer.Option(..., "--name", help="Tuned model name."),
-    validation: Path | None = typer.Option(None, "--validation", exists=True, dir_okay=False),
-    method: str = typer.Option("sft", "--method", help="Tuning method."),
-    config_file: Path | None = typer.Option(
-        None,
-        "--config",
-        exists=True,
-        dir_okay=False,
-        help="JSON file with the method's parameters.",
-    ),
-    idempotency_key: str | None = typer.Option(None, "--idempotency-key", max=128),
-) -> None:
-    """Queue a job for `tunelab worker`; prints its id."""
-    from pydantic import ValidationError
+def dataset_roles() -> dict[str, list[tuple[str, str]]]:
+    """Every dataset role of the method table (tunelab/jobs/methods.py), with the methods that
+    take it and what it holds there: {role: [(method, description), ...]}."""
+    from tunelab.jobs.methods import METHODS
 
-    from tunelab.cli.tune import submit as submit_from_cli
-    from tunelab.jobs.methods import UnknownMethod, method_spec
-    from tunelab.services import open_services
+    roles: dict[str, list[tuple[str, str]]] = {}
+    for method, spec in METHODS.items():
+        for role in spec.dataset_roles:
+            roles.setdefault(role.name, []).append((method, role.description))
+        for alias, target in spec.role_aliases.items():
+            roles.setdefault(alias, []).append((method, f"As {role_flag(target)}."))
+    return roles
 
-    try:
-        params = json.loads(config_file.read_text()) if config_file else {}
-    except ValueError as exc:
-        fail(f"--config {config_file}: not JSON ({exc})")
-    if not isinstance(params, dict):
-        fail(f"--config {config_file}: expected a JSON object of the method's parameters")
-    try:
-        config = method_spec(method).config(**params)
-    except UnknownMethod as exc:
-        fail(f"--method: {exc}")
-    except ValidationError as exc:
-        fail(config_errors(exc))
-    job, _ = submit_from_cli(
-        open_services(),
-        config,
-        name,
-        {"train": train, "validation": validation},
-        idempotency_key=idempotency_key,
-    )
-    print(job.id)
+
+def _method_names() -> list[str]:
+    from tunelab.jobs.methods import METHODS
+
+    return list(METHODS)
+
+
+def submit_command():
+    """``jobs submit``: a dataset option per role of any method (``--train``, ``--preference``,
+    ``--prompts``, ``--corpus``, ``--train-labels``...), generated from the method table as the
+    ``tune <method>`` commands are; which of them a job takes, its method says (checked by
+    tunelab.jobs.methods.check_dataset_roles, with the other faces)."""
+    roles = dataset_roles()
+    params = [
+        inspect.Parameter(
+            "name",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(..., "--name", help="Tuned model name."),
+            annotation=str,
+        ),
+        inspect.Parameter(
+            "method",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                "sft", "--method", help=f"Tuning method: one of {', '.join(_method_names())}."
+            ),
+            annotation=str,
+        ),
+    ]
+    for role, uses in roles.items():
+        about = " ".join(f"{method}: {text}" for method, text in uses)
+        option = typer.Option(None, role_flag(role), exists=True, dir_okay=False, help=about)
+        params.append(
+            inspect.Parameter(
+                f"data_{role}",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option,
+                annotation=Path | None,
+            )
+        )
+    params += [
+        inspect.Parameter(
+            "config_file",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None,
+                "--config",
+                exists=True,
+                dir_okay=False,
+                help="JSON file with the method's parameters.",
+            ),
+            annotation=Path | None,
+        ),
+        inspect.Parameter(
+            "idempotency_key",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--idempotency-key", max=128),
+            annotation=str | None,
+        ),
+    ]
+
+    def submit(**kwargs: Any) -> None:
+        """Queue a job for `tunelab worker`; prints its id. Give each of the method's datasets
+        by its role (`tunelab tune METHOD --help` lists them)."""
+        from pydantic import ValidationError
+
+        from tunelab.cli.tune import submit as submit_from_cli
+        from tunelab.jobs.methods import (
+            DatasetRoleError,
+            UnknownMethod,
+            check_dataset_roles,
+            method_spec,
+        )
+        from tunelab.services import open_services
+
+        method, config_file = kwargs["method"], kwargs["config_file"]
+        try:
+            spec = method_spec(method)
+        except UnknownMethod as exc:
+            fail(f"--method: {exc}")
+        datasets = {r: kwargs[f"data_{r}"] for r in roles if kwargs[f"data_{r}"] is not None}
+        try:  # before the config: the datasets are what a wrong --method shows first
+            check_dataset_roles(method, datasets)
+        except DatasetRoleError as exc:
+            fail("\n".join(f"{role_flag(r)}: {message}" for r, message in exc.problems))
+        try:
+            params = json.loads(config_file.read_text()) if config_file else {}
+        except ValueError as exc:
+            fail(f"--config {config_file}: not JSON ({exc})")
+        if not isinstance(params, dict):
+            fail(f"--config {config_file}: expected a JSON object of the method's parameters")
+        try:
+            config = spec.config(**params)
+        except ValidationError as exc:
+            fail(config_errors(exc))
+        job, _ = submit_from_cli(
+            open_services(),
+            config,
+            kwargs["name"],
+            datasets,
+            idempotency_key=kwargs["idempotency_key"],
+        )
+        print(job.id)
+
+    submit.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    submit.__annotations__ = {p.name: p.annotation for p in params}
+    return submit
+
+
+app.command("submit")(submit_command())
 
 
 @app.command("list")

@@ -185,6 +185,9 @@ def serve(
         console.print(warning, style="bold yellow", markup=False, soft_wrap=True)
     device = resolve_cli_device(accelerator, devices)
     services = open_services()
+    from tunelab.export.archive import prune_exports
+
+    prune_exports(services)  # past TUNELAB_EXPORT_TTL_HOURS (else swept when exports are used)
     from tunelab.serving.quantize import CHOICES
 
     if precision not in CHOICES:

@@ -31,6 +31,11 @@ app = typer.Typer(help="Tune a model.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
+def role_flag(role: str) -> str:
+    """The option that gives a dataset of ``role`` (``--train-labels`` for train_labels)."""
+    return "--" + role.replace("_", "-")
+
+
 def _command_help(spec: MethodSpec) -> str:
     doc = inspect.getdoc(spec.config) or ""
     first = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
@@ -57,7 +62,7 @@ def method_command(method: str, spec: MethodSpec) -> Callable[..., None]:
         annotations[pname] = annotation
 
     for role in spec.dataset_roles:
-        flags = ("--" + role.name.replace("_", "-"),)
+        flags = (role_flag(role.name),)
         default = ... if role.required else None
         option = typer.Option(default, *flags, exists=True, dir_okay=False, help=role.description)
         add(f"data_{role.name}", Path if role.required else Path | None, option, flags)
@@ -171,6 +176,7 @@ def submit(
 ):
     """Submit a job from the command line (every CLI verb that makes a job comes here): the
     tuned-model name checked first, errors as one red line and exit code 1. (job, created)."""
+    from tunelab.jobs.methods import DatasetRoleError
     from tunelab.jobs.submit import submit_job
     from tunelab.registry.continuation import ContinuationError
     from tunelab.registry.names import InvalidModelName, check_tuned_model_name
@@ -191,6 +197,8 @@ def submit(
         )
     except ContinuationError as exc:
         fail(str(exc))
+    except DatasetRoleError as exc:
+        fail("\n".join(f"{role_flag(role)}: {message}" for role, message in exc.problems))
     console.print(
         f"{'submitted' if created else 'found'} {config.method} job {job.id} ({job.state})"
     )

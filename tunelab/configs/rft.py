@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field
 from tunelab.config import DEFAULT_BASE_MODEL
 from tunelab.configs.compute import ComputeFields
 from tunelab.configs.form import form_layout
-from tunelab.configs.sft import Precision, precision_field
+from tunelab.configs.sft import DeployPolicy, Precision, deploy_field, precision_field
 from tunelab.graders.spec import GraderSpec
 
 RECOMMENDED_RFT_LEARNING_RATE = 2e-3
@@ -113,6 +113,9 @@ class RFTConfig(ComputeFields):
         0.05, ge=0, lt=1, description="Fraction of steps with linear warm-up."
     )
     precision: Precision = precision_field()
+    deploy: DeployPolicy = deploy_field()
+    """if_better compares the held-out prompts' mean reward, only between versions graded the
+    same way (tunelab.jobs.deploy_policy.RFT_GRADING)."""
 
     @property
     def learning_rate(self) -> float:

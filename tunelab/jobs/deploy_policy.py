@@ -15,6 +15,8 @@ the step's outputs, a job event and the version's ``deploy_note``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,14 +77,38 @@ def _embedding(v: ModelVersion, datasets: dict[str, str]) -> Score | None:
     return Score("NDCG@10 on the test labels", ndcg, True, data) if ndcg is not None else None
 
 
+RFT_GRADING = (
+    "grader",
+    "instruction",
+    "prompt_sequence_length",
+    "target_sequence_length",
+    "grade_cut_answers",
+)
+"""The RFT config fields that decide how the evaluate step scores an answer: two versions'
+rewards compare only when these are the same (a different grader or answer length is a
+different test, even on the same prompts)."""
+
+
+def _rft(v: ModelVersion, datasets: dict[str, str]) -> Score | None:
+    reward = _dig(v.metrics, "evaluation", "mean_reward_tuned", "value")
+    data = _data(datasets, ("validation",))
+    if reward is None or not data:
+        return None
+    grading = {k: (v.config or {}).get(k) for k in RFT_GRADING}
+    digest = hashlib.sha256(json.dumps(grading, sort_keys=True).encode()).hexdigest()[:12]
+    return Score("mean reward", reward, True, (*data, ("grading", digest)))
+
+
 SCORES: dict[str, Callable[[ModelVersion, dict[str, str]], Score | None]] = {
     "sft": _sft,
     "dpo": _dpo,
     "embedding": _embedding,
+    "rft": _rft,
 }
 """How a version of each method is compared: its score on its job's held-out data. A method
 with no entry (RLHF: each job judges with its own reward model, so rewards do not compare) is
-deployed by ``if_better`` only when nothing is deployed."""
+deployed by ``if_better`` only when nothing is deployed. RFT's rewards compare because the
+grader is in the config: only between versions graded the same way (:data:`RFT_GRADING`)."""
 
 
 def decide(db: Database, policy: str, new: ModelVersion, new_datasets: dict[str, str]) -> Decision:

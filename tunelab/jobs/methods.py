@@ -16,9 +16,11 @@ database, torch or transformers code.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -67,6 +69,14 @@ class MethodSpec:
     """The method's name in the Studio (default: its key)."""
     summary: str = ""
     """What it does, for someone choosing a method (default: the config's first sentence)."""
+    role_aliases: dict[str, str] = field(default_factory=dict)
+    """Other names a role is accepted under, {alias: role} (DPO's pairs as ``train``, so the
+    REST API's ``train_dataset`` and OpenAI's ``training_file`` reach it)."""
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        """Every name a dataset of a job of this method may be given under."""
+        return tuple(r.name for r in self.dataset_roles) + tuple(self.role_aliases)
 
     @property
     def about(self) -> str:
@@ -142,6 +152,7 @@ METHODS: dict[str, MethodSpec] = {
         ),
         pipeline="tunelab.jobs.dpo_pipeline",
         recipes=("tunelab.recipes.dpo",),
+        role_aliases={"train": "preference"},
         title="DPO",
         summary="Preference pairs (prompt, chosen, rejected), optimised directly without a "
         "reward model.",
@@ -210,3 +221,48 @@ def method_spec(name: str) -> MethodSpec:
 
 def pipeline_for(name: str) -> PipelineDef:
     return method_spec(name).load_pipeline()
+
+
+class DatasetRoleError(ValueError):
+    """Datasets given under roles a method does not take, or without a role it needs: every
+    problem at once, as (role, message); ``allowed`` are the names the method takes."""
+
+    def __init__(self, method: str, problems: list[tuple[str, str]], allowed: tuple[str, ...]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.method = method
+        self.problems = problems
+        self.allowed = allowed
+
+
+def check_dataset_roles(method: str, given: Iterable[str]) -> None:
+    """Refuse, before a job is queued, datasets under a role the method's pipeline would never
+    read (a misspelt ``trainn`` was stored and silently ignored) and a missing required role
+    (which only failed the job's validate step). Raises :class:`DatasetRoleError`, or
+    :class:`UnknownMethod`."""
+    spec = method_spec(method)
+    given = list(given)
+    allowed = spec.role_names
+    listing = ", ".join(
+        r.name + "".join(f" (or {a})" for a, t in spec.role_aliases.items() if t == r.name)
+        for r in spec.dataset_roles
+    )
+    problems = []
+    for role in given:
+        if role not in allowed:
+            close = difflib.get_close_matches(role, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            shown = role if len(role) <= 64 else role[:64] + "…"  # a request's key, echoed
+            problems.append(
+                (shown, f"{method} jobs take no {shown!r} dataset (their roles: {listing}){hint}")
+            )
+    for role in spec.dataset_roles:
+        names = [role.name, *(a for a, t in spec.role_aliases.items() if t == role.name)]
+        present = [n for n in names if n in given]
+        if len(present) > 1:
+            problems.append((present[1], f"give {' or '.join(map(repr, present))}, not both"))
+        elif role.required and not present:
+            problems.append(
+                (role.name, f"{method} jobs need a {role.name!r} dataset: {role.description}")
+            )
+    if problems:
+        raise DatasetRoleError(method, problems, allowed)

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from tunelab.db import Database
 from tunelab.db.schema import TuningJob
 from tunelab.jobs import store
-from tunelab.jobs.methods import pipeline_for
+from tunelab.jobs.methods import check_dataset_roles, pipeline_for
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.registry.continuation import resolve_continuation
 from tunelab.registry.datasets import register_dataset
@@ -34,9 +34,15 @@ def submit_job(
     :class:`tunelab.registry.names.InvalidModelName` for a name no tuned model may take,
     ContinuationError when ``base_model`` names a tuned model the job cannot start from, and
     :class:`tunelab.models.device.AcceleratorUnavailable` (its ``field`` says which) when the
-    config asks for CUDA devices this machine does not have.
+    config asks for CUDA devices this machine does not have, and
+    :class:`tunelab.jobs.methods.DatasetRoleError` for a dataset under a role the method does
+    not take, or a required role without one.
     """
     check_tuned_model_name(name)
+    check_dataset_roles(
+        config.method,  # type: ignore[attr-defined]
+        [role for role, ref in datasets.items() if ref is not None],
+    )
     check_accelerator(config)
     if idempotency_key is not None:
         existing = store.find_by_idempotency_key(db, idempotency_key)

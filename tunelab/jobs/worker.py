@@ -25,6 +25,7 @@ from tunelab.jobs import store
 from tunelab.jobs.errors import classify
 from tunelab.jobs.methods import pipeline_for
 from tunelab.jobs.pipeline import StepContext, StopRequested
+from tunelab.jobs.retention import REMOVED_WHEN, prune_workdirs, remove_workdir
 from tunelab.jobs.states import JobState
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.training.metrics import MetricsLog
@@ -68,6 +69,7 @@ class Worker:
     # ------------------------------------------------------------ loop
 
     def run_forever(self, poll_seconds: float = 1.0, max_jobs: int | None = None) -> int:
+        self._sweep()
         done = 0
         while not self.shutdown.is_set() and (max_jobs is None or done < max_jobs):
             job = store.claim(self.db, self.id, self.lease_seconds)
@@ -80,6 +82,7 @@ class Worker:
 
     def run_job(self, job_id: str) -> RunOutcome | None:
         """Claim one specific job and run it (the CLI's in-process path). None if not claimable."""
+        self._sweep()
         job = store.claim(self.db, self.id, self.lease_seconds, job_id=job_id)
         return self.run_claimed(job) if job is not None else None
 
@@ -242,7 +245,17 @@ class Worker:
             store.transition(self.db, job_id, state, by_worker=self.id, message=message, **fields)
         except store.LeaseLost:
             return RunOutcome(job_id, "LEASE_LOST")
+        if state in REMOVED_WHEN:  # it never continues: its checkpoints go (jobs.retention)
+            remove_workdir(job_id)
         return RunOutcome(job_id, str(state))
+
+    def _sweep(self) -> None:
+        """The working folders of jobs that ended without a worker (e.g. cancelled while
+        paused); a failure here is logged, never a reason not to run jobs."""
+        try:
+            prune_workdirs(self.db)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("could not sweep ended jobs' working folders: %s", exc)
 
     # ------------------------------------------------------------ heartbeat and stop
 

@@ -92,15 +92,48 @@ class ArtifactStore:
         """A local path to read the artifact from: itself when local, else a cached download."""
         if self.is_local:
             return Path(uri)
-        cache = (
-            get_settings().home / "artifact-cache" / hashlib.sha256(uri.encode()).hexdigest()[:24]
-        )
+        cache = self._cache_path(uri)
         if not cache.exists():
             tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
             self.fs.get(uri, str(tmp / "x"), recursive=True)
             cache.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / "x", cache)
         return cache
+
+    @staticmethod
+    def _cache_path(uri: str) -> Path:
+        return (
+            get_settings().home / "artifact-cache" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+        )
+
+    def read_text(self, uri: str) -> str:
+        """A small artifact's text, read without keeping a cached copy."""
+        if self.is_local:
+            return Path(uri).read_text(encoding="utf-8")
+        return self.fs.cat_file(uri).decode("utf-8")
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the files directly under the folder key ``prefix`` (``exports/``)."""
+        folder = self._path(prefix.rstrip("/"))
+        try:
+            found = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return []
+        base = prefix.rstrip("/") + "/"
+        return sorted(
+            base + str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in found
+            if e.get("type") == "file"
+        )
+
+    def modified(self, uri: str) -> float | None:
+        """Unix time the artifact was last written, where the store says (None otherwise)."""
+        try:
+            if self.is_local:
+                return Path(uri).stat().st_mtime
+            return self.fs.modified(uri).timestamp()
+        except (FileNotFoundError, NotImplementedError, OSError):
+            return None
 
     def delete(self, uri: str) -> None:
         if self.is_local:
@@ -109,8 +142,14 @@ class ArtifactStore:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        elif self.fs.exists(uri):
-            self.fs.rm(uri, recursive=True)
+        else:
+            if self.fs.exists(uri):
+                self.fs.rm(uri, recursive=True)
+            cached = self._cache_path(uri)  # local_path's download goes with it
+            if cached.is_dir():
+                shutil.rmtree(cached, ignore_errors=True)
+            else:
+                cached.unlink(missing_ok=True)
 
 
 def open_artifact_store(url: str | None = None) -> ArtifactStore:

@@ -35,7 +35,15 @@ async def upload(file: UploadFile, services: ServicesDep) -> dict:
         path = Path(tmp) / "upload.jsonl"  # never the client's filename as a path
         with open(path, "wb") as out:
             await run_in_threadpool(shutil.copyfileobj, file.file, out, 1 << 20)
-        dataset = await run_in_threadpool(register_dataset, services.db, services.artifacts, path)
+        # The client's name is recorded for display (the Studio's View code names the file by
+        # it), as OpenAI's /v1/files does; it was only echoed, so the dataset said upload.jsonl.
+        dataset = await run_in_threadpool(
+            register_dataset,
+            services.db,
+            services.artifacts,
+            path,
+            (file.filename or "upload.jsonl")[:255],
+        )
     view = dataset_view(dataset)
     if file.filename:
         view["filename"] = file.filename[:255]

@@ -11,7 +11,12 @@ from tunelab.api.errors import ApiError
 from tunelab.api.schemas import TuningJobCreate
 from tunelab.graders.spec import error_path  # a grader's errors without union tags
 from tunelab.jobs import store
-from tunelab.jobs.methods import UnknownMethod, method_spec
+from tunelab.jobs.methods import (
+    DatasetRoleError,
+    UnknownMethod,
+    check_dataset_roles,
+    method_spec,
+)
 from tunelab.jobs.states import IllegalTransition
 from tunelab.jobs.submit import submit_job
 from tunelab.jobs.views import job_view
@@ -66,6 +71,16 @@ def create(body: TuningJobCreate, services: ServicesDep, key: CurrentKey) -> dic
             "give train_dataset (or datasets by role)",
             {"field": "train_dataset"},
         )
+    try:  # before the datasets are looked up: a misspelt role is the error, not a 404
+        check_dataset_roles(body.method, roles)
+    except DatasetRoleError as exc:
+        errors = [{"field": body.role_field(r), "message": m} for r, m in exc.problems]
+        raise ApiError(
+            422,
+            "invalid_request",
+            str(exc),
+            {"field": errors[0]["field"], "allowed_roles": list(exc.allowed), "errors": errors},
+        ) from None
     for role, ref in roles.items():
         if len(ref) > 40 or get_dataset(services.db, ref) is None:
             raise ApiError(
