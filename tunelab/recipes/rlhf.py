@@ -115,7 +115,6 @@ def train_policy(
     model.set_adapter(POLICY)
     run.place(model)  # policy, reward adapter and reference: one copy on the run's device
     reward_head = run.place(load_head(reward_model_dir))
-    lm_head = model.get_output_embeddings()
     k = config.samples_per_prompt
     order = BatchOrder([len(p.input_ids) for p in prompts], config.prompts_per_step, config.seed)
     run.start(
@@ -125,6 +124,7 @@ def train_policy(
         order=order,
     )
     fast = run.fast_path(model)
+    lm_head = fast.output_head()  # bf16 in a bf16 run, the target logit kept exact
     run.keep_checkpoints(model, tokenizer, config.keep_checkpoints, adapters=[POLICY])
 
     # ---------------------------------------------------------------- train
