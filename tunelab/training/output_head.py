@@ -56,9 +56,8 @@ class _TargetLogprobs(torch.autograd.Function):
         lost = logprobs == float("-inf")  # p_t below bf16's range: only with l_v - l_t > ~87
         if lost.any():
             exact = logits[lost].float()
-            logprobs[lost] = exact.gather(1, targets[lost][:, None]).squeeze(1) - exact.logsumexp(
-                -1
-            )
+            target = exact.gather(1, targets[lost][:, None]).squeeze(1)
+            logprobs[lost] = target - exact.logsumexp(-1)
         ctx.save_for_backward(probs, target_rows, weight)
         ctx.hidden_dtype = hidden.dtype
         return logprobs
