@@ -151,6 +151,7 @@ def train_policy(
             ),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
+        model.train()  # from here on: the policy pass needs it; hidden_no_grad sets its own
         prompt_of = [p.input_ids for p in batch_prompts for _ in range(k)]
         batch = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
         batch = run.batch(batch)
@@ -174,7 +175,6 @@ def train_policy(
                 reference = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
 
         # 3. One policy-gradient step with RLOO advantages on the KL-penalised rewards.
-        model.train()
         hidden, p = fast.hidden(ids, mask)  # (N, T - p, C): the shared prompt prefix p once
         logprobs = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
         kl = kl_penalty(logprobs.detach(), reference) if reference is not None else None

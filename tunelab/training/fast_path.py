@@ -89,11 +89,13 @@ class FastPath:
         # Train mode is what makes the fused norms hand the blocks the compute dtype (eval
         # mode computes fp32, as evaluation must); the fused path has no dropout it would
         # switch on. PEFT's forward (a model the fused path does not cover) stays in eval mode.
-        self.model.train(self.fused)
+        if training != self.fused:  # Module.train walks every module: only when it changes
+            self.model.train(self.fused)
         try:
             return self.hidden(input_ids, loss_mask)
         finally:
-            self.model.train(training)
+            if self.model.training != training:
+                self.model.train(training)
 
 
 def _compute_dtype(precision: str) -> torch.dtype:
