@@ -16,7 +16,7 @@ from tunelab.losses.rl import sequence_logprobs
 from tunelab.training.fast_path import FastPath
 from tunelab.training.output_head import Bf16OutputHead
 
-VOCAB, WIDTH, ROWS = 4096, 128, 96
+VOCAB, WIDTH, ROWS = 4096, 128, 90  # rows: not a multiple of the 32 the matmul pads to
 
 
 def head_and_states(scale: float = 1.0):

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunelab.training.precision import MATMUL_ROW_GRANULE
+
 _COLUMN_MULTIPLE = 32
 """The augmented width (C + 1) is padded to this: AMX tiles take 32 bf16 columns."""
 
@@ -44,18 +46,19 @@ class _TargetLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, targets, augmented, weight):  # noqa: ANN001 - autograd signature
         n, width = hidden.shape
+        rows = n + -n % MATMUL_ROW_GRANULE  # oneDNN makes a kernel per shape: few shapes
         h = hidden.to(torch.bfloat16)
         target_rows = weight[targets]  # (N, C) bf16
         shift = (h.float() * target_rows.float()).sum(-1)  # (N,) ~ l_t
-        x = h.new_zeros(n, augmented.shape[1])
-        x[:, :width] = h
-        x[:, width] = -shift
-        logits = F.linear(x, augmented)  # (N, V) bf16: l_v - l_t, fp32-accumulated, ~0 at t
+        x = h.new_zeros(rows, augmented.shape[1])  # rows past N: zeros, read by nothing
+        x[:n, :width] = h
+        x[:n, width] = -shift
+        logits = F.linear(x, augmented)  # (rows, V) bf16: l_v - l_t, fp32-accumulated, ~0 at t
         probs = torch.softmax(logits, -1)  # fp32 inside, rounded once
-        logprobs = probs.gather(1, targets[:, None]).squeeze(1).float().log()
+        logprobs = probs[:n].gather(1, targets[:, None]).squeeze(1).float().log()
         lost = logprobs == float("-inf")  # p_t below bf16's range: only with l_v - l_t > ~87
         if lost.any():
-            exact = logits[lost].float()
+            exact = logits[:n][lost].float()
             target = exact.gather(1, targets[lost][:, None]).squeeze(1)
             logprobs[lost] = target - exact.logsumexp(-1)
         ctx.save_for_backward(probs, target_rows, weight)
@@ -65,7 +68,8 @@ class _TargetLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         probs, target_rows, weight = ctx.saved_tensors
-        expected = (probs @ weight).float()  # (N, C): sum_v p_v W_v
+        n = len(target_rows)
+        expected = (probs @ weight)[:n].float()  # (N, C): sum_v p_v W_v
         grad_hidden = (target_rows.float() - expected).mul_(grad[:, None])
         return grad_hidden.to(ctx.hidden_dtype), None, None, None
 
