@@ -83,25 +83,26 @@ class Bf16OutputHead:
         if head.bias is not None or head.weight.requires_grad:
             raise ValueError("the bf16 output head needs a frozen head without bias")
         self.head = head
-        self._weights: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._weights: tuple[tuple, torch.Tensor] | None = None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(V, C') bf16 ``[W, 1, 0...]`` (C' a multiple of 32) and (V, C) bf16 ``W``. Made once,
-        and again only if the head's weight changes (it is frozen)."""
+        """(V, C') bf16 ``[W, 1, 0...]`` (C' a multiple of 32) and its first C columns, ``W`` in
+        bf16 (a view: the matmul reads it in place as fast). Made once, and again only if the
+        head's weight changes (it is frozen)."""
         weight = self.head.weight
         key = (weight.data_ptr(), weight._version, weight.device)
         if self._weights is None or self._weights[0] != key:
             vocab, width = weight.shape
             padded = -(-(width + 1) // _COLUMN_MULTIPLE) * _COLUMN_MULTIPLE
-            rounded = weight.detach().to(torch.bfloat16)
             augmented = torch.zeros(vocab, padded, dtype=torch.bfloat16, device=weight.device)
-            augmented[:, :width] = rounded
+            augmented[:, :width] = weight.detach()
             augmented[:, width] = 1.0
-            self._weights = (key, augmented, rounded)
-        return self._weights[1], self._weights[2]
+            self._weights = (key, augmented)
+        augmented = self._weights[1]
+        return augmented, augmented[:, : weight.shape[1]]
 
     def target_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(N,) fp32 ``log softmax(W h_n)[targets_n]`` for hidden (N, C), targets (N,)."""
