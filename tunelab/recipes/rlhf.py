@@ -124,7 +124,7 @@ def train_policy(
         order=order,
     )
     fast = run.fast_path(model)
-    lm_head = fast.output_head()  # bf16 in a bf16 run, the target logit kept exact
+    lm_head = fast.output_head()  # bf16 in a bf16 run (tunelab.training.output_head)
     run.keep_checkpoints(model, tokenizer, config.keep_checkpoints, adapters=[POLICY])
 
     # ---------------------------------------------------------------- train

@@ -48,7 +48,7 @@ class FastPath:
     def output_head(self):
         """The model's output head for sequence log-probabilities
         (tunelab.losses.rl.sequence_logprobs): in a bf16 run, one that computes them in bf16
-        with the target logit kept exact (tunelab.training.output_head); the fp32 head
+        with logits rounded near the target's (tunelab.training.output_head); the fp32 head
         otherwise, or if the head is trained or has a bias."""
         head = self.model.get_output_embeddings()
         if self.precision != "bf16" or head.bias is not None or head.weight.requires_grad:
