@@ -31,7 +31,8 @@ requires), score them, compute reference log-probabilities, then one policy forw
 Rollouts run in eval mode; the reward scores, the reference pass and the policy's
 forward/backward all run through the fast path every LoRA recipe shares
 (tunelab.training.fast_path: fused LoRA forward, bf16 where the CPU is fast at it, the tokens
-the samples of a prompt share computed once), the first two without a gradient.
+the samples of a prompt share computed once), the first two without a gradient; in a bf16 run
+the answers' log-probabilities go through the output head in bf16 too (FastPath.output_head).
 Logged per step: mean reward-model score, KL to the reference, answer length, the penalised
 reward, the loss, and how many answers ended by themselves.
 
