@@ -11,11 +11,15 @@ steadier measure (a parallel region waits for its slowest thread, however busy i
 
 Phases (summed over the steps after the first, which pays one-off kernel choices):
 - ``forward``: the fast path's training forward (FastPath.hidden), packing included;
-- ``loss``: what the recipe computes from the hidden states up to its loss;
+- ``no-grad forward``: its passes without a graph (FastPath.hidden_no_grad: RL's reward scores
+  and reference; DPO's reference pass is timed apart, below);
 - ``backward+step``: TrainingRun.backward_and_step (backward, clipping, fused AdamW);
 - RL only: ``rollout`` (sampling the answers), ``rollout merge`` (refreshing the merged bf16
-  copy the rollouts decode, tunelab.training.sampling_policy), ``score`` (the reward model's pass),
-  ``reference`` (the reference log-probabilities), each inside the step;
+  copy the rollouts decode, tunelab.training.sampling_policy) and ``logprobs``, the answers'
+  log-probabilities from the hidden states (the output head over the vocabulary, for the
+  reference and the policy; its backward is in ``backward+step``), each inside the step; the
+  rest of a step (collation, adapter switches, the loss) is the step's CPU seconds minus the
+  phases;
 - DPO only: ``reference pass``, the reference log-probabilities computed once before step 0.
 Also printed: the tokens of the batches as collated (padding included) against the tokens the
 linear layers computed (after packing), which is what prefix sharing and packing save.
@@ -50,6 +54,7 @@ class Phases:
         self.tokens = {"collated": 0, "computed": 0}
         self.step = 0
         self.counting = False
+        self.no_grad = False
 
     @contextmanager
     def phase(self, name: str):
@@ -86,6 +91,8 @@ def instrument() -> None:
 
     def hidden(self, input_ids, loss_mask):
         phases = CURRENT[0]
+        if phases.no_grad:  # inside hidden_no_grad: timed as its own phase
+            return original_hidden(self, input_ids, loss_mask)
         with phases.phase("forward"):
             out = original_hidden(self, input_ids, loss_mask)
         if phases.counting:
@@ -94,6 +101,19 @@ def instrument() -> None:
         return out
 
     fast_path.FastPath.hidden = hidden
+    original_no_grad = fast_path.FastPath.hidden_no_grad
+
+    def hidden_no_grad(self, input_ids, loss_mask):
+        phases = CURRENT[0]
+        phases.no_grad = True
+        try:
+            with phases.phase("no-grad forward"):
+                return original_no_grad(self, input_ids, loss_mask)
+        finally:
+            phases.no_grad = False
+
+    fast_path.FastPath.hidden_no_grad = hidden_no_grad
+    wrap(rlhf, "sequence_logprobs", "logprobs")
     wrap(run.TrainingRun, "backward_and_step", "backward+step")
     wrap(rlhf, "sample_answers", "rollout")
     try:  # the rollouts' merged bf16 copy of the policy, refreshed before each step's rollouts
@@ -102,7 +122,6 @@ def instrument() -> None:
         wrap(sampling_policy.SamplingPolicy, "current", "rollout merge")
     except ImportError:  # a checkout from before it (profiled side by side with this one)
         pass
-    wrap(rlhf, "score", "score")
     wrap(dpo, "answer_logprobs", "reference pass")
 
     last_decoder_tokens = [0]

@@ -182,3 +182,17 @@ def test_with_adapters_disabled_the_fast_path_computes_the_base_model(models, pa
     for row, n in enumerate(row_lengths(mask)):  # past a row's last target: stand-ins
         torch.testing.assert_close(got[row, : n - p], expected[row, p:n], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, tuned, atol=1e-2)
+
+
+def test_no_grad_pass_leaves_the_mode_it_found_and_computes_alike(models, pairs, tokenizer):
+    """RLOO switches the model to train mode once per step, before its passes without a graph:
+    those compute in the fused path's train mode whatever mode they find, and leave it."""
+    _, fused, fast = models
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    fused.train()
+    in_train, _ = fast.hidden_no_grad(batch.input_ids, batch.response_mask)
+    assert fused.training
+    fused.eval()
+    in_eval, _ = fast.hidden_no_grad(batch.input_ids, batch.response_mask)
+    assert not fused.training and not any(m.training for m in fused.modules())
+    assert torch.equal(in_train, in_eval)

@@ -30,11 +30,16 @@ def sequence_logprobs(
 
     hidden: (B, T, C) final hidden states; input_ids, mask: (B, T). Like the supervised loss,
     logits are computed only at the N positions whose next token is counted, not over the
-    whole vocabulary at every position.
+    whole vocabulary at every position. ``head``: the output projection, or an object with a
+    ``target_logprobs(h, targets)`` method that computes the log-probabilities itself (the bf16
+    head of tunelab.training.output_head, which a bf16 run's fast path hands out).
     """
     select = mask[:, 1:]  # (B, T-1): position t predicts token t+1
-    logits = head(hidden[:, :-1][select]).float()  # (N, V)
-    token_logps = -F.cross_entropy(logits, input_ids[:, 1:][select], reduction="none")  # (N,)
+    h, targets = hidden[:, :-1][select], input_ids[:, 1:][select]  # (N, C), (N,)
+    if hasattr(head, "target_logprobs"):  # a head that computes them its own way (bf16)
+        token_logps = head.target_logprobs(h, targets)  # (N,)
+    else:
+        token_logps = -F.cross_entropy(head(h).float(), targets, reduction="none")  # (N,)
     device = token_logps.device
     rows = torch.arange(len(input_ids), device=device).unsqueeze(1).expand_as(select)[select]
     sums = torch.zeros(len(input_ids), dtype=token_logps.dtype, device=device)  # (B,)

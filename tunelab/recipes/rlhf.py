@@ -32,7 +32,8 @@ Rollouts run in eval mode, from a bf16 copy of the policy with its LoRA merged i
 run computes in bf16 (tunelab.training.sampling_policy); the reward scores, the reference pass
 and the policy's forward/backward all run through the fast path every LoRA recipe shares
 (tunelab.training.fast_path: fused LoRA forward, bf16 where the CPU is fast at it, the tokens
-the samples of a prompt share computed once), the first two without a gradient.
+the samples of a prompt share computed once), the first two without a gradient; in a bf16 run
+the answers' log-probabilities go through the output head in bf16 too (FastPath.output_head).
 Logged per step: mean reward-model score, KL to the reference, answer length, the penalised
 reward, the loss, and how many answers ended by themselves.
 
@@ -117,7 +118,6 @@ def train_policy(
     model.set_adapter(POLICY)
     run.place(model)  # policy, reward adapter and reference: one copy on the run's device
     reward_head = run.place(load_head(reward_model_dir))
-    lm_head = model.get_output_embeddings()
     k = config.samples_per_prompt
     order = BatchOrder([len(p.input_ids) for p in prompts], config.prompts_per_step, config.seed)
     run.start(
@@ -128,6 +128,7 @@ def train_policy(
     )
     fast = run.fast_path(model)
     sampling = SamplingPolicy(model, fast.precision, adapter=POLICY)  # what rollouts decode
+    lm_head = fast.output_head()  # bf16 in a bf16 run (tunelab.training.output_head)
     run.keep_checkpoints(model, tokenizer, config.keep_checkpoints, adapters=[POLICY])
 
     # ---------------------------------------------------------------- train
@@ -154,6 +155,7 @@ def train_policy(
             ),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
+        model.train()  # from here on: the policy pass needs it; hidden_no_grad sets its own
         prompt_of = [p.input_ids for p in batch_prompts for _ in range(k)]
         batch = collate([sequence(p, a) for p, a in zip(prompt_of, answers, strict=True)], pad_id)
         batch = run.batch(batch)
@@ -177,7 +179,6 @@ def train_policy(
                 reference = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
 
         # 3. One policy-gradient step with RLOO advantages on the KL-penalised rewards.
-        model.train()
         hidden, p = fast.hidden(ids, mask)  # (N, T - p, C): the shared prompt prefix p once
         logprobs = sequence_logprobs(hidden, lm_head, ids[:, p:], mask[:, p:])  # (N,)
         kl = kl_penalty(logprobs.detach(), reference) if reference is not None else None

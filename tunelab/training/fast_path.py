@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tunelab.training.fused_lora import fuse_lora_for_training, is_fused
+from tunelab.training.output_head import Bf16OutputHead
 from tunelab.training.precision import matmul_row_multiple
 from tunelab.training.prefix_sharing import can_share_prefix, decoder_hidden
 
@@ -33,6 +34,7 @@ class FastPath:
     fused: bool
     share_prefix: bool
     row_multiple: int
+    _bf16_head: Bf16OutputHead | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def install(cls, model: torch.nn.Module, precision: str) -> FastPath:
@@ -42,6 +44,18 @@ class FastPath:
         return cls(
             model, precision, fused, can_share_prefix(model), matmul_row_multiple(precision, device)
         )
+
+    def output_head(self):
+        """The model's output head for sequence log-probabilities
+        (tunelab.losses.rl.sequence_logprobs): in a bf16 run, one that computes them in bf16
+        with logits rounded near the target's (tunelab.training.output_head); the fp32 head
+        otherwise, or if the head is trained or has a bias."""
+        head = self.model.get_output_embeddings()
+        if self.precision != "bf16" or head.bias is not None or head.weight.requires_grad:
+            return head
+        if self._bf16_head is None or self._bf16_head.head is not head:
+            self._bf16_head = Bf16OutputHead(head)
+        return self._bf16_head
 
     def autocast(self):
         """bf16 autocast for a model the fused forward does not cover; a no-op otherwise."""
@@ -75,11 +89,13 @@ class FastPath:
         # Train mode is what makes the fused norms hand the blocks the compute dtype (eval
         # mode computes fp32, as evaluation must); the fused path has no dropout it would
         # switch on. PEFT's forward (a model the fused path does not cover) stays in eval mode.
-        self.model.train(self.fused)
+        if training != self.fused:  # Module.train walks every module: only when it changes
+            self.model.train(self.fused)
         try:
             return self.hidden(input_ids, loss_mask)
         finally:
-            self.model.train(training)
+            if self.model.training != training:
+                self.model.train(training)
 
 
 def _compute_dtype(precision: str) -> torch.dtype:
