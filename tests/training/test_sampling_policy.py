@@ -13,7 +13,7 @@ from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.lora import LORA_TARGETS, with_lora
-from tunelab.training.sampling_policy import SamplingPolicy
+from tunelab.training.sampling_policy import PrepackedLinear, SamplingPolicy
 
 
 def policy(model_dir, seed=0):
@@ -59,6 +59,30 @@ def test_the_copy_computes_the_policys_logits_and_follows_every_adapter_change(t
     assert (stale - after).abs().max() > 10 * tolerance  # not refreshed yet: the old policy
     assert sampling.current() is copy  # refreshed in place: no second copy
     torch.testing.assert_close(logits(copy, ids), after, atol=tolerance, rtol=0)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+def test_prepacked_layers_compute_exactly_the_plain_bf16_matmul_after_every_merge(tiny_model_dir):
+    model = policy(tiny_model_dir)
+    sampling = SamplingPolicy(model, "bf16")
+    copy = sampling.current()
+    packed = [m for m in copy.modules() if isinstance(m, PrepackedLinear)]
+    assert packed and copy.lm_head in packed  # every linear layer, the output head included
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight  # still tied
+
+    def exact():
+        for layer in packed:
+            x = torch.randn(3, 2, layer.in_features).bfloat16()  # (B, T, in): as decode calls
+            plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            assert torch.equal(layer(x), plain)  # the same kernel, the reorder done ahead
+
+    exact()
+    with torch.no_grad():  # an adapter update: the merged weights change, the packs must too
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.neg_()
+    sampling.current()
+    exact()
 
 
 def test_the_merged_weights_are_one_rounding_of_w_plus_scaled_ba(tiny_model_dir):
