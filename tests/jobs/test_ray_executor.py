@@ -157,7 +157,11 @@ def assert_same_adapter(services, name, reference_dir: Path) -> None:
     assert got.keys() == want.keys()
     assert max(want[k].abs().max() for k in want if "lora_B" in k) > 1e-3  # it trained
     for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
+        # The tolerance of the other data-parallel tests: the one-process reference sums the
+        # batch in one matmul, the ranks in two plus an all-reduce, and how many threads split
+        # each matmul (which earlier tests in this process may have set) moves the last bits;
+        # AdamW's normalised steps carry that to ~2e-5 after the run. A wrong run is off by 1e-3+.
+        torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=1e-3)
 
 
 @contextlib.contextmanager
