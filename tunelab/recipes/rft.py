@@ -43,11 +43,10 @@ from tunelab.evaluation.generate import greedy_answers
 from tunelab.graders.build import Grader, Grades, ModelLocator, build_grader
 from tunelab.losses.grpo import group_advantages, grpo_loss, k3_kl, token_logprobs
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
-from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
-from tunelab.training.sampling_policy import SamplingPolicy
+from tunelab.training.sampling_policy import SamplingPolicy, rollout_params
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +106,7 @@ def train_rft(
             ModelRunner(sampling.current(), tokenizer),
             [prompts[i].input_ids for i in batch],
             k,
-            GenerationParams.model_construct(  # unchecked: the config bounds every field
-                temperature=config.temperature,
-                top_k=0,
-                top_p=1.0,
-                max_output_tokens=config.target_sequence_length,
-                seed=seed,
-            ),
+            rollout_params(config.temperature, config.target_sequence_length, seed),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
 

@@ -69,11 +69,10 @@ from tunelab.losses.rl import (
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.models.reward_head import load_head, rewards_at, score
-from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
-from tunelab.training.sampling_policy import SamplingPolicy
+from tunelab.training.sampling_policy import SamplingPolicy, rollout_params
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +145,8 @@ def train_policy(
             ModelRunner(sampling.current(), tokenizer),  # the adapter as it is now
             [p.input_ids for p in batch_prompts],
             k,
-            GenerationParams.model_construct(  # unchecked: the config bounds the length
-                temperature=1.0,  # the policy's own distribution, as REINFORCE requires
-                top_k=0,
-                top_p=1.0,
-                max_output_tokens=config.target_sequence_length,
-                seed=seed,
-            ),
+            # temperature 1: the policy's own distribution, as REINFORCE requires
+            rollout_params(1.0, config.target_sequence_length, seed),
         )  # P*k answers, prompt-major: answers[i*k + j] is the j-th answer to prompt i
         rollout_seconds = run.step_seconds()
         model.train()  # from here on: the policy pass needs it; hidden_no_grad sets its own

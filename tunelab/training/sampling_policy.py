@@ -41,6 +41,8 @@ import logging
 
 import torch
 
+from tunelab.serving.generation import GenerationParams
+
 logger = logging.getLogger(__name__)
 
 
@@ -239,3 +241,17 @@ def _unmergeable(model: torch.nn.Module, adapter: str) -> str | None:
         if layer.merged:
             return "an adapter already merged into the live weights"
     return None
+
+
+def rollout_params(temperature: float, max_output_tokens: int, seed: int) -> GenerationParams:
+    """How RL rollouts sample: the policy's whole distribution at ``temperature`` (no top-k or
+    top-p cut, which would make the samples come from another policy than the one the loss
+    scores), at most ``max_output_tokens``, seeded. Unchecked: the recipes' configs bound every
+    field already."""
+    return GenerationParams.model_construct(
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_output_tokens=max_output_tokens,
+        seed=seed,
+    )
