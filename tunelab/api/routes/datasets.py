@@ -3,17 +3,13 @@ preference pairs or prompts)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 from fastapi import APIRouter, Query, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.errors import ApiError
+from tunelab.api.uploads import register_upload
 from tunelab.config import DEFAULT_BASE_MODEL
-from tunelab.registry.datasets import get_dataset, list_datasets, register_dataset
+from tunelab.registry.datasets import get_dataset, list_datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -31,19 +27,9 @@ def dataset_view(d) -> dict:
 @router.post("", status_code=201)
 async def upload(file: UploadFile, services: ServicesDep) -> dict:
     """Store a JSONL file; the same bytes always give the same dataset id."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.jsonl"  # never the client's filename as a path
-        with open(path, "wb") as out:
-            await run_in_threadpool(shutil.copyfileobj, file.file, out, 1 << 20)
-        # The client's name is recorded for display (the Studio's View code names the file by
-        # it), as OpenAI's /v1/files does; it was only echoed, so the dataset said upload.jsonl.
-        dataset = await run_in_threadpool(
-            register_dataset,
-            services.db,
-            services.artifacts,
-            path,
-            (file.filename or "upload.jsonl")[:255],
-        )
+    # The client's name is recorded for display (the Studio's View code names the file by it),
+    # as OpenAI's /v1/files does.
+    dataset = await register_upload(services, file)
     view = dataset_view(dataset)
     if file.filename:
         view["filename"] = file.filename[:255]

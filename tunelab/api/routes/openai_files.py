@@ -3,19 +3,16 @@ content-addressed), so a file uploaded here is a dataset of the Vertex-style API
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Form, Query, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from tunelab.api.deps import ServicesDep
 from tunelab.api.openai_errors import OpenAIError, OpenAIRoute
 from tunelab.api.openai_views import file_object, files_page
-from tunelab.registry.datasets import DatasetInUse, delete_dataset, get_dataset, register_dataset
+from tunelab.api.uploads import register_upload
+from tunelab.registry.datasets import DatasetInUse, delete_dataset, get_dataset
 
 router = APIRouter(prefix="/v1/files", tags=["openai files"], route_class=OpenAIRoute)
 
@@ -30,19 +27,11 @@ async def create(services: ServicesDep, file: UploadFile, purpose: str = Form(..
             f"purpose {purpose[:40]!r} is not supported; TuneLab stores files for 'fine-tune'",
             "purpose",
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.jsonl"  # never the client's filename as a path
-        with open(path, "wb") as out:
-            await run_in_threadpool(shutil.copyfileobj, file.file, out, 1 << 20)
-        if path.stat().st_size == 0:
-            raise OpenAIError(400, "empty_file", "the uploaded file is empty", "file")
-        dataset = await run_in_threadpool(
-            register_dataset,
-            services.db,
-            services.artifacts,
-            path,
-            (file.filename or "upload.jsonl")[:255],
-        )
+    dataset = await register_upload(
+        services,
+        file,
+        refuse_empty=lambda: OpenAIError(400, "empty_file", "the uploaded file is empty", "file"),
+    )
     return file_object(dataset)
 
 
