@@ -55,6 +55,7 @@ def test_the_method_listing_and_the_job_body_come_from_the_method_table(http, mo
             "kind": None,
         },
     ]
+    assert listed["grown"]["aliases"] == {}
     assert listed["grown"]["title"] == "grown"  # no title in the table: its key
     assert listed["grown"]["description"].startswith("Supervised fine-tuning")  # the docstring's
     assert [r["role"] for r in listed["rlhf"]["dataset_roles"]] == ["preference", "prompts", "eval"]
@@ -109,6 +110,22 @@ def test_a_held_out_set_gets_no_training_size_advice(http, tmp_path, tiny_base):
     assert not any("16" in w or "recommended" in w for w in held_out["warnings"])
     bad = http.get(f"/v1/datasets/{ds}/validation", params=params | {"purpose": "other"})
     assert bad.status_code == 422
+
+
+def test_the_listing_names_each_role_alias_a_job_body_may_use(http):
+    """DPO takes its pairs as ``train`` too (REST's train_dataset, OpenAI's training_file): the
+    listing says so, and the alias it lists is accepted where the role is."""
+    listed = {m["method"]: m for m in http.get("/v1/tuningMethods").json()["tuning_methods"]}
+    assert listed["dpo"]["aliases"] == {"train": "preference"}
+    assert all(listed[m]["aliases"] == dict(METHODS[m].role_aliases) for m in METHODS)
+    for method in listed.values():
+        roles = {r["role"] for r in method["dataset_roles"]}
+        assert set(method["aliases"].values()) <= roles, method["method"]
+        assert not set(method["aliases"]) & roles, method["method"]
+    from tunelab.jobs.methods import check_dataset_roles
+
+    for alias in listed["dpo"]["aliases"]:
+        check_dataset_roles("dpo", [alias])  # a listed alias stands for the required role
 
 
 def test_the_studio_form_reads_titles_kinds_and_layout_from_the_listing(http):

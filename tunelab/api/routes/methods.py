@@ -4,7 +4,9 @@ The schema carries every parameter's type, bounds, default, description and labe
 parameters a form shows first (``x-form``, tunelab/configs/form.py), so a client (the Studio's
 create form) builds its fields from it: a default is written once, on the config class
 (tunelab/configs/). Methods, their titles, schemas and dataset roles (with the ``kind`` the
-Studio checks each file as) come from the one method table (tunelab/jobs/methods.py).
+Studio checks each file as) come from the one method table (tunelab/jobs/methods.py), with
+``aliases``: the other names a role is accepted under, ``{alias: role}`` (DPO takes its preference
+pairs as ``train`` too), so a client can discover every name a job body may use.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def list_() -> dict:
                     }
                     for r in spec.dataset_roles
                 ],
+                "aliases": dict(spec.role_aliases),
             }
             for method, spec in METHODS.items()
         ]
