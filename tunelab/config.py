@@ -45,6 +45,10 @@ class Settings:
     """How long an export archive the server made (``POST /v1/tunedModels/{name}:export``) stays
     downloadable (``TUNELAB_EXPORT_TTL_HOURS``); then it is deleted (tunelab.export.archive).
     0 keeps them until deleted by hand."""
+    artifact_cache_gb: float = 20.0
+    """Size cap of the local cache of a remote artifact store's downloads
+    (``TUNELAB_ARTIFACT_CACHE_GB``; 0: no cap); least recently used entries are pruned first
+    (tunelab.registry.artifact_cache)."""
 
     @property
     def model_cache(self) -> Path:
@@ -83,6 +87,7 @@ def get_settings() -> Settings:
         executor=os.environ.get("TUNELAB_EXECUTOR") or "local",
         ray_address=os.environ.get("TUNELAB_RAY_ADDRESS") or None,
         export_ttl_hours=_hours("TUNELAB_EXPORT_TTL_HOURS", 24.0),
+        artifact_cache_gb=_gigabytes("TUNELAB_ARTIFACT_CACHE_GB", 20.0),
     )
 
 
@@ -99,3 +104,17 @@ def _hours(name: str, default: float) -> float:
     if not hours >= 0 or hours == float("inf"):
         raise ValueError(f"{name}={text!r}: expected a number of hours >= 0 (0: never)")
     return hours
+
+
+def _gigabytes(name: str, default: float) -> float:
+    """A size in GB from the environment, refused by name when it is not one (0: no cap)."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        size = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a size in GB (0: no cap)") from None
+    if not size >= 0 or size == float("inf"):
+        raise ValueError(f"{name}={text!r}: expected a size in GB >= 0 (0: no cap)")
+    return size

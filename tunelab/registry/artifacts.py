@@ -20,6 +20,7 @@ import fsspec
 
 from tunelab.bundle import sha256_file
 from tunelab.config import get_settings
+from tunelab.registry.artifact_cache import ArtifactCache
 from tunelab.training.atomic import fsync_tree
 
 SAFE_KEY = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
@@ -89,22 +90,18 @@ class ArtifactStore:
         return StoredArtifact(self.uri(key), digest, size)
 
     def local_path(self, uri: str) -> Path:
-        """A local path to read the artifact from: itself when local, else a cached download."""
+        """A local path to read the artifact from: itself when local, else a cached download
+        (kept under ``TUNELAB_ARTIFACT_CACHE_GB``, least recently used pruned first:
+        tunelab.registry.artifact_cache)."""
         if self.is_local:
             return Path(uri)
-        cache = self._cache_path(uri)
-        if not cache.exists():
-            tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
-            self.fs.get(uri, str(tmp / "x"), recursive=True)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / "x", cache)
-        return cache
+        return _cache().fetch(
+            self._cache_path(uri), lambda dest: self.fs.get(uri, dest, recursive=True)
+        )
 
     @staticmethod
     def _cache_path(uri: str) -> Path:
-        return (
-            get_settings().home / "artifact-cache" / hashlib.sha256(uri.encode()).hexdigest()[:24]
-        )
+        return _cache().root / hashlib.sha256(uri.encode()).hexdigest()[:24]
 
     def read_text(self, uri: str) -> str:
         """A small artifact's text, read without keeping a cached copy."""
@@ -145,11 +142,13 @@ class ArtifactStore:
         else:
             if self.fs.exists(uri):
                 self.fs.rm(uri, recursive=True)
-            cached = self._cache_path(uri)  # local_path's download goes with it
-            if cached.is_dir():
-                shutil.rmtree(cached, ignore_errors=True)
-            else:
-                cached.unlink(missing_ok=True)
+            _cache().discard(self._cache_path(uri))  # local_path's download goes with it
+
+
+def _cache() -> ArtifactCache:
+    settings = get_settings()
+    cap = settings.artifact_cache_gb
+    return ArtifactCache(settings.home / "artifact-cache", int(cap * 1e9) if cap else None)
 
 
 def open_artifact_store(url: str | None = None) -> ArtifactStore:
