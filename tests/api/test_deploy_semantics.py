@@ -239,7 +239,14 @@ def test_deploy_policy_if_better_deploys_or_registers_only_saying_why(
             "tuned_model_display_name": "policy-model",
             "train_dataset": train,
             "validation_dataset": validation_id,
-            "config": {"base_model": tiny_base, "eval_every_steps": 1, **config},
+            # No kept checkpoints: the policy compares versions, and each kept checkpoint
+            # would be evaluated (generated from) too; tests/api/test_checkpoints.py has them.
+            "config": {
+                "base_model": tiny_base,
+                "eval_every_steps": 1,
+                "keep_checkpoints": 0,
+                **config,
+            },
         }
         job = http.post("/v1/tuningJobs", json=body).json()
         assert Worker(services.db, services.artifacts).run_job(job["id"]).state == "SUCCEEDED"

@@ -26,7 +26,9 @@ def test_every_route_but_health_refuses_without_a_valid_key(services, api_key, i
     app = create_app(services, inference=StubPool() if inference else None)
     routes = sorted(set(all_routes(app)))
     assert len(routes) > 10
-    with LiveServer(app) as server:
+    # One client for every request (httpx.request makes one, with its TLS context, per call);
+    # the server sets no cookies, so a request carries only the headers given here.
+    with LiveServer(app) as server, httpx.Client() as client:
         for method, path in routes:
             url = server.url + re.sub(r"\{[^}]+\}", "x", path)
             for headers in (
@@ -34,7 +36,8 @@ def test_every_route_but_health_refuses_without_a_valid_key(services, api_key, i
                 {"Authorization": "Bearer tl-nothere.wrong"},
                 {"Authorization": api_key + "x"},
             ):
-                response = httpx.request(method, url, headers=headers, json={})
+                response = client.request(method, url, headers=headers, json={})
+                assert not client.cookies
                 if path == "/health":
                     assert response.status_code == 200, path
                     continue
