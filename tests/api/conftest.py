@@ -36,9 +36,8 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'tunelab.db'}"
 
 
-@pytest.fixture
-def tuned_server(services, api_key, tmp_path, tiny_model_dir):
-    """A server with inference and one tuned model, ``shape-model``, deployed on its endpoint:
+def _serve_tuned_model(services, api_key, folder, tiny_model_dir):
+    """Train ``shape-model`` (4 steps on the tiny model), deploy it and serve it with inference:
     yields (server, key, endpoint id, pool)."""
     from support import LiveServer, write_jsonl
 
@@ -54,7 +53,7 @@ def tuned_server(services, api_key, tmp_path, tiny_model_dir):
         services.db,
         services.artifacts,
         name="shape-model",
-        datasets={"train": write_jsonl(tmp_path / "shape.jsonl", rows)},
+        datasets={"train": write_jsonl(folder / "shape.jsonl", rows)},
         config=SFTConfig(base_model=str(tiny_model_dir), train_steps=4),
     )
     assert Worker(services.db, services.artifacts).run_job(job.id).state == "SUCCEEDED"
@@ -66,6 +65,49 @@ def tuned_server(services, api_key, tmp_path, tiny_model_dir):
             yield server, api_key, endpoint_id_for("shape-model"), pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def tuned_server(services, api_key, tmp_path, tiny_model_dir):
+    """A server with inference and one tuned model, ``shape-model``, deployed on its endpoint:
+    yields (server, key, endpoint id, pool). For tests that change it (close its engine,
+    undeploy); read-only modules share one: :func:`module_tuned_server`."""
+    yield from _serve_tuned_model(services, api_key, tmp_path, tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory):
+    """One home (database, artifacts, operator bases) for a module whose tests share a server,
+    so what it serves is trained once per module, not per test. Such a module also overrides
+    the suite's per-test ``tunelab_home`` with this one (the server reads it at each request)::
+
+        @pytest.fixture(autouse=True)
+        def tunelab_home(module_home):
+            return module_home / "tunelab-home"
+    """
+    root = tmp_path_factory.mktemp("module-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELAB_HOME", str(root / "tunelab-home"))
+        mp.setenv("TUNELAB_DATABASE_URL", f"sqlite:///{root / 'tunelab.db'}")
+        mp.setenv("TUNELAB_ARTIFACTS_URL", str(root / "artifacts"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def module_services(module_home):
+    """Services and an admin key over :func:`module_home`: (services, key)."""
+    from tunelab.auth import create_key
+    from tunelab.services import open_services
+
+    services = open_services()
+    return services, create_key(services.db, "tests").secret
+
+
+@pytest.fixture(scope="module")
+def module_tuned_server(module_home, module_services, tiny_model_dir):
+    """:func:`tuned_server`, made once for a module whose tests only read it."""
+    services, api_key = module_services
+    yield from _serve_tuned_model(services, api_key, module_home, tiny_model_dir)
 
 
 @pytest.fixture

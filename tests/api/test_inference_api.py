@@ -30,11 +30,25 @@ def rows(n, seed):
     ]
 
 
-@pytest.fixture
-def served(services, api_key, tmp_path, tiny_base):
-    """A server with three tuned adapters on the tiny base model and a worker thread."""
+@pytest.fixture(autouse=True)
+def tunelab_home(module_home):
+    """Overrides the suite's per-test home: the shared server reads this one (conftest's
+    module_home)."""
+    return module_home / "tunelab-home"
+
+
+@pytest.fixture(scope="module")
+def served(module_home, module_services, tiny_model_dir):
+    """A server with three tuned adapters on the tiny base model and a worker thread, shared by
+    the module's tests, which train them once (the tests only add models: the SDK test tunes
+    ``sdk-model``)."""
+    from tunelab.models.bases import add_base
+
+    services, api_key = module_services
+    tiny_base = "tiny-llama"
+    add_base(tiny_base, str(tiny_model_dir))
     for k in range(3):
-        train = write_jsonl(tmp_path / f"t{k}.jsonl", rows(24, k))
+        train = write_jsonl(module_home / f"t{k}.jsonl", rows(24, k))
         job, _ = submit_job(
             services.db,
             services.artifacts,

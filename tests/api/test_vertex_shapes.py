@@ -9,9 +9,23 @@ fields this server does not implement refused by name."""
 import json
 
 import httpx
+import pytest
 
 PLACE = "projects/proj/locations/us-central1"
 LONG = "hello " * 9000  # over the tiny model's 8192 positions
+
+
+@pytest.fixture(autouse=True)
+def tunelab_home(module_home):
+    """Overrides the suite's per-test home: this module's tests share one server (conftest's
+    module_home), which reads this one."""
+    return module_home / "tunelab-home"
+
+
+@pytest.fixture
+def tuned_server(module_tuned_server):
+    """These tests only read the served model: one server for the module, trained once."""
+    return module_tuned_server
 
 
 def _openai(server, key, messages, **kw):

@@ -30,9 +30,18 @@ def tiny_config(tiny_model_dir, **overrides):
     return SFTConfig(**values)
 
 
-def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, color_data):
-    train, val = color_data
-    result = train_sft(tiny_config(tiny_model_dir), train, tmp_path / "run", val)
+@pytest.fixture(scope="module")
+def colors_run(tmp_path_factory, tiny_model_dir):
+    """One 24-step run of the colour task with validation, read by the two tests below (each
+    trained its own, identical, run): (run folder, result, validation file)."""
+    root = tmp_path_factory.mktemp("sft-colors")
+    train = write_jsonl(root / "train.jsonl", color_rows(48))
+    val = write_jsonl(root / "val.jsonl", color_rows(16, offset=1000))  # as conftest's color_data
+    return root / "run", train_sft(tiny_config(tiny_model_dir), train, root / "run", val), val
+
+
+def test_tiny_model_learns_and_writes_the_bundle(colors_run):
+    run, result, _ = colors_run
 
     rows = [
         json.loads(line) for line in (result.adapter_dir / "metrics.jsonl").read_text().splitlines()
@@ -65,13 +74,12 @@ def test_tiny_model_learns_and_writes_the_bundle(tmp_path, tiny_model_dir, color
     assert manifest["files"]["adapter_model.safetensors"]
     assert manifest["usage"]["trained_tokens"] > 0
     assert (result.adapter_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing left to resume
+    assert not (run / "checkpoints").exists()  # nothing left to resume
 
 
-def test_reloaded_adapter_gives_the_recorded_eval_loss(tmp_path, tiny_model_dir, color_data):
+def test_reloaded_adapter_gives_the_recorded_eval_loss(tiny_model_dir, colors_run):
     """The bundle holds the best evaluated adapter: reloading it reproduces that evaluation."""
-    train, val = color_data
-    result = train_sft(tiny_config(tiny_model_dir), train, tmp_path / "run", val)
+    _, result, val = colors_run
     tokenizer = load_tokenizer(result.adapter_dir)
     examples, _ = load_supervised(val, tokenizer, max_seq_length=1024)
     model = PeftModel.from_pretrained(load_causal_lm(tiny_model_dir), result.adapter_dir)
