@@ -56,12 +56,12 @@ def test_a_batch_multiplies_only_the_columns_of_its_adapters(tiny_model_dir, bun
     layer = next(iter(cache._layers.values()))
     at, rank, _ = layer.blocks["m1"]
     cache.select(["m1", None, "m1"])
-    plan = cache._plan_for(layer.layout)
-    assert (plan.lo, plan.hi) == (at, at + rank) and plan.mask.shape == (3, 1, rank)
-    assert plan.mask[1].abs().sum() == 0  # the base row adds nothing
+    lo, hi, mask = cache._plan_for(layer.layout)
+    assert (lo, hi) == (at, at + rank) and mask.shape == (3, 1, rank)
+    assert mask[1].abs().sum() == 0  # the base row adds nothing
     cache.select(["m0", "m2"])
-    plan = cache._plan_for(layer.layout)
-    assert (plan.lo, plan.hi) == (0, sum(r for _, r, _ in layer.layout))
+    lo, hi, mask = cache._plan_for(layer.layout)
+    assert (lo, hi) == (0, sum(r for _, r, _ in layer.layout))
 
 
 def test_masks_are_kept_while_the_rows_stay_and_rebuilt_when_they_change(tiny_model_dir, bundles):
@@ -160,18 +160,13 @@ def test_decode_products_run_on_one_thread_and_the_count_is_restored(
     from tunelab.serving import adapters
 
     seen = []
+    real = adapters._add_lora
 
-    def spy_on(name):
-        real = getattr(adapters, name)
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
 
-        def spy(*args):
-            seen.append(torch.get_num_threads())
-            return real(*args)
-
-        monkeypatch.setattr(adapters, name, spy)
-
-    spy_on("_add_lora")  # masked products
-    spy_on("_add_lora_segments")  # rows grouped by adapter
+    monkeypatch.setattr(adapters, "_add_lora", spy)
     cache = loaded(load_causal_lm(tiny_model_dir), bundles)
     ids = torch.randint(0, 1000, (MANY_ROWS, 2))
     before = torch.get_num_threads()

@@ -221,34 +221,31 @@ class _LayerLora:
         if work is None or work[0] != owner._version:  # first call since the rows changed
             plan = owner._plan_for(self.layout)
             if plan is not None:
-                # The used blocks are columns lo:hi: (in, r) and (r, out) views, no copies.
-                plan = (self.At[:, plan.lo : plan.hi], self.Bt[plan.lo : plan.hi], plan)
+                lo, hi, mask = plan  # the used blocks are columns lo:hi; mask (B, 1, hi - lo)
+                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask)  # (in, r), (r, out)
             work = self._work = (owner._version, plan)
         if work[1] is None:  # no row uses an adapter on this layer
             return None
-        At, Bt, plan = work[1]
+        At, Bt, mask = work[1]
         x = args[0]  # (B, T, in)
         out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
         if out2.shape[0] >= MANY_ROWS:  # a prefill
-            mask = plan.mask
             if out2.dtype != At.dtype:  # bf16 activations: bf16 products (AMX) beat fp32 ones
                 At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
             _add_lora(x, out2, At, Bt, mask)
             return output
         threads = torch.get_num_threads()
-        if threads > 1:
-            # A decode step's products are too small to share between threads: on two threads
-            # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
-            # longer when another process holds a core. Setting the count costs ~0.1 us.
-            torch.set_num_threads(1)
+        if threads == 1:
+            _add_lora(x, out2, At, Bt, mask)
+            return output
+        # A decode step's products are too small to share between threads: on two threads
+        # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
+        # longer when another process holds a core. Setting the count costs ~0.1 us.
+        torch.set_num_threads(1)
         try:
-            if plan.segments is not None and x.dim() == 3:
-                _add_lora_segments(x, output, At, Bt, plan.segments)
-            else:
-                _add_lora(x, out2, At, Bt, plan.mask)
+            _add_lora(x, out2, At, Bt, mask)
         finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         return output
 
 
@@ -265,61 +262,6 @@ def _add_lora(
         out2.addmm_(h2, Bt)  # (N, out), in place
     else:
         out2.add_(torch.mm(h2, Bt))
-
-
-@dataclass
-class _Segments:
-    """A batch's rows grouped by adapter, for products over each row's own block only.
-
-    ``slots`` (G * M,): the row of each slot, G the adapters from the first to the last one the
-    batch uses (in block order), M the most rows one of them has; slot g * M + j holds the j-th
-    row of adapter g (padding slots repeat a real row). ``scale`` (G, M, 1): the adapter's
-    scale on real slots, 0 on padding. ``keep``: the real slots when there is padding (their
-    rows are ``rows``), else None (every slot is real and ``rows`` is ``slots``)."""
-
-    rank: int
-    slots: torch.Tensor
-    scale: torch.Tensor
-    keep: torch.Tensor | None
-    rows: torch.Tensor
-
-
-def _add_lora_segments(
-    x: torch.Tensor, output: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, seg: _Segments
-) -> None:
-    """``output[b] += s_a B_a (A_a x[b])`` for each row b of adapter a, in place: the rows
-    gathered by adapter and multiplied by their adapter's factors alone (two batched products
-    over (G, M) slots), rather than every row by every used adapter's columns under a mask.
-
-    Why: in a decode step of 16 rows over 8 rank-8 adapters the masked products spend 7/8 of
-    their arithmetic on zeros; on a CPU these (16, 576) x (576, 64) products are compute-bound
-    in MKL (~45 GFLOP/s on one thread), and the gather and scatter cost less than the
-    arithmetic saved (bench/bench_lora_step.py). x (B, T, in), output (B, T, out); At (in, G r)
-    and Bt (G r, out) the used adapters' columns, each adapter's rank ``seg.rank``."""
-    b, t, width = x.shape
-    g, r = At.shape[1] // seg.rank, seg.rank
-    m = seg.slots.shape[0] // g
-    xs = x.index_select(0, seg.slots).to(At.dtype).view(g, m * t, width)  # (G, M T, in)
-    h = torch.bmm(xs, At.view(width, g, r).transpose(0, 1))  # (G, M T, r)
-    h.view(g, m, t * r).mul_(seg.scale)  # each adapter's scale; 0 on padding slots
-    y = torch.bmm(h, Bt.view(g, r, -1)).view(g * m, t * output.shape[-1])  # (G M, T out)
-    if seg.keep is not None:
-        y = y.index_select(0, seg.keep)
-    output.view(b, -1).index_add_(0, seg.rows, y.to(output.dtype))
-
-
-@dataclass
-class _Plan:
-    """How one layer's LoRA products run for the selected rows: the used adapters' blocks are
-    columns ``lo:hi`` of its factors; ``mask`` (B, 1, hi - lo) holds each row's adapter scale
-    over that adapter's block, 0 elsewhere (the masked products: prefills, and decode steps
-    where grouping rows by adapter does not pay); ``segments`` the rows grouped by adapter for
-    a decode step (None: masked)."""
-
-    lo: int
-    hi: int
-    mask: torch.Tensor
-    segments: _Segments | None
 
 
 @dataclass
@@ -354,7 +296,7 @@ class AdapterCache:
         self._layers: dict[str, _LayerLora] = {}  # module name -> its factors, hooked
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
-        self._plans: dict[tuple, _Plan | None] = {}  # per layout
+        self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
         self._version = 0  # changes with the selection and the loaded adapters
         self.loads = 0
         self.evictions = 0
@@ -395,68 +337,32 @@ class AdapterCache:
         self._rows, self._plans = row_keys, {}
         self._version += 1
 
-    def _plan_for(self, layout: tuple) -> _Plan | None:
-        """For the selected rows and a layer's layout, how its LoRA products run (see
-        :class:`_Plan`); None when no row uses these adapters. Built once per layout and
-        selection."""
+    def _plan_for(self, layout: tuple) -> tuple[int, int, torch.Tensor] | None:
+        """For the selected rows and a layer's layout, ``(lo, hi, mask)``: the blocks of the
+        adapters these rows use lie in columns ``lo:hi`` of the layer's factors, and mask
+        (B, 1, hi - lo) holds each row's adapter scale over that adapter's block, 0 elsewhere.
+        None when no row uses these adapters. Built once per layout and selection."""
         if layout in self._plans:
             return self._plans[layout]
         blocks, at = {}, 0
-        for i, (key, rank, s) in enumerate(layout):
-            blocks[key] = (at, rank, s, i)
+        for key, rank, s in layout:
+            blocks[key] = (at, rank, s)
             at += rank
         used = [blocks[k] for k in set(self._rows) if k in blocks]
         plan = None
         if used:
             # Only the columns between the first and last used block: a batch of one adapter
             # multiplies by its rank, not by the sum of every loaded adapter's.
-            lo = min(a for a, _, _, _ in used)
-            hi = max(a + r for a, r, _, _ in used)
+            lo = min(a for a, _, _ in used)
+            hi = max(a + r for a, r, _ in used)
             mask = torch.zeros((len(self._rows), 1, hi - lo), dtype=self.lora_dtype)
             for b, key in enumerate(self._rows):
                 if key in blocks:
-                    at, rank, s, _ = blocks[key]
+                    at, rank, s = blocks[key]
                     mask[b, 0, at - lo : at - lo + rank] = s
-            first = min(i for _, _, _, i in used)
-            last = max(i for _, _, _, i in used)
-            segments = self._segments(layout[first : last + 1], blocks)
-            plan = _Plan(lo, hi, mask.to(self._device), segments)
+            plan = (lo, hi, mask.to(self._device))
         self._plans[layout] = plan
         return plan
-
-    def _segments(self, span: tuple, blocks: dict) -> _Segments | None:
-        """The rows grouped by adapter over ``span`` (the layout's adapters from the first to
-        the last one the rows use), or None where the masked products are the better choice:
-        adapters of different ranks in the span (the batched products need one rank), or
-        grouping that saves less than half the arithmetic (one adapter's rows, or rows mostly
-        of one adapter: G M slots of rank r against B rows times the span's G r columns)."""
-        rank = span[0][1]
-        if any(r != rank for _, r, _ in span):
-            return None
-        members: dict[str, list[int]] = {key: [] for key, _, _ in span}
-        for b, key in enumerate(self._rows):
-            if key in members:
-                members[key].append(b)
-        g, m = len(span), max(len(v) for v in members.values())
-        if g < 2 or 2 * m > len(self._rows):
-            return None
-        slots, scale, keep, rows = [], torch.zeros((g, m, 1), dtype=self.lora_dtype), [], []
-        for i, (key, _, s) in enumerate(span):
-            mine = members[key]
-            scale[i, : len(mine)] = s
-            keep += range(i * m, i * m + len(mine))
-            rows += mine
-            slots += mine + [mine[0] if mine else 0] * (m - len(mine))
-        device = self._device
-        as_index = dict(dtype=torch.long, device=device)
-        padded = len(keep) < len(slots)
-        return _Segments(
-            rank=rank,
-            slots=torch.tensor(slots, **as_index),
-            scale=scale.to(device),
-            keep=torch.tensor(keep, **as_index) if padded else None,
-            rows=torch.tensor(rows if padded else slots, **as_index),
-        )
 
     # -- loading and eviction -------------------------------------------------------------
     def ensure(self, key: str, folder: Path) -> None:
