@@ -194,6 +194,11 @@ class _LayerLora:
         """(key, rank, scale) in block order: a batch's mask depends only on it."""
         self._work: tuple[int, tuple | None] | None = None
         """(the cache's selection version, (At, Bt, mask) of the selected rows, or None)."""
+        self.group: _SharedInput | None = None
+        """The layers called on the same input as this one (q/k/v, gate/up), whose A factors
+        are one tensor and multiplied at once; None: on its own."""
+        self.group_cols = (0, 0)
+        """This layer's columns in the group's A: (offset, width)."""
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -204,14 +209,23 @@ class _LayerLora:
             self.Bt = torch.cat([self.factors[k].B.t() for k in keys], dim=0).contiguous()
         else:
             self.At, self.Bt = self.At[:, :0], self.Bt[:0]
+        self.group, self.group_cols = None, (0, 0)  # the cache groups the siblings again
         self.blocks, at = {}, 0
         for k in keys:
             f = self.factors[k]
             r = f.A.shape[0]
-            f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
             self.blocks[k] = (at, r, f.scale)
             at += r
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Point each adapter's factors at its block of ``At`` and ``Bt`` again (after they
+        were rebuilt, or moved into a group's tensor)."""
+        for k, (at, r, _) in self.blocks.items():
+            f = self.factors[k]
+            f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
+        self._work = None
 
     def __call__(self, module, args, output):
         owner = self.owner
@@ -235,17 +249,22 @@ class _LayerLora:
             _add_lora(x, out2, At, Bt, mask)
             return output
         threads = torch.get_num_threads()
-        if threads == 1:
-            _add_lora(x, out2, At, Bt, mask)
-            return output
-        # A decode step's products are too small to share between threads: on two threads
-        # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
-        # longer when another process holds a core. Setting the count costs ~0.1 us.
-        torch.set_num_threads(1)
+        if threads > 1:
+            # A decode step's products are too small to share between threads: on two threads
+            # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
+            # longer when another process holds a core. Setting the count costs ~0.1 us.
+            torch.set_num_threads(1)
         try:
-            _add_lora(x, out2, At, Bt, mask)
+            h = None if self.group is None else self.group.product(owner, x)
+            if h is not None:  # this layer's block of the shared product (scaled, masked)
+                at, width = self.group_cols
+                h2 = h.view(out2.shape[0], -1)[:, at : at + width]  # (N, R): a strided view
+                _add_product(out2, h2, self.Bt)
+            else:
+                _add_lora(x, out2, At, Bt, mask)
         finally:
-            torch.set_num_threads(threads)
+            if threads > 1:
+                torch.set_num_threads(threads)
         return output
 
 
@@ -257,11 +276,74 @@ def _add_lora(
     x2 = x.reshape(-1, x.shape[-1]).to(At.dtype)  # (N, in)
     h = torch.mm(x2, At).view(x.shape[0], -1, At.shape[1])  # (B, T, r)
     h.mul_(mask)  # each row keeps its own adapter's block, times its scale
-    h2 = h.view(out2.shape[0], -1)  # (N, r)
+    _add_product(out2, h.view(out2.shape[0], -1), Bt)
+
+
+def _add_product(out2: torch.Tensor, h2: torch.Tensor, Bt: torch.Tensor) -> None:
+    """``out2 += h2 Bt`` in place, h2 (N, r) in Bt's dtype, out2 (N, out) in the model's."""
     if out2.dtype == h2.dtype:
         out2.addmm_(h2, Bt)  # (N, out), in place
     else:
         out2.add_(torch.mm(h2, Bt))
+
+
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling linear layers that Llama-family blocks (llama, mistral, qwen2; transformers' modules
+and :class:`~tunelab.serving.fast_decode.LeanDecoder` alike) call on one input tensor: their
+LoRA A products become one product (:class:`_SharedInput`)."""
+
+
+class _SharedInput:
+    """Layers called on the same input whose adapters are the same (in the same order): their
+    A factors side by side in one tensor, ``[A_q^T | A_k^T | A_v^T]`` (in, R_q + R_k + R_v),
+    of which each layer's ``At`` is a view, so a decode step multiplies its input once for all
+    of them: ``h = (x A_group) * mask``, kept for the next sibling called on the same tensor.
+
+    Why: a decode step's LoRA cost is mostly per-call work, not arithmetic (SmolLM2-135M, 16
+    rows over 8 adapters: grouping rows by adapter to skip the masked zeros made it slower,
+    bench/RESULTS.md); this removes a conversion, an A product and a mask multiply for k, v and
+    up in every block (9 of 35 calls a block). Used when the batch's rows use the first and the
+    last loaded adapter of each sibling (the product spans all their columns anyway); else
+    each layer multiplies its own used columns."""
+
+    def __init__(self, members: list[_LayerLora]):
+        self.members = members
+        self.A = torch.cat([m.At for m in members], dim=1)  # (in, sum R)
+        at = 0
+        for m in members:
+            width = m.At.shape[1]
+            m.At, m.group, m.group_cols = self.A[:, at : at + width], self, (at, width)
+            m.rebind()
+            at += width
+        self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
+
+    def product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
+        """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
+        tensor; None when the rows do not span every member's columns."""
+        version = owner._version
+        last = self._last
+        if last is not None and last[0] is x and last[1] == version:
+            return last[2]
+        if self._mask is None or self._mask[0] != version:
+            self._mask = (version, self._group_mask(owner))
+        mask = self._mask[1]
+        if mask is None or x.dim() != 3:
+            return None
+        h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.A.dtype), self.A)
+        h = h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+        # Holding x keeps its id from being reused by another tensor while the entry lives.
+        self._last = (x, version, h)
+        return h
+
+    def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
+        masks = []
+        for m in self.members:
+            plan = owner._plan_for(m.layout)
+            if plan is None or plan[0] != 0 or plan[1] != m.At.shape[1]:
+                return None
+            masks.append(plan[2])
+        return torch.cat(masks, dim=-1)  # (B, 1, sum R)
 
 
 @dataclass
@@ -395,6 +477,7 @@ class AdapterCache:
                 self._modules[name].register_forward_hook(layer)
             layer.factors[key] = f
             layer.rebuild()
+        self._regroup(factors)
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
         self._plans = {}
         self._version += 1
@@ -424,11 +507,35 @@ class AdapterCache:
             layer = self._layers[name]
             del layer.factors[key]
             layer.rebuild()
+        self._regroup(entry.layers)
         del self._entries[key]
         self._plans = {}
         self._version += 1
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
+
+    def _regroup(self, names) -> None:
+        """Group again the siblings (:data:`SHARED_INPUTS`) of the layers ``names`` that were
+        just rebuilt: siblings share one A tensor when they hold the same adapters in the
+        same order."""
+        parents = set()
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            for siblings in SHARED_INPUTS:
+                if leaf in siblings:
+                    parents.add((parent, siblings))
+        for parent, siblings in parents:
+            members = [
+                self._layers.get(f"{parent}.{leaf}" if parent else leaf) for leaf in siblings
+            ]
+            if any(m is None for m in members):
+                continue
+            if any(m.group is not None for m in members):  # a member not rebuilt: ungroup
+                for m in members:
+                    m.rebuild()
+            keys = [list(m.factors) for m in members]
+            if keys[0] and all(k == keys[0] for k in keys):
+                _SharedInput(members)
 
     def _make_room(self, incoming_bytes: int) -> None:
         def over() -> bool:
