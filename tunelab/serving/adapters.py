@@ -24,6 +24,12 @@ a CPU (:func:`lora_dtype`) even for a bf16 or int8 base model, and a decode step
 on one thread (on two they took twice the CPU time). A prefill's products are large enough for
 bf16 (AMX) to win: from :data:`MANY_ROWS` rows they run in the activations' dtype. Rows
 without adapter get exactly ``y``, and a batch without adapters runs the bare base model.
+Sibling layers called on one input (q/k/v, gate/up: :data:`SHARED_INPUTS`) hold their A
+factors in one tensor, and a decode step multiplies that input once for all of them
+(:class:`_SharedInput`). In place, the cost is mostly per call (~15 us each, ~1,000 a step),
+not arithmetic: grouping the rows by adapter to skip the mask's zeros (gather, two batched
+products over each row's own block, scatter: 1/8 of the arithmetic at 8 adapters) measured
+5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06).
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
