@@ -109,6 +109,22 @@ def test_a_batch_not_spanning_the_adapters_multiplies_its_own_columns(
     assert_rows(mixed, keys, references, 1)
 
 
+def test_a_batch_spanning_most_adapters_shares_the_product_with_the_rest_masked(
+    tiny_model_dir, bundles, references
+):
+    """Rows of a and b, c loaded but unused: the shared product covers c's columns too (masked
+    to 0) and each layer's B product takes only a's and b's."""
+    cache = cache_of(tiny_model_dir, bundles)
+    keys = ["b", "a", None, "a", "b", "b"]
+    mixed = run(cache, keys, IDS[:, :1])
+    group = group_of(cache, ATTN, "q_proj")
+    assert group._last is not None
+    k_at, k_width = cache._layers[f"{ATTN}.k_proj"].group_cols
+    c_cols = group._last[2][:, :, k_at + k_width - 4 : k_at + k_width]  # c's rank-4 block of k
+    assert c_cols.abs().max() == 0
+    assert_rows(mixed, keys, references, 1)
+
+
 def test_a_sibling_called_on_another_tensor_computes_its_own(tiny_model_dir, bundles):
     """The shared product is reused only for the very tensor it was computed on."""
     cache = cache_of(tiny_model_dir, bundles)

@@ -242,11 +242,11 @@ class _LayerLora:
             plan = owner._plan_for(self.layout)
             if plan is not None:
                 lo, hi, mask = plan  # the used blocks are columns lo:hi; mask (B, 1, hi - lo)
-                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask)  # (in, r), (r, out)
+                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask, lo)  # (in, r), (r, out)
             work = self._work = (owner._version, plan)
         if work[1] is None:  # no row uses an adapter on this layer
             return None
-        At, Bt, mask = work[1]
+        At, Bt, mask, lo = work[1]
         x = args[0]  # (B, T, in)
         out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
         if out2.shape[0] >= MANY_ROWS:  # a prefill
@@ -262,10 +262,10 @@ class _LayerLora:
             torch.set_num_threads(1)
         try:
             h = None if self.group is None else self.group.product(owner, x)
-            if h is not None:  # this layer's block of the shared product (scaled, masked)
-                at, width = self.group_cols
-                h2 = h.view(out2.shape[0], -1)[:, at : at + width]  # (N, R): a strided view
-                _add_product(out2, h2, self.Bt)
+            if h is not None:  # this layer's used columns of the shared product, masked
+                at = self.group_cols[0] + lo
+                h2 = h.view(out2.shape[0], -1)[:, at : at + Bt.shape[0]]  # a strided view
+                _add_product(out2, h2, Bt)
             else:
                 _add_lora(x, out2, At, Bt, mask)
         finally:
@@ -308,9 +308,10 @@ class _SharedInput:
     Why: a decode step's LoRA cost is mostly per-call work, not arithmetic (SmolLM2-135M, 16
     rows over 8 adapters: grouping rows by adapter to skip the masked zeros made it slower,
     bench/RESULTS.md); this removes a conversion, an A product and a mask multiply for k, v and
-    up in every block (9 of 35 calls a block). Used when the batch's rows use the first and the
-    last loaded adapter of each sibling (the product spans all their columns anyway); else
-    each layer multiplies its own used columns."""
+    up in every block (9 of 35 calls a block). The shared product covers every loaded adapter's
+    columns (the unused ones masked to 0; each layer's B product still takes only its used
+    columns), so it is used when the batch's adapters span at least half of them; else each
+    layer multiplies its own used columns."""
 
     def __init__(self, members: list[_LayerLora]):
         self.members = members
@@ -326,7 +327,7 @@ class _SharedInput:
 
     def product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
-        tensor; None when the rows do not span every member's columns."""
+        tensor; None when the shared product does not pay (:meth:`_group_mask`)."""
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
@@ -343,13 +344,20 @@ class _SharedInput:
         return h
 
     def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
-        masks = []
-        for m in self.members:
-            plan = owner._plan_for(m.layout)
-            if plan is None or plan[0] != 0 or plan[1] != m.At.shape[1]:
-                return None
-            masks.append(plan[2])
-        return torch.cat(masks, dim=-1)  # (B, 1, sum R)
+        """Each member's mask over its used columns, 0 over the others; None when the used
+        columns are under half of the group's (then the shared product would mostly multiply
+        by adapters no row uses, e.g. one stream's adapter among eight loaded)."""
+        plans = [owner._plan_for(m.layout) for m in self.members]
+        if any(p is None for p in plans):
+            return None
+        if 2 * sum(hi - lo for lo, hi, _ in plans) < self.A.shape[1]:
+            return None
+        mask = torch.zeros((len(owner._rows), 1, self.A.shape[1]), dtype=self.A.dtype)
+        mask = mask.to(self.A.device)
+        for m, (lo, hi, part) in zip(self.members, plans, strict=True):
+            at = m.group_cols[0]
+            mask[:, :, at + lo : at + hi] = part
+        return mask
 
 
 @dataclass
