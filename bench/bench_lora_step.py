@@ -10,7 +10,8 @@ Loads the default model in each precision with 8 random rank-8 adapters on every
 (``time.thread_time``: steady on a machine shared with other work, unlike wall time); with more,
 the process's (``time.process_time``: every torch thread's, their spin-waits included). Scenarios: 16 rows base only, 16 rows
 over 4 adapters, 16 rows over 8 adapters (rows interleaved, as requests arrive), 1 row base,
-1 row with an adapter. ``prefill`` is the CPU time of prefilling the 16 prompts.
+1 row with an adapter. ``prefill`` is the CPU time of prefilling the 16 prompts; ``LoRA hooks``
+the CPU time of a decode step's LoRA hooks alone (:func:`hooks_only`).
 
 ``--against PATH`` runs the same measurement with the ``tunelab`` package of another checkout
 (e.g. the main branch's) in alternating child processes, ``--rounds`` times each, and prints
@@ -84,7 +85,40 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
             if len(keys) > 1:
                 out[f"{name} prefill"] = prefill * 1e3
             runner.reset()
+            if "mixed" in name:
+                out[f"{name} LoRA hooks"] = hooks_only(cache, keys, clock, steps)
     return out
+
+
+def hooks_only(cache, keys: list, clock, steps: int) -> float:
+    """Milliseconds of CPU time per decode step of the LoRA hooks alone: every hooked layer's
+    hook called in model order on a decode step's shapes (one token per row; siblings of one
+    block get one input tensor, as the model calls them), without the base products around
+    them: the LoRA cost with less of the noise of a shared machine."""
+    import torch
+
+    rows = len(keys)
+    modules = dict(cache.model.named_modules())
+    inputs: dict[tuple, torch.Tensor] = {}
+    calls = []
+    for name, layer in cache._layers.items():
+        module = modules[name]
+        parent = name.rpartition(".")[0]
+        key = (parent, module.in_features)
+        if key not in inputs:
+            inputs[key] = torch.randn(rows, 1, module.in_features).to(module.weight.dtype)
+        out = torch.zeros(rows, 1, module.out_features, dtype=module.weight.dtype)
+        calls.append((layer, module, inputs[key], out))
+    cache.select(keys)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: masks and plans built
+            for layer, module, x, out in calls:
+                layer(module, (x,), out)
+        start = clock()
+        for _ in range(steps):
+            for layer, module, x, out in calls:
+                layer(module, (x,), out)
+        return (clock() - start) / steps * 1e3
 
 
 def child(args) -> None:

@@ -24,6 +24,12 @@ a CPU (:func:`lora_dtype`) even for a bf16 or int8 base model, and a decode step
 on one thread (on two they took twice the CPU time). A prefill's products are large enough for
 bf16 (AMX) to win: from :data:`MANY_ROWS` rows they run in the activations' dtype. Rows
 without adapter get exactly ``y``, and a batch without adapters runs the bare base model.
+Sibling layers called on one input (q/k/v, gate/up: :data:`SHARED_INPUTS`) hold their A
+factors in one tensor, and a decode step multiplies that input once for all of them
+(:class:`_SharedInput`). In place, the cost is mostly per call (~15 us each, ~1,000 a step),
+not arithmetic: grouping the rows by adapter to skip the mask's zeros (gather, two batched
+products over each row's own block, scatter: 1/8 of the arithmetic at 8 adapters) measured
+5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06).
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
@@ -194,6 +200,11 @@ class _LayerLora:
         """(key, rank, scale) in block order: a batch's mask depends only on it."""
         self._work: tuple[int, tuple | None] | None = None
         """(the cache's selection version, (At, Bt, mask) of the selected rows, or None)."""
+        self.group: _SharedInput | None = None
+        """The layers called on the same input as this one (q/k/v, gate/up), whose A factors
+        are one tensor and multiplied at once; None: on its own."""
+        self.group_cols = (0, 0)
+        """This layer's columns in the group's A: (offset, width)."""
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -204,14 +215,23 @@ class _LayerLora:
             self.Bt = torch.cat([self.factors[k].B.t() for k in keys], dim=0).contiguous()
         else:
             self.At, self.Bt = self.At[:, :0], self.Bt[:0]
+        self.group, self.group_cols = None, (0, 0)  # the cache groups the siblings again
         self.blocks, at = {}, 0
         for k in keys:
             f = self.factors[k]
             r = f.A.shape[0]
-            f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
             self.blocks[k] = (at, r, f.scale)
             at += r
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Point each adapter's factors at its block of ``At`` and ``Bt`` again (after they
+        were rebuilt, or moved into a group's tensor)."""
+        for k, (at, r, _) in self.blocks.items():
+            f = self.factors[k]
+            f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
+        self._work = None
 
     def __call__(self, module, args, output):
         owner = self.owner
@@ -222,11 +242,11 @@ class _LayerLora:
             plan = owner._plan_for(self.layout)
             if plan is not None:
                 lo, hi, mask = plan  # the used blocks are columns lo:hi; mask (B, 1, hi - lo)
-                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask)  # (in, r), (r, out)
+                plan = (self.At[:, lo:hi], self.Bt[lo:hi], mask, lo)  # (in, r), (r, out)
             work = self._work = (owner._version, plan)
         if work[1] is None:  # no row uses an adapter on this layer
             return None
-        At, Bt, mask = work[1]
+        At, Bt, mask, lo = work[1]
         x = args[0]  # (B, T, in)
         out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
         if out2.shape[0] >= MANY_ROWS:  # a prefill
@@ -235,17 +255,22 @@ class _LayerLora:
             _add_lora(x, out2, At, Bt, mask)
             return output
         threads = torch.get_num_threads()
-        if threads == 1:
-            _add_lora(x, out2, At, Bt, mask)
-            return output
-        # A decode step's products are too small to share between threads: on two threads
-        # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
-        # longer when another process holds a core. Setting the count costs ~0.1 us.
-        torch.set_num_threads(1)
+        if threads > 1:
+            # A decode step's products are too small to share between threads: on two threads
+            # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
+            # longer when another process holds a core. Setting the count costs ~0.1 us.
+            torch.set_num_threads(1)
         try:
-            _add_lora(x, out2, At, Bt, mask)
+            h = None if self.group is None else self.group.product(owner, x)
+            if h is not None:  # this layer's used columns of the shared product, masked
+                at = self.group_cols[0] + lo
+                h2 = h.view(out2.shape[0], -1)[:, at : at + Bt.shape[0]]  # a strided view
+                _add_product(out2, h2, Bt)
+            else:
+                _add_lora(x, out2, At, Bt, mask)
         finally:
-            torch.set_num_threads(threads)
+            if threads > 1:
+                torch.set_num_threads(threads)
         return output
 
 
@@ -257,11 +282,82 @@ def _add_lora(
     x2 = x.reshape(-1, x.shape[-1]).to(At.dtype)  # (N, in)
     h = torch.mm(x2, At).view(x.shape[0], -1, At.shape[1])  # (B, T, r)
     h.mul_(mask)  # each row keeps its own adapter's block, times its scale
-    h2 = h.view(out2.shape[0], -1)  # (N, r)
+    _add_product(out2, h.view(out2.shape[0], -1), Bt)
+
+
+def _add_product(out2: torch.Tensor, h2: torch.Tensor, Bt: torch.Tensor) -> None:
+    """``out2 += h2 Bt`` in place, h2 (N, r) in Bt's dtype, out2 (N, out) in the model's."""
     if out2.dtype == h2.dtype:
         out2.addmm_(h2, Bt)  # (N, out), in place
     else:
         out2.add_(torch.mm(h2, Bt))
+
+
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling linear layers that Llama-family blocks (llama, mistral, qwen2; transformers' modules
+and :class:`~tunelab.serving.fast_decode.LeanDecoder` alike) call on one input tensor: their
+LoRA A products become one product (:class:`_SharedInput`)."""
+
+
+class _SharedInput:
+    """Layers called on the same input whose adapters are the same (in the same order): their
+    A factors side by side in one tensor, ``[A_q^T | A_k^T | A_v^T]`` (in, R_q + R_k + R_v),
+    of which each layer's ``At`` is a view, so a decode step multiplies its input once for all
+    of them: ``h = (x A_group) * mask``, kept for the next sibling called on the same tensor.
+
+    Why: a decode step's LoRA cost is mostly per-call work, not arithmetic (SmolLM2-135M, 16
+    rows over 8 adapters: grouping rows by adapter to skip the masked zeros made it slower,
+    bench/RESULTS.md); this removes a conversion, an A product and a mask multiply for k, v and
+    up in every block (9 of 35 calls a block). The shared product covers every loaded adapter's
+    columns (the unused ones masked to 0; each layer's B product still takes only its used
+    columns), so it is used when the batch's adapters span at least half of them; else each
+    layer multiplies its own used columns."""
+
+    def __init__(self, members: list[_LayerLora]):
+        self.members = members
+        self.A = torch.cat([m.At for m in members], dim=1)  # (in, sum R)
+        at = 0
+        for m in members:
+            width = m.At.shape[1]
+            m.At, m.group, m.group_cols = self.A[:, at : at + width], self, (at, width)
+            m.rebind()
+            at += width
+        self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
+
+    def product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
+        """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
+        tensor; None when the shared product does not pay (:meth:`_group_mask`)."""
+        version = owner._version
+        last = self._last
+        if last is not None and last[0] is x and last[1] == version:
+            return last[2]
+        if self._mask is None or self._mask[0] != version:
+            self._mask = (version, self._group_mask(owner))
+        mask = self._mask[1]
+        if mask is None or x.dim() != 3:
+            return None
+        h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.A.dtype), self.A)
+        h = h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+        # Holding x keeps its id from being reused by another tensor while the entry lives.
+        self._last = (x, version, h)
+        return h
+
+    def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
+        """Each member's mask over its used columns, 0 over the others; None when the used
+        columns are under half of the group's (then the shared product would mostly multiply
+        by adapters no row uses, e.g. one stream's adapter among eight loaded)."""
+        plans = [owner._plan_for(m.layout) for m in self.members]
+        if any(p is None for p in plans):
+            return None
+        if 2 * sum(hi - lo for lo, hi, _ in plans) < self.A.shape[1]:
+            return None
+        mask = torch.zeros((len(owner._rows), 1, self.A.shape[1]), dtype=self.A.dtype)
+        mask = mask.to(self.A.device)
+        for m, (lo, hi, part) in zip(self.members, plans, strict=True):
+            at = m.group_cols[0]
+            mask[:, :, at + lo : at + hi] = part
+        return mask
 
 
 @dataclass
@@ -395,6 +491,7 @@ class AdapterCache:
                 self._modules[name].register_forward_hook(layer)
             layer.factors[key] = f
             layer.rebuild()
+        self._regroup(factors)
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
         self._plans = {}
         self._version += 1
@@ -424,11 +521,35 @@ class AdapterCache:
             layer = self._layers[name]
             del layer.factors[key]
             layer.rebuild()
+        self._regroup(entry.layers)
         del self._entries[key]
         self._plans = {}
         self._version += 1
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
+
+    def _regroup(self, names) -> None:
+        """Group again the siblings (:data:`SHARED_INPUTS`) of the layers ``names`` that were
+        just rebuilt: siblings share one A tensor when they hold the same adapters in the
+        same order."""
+        parents = set()
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            for siblings in SHARED_INPUTS:
+                if leaf in siblings:
+                    parents.add((parent, siblings))
+        for parent, siblings in parents:
+            members = [
+                self._layers.get(f"{parent}.{leaf}" if parent else leaf) for leaf in siblings
+            ]
+            if any(m is None for m in members):
+                continue
+            if any(m.group is not None for m in members):  # a member not rebuilt: ungroup
+                for m in members:
+                    m.rebuild()
+            keys = [list(m.factors) for m in members]
+            if keys[0] and all(k == keys[0] for k in keys):
+                _SharedInput(members)
 
     def _make_room(self, incoming_bytes: int) -> None:
         def over() -> bool:
