@@ -105,7 +105,7 @@ def test_apply_precision_converts_every_linear_layer(tiny_model_dir):
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be one of"):
         apply_precision(model, "int4")
-    both = apply_precision(load_causal_lm(tiny_model_dir), "int8+bf16", dense_rows=3)
+    both = apply_precision(load_causal_lm(tiny_model_dir), "int8+bf16", dense_rows=3, prepack=False)
     layer = both.model.layers[0].mlp.up_proj
     assert isinstance(layer, Int8Linear) and layer.dense_rows == 3
     assert layer.weight.shape == (layer.out_features, layer.in_features)

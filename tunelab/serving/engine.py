@@ -247,7 +247,10 @@ class Engine:
         choice = choose_precision(precision, base, device)
         if precision == "auto":
             logger.info("precision auto: %s (%s)", choice.precision, choice.reason)
-        base = apply_precision(base, choice.precision, dense_rows=choice.dense_rows).to(device)
+        on_cpu = torch.device(device).type == "cpu"  # oneDNN packing is for CPU weights
+        base = apply_precision(
+            base, choice.precision, dense_rows=choice.dense_rows, prepack=on_cpu
+        ).to(device)
         self.precision = choice.precision
         """The precision served in (``auto`` resolved)."""
         self.model = base

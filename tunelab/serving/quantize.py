@@ -36,6 +36,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from tunelab.serving.prepacked import available, pack, packed_linear, prepack_linears
+
 logger = logging.getLogger(__name__)
 
 ServingPrecision = Literal["fp32", "bf16", "int8", "int8+bf16"]
@@ -96,6 +98,24 @@ class Int8Linear(torch.nn.Linear):
         self.dense_rows = dense_rows or (DENSE_ROWS if keep_dense else DEQUANTIZE_ROWS)
         bias = linear.bias
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(act_dtype), False)
+        self.packed: torch.Tensor | None = None
+        """The kept bf16 weight in oneDNN's layout (:meth:`prepack`), then not kept plain."""
+
+    @torch.no_grad()
+    def prepack(self) -> bool:
+        """Hold the kept bf16 weight packed for oneDNN instead of plain: the bf16 products of
+        many rows then skip the per-call reorder of the weight (``prepacked.py``), with
+        bit-identical outputs. ``weight`` becomes an empty stand-in (no third copy). Returns
+        whether it packed (a kept weight on a CPU whose torch build has oneDNN)."""
+        if not self.weight.numel() or self.weight.device.type != "cpu" or not available():
+            return False
+        try:
+            self.packed = pack(self.weight)
+        except RuntimeError as e:  # a oneDNN build without bf16 packing: keep it plain
+            logger.info("int8+bf16 weight not prepacked (%s)", e)
+            return False
+        self.weight = torch.nn.Parameter(self.weight.new_empty((0,)), requires_grad=False)
+        return True
 
     def dequantized(self) -> torch.Tensor:
         """The weight as the int8 kernel sees it, in the activations' dtype: (out, in)."""
@@ -105,8 +125,11 @@ class Int8Linear(torch.nn.Linear):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (N, in)
         if x2.shape[0] >= self.dense_rows:
-            w = self.weight if self.weight.numel() else self.dequantized()
-            y = F.linear(x2, w, self.bias)
+            if self.packed is not None and x2.device.type == "cpu":
+                y = packed_linear(x2, self.packed, self.bias)
+            else:
+                w = self.weight if self.weight.numel() else self.dequantized()
+                y = F.linear(x2, w, self.bias)
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
             if self.bias is not None:
@@ -212,16 +235,28 @@ def _time_products(n_in: int, n_out: int, repeats: int = 5) -> dict[tuple[str, i
 
 
 def apply_precision(
-    model: torch.nn.Module, precision: str, *, dense_rows: int | None = None
+    model: torch.nn.Module,
+    precision: str,
+    *,
+    dense_rows: int | None = None,
+    prepack: bool = True,
 ) -> torch.nn.Module:
     """Convert a loaded fp32 causal LM in place to ``precision`` (one of :data:`PRECISIONS`;
-    resolve ``auto`` with :func:`choose_precision` first); returns it."""
+    resolve ``auto`` with :func:`choose_precision` first); returns it.
+
+    ``prepack``: hold the bf16 weights of the linear layers (``bf16``; the kept copies of
+    ``int8+bf16``) in oneDNN's layout where the model is on a CPU with oneDNN
+    (``prepacked.py``): the same outputs without a reorder of every weight on every call. Pass
+    False for a model that will move to a GPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp32":
         return model
     model.to(torch.bfloat16)
     if precision == "bf16":
+        if prepack:
+            packed = prepack_linears(model)
+            logger.info("bf16: %d linear layers prepacked", len(packed))
         return model
     targets = [
         (name, module)
@@ -237,5 +272,13 @@ def apply_precision(
             child,
             Int8Linear(module, keep_dense=keep, dense_rows=dense_rows),
         )
-    logger.info("%s weight-only: %d linear layers quantized", precision, len(targets))
+    packed = 0
+    if keep and prepack:
+        packed = sum(m.prepack() for m in model.modules() if isinstance(m, Int8Linear))
+    logger.info(
+        "%s weight-only: %d linear layers quantized, %d bf16 copies prepacked",
+        precision,
+        len(targets),
+        packed,
+    )
     return model
