@@ -8,6 +8,8 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
 
 - ``fp32``       the reference; what training and ``tunelab predict`` compute in;
 - ``bf16``       weights and activations in bf16: fastest for batches where the CPU has AMX;
+                 on a CPU the linear weights are prepacked for oneDNN (``prepacked.py``: the
+                 per-call reorder of each weight was ~30% of a single-stream decode step);
 - ``int8``       the base model's linear layers (attention, MLP, and an int8 copy of the output
                  head) hold int8 weights with one fp32-derived scale per output channel
                  (symmetric, round to nearest; the "weight-only int8" of gpt-fast and torchao),
@@ -19,7 +21,7 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
                  instead of 1; fp32 holds 4): steps of few rows stream the int8 weights, steps
                  of many rows (a batch of 16, a prefill) use bf16 matmuls without dequantizing
                  each time. Both paths compute with the same weight values (the int8 ones);
-- ``auto``       measures this CPU (:func:`choose_precision`, ~0.1 s at load).
+- ``auto``       measures this CPU once and picks one of these (``precision_choice.py``).
 
 LoRA adapters still apply per row: an :class:`Int8Linear` is an ``nn.Linear`` to the adapter
 cache (same features, a ``weight`` that carries the dtype), and the LoRA term is added to its
@@ -29,8 +31,6 @@ output by the same hook.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -53,19 +53,8 @@ grows with the rows, is several times a bf16 matmul's: a prefill, not a decode s
 DENSE_ROWS = 4
 """``int8+bf16``: products of at least this many rows use the bf16 copy. Measured (see the
 module doc) int8 wins at 1 row (83 vs 190 us) and loses at 16 (500 vs 190 us), growing ~28 us
-per row: even near 4 rows. ``auto`` measures it on the machine instead."""
-
-BF16_MIN_SPEEDUP = 1.5
-"""``auto`` serves bf16 matmuls only for a clear gain over fp32 at a batch of 16 rows (the
-AMX or AVX512-BF16 case), not for timing noise: bf16 changes greedy text (quality is checked
-by bench/bench_serving.py)."""
-
-PROBE_ROWS = (1, 2, 4, 8, 16)
-"""Row counts ``auto`` times: one stream up to a full default batch."""
-
-INT8_MIN_SPEEDUP = 1.3
-"""``auto`` adds the int8 weights only when one row's product is clearly faster with them than
-with the best float format: the machine is bound by streaming weight bytes."""
+per row: even near 4 rows. ``auto`` measures it on the machine instead
+(``precision_choice.py``)."""
 
 
 class Int8Linear(torch.nn.Linear):
@@ -137,103 +126,6 @@ class Int8Linear(torch.nn.Linear):
         return y.view(*shape[:-1], self.out_features)
 
 
-@dataclass(frozen=True)
-class PrecisionChoice:
-    precision: str
-    """One of :data:`PRECISIONS`."""
-    dense_rows: int | None = None
-    """``int8+bf16``: the measured row count from which bf16 is faster (None: the default)."""
-    reason: str = ""
-
-
-def choose_precision(
-    requested: str, model: torch.nn.Module, device: torch.device | str = "cpu"
-) -> PrecisionChoice:
-    """``requested`` as it is, or for ``auto`` what this machine serves ``model`` fastest in.
-
-    ``auto`` on a CPU times one linear layer of the model's own shape (its largest apart from
-    the output head) at 1 to 16 rows in fp32, bf16 and int8 (~0.1 s), then:
-
-    - bf16 at 16 rows clearly faster than fp32 (AMX, AVX512-BF16): batches in bf16; and if
-      int8 is clearly faster than bf16 for one row as well (weight bytes dominate a single
-      stream), ``int8+bf16``, with bf16 from the row count where it measured faster (plain
-      ``int8`` if that never happens up to 16 rows); otherwise ``bf16``;
-    - else ``fp32``: without fast bf16 matmuls the int8 kernel's bf16 activations and the
-      prefill's bf16 products would be slow, and fp32 is the reference.
-
-    On CUDA ``auto`` is bf16 where the GPU supports it (no int8 kernel is used there).
-    """
-    if requested not in CHOICES:
-        raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {requested!r}")
-    if requested != "auto":
-        return PrecisionChoice(requested, reason="requested")
-    if torch.device(device).type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-        return PrecisionChoice("bf16" if bf16 else "fp32", reason="CUDA")
-    shape = _probe_shape(model)
-    t = _time_products(*shape)
-    batch_gain = t["fp32", 16] / t["bf16", 16]
-    stream_gain = min(t["fp32", 1], t["bf16", 1]) / t["int8", 1]
-    timings = ", ".join(f"{fmt}x{rows} {s * 1e6:.0f}us" for (fmt, rows), s in t.items())
-    reason = (
-        f"layer {shape[0]}->{shape[1]}: bf16 {batch_gain:.2f}x fp32 at 16 rows, int8 "
-        f"{stream_gain:.2f}x the best float at 1 row ({timings})"
-    )
-    if batch_gain < BF16_MIN_SPEEDUP:
-        return PrecisionChoice("fp32", reason=reason)
-    if stream_gain < INT8_MIN_SPEEDUP:
-        return PrecisionChoice("bf16", reason=reason)
-    dense_rows = next((r for r in PROBE_ROWS if t["bf16", r] <= t["int8", r]), None)
-    if dense_rows is None:  # int8 wins even at 16 rows: no use for a bf16 copy
-        return PrecisionChoice("int8", reason=reason)
-    return PrecisionChoice("int8+bf16", dense_rows, reason)
-
-
-def _probe_shape(model: torch.nn.Module) -> tuple[int, int]:
-    """(in, out) of the model's largest linear layer apart from the output head."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    shapes = [
-        (m.in_features, m.out_features)
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m is not head
-    ]
-    return max(shapes or [(1024, 2048)], key=lambda s: s[0] * s[1])
-
-
-def _time_products(n_in: int, n_out: int, repeats: int = 5) -> dict[tuple[str, int], float]:
-    """Best-of-``repeats`` seconds of one (rows, n_in) x (n_in, n_out) product per format and
-    row count, on one thread (the engine's decode steps are timed per thread as well)."""
-    gen = torch.Generator().manual_seed(0)  # the probe must not move the global RNG
-    layer = torch.nn.Linear(n_in, n_out, bias=False)
-    with torch.no_grad():
-        layer.weight.normal_(0, n_in**-0.5, generator=gen)
-    q = Int8Linear(layer, dense_rows=1 << 30)  # always the int8 kernel
-    weights = {"fp32": layer.weight.detach(), "bf16": layer.weight.detach().bfloat16()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out: dict[tuple[str, int], float] = {}
-    try:
-        with torch.inference_mode():
-            for rows in PROBE_ROWS:
-                x = torch.randn(rows, n_in, generator=gen)
-                calls = {
-                    "fp32": lambda x=x: F.linear(x, weights["fp32"]),
-                    "bf16": lambda x=x.bfloat16(): F.linear(x, weights["bf16"]),
-                    "int8": lambda x=x.bfloat16(): q(x),
-                }
-                for fmt, call in calls.items():
-                    call()  # warm-up: first-call dispatch, oneDNN kernel generation
-                    best = float("inf")
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        call()
-                        best = min(best, time.perf_counter() - start)
-                    out[fmt, rows] = best
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
 def apply_precision(
     model: torch.nn.Module,
     precision: str,
@@ -242,7 +134,7 @@ def apply_precision(
     prepack: bool = True,
 ) -> torch.nn.Module:
     """Convert a loaded fp32 causal LM in place to ``precision`` (one of :data:`PRECISIONS`;
-    resolve ``auto`` with :func:`choose_precision` first); returns it.
+    resolve ``auto`` with ``precision_choice.choose_precision`` first); returns it.
 
     ``prepack``: hold the bf16 weights of the linear layers (``bf16``; the kept copies of
     ``int8+bf16``) in oneDNN's layout where the model is on a CPU with oneDNN
