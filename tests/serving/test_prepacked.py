@@ -92,3 +92,31 @@ def test_int8_bf16_packs_its_kept_copy_instead_of_holding_it_plain():
     # Nothing kept to pack (plain int8): nothing packed.
     lean = Int8Linear(linear)
     assert not lean.prepack() and lean.packed is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "int8+bf16"])
+def test_real_model_prepacked_tokens_equal_the_unpacked_ones(default_model_dir, precision):
+    """The default model, a fixed prompt set batched then one alone, greedy: prepacking
+    changes no token (int8+bf16 at its default switch to bf16 products)."""
+    tok = load_tokenizer(default_model_dir)
+    greedy = GenerationParams(temperature=0, max_output_tokens=32)
+    questions = [
+        "Write two sentences about the water cycle.",
+        "What is the capital of France?",
+        "Route this ticket to billing, technical, account or shipping: my parcel is late.",
+    ]
+    groups = [
+        RowGroup(prompt_ids(tok, [{"role": "user", "content": q}]), greedy) for q in questions
+    ]
+    answers = []
+    for prepack in (False, True):
+        model = apply_precision(
+            load_causal_lm(default_model_dir).eval(), precision, prepack=prepack
+        )
+        runner = ModelRunner(model, tok)
+        answers.append(
+            [r.token_ids for r in runner.generate(groups)]
+            + [r.token_ids for r in runner.generate(groups[:1])]
+        )
+    assert answers[0] == answers[1]
