@@ -42,11 +42,28 @@ def test_repack_follows_a_weight_written_in_place():
     assert torch.equal(layer(x), -before)
 
 
+def test_a_layer_held_packed_only_computes_the_same_and_refuses_a_repack():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 160, bias=True).to(torch.bfloat16)
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    layer = PrepackedLinear(linear, keep_plain=False)
+    assert layer.weight.numel() == 0
+    for rows in (1, 7, 16):
+        x = torch.randn(rows, 1, 96).bfloat16()
+        assert torch.equal(layer(x), F.linear(x, weight, bias))
+    with pytest.raises(RuntimeError, match="packed only"):
+        layer.repack()
+
+
 def test_bf16_serving_packs_every_linear_layer_and_keeps_the_head_tied(tiny_model_dir):
     model = apply_precision(load_causal_lm(tiny_model_dir).eval(), "bf16")
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, PrepackedLinear) for m in linears)
-    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: kept plain
+    assert model.lm_head.weight.shape == (model.lm_head.out_features, model.lm_head.in_features)
+    # Every other weight is held once, packed: an empty bf16 stand-in in ``weight``.
+    others = [m for m in linears if m is not model.lm_head]
+    assert all(m.weight.numel() == 0 and m.weight.dtype == torch.bfloat16 for m in others)
     plain = apply_precision(load_causal_lm(tiny_model_dir).eval(), "bf16", prepack=False)
     assert not any(isinstance(m, PrepackedLinear) for m in plain.modules())
     assert prepack_linears(load_causal_lm(tiny_model_dir)) == {}  # fp32 layers stay plain

@@ -12,9 +12,10 @@ Measured on an Intel Xeon with AMX, one thread: a 1536 x 576 product at 16 rows 
 0.081 ms, SmolLM2-135M's output head 4.8 -> 2.6 ms; a whole single-stream decode step of
 SmolLM2-135M in bf16 57.5 -> 44 ms of thread CPU (bench/profile_serving_step.py).
 
-Cost: the packed copy is a second copy of each weight (2 bytes a parameter); ``weight`` stays
-the plain tensor (tied to the embeddings for an output head, merged into by the RL rollouts'
-sampling policy) and is what inputs other than bf16 on the CPU are multiplied with.
+Cost: where the plain weight must stay (the RL rollouts' sampling policy merges into it; an
+output head tied to the embeddings), the packed copy is a second copy of it (2 bytes a
+parameter). The serving engine, which never writes its base weights, keeps only the packed
+copy of the others (``keep_plain=False``).
 
 Used by the serving engine's bf16 and int8+bf16 base model (``quantize.py``) and the RL
 rollouts' merged bf16 policy (``tunelab.training.sampling_policy``).
@@ -52,31 +53,53 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 class PrepackedLinear(torch.nn.Linear):
     """A bf16 CPU ``nn.Linear`` over the same parameters, its weight also packed (see the
-    module doc). Call :meth:`repack` after writing ``weight`` in place."""
+    module doc). Call :meth:`repack` after writing ``weight`` in place.
 
-    def __init__(self, linear: torch.nn.Linear):
+    ``keep_plain=False``: ``weight`` becomes an empty bf16 stand-in (what the serving adapter
+    cache reads: dtype and device), so the weight is held once, packed; inputs are then always
+    multiplied packed (cast to bf16 first), and :meth:`repack` is refused."""
+
+    def __init__(self, linear: torch.nn.Linear, *, keep_plain: bool = True):
         torch.nn.Module.__init__(self)  # not Linear's: it would allocate a fresh weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters
         self.packed = pack(self.weight)
+        self.plain = keep_plain
+        if not keep_plain:
+            self.weight = torch.nn.Parameter(self.weight.new_empty((0,)), requires_grad=False)
 
     @torch.no_grad()
     def repack(self) -> None:
         """Pack ``weight`` again (after it was written in place)."""
+        if not self.plain:
+            raise RuntimeError("this layer holds its weight packed only: nothing to repack")
         self.packed = pack(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.plain:
+            if x.dtype != self.packed.dtype:
+                x = x.to(self.packed.dtype)
+            return packed_linear(x, self.packed, self.bias)
         if x.dtype != self.packed.dtype or x.device.type != "cpu":  # not what was packed for
             return F.linear(x, self.weight, self.bias)
         return packed_linear(x, self.packed, self.bias)
 
 
-def prepack_linears(model: torch.nn.Module) -> dict[int, PrepackedLinear]:
+def prepack_linears(
+    model: torch.nn.Module, *, keep_plain: bool = True
+) -> dict[int, PrepackedLinear]:
     """Swap every plain bf16 CPU ``nn.Linear`` of ``model`` for a :class:`PrepackedLinear` over
     the same parameters, where this torch build has oneDNN. Returns them by ``id`` of their
-    weight; empty if nothing was packed (the plain layers then stay)."""
+    weight; empty if nothing was packed (the plain layers then stay).
+
+    ``keep_plain=False`` (a model only served, never written to): layers hold their weight
+    packed only, except a weight shared with another module (an output head tied to the
+    embeddings), which the other module still reads."""
     if not available():
         return {}
+    uses: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
     swaps = [
         (name, module)
         for name, module in model.named_modules()
@@ -87,7 +110,8 @@ def prepack_linears(model: torch.nn.Module) -> dict[int, PrepackedLinear]:
     packed: dict[int, PrepackedLinear] = {}
     try:
         for name, module in swaps:
-            layer = PrepackedLinear(module)
+            shared = uses.get(id(module.weight), 0) > 1
+            layer = PrepackedLinear(module, keep_plain=keep_plain or shared)
             owner_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner_name), attr, layer)
             packed[id(module.weight)] = layer

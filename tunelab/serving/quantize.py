@@ -152,7 +152,7 @@ def apply_precision(
     model.to(torch.bfloat16)
     if precision == "bf16":
         if prepack:
-            packed = prepack_linears(model)
+            packed = prepack_linears(model, keep_plain=False)  # held once, packed
             logger.info("bf16: %d linear layers prepacked", len(packed))
         return model
     targets = [
