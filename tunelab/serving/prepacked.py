@@ -23,6 +23,7 @@ rollouts' merged bf16 policy (``tunelab.training.sampling_policy``).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import torch
@@ -121,4 +122,18 @@ def prepack_linears(
             owner_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner_name), attr, module)
         return {}
+    if not keep_plain:
+        swaps = module = None  # the last references to the plain weights
+        _return_freed_memory()
     return packed
+
+
+def _return_freed_memory() -> None:
+    """Hand the plain weights' freed pages back to the OS. glibc keeps freed blocks of this
+    size in its heap, and the packed copies, allocated before each plain weight is freed, do
+    not reuse them: measured for SmolLM2-135M in bf16, RSS 917 MB after packing, 715 MB after
+    this (655 MB unpacked). Without glibc (macOS, musl): nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
