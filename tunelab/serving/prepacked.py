@@ -12,10 +12,10 @@ Measured on an Intel Xeon with AMX, one thread: a 1536 x 576 product at 16 rows 
 0.081 ms, SmolLM2-135M's output head 4.8 -> 2.6 ms; a whole single-stream decode step of
 SmolLM2-135M in bf16 57.5 -> 44 ms of thread CPU (bench/profile_serving_step.py).
 
-Cost: where the plain weight must stay (the RL rollouts' sampling policy merges into it; an
-output head tied to the embeddings), the packed copy is a second copy of it (2 bytes a
-parameter). The serving engine, which never writes its base weights, keeps only the packed
-copy of the others (``keep_plain=False``).
+Cost: the packed copy is a second copy of each weight (2 bytes a parameter: ~+260 MB of RSS for
+SmolLM2-135M); ``weight`` stays the plain tensor (tied to the embeddings for an output head,
+merged into by the RL rollouts' sampling policy), which products of many rows (prefills) and
+inputs other than bf16 on the CPU are multiplied with.
 
 Used by the serving engine's bf16 and int8+bf16 base model (``quantize.py``) and the RL
 rollouts' merged bf16 policy (``tunelab.training.sampling_policy``).
@@ -23,13 +23,18 @@ rollouts' merged bf16 policy (``tunelab.training.sampling_policy``).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
+
+PACKED_MAX_ROWS = 64
+"""Products of more rows (prefills) multiply the plain weight: outputs are bit-identical to
+``F.linear`` only where oneDNN picks the same kernel for both layouts, measured for 1 to 95
+rows on every SmolLM2-135M shape; at 96 rows a 576 -> 192 product differed in the last bit
+(and so did a prefill's greedy text). Decode steps are at most ``max_batch_size`` rows."""
 
 PACK_ROWS = 16
 """The batch-size hint of the packed layout (the rows a decode step multiplies; any count
@@ -54,53 +59,41 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 class PrepackedLinear(torch.nn.Linear):
     """A bf16 CPU ``nn.Linear`` over the same parameters, its weight also packed (see the
-    module doc). Call :meth:`repack` after writing ``weight`` in place.
+    module doc). Call :meth:`repack` after writing ``weight`` in place."""
 
-    ``keep_plain=False``: ``weight`` becomes an empty bf16 stand-in (what the serving adapter
-    cache reads: dtype and device), so the weight is held once, packed; inputs are then always
-    multiplied packed (cast to bf16 first), and :meth:`repack` is refused."""
-
-    def __init__(self, linear: torch.nn.Linear, *, keep_plain: bool = True):
+    def __init__(self, linear: torch.nn.Linear):
         torch.nn.Module.__init__(self)  # not Linear's: it would allocate a fresh weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters
         self.packed = pack(self.weight)
-        self.plain = keep_plain
-        if not keep_plain:
-            self.weight = torch.nn.Parameter(self.weight.new_empty((0,)), requires_grad=False)
 
     @torch.no_grad()
     def repack(self) -> None:
         """Pack ``weight`` again (after it was written in place)."""
-        if not self.plain:
-            raise RuntimeError("this layer holds its weight packed only: nothing to repack")
         self.packed = pack(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.plain:
-            if x.dtype != self.packed.dtype:
-                x = x.to(self.packed.dtype)
+        if use_packed(x, self.packed, self.in_features):
             return packed_linear(x, self.packed, self.bias)
-        if x.dtype != self.packed.dtype or x.device.type != "cpu":  # not what was packed for
-            return F.linear(x, self.weight, self.bias)
-        return packed_linear(x, self.packed, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
-def prepack_linears(
-    model: torch.nn.Module, *, keep_plain: bool = True
-) -> dict[int, PrepackedLinear]:
+def use_packed(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> bool:
+    """Whether ``x`` (..., in) is multiplied packed: bf16 on the CPU, as packed, and at most
+    :data:`PACKED_MAX_ROWS` rows (a decode step; a prefill's product is plain)."""
+    return (
+        x.dtype == packed.dtype
+        and x.device.type == "cpu"
+        and x.numel() <= PACKED_MAX_ROWS * in_features
+    )
+
+
+def prepack_linears(model: torch.nn.Module) -> dict[int, PrepackedLinear]:
     """Swap every plain bf16 CPU ``nn.Linear`` of ``model`` for a :class:`PrepackedLinear` over
     the same parameters, where this torch build has oneDNN. Returns them by ``id`` of their
-    weight; empty if nothing was packed (the plain layers then stay).
-
-    ``keep_plain=False`` (a model only served, never written to): layers hold their weight
-    packed only, except a weight shared with another module (an output head tied to the
-    embeddings), which the other module still reads."""
+    weight; empty if nothing was packed (the plain layers then stay)."""
     if not available():
         return {}
-    uses: dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        uses[id(param)] = uses.get(id(param), 0) + 1
     swaps = [
         (name, module)
         for name, module in model.named_modules()
@@ -111,8 +104,7 @@ def prepack_linears(
     packed: dict[int, PrepackedLinear] = {}
     try:
         for name, module in swaps:
-            shared = uses.get(id(module.weight), 0) > 1
-            layer = PrepackedLinear(module, keep_plain=keep_plain or shared)
+            layer = PrepackedLinear(module)
             owner_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner_name), attr, layer)
             packed[id(module.weight)] = layer
@@ -122,18 +114,4 @@ def prepack_linears(
             owner_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner_name), attr, module)
         return {}
-    if not keep_plain:
-        swaps = module = None  # the last references to the plain weights
-        _return_freed_memory()
     return packed
-
-
-def _return_freed_memory() -> None:
-    """Hand the plain weights' freed pages back to the OS. glibc keeps freed blocks of this
-    size in its heap, and the packed copies, allocated before each plain weight is freed, do
-    not reuse them: measured for SmolLM2-135M in bf16, RSS 917 MB after packing, 715 MB after
-    this (655 MB unpacked). Without glibc (macOS, musl): nothing to do."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

@@ -36,7 +36,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from tunelab.serving.prepacked import available, pack, packed_linear, prepack_linears
+from tunelab.serving.prepacked import (
+    available,
+    pack,
+    packed_linear,
+    prepack_linears,
+    use_packed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +94,21 @@ class Int8Linear(torch.nn.Linear):
         bias = linear.bias
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(act_dtype), False)
         self.packed: torch.Tensor | None = None
-        """The kept bf16 weight in oneDNN's layout (:meth:`prepack`), then not kept plain."""
+        """The kept bf16 weight also in oneDNN's layout (:meth:`prepack`)."""
 
     @torch.no_grad()
     def prepack(self) -> bool:
-        """Hold the kept bf16 weight packed for oneDNN instead of plain: the bf16 products of
-        many rows then skip the per-call reorder of the weight (``prepacked.py``), with
-        bit-identical outputs. ``weight`` becomes an empty stand-in (no third copy). Returns
-        whether it packed (a kept weight on a CPU whose torch build has oneDNN)."""
+        """Also hold the kept bf16 weight packed for oneDNN: the bf16 products of a decode
+        step's rows then skip the per-call reorder of the weight (``prepacked.py``), with
+        bit-identical outputs; prefills multiply the plain one. Returns whether it packed (a
+        kept weight on a CPU whose torch build has oneDNN)."""
         if not self.weight.numel() or self.weight.device.type != "cpu" or not available():
             return False
         try:
             self.packed = pack(self.weight)
-        except RuntimeError as e:  # a oneDNN build without bf16 packing: keep it plain
+        except RuntimeError as e:  # a oneDNN build without bf16 packing: plain products
             logger.info("int8+bf16 weight not prepacked (%s)", e)
             return False
-        self.weight = torch.nn.Parameter(self.weight.new_empty((0,)), requires_grad=False)
         return True
 
     def dequantized(self) -> torch.Tensor:
@@ -117,7 +122,7 @@ class Int8Linear(torch.nn.Linear):
             x = x.to(self.scales.dtype)
         x2 = x.reshape(-1, self.in_features)  # (N, in): a view of a contiguous x
         if x2.shape[0] >= self.dense_rows:
-            if self.packed is not None and x.device.type == "cpu":
+            if self.packed is not None and use_packed(x, self.packed, self.in_features):
                 return packed_linear(x, self.packed, self.bias)  # (..., out)
             w = self.weight if self.weight.numel() else self.dequantized()
             return F.linear(x, w, self.bias)
@@ -152,7 +157,7 @@ def apply_precision(
     model.to(torch.bfloat16)
     if precision == "bf16":
         if prepack:
-            packed = prepack_linears(model, keep_plain=False)  # held once, packed
+            packed = prepack_linears(model)
             logger.info("bf16: %d linear layers prepacked", len(packed))
         return model
     targets = [
