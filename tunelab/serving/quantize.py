@@ -8,8 +8,9 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
 
 - ``fp32``       the reference; what training and ``tunelab predict`` compute in;
 - ``bf16``       weights and activations in bf16: fastest for batches where the CPU has AMX;
-                 on a CPU the linear weights are prepacked for oneDNN (``prepacked.py``: the
-                 per-call reorder of each weight was ~30% of a single-stream decode step);
+                 on a CPU the linear weights are also held prepacked for oneDNN
+                 (``prepacked.py``: 2 more bytes a weight; the per-call reorder of each weight
+                 was ~25% of a single-stream decode step's thread CPU);
 - ``int8``       the base model's linear layers (attention, MLP, and an int8 copy of the output
                  head) hold int8 weights with one fp32-derived scale per output channel
                  (symmetric, round to nearest; the "weight-only int8" of gpt-fast and torchao),
@@ -20,7 +21,9 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
 - ``int8+bf16``  ``int8`` that also keeps the dequantized weights in bf16 (3 bytes per weight
                  instead of 1; fp32 holds 4): steps of few rows stream the int8 weights, steps
                  of many rows (a batch of 16, a prefill) use bf16 matmuls without dequantizing
-                 each time. Both paths compute with the same weight values (the int8 ones);
+                 each time. Both paths compute with the same weight values (the int8 ones).
+                 On a CPU the bf16 copy is also held prepacked (2 more bytes a weight), as in
+                 ``bf16``;
 - ``auto``       measures this CPU once and picks one of these (``precision_choice.py``).
 
 LoRA adapters still apply per row: an :class:`Int8Linear` is an ``nn.Linear`` to the adapter
