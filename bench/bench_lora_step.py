@@ -47,7 +47,12 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
     from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
     from tunelab.serving.adapters import AdapterCache
     from tunelab.serving.generation import GenerationParams
-    from tunelab.serving.quantize import apply_precision, choose_precision
+    from tunelab.serving.quantize import apply_precision
+
+    try:
+        from tunelab.serving.precision_choice import choose_precision
+    except ImportError:  # a checkout from before precision_choice.py (--against)
+        from tunelab.serving.quantize import choose_precision
     from tunelab.serving.runner import ModelRunner, RowGroup
 
     torch.set_num_threads(threads)

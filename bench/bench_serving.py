@@ -32,7 +32,9 @@ same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at mo
                request queued behind others in llama.cpp counts its wait, as a client sees it;
 - ``loaded``   ``16 conc`` again while a competing process spins on one core.
 
-Every TuneLab precision of ``--precisions`` (``tunelab serve --precision``) runs every scenario.
+Every TuneLab precision of ``--precisions`` (``tunelab serve --precision``) runs every scenario;
+``auto`` prints what it resolved to on this machine (and its timings), and the verdicts and the
+JSON name it.
 ``others`` is the share of the machine's cores that other processes used during a run (this
 machine may be shared: compare figures of one run only). Quality: the exact-match accuracy of
 a tuned adapter on ``examples/ticket-routing-chat/test.jsonl`` served in each precision,
@@ -266,6 +268,10 @@ def gguf_path() -> Path | None:
 
 
 # -- TuneLab ----------------------------------------------------------------------------------
+RESOLVED: dict[str, str] = {}
+"""What ``--precisions auto`` resolved to on this machine (printed with the verdicts)."""
+
+
 class TuneLab:
     def __init__(self, args, base, tokenizer, precision: str, adapters: list[Path]):
         from tunelab.serving.engine import Engine
@@ -283,7 +289,11 @@ class TuneLab:
             threads=args.threads,
         )
         if precision == "auto":
-            print(f"tunelab auto: serving in {self.engine.precision}", flush=True)
+            choice = self.engine.precision_choice
+            RESOLVED[precision] = choice.precision + (
+                f" (bf16 from {choice.dense_rows} rows)" if choice.dense_rows else ""
+            )
+            print(f"tunelab auto resolved to {RESOLVED[precision]}: {choice.reason}", flush=True)
         warm = [self._submit([1, 2, 3], i) for i in range(len(adapters))]
         warm.append(self._submit([1, 2, 3], None))
         for stream in warm:
@@ -385,8 +395,9 @@ def verdicts(runs: list[Run], precisions: list[str]) -> list[str]:
             f"{'PASS' if ok else 'FAIL'}  {label}: {ratio:.2f}x (target {sign} {target:g}x)"
         )
 
-    for p in precisions:
-        t = f"tunelab {p}"
+    for precision in precisions:
+        t = f"tunelab {precision}"
+        p = f"{precision}={RESOLVED[precision]}" if precision in RESOLVED else precision
         single, peer = find("single", f"{t} base"), find("single", "llama.cpp")
         if single and peer:
             check(
@@ -590,6 +601,7 @@ def main() -> None:
                 {
                     "args": vars(args) | {"json": str(args.json)},
                     "runs": [r.row() for r in runs],
+                    "auto": RESOLVED.get("auto"),
                     "accuracy": accuracy,
                 },
                 indent=2,

@@ -10,10 +10,11 @@ from peft import LoraConfig, get_peft_model
 from tunelab.data.template import prompt_ids
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.serving.generation import GenerationParams
+from tunelab.serving.prepacked import PrepackedLinear
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.lora import LORA_TARGETS, with_lora
-from tunelab.training.sampling_policy import PrepackedLinear, SamplingPolicy
+from tunelab.training.sampling_policy import SamplingPolicy
 
 
 def policy(model_dir, seed=0):

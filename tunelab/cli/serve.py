@@ -149,8 +149,8 @@ def serve(
         "--precision",
         help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
         "batches on CPUs with AMX), int8 (weight-only; fastest for one stream), int8+bf16 "
-        "(int8 for steps of few rows, bf16 for many), auto (measured on this machine at "
-        "load). See bench/RESULTS.md.",
+        "(int8 for steps of few rows, bf16 for many), auto (measured once on this machine, "
+        "cached in TUNELAB_HOME/precision_probe.json). See bench/RESULTS.md.",
     ),
     threads: int | None = typer.Option(
         None,

@@ -46,7 +46,8 @@ from tunelab.serving.adapters import (
     check_adapter_folder,
 )
 from tunelab.serving.generation import GenerationParams
-from tunelab.serving.quantize import apply_precision, choose_precision
+from tunelab.serving.precision_choice import choose_precision
+from tunelab.serving.quantize import apply_precision
 from tunelab.serving.runner import Detokenizer as _Detokenizer  # noqa: F401  (tests use it)
 from tunelab.serving.runner import (
     Generation,
@@ -247,9 +248,15 @@ class Engine:
         choice = choose_precision(precision, base, device)
         if precision == "auto":
             logger.info("precision auto: %s (%s)", choice.precision, choice.reason)
-        base = apply_precision(base, choice.precision, dense_rows=choice.dense_rows).to(device)
+        on_cpu = torch.device(device).type == "cpu"  # oneDNN packing is for CPU weights
+        base = apply_precision(
+            base, choice.precision, dense_rows=choice.dense_rows, prepack=on_cpu
+        ).to(device)
         self.precision = choice.precision
         """The precision served in (``auto`` resolved)."""
+        self.precision_choice = choice
+        """How ``precision`` was chosen (for ``auto``: the measured row count from which
+        int8+bf16 uses bf16, and the timings behind the choice)."""
         self.model = base
         most = torch.get_num_threads()
         self.threads = ThreadTuner([threads] if threads else sorted({1, most}))

@@ -8,6 +8,9 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
 
 - ``fp32``       the reference; what training and ``tunelab predict`` compute in;
 - ``bf16``       weights and activations in bf16: fastest for batches where the CPU has AMX;
+                 on a CPU the linear weights are also held prepacked for oneDNN
+                 (``prepacked.py``: 2 more bytes a weight; the per-call reorder of each weight
+                 was ~25% of a single-stream decode step's thread CPU);
 - ``int8``       the base model's linear layers (attention, MLP, and an int8 copy of the output
                  head) hold int8 weights with one fp32-derived scale per output channel
                  (symmetric, round to nearest; the "weight-only int8" of gpt-fast and torchao),
@@ -18,8 +21,10 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
 - ``int8+bf16``  ``int8`` that also keeps the dequantized weights in bf16 (3 bytes per weight
                  instead of 1; fp32 holds 4): steps of few rows stream the int8 weights, steps
                  of many rows (a batch of 16, a prefill) use bf16 matmuls without dequantizing
-                 each time. Both paths compute with the same weight values (the int8 ones);
-- ``auto``       measures this CPU (:func:`choose_precision`, ~0.1 s at load).
+                 each time. Both paths compute with the same weight values (the int8 ones).
+                 On a CPU the bf16 copy is also held prepacked (2 more bytes a weight), as in
+                 ``bf16``;
+- ``auto``       measures this CPU once and picks one of these (``precision_choice.py``).
 
 LoRA adapters still apply per row: an :class:`Int8Linear` is an ``nn.Linear`` to the adapter
 cache (same features, a ``weight`` that carries the dtype), and the LoRA term is added to its
@@ -29,12 +34,18 @@ output by the same hook.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from tunelab.serving.prepacked import (
+    available,
+    pack,
+    packed_linear,
+    prepack_linears,
+    use_packed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +62,8 @@ grows with the rows, is several times a bf16 matmul's: a prefill, not a decode s
 DENSE_ROWS = 4
 """``int8+bf16``: products of at least this many rows use the bf16 copy. Measured (see the
 module doc) int8 wins at 1 row (83 vs 190 us) and loses at 16 (500 vs 190 us), growing ~28 us
-per row: even near 4 rows. ``auto`` measures it on the machine instead."""
-
-BF16_MIN_SPEEDUP = 1.5
-"""``auto`` serves bf16 matmuls only for a clear gain over fp32 at a batch of 16 rows (the
-AMX or AVX512-BF16 case), not for timing noise: bf16 changes greedy text (quality is checked
-by bench/bench_serving.py)."""
-
-PROBE_ROWS = (1, 2, 4, 8, 16)
-"""Row counts ``auto`` times: one stream up to a full default batch."""
-
-INT8_MIN_SPEEDUP = 1.3
-"""``auto`` adds the int8 weights only when one row's product is clearly faster with them than
-with the best float format: the machine is bound by streaming weight bytes."""
+per row: even near 4 rows. ``auto`` measures it on the machine instead
+(``precision_choice.py``)."""
 
 
 class Int8Linear(torch.nn.Linear):
@@ -96,132 +96,72 @@ class Int8Linear(torch.nn.Linear):
         self.dense_rows = dense_rows or (DENSE_ROWS if keep_dense else DEQUANTIZE_ROWS)
         bias = linear.bias
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(act_dtype), False)
+        self.packed: torch.Tensor | None = None
+        """The kept bf16 weight also in oneDNN's layout (:meth:`prepack`)."""
+
+    @torch.no_grad()
+    def prepack(self) -> bool:
+        """Also hold the kept bf16 weight packed for oneDNN: the bf16 products of a decode
+        step's rows then skip the per-call reorder of the weight (``prepacked.py``), with
+        bit-identical outputs; prefills multiply the plain one. Returns whether it packed (a
+        kept weight on a CPU whose torch build has oneDNN)."""
+        if not self.weight.numel() or self.weight.device.type != "cpu" or not available():
+            return False
+        try:
+            self.packed = pack(self.weight)
+        except RuntimeError as e:  # a oneDNN build without bf16 packing: plain products
+            logger.info("int8+bf16 weight not prepacked (%s)", e)
+            return False
+        return True
 
     def dequantized(self) -> torch.Tensor:
         """The weight as the int8 kernel sees it, in the activations' dtype: (out, in)."""
         return self.qweight * self.scales[:, None]  # int8 x bf16 promotes to bf16, one pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (N, in)
+        # Called ~210 times per decode step: no op that is not needed (each costs ~1-2 us of
+        # dispatch; a single-stream step's int8 product is ~20-150 us).
+        if x.dtype != self.scales.dtype:
+            x = x.to(self.scales.dtype)
+        x2 = x.reshape(-1, self.in_features)  # (N, in): a view of a contiguous x
         if x2.shape[0] >= self.dense_rows:
+            if self.packed is not None and use_packed(x, self.packed, self.in_features):
+                return packed_linear(x, self.packed, self.bias)  # (..., out)
             w = self.weight if self.weight.numel() else self.dequantized()
-            y = F.linear(x2, w, self.bias)
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
-            if self.bias is not None:
-                y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+            return F.linear(x, w, self.bias)
+        y = _INT8_MM(x2 if x2.is_contiguous() else x2.contiguous(), self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
 
 
-@dataclass(frozen=True)
-class PrecisionChoice:
-    precision: str
-    """One of :data:`PRECISIONS`."""
-    dense_rows: int | None = None
-    """``int8+bf16``: the measured row count from which bf16 is faster (None: the default)."""
-    reason: str = ""
-
-
-def choose_precision(
-    requested: str, model: torch.nn.Module, device: torch.device | str = "cpu"
-) -> PrecisionChoice:
-    """``requested`` as it is, or for ``auto`` what this machine serves ``model`` fastest in.
-
-    ``auto`` on a CPU times one linear layer of the model's own shape (its largest apart from
-    the output head) at 1 to 16 rows in fp32, bf16 and int8 (~0.1 s), then:
-
-    - bf16 at 16 rows clearly faster than fp32 (AMX, AVX512-BF16): batches in bf16; and if
-      int8 is clearly faster than bf16 for one row as well (weight bytes dominate a single
-      stream), ``int8+bf16``, with bf16 from the row count where it measured faster (plain
-      ``int8`` if that never happens up to 16 rows); otherwise ``bf16``;
-    - else ``fp32``: without fast bf16 matmuls the int8 kernel's bf16 activations and the
-      prefill's bf16 products would be slow, and fp32 is the reference.
-
-    On CUDA ``auto`` is bf16 where the GPU supports it (no int8 kernel is used there).
-    """
-    if requested not in CHOICES:
-        raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {requested!r}")
-    if requested != "auto":
-        return PrecisionChoice(requested, reason="requested")
-    if torch.device(device).type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-        return PrecisionChoice("bf16" if bf16 else "fp32", reason="CUDA")
-    shape = _probe_shape(model)
-    t = _time_products(*shape)
-    batch_gain = t["fp32", 16] / t["bf16", 16]
-    stream_gain = min(t["fp32", 1], t["bf16", 1]) / t["int8", 1]
-    timings = ", ".join(f"{fmt}x{rows} {s * 1e6:.0f}us" for (fmt, rows), s in t.items())
-    reason = (
-        f"layer {shape[0]}->{shape[1]}: bf16 {batch_gain:.2f}x fp32 at 16 rows, int8 "
-        f"{stream_gain:.2f}x the best float at 1 row ({timings})"
-    )
-    if batch_gain < BF16_MIN_SPEEDUP:
-        return PrecisionChoice("fp32", reason=reason)
-    if stream_gain < INT8_MIN_SPEEDUP:
-        return PrecisionChoice("bf16", reason=reason)
-    dense_rows = next((r for r in PROBE_ROWS if t["bf16", r] <= t["int8", r]), None)
-    if dense_rows is None:  # int8 wins even at 16 rows: no use for a bf16 copy
-        return PrecisionChoice("int8", reason=reason)
-    return PrecisionChoice("int8+bf16", dense_rows, reason)
-
-
-def _probe_shape(model: torch.nn.Module) -> tuple[int, int]:
-    """(in, out) of the model's largest linear layer apart from the output head."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    shapes = [
-        (m.in_features, m.out_features)
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m is not head
-    ]
-    return max(shapes or [(1024, 2048)], key=lambda s: s[0] * s[1])
-
-
-def _time_products(n_in: int, n_out: int, repeats: int = 5) -> dict[tuple[str, int], float]:
-    """Best-of-``repeats`` seconds of one (rows, n_in) x (n_in, n_out) product per format and
-    row count, on one thread (the engine's decode steps are timed per thread as well)."""
-    gen = torch.Generator().manual_seed(0)  # the probe must not move the global RNG
-    layer = torch.nn.Linear(n_in, n_out, bias=False)
-    with torch.no_grad():
-        layer.weight.normal_(0, n_in**-0.5, generator=gen)
-    q = Int8Linear(layer, dense_rows=1 << 30)  # always the int8 kernel
-    weights = {"fp32": layer.weight.detach(), "bf16": layer.weight.detach().bfloat16()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out: dict[tuple[str, int], float] = {}
-    try:
-        with torch.inference_mode():
-            for rows in PROBE_ROWS:
-                x = torch.randn(rows, n_in, generator=gen)
-                calls = {
-                    "fp32": lambda x=x: F.linear(x, weights["fp32"]),
-                    "bf16": lambda x=x.bfloat16(): F.linear(x, weights["bf16"]),
-                    "int8": lambda x=x.bfloat16(): q(x),
-                }
-                for fmt, call in calls.items():
-                    call()  # warm-up: first-call dispatch, oneDNN kernel generation
-                    best = float("inf")
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        call()
-                        best = min(best, time.perf_counter() - start)
-                    out[fmt, rows] = best
-    finally:
-        torch.set_num_threads(threads)
-    return out
+_INT8_MM = torch.ops.aten._weight_int8pack_mm.default
+"""The int8 weight-only kernel (bf16 activations, per-channel scales), looked up once."""
 
 
 def apply_precision(
-    model: torch.nn.Module, precision: str, *, dense_rows: int | None = None
+    model: torch.nn.Module,
+    precision: str,
+    *,
+    dense_rows: int | None = None,
+    prepack: bool = True,
 ) -> torch.nn.Module:
     """Convert a loaded fp32 causal LM in place to ``precision`` (one of :data:`PRECISIONS`;
-    resolve ``auto`` with :func:`choose_precision` first); returns it."""
+    resolve ``auto`` with ``precision_choice.choose_precision`` first); returns it.
+
+    ``prepack``: hold the bf16 weights of the linear layers (``bf16``; the kept copies of
+    ``int8+bf16``) in oneDNN's layout where the model is on a CPU with oneDNN
+    (``prepacked.py``): the same outputs without a reorder of every weight on every call. Pass
+    False for a model that will move to a GPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp32":
         return model
     model.to(torch.bfloat16)
     if precision == "bf16":
+        if prepack:
+            packed = prepack_linears(model)
+            logger.info("bf16: %d linear layers prepacked", len(packed))
         return model
     targets = [
         (name, module)
@@ -237,5 +177,13 @@ def apply_precision(
             child,
             Int8Linear(module, keep_dense=keep, dense_rows=dense_rows),
         )
-    logger.info("%s weight-only: %d linear layers quantized", precision, len(targets))
+    packed = 0
+    if keep and prepack:
+        packed = sum(m.prepack() for m in model.modules() if isinstance(m, Int8Linear))
+    logger.info(
+        "%s weight-only: %d linear layers quantized, %d bf16 copies prepacked",
+        precision,
+        len(targets),
+        packed,
+    )
     return model

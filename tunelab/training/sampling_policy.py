@@ -18,7 +18,7 @@ AMX, one thread, 4 prompts x 4 samples of <= 32 tokens of SmolLM2-135M: the roll
 (bench/RESULTS.md).
 
 On a CPU with oneDNN the copy's linear layers are also prepacked into oneDNN's blocked layout
-(:class:`PrepackedLinear`, repacked after each merge): bit-identical products without the
+(``tunelab.serving.prepacked``, repacked after each merge): bit-identical products without the
 per-call reorder of every weight, 2.29 -> 1.80 CPU-s of rollout a step in the measure above,
 +0.1 s of merge.
 
@@ -42,6 +42,7 @@ import logging
 import torch
 
 from tunelab.serving.generation import GenerationParams
+from tunelab.serving.prepacked import PrepackedLinear, prepack_linears
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class SamplingPolicy:
             owner_name, _, attr = name.rpartition(".")
             plain.get_submodule(owner_name)._buffers[attr] = live.get_buffer(name).detach().clone()
         plain.eval()
-        packed = _prepack_linears(plain)
+        packed = prepack_linears(plain)
         self._merges = [(w, lora, packed.get(id(w))) for w, lora, _ in self._merges]
         merged = len(self._merges)
         logger.info(
@@ -145,74 +146,6 @@ class SamplingPolicy:
             len(packed),
         )
         return plain
-
-
-class PrepackedLinear(torch.nn.Linear):
-    """A bf16 CPU linear layer whose weight is also held in oneDNN's blocked layout.
-
-    Why: ``F.linear`` on a bf16 weight reorders the whole weight into oneDNN's layout on every
-    call; the rollouts' decode steps multiply a few rows by every weight, so that reorder is
-    about half of each matmul (SmolLM2-135M, 16 rows: 0.154 ms -> 0.081 ms for a 1536 x 576
-    weight, 4.8 -> 2.6 ms for the output head, one thread). Packing once (and again after each
-    merge, :meth:`repack`, ~0.4 ms a layer) gives bit-identical outputs (the same kernel, the
-    reorder done ahead of time). ``weight`` stays the plain tensor (tied to the embeddings for the
-    output head, merged into by :class:`SamplingPolicy`); the packed copy costs its size again.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias  # the same parameters
-        self.packed = _pack(self.weight)
-
-    @torch.no_grad()
-    def repack(self) -> None:
-        """Pack ``weight`` again (after it was written in place)."""
-        self.packed = _pack(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.packed.dtype or x.device.type != "cpu":  # not what was packed for
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS)
-
-
-_PACK_ROWS = 16
-"""The batch-size hint of the packed layout (rows a decode step multiplies; any count works)."""
-
-
-def _prepack_linears(model: torch.nn.Module) -> dict[int, PrepackedLinear]:
-    """Swap every plain bf16 CPU ``nn.Linear`` of ``model`` for a :class:`PrepackedLinear` over
-    the same parameters, where this torch build has oneDNN. Returns them by ``id`` of their
-    weight; empty if nothing was packed (the plain layers then stay)."""
-    if not (
-        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    ):
-        return {}
-    swaps = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear
-        and module.weight.dtype == torch.bfloat16
-        and module.weight.device.type == "cpu"
-    ]
-    packed: dict[int, PrepackedLinear] = {}
-    try:
-        for name, module in swaps:
-            layer = PrepackedLinear(module)
-            owner_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner_name), attr, layer)
-            packed[id(module.weight)] = layer
-    except RuntimeError as e:  # a oneDNN build without bf16 packing: keep the plain layers
-        logger.info("bf16 copy not prepacked (%s)", e)
-        for name, module in swaps:
-            owner_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner_name), attr, module)
-        return {}
-    return packed
 
 
 def _unmergeable(model: torch.nn.Module, adapter: str) -> str | None:
