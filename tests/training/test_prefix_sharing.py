@@ -15,6 +15,7 @@ from tunelab.losses.lm import completion_loss
 from tunelab.training import prefix_sharing
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.prefix_sharing import (
+    attention_groups,
     can_share_prefix,
     completion_loss_of,
     pack_shared_prefix,
@@ -225,3 +226,67 @@ def test_a_deep_tree_with_repeated_rows_gives_the_rows_loss_and_gradients(
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for name, ref in ref_grads.items():
         assert relative_error(grads[name], ref) < 1e-5, name
+
+
+def test_segments_are_attended_in_groups_of_similar_shape():
+    """A preference batch's segments come in a few shapes (header, prompts, one-token forks,
+    answers): grouped, each padded only to its own, far fewer cells are computed than with
+    every segment padded to the longest."""
+    queries = [25, 2, 19, 1, 25, 17, 1, 26, 17, 1, 26, 17, 1, 26, 20, 1, 22, 19, 1, 27]
+    keys = [25, 27, 46, 47, 71, 44, 45, 70, 44, 45, 70, 44, 45, 70, 47, 48, 69, 44, 45, 71]
+
+    def cells(groups):
+        return sum(len(g) * max(queries[i] for i in g) * max(keys[i] for i in g) for g in groups)
+
+    groups = attention_groups(queries, keys, call_cells=1024, max_groups=4)
+    assert sorted(i for g in groups for i in g) == list(range(len(queries)))
+    assert 2 <= len(groups) <= 4
+    one = [list(range(len(queries)))]
+    assert cells(groups) + 1024 * len(groups) < cells(one) + 1024
+    assert cells(groups) < 0.6 * cells(one)
+    assert attention_groups(queries, keys, max_groups=1) == [
+        sorted(one[0], key=lambda i: (queries[i], keys[i]))
+    ]
+    # a call costing more than any saving: one group
+    assert len(attention_groups(queries, keys, call_cells=10**9)) == 1
+    assert attention_groups([3], [5]) == [[0]]
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_grouped_attention_gives_the_rows_loss_and_gradients(
+    tiny_model_dir, tokenizer, monkeypatch, precision
+):
+    """Free calls: every segment shape its own group (up to the limit); the loss and gradients
+    stay those of the single-group packing and of the unpacked batch."""
+    batch = chat_batch(
+        tokenizer,
+        [
+            ("Colour?", "red"),
+            ("Colour?", "red and green and blue, all three"),
+            ("Which size would fit a small dog best?", "big"),
+            ("Which size would fit a small dog best?", "the small one, surely"),
+        ],
+    )
+    monkeypatch.setattr(prefix_sharing, "ATTENTION_CALL_CELLS", 0)
+    packed = pack_shared_prefix(batch, minimum=1)
+    assert len(packed.groups) > 1
+    assert sum(g.segments for g in packed.groups) == packed.segments
+    assert_rows_map_back(batch, packed)
+
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused, precision)
+    monkeypatch.setattr(prefix_sharing, "MIN_SHARED_TOKENS", 1)
+    loss, correct, count, grads = shared_loss_and_grads(fused, batch)
+    monkeypatch.setattr(prefix_sharing, "ATTENTION_CALL_CELLS", 10**9)  # one group
+    assert len(pack_shared_prefix(batch, minimum=1).groups) == 1
+    one_loss, one_correct, one_count, one_grads = shared_loss_and_grads(fused, batch)
+    ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
+
+    assert (correct, count) == (one_correct, one_count) == (ref_correct, ref_count)
+    assert loss == pytest.approx(one_loss, rel=1e-6)
+    tolerance = 1e-5 if precision == torch.float32 else 0.05
+    assert loss == pytest.approx(ref_loss, rel=tolerance if precision == torch.float32 else 1e-2)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], one_grads[name]) < 1e-5, name
+        assert relative_error(grads[name], ref) < tolerance, name

@@ -338,30 +338,34 @@ class _FusedAttentionForward:
         """Attention over a batch packed as its prefix tree (see
         tunelab.training.prefix_sharing): q (L, H, D), k and v (L, Hkv, D) of the packed
         tokens -> (1, L, H*D). Each segment's queries and keys (its ancestors' tokens, then its
-        own) are gathered into one padded batch of segments, attended under the segments' masks
-        in one call, and the outputs put back in packed order. A shared token's key and value
+        own) are gathered into padded batches of segments, a few groups of similar shapes
+        (tunelab.training.prefix_sharing.attention_groups), each attended under its segments'
+        masks in one call, and the outputs put back in packed order. A shared token's key and value
         are gathered into every segment below it, so the backward sums their gradients into
         the one copy: the same sums as separate copies per row."""
         packed = self.shared_prefix
-        n, lq, lk = packed.segments, packed.query_length, packed.key_length
 
-        def gather(t, index, length):  # (L, h, D) -> (n, h, length, D)
+        def gather(t, index, n, length):  # (L, h, D) -> (n, h, length, D)
             return gather_rows(t, index).view(n, length, *t.shape[1:]).transpose(1, 2)
 
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
         # copy (and its backward) that made the rows' attention ~30% slower on CPU.
         dropout = self.attn.attention_dropout if self.attn.training else 0.0
-        out = F.scaled_dot_product_attention(
-            gather(q, packed.query_index, lq),
-            gather(k, packed.key_index, lk),
-            gather(v, packed.key_index, lk),
-            attn_mask=packed.attention_mask,
-            dropout_p=dropout,
-            scale=self.attn.scaling,
-            enable_gqa=True,
-        )  # (n, H, Lq, D)
-        out = gather_rows(out.transpose(1, 2).reshape(n * lq, -1), packed.output_index)
+        outs = []
+        for group in packed.groups:  # segments of similar shapes, padded to the group's own
+            n, lq, lk = group.segments, group.query_length, group.key_length
+            out = F.scaled_dot_product_attention(
+                gather(q, group.query_index, n, lq),
+                gather(k, group.key_index, n, lk),
+                gather(v, group.key_index, n, lk),
+                attn_mask=group.attention_mask,
+                dropout_p=dropout,
+                scale=self.attn.scaling,
+                enable_gqa=True,
+            )  # (n, H, Lq, D)
+            outs.append(out.transpose(1, 2).reshape(n * lq, -1))
+        out = gather_rows(torch.cat(outs) if len(outs) > 1 else outs[0], packed.output_index)
         if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
             out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
         return out[None]

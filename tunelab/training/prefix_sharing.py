@@ -15,7 +15,11 @@ start two answers share) is one segment, and so is each row's own rest. Every to
 own position id, and no padding is packed: per-token layers (linear layers, norms, MLP, rotary)
 run on the tree's tokens instead of rows x longest row. Attention, which has to know the layout,
 is computed by the fused LoRA path (tunelab.training.fused_lora): each segment's tokens attend
-to all of their ancestor segments and causally to their own segment. The shared segments' keys
+to all of their ancestor segments and causally to their own segment. Segments are attended in a
+few groups of similar shape (:func:`attention_groups`), each padded only to its own longest
+segment and context: one batch of segments padded to the longest of all computed ~2.8x the
+attention cells a preference batch needs (a 1-token segment padded to a 27-token answer's
+queries over its 70 keys). The shared segments' keys
 and values are gathered into every row that reads them, so the backward sums those rows'
 gradients into the one copy: the loss and every gradient are those of the unpacked batch, up
 to float summation order (tests/training/test_prefix_sharing.py).
@@ -52,6 +56,30 @@ MIN_SHARED_TOKENS = 8
 the packing cost."""
 
 
+ATTENTION_CALL_CELLS = 1024
+"""What one more attention call costs, in attention cells (query x key pairs per head): its
+fixed costs (the call, three gathers, the mask) measured against its per-cell cost at a 135M
+model's head size on a CPU. :func:`attention_groups` splits segments into another group only
+when that saves more cells than this."""
+MAX_ATTENTION_GROUPS = 4
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """S segments attended in one call, each padded to the group's Lq queries and Lk keys."""
+
+    query_index: torch.Tensor
+    """(S * Lq,) int64: the packed tokens of each segment, padded to Lq with token 0."""
+    key_index: torch.Tensor
+    """(S * Lk,) int64: each segment's ancestors' tokens then its own, padded to Lk."""
+    attention_mask: torch.Tensor
+    """(S, 1, Lq, Lk) bool: what each query attends to; a padding query attends to key 0 (its
+    output is dropped; a query that attends to nothing would give NaN)."""
+    segments: int
+    query_length: int
+    key_length: int
+
+
 @dataclass(frozen=True)
 class PackedBatch:
     """A batch as the segments of its prefix tree, and the index maps attention and the loss
@@ -70,18 +98,12 @@ class PackedBatch:
     row_positions: torch.Tensor
     """(B, T - p) int64: where row b's token p + t sits in the packed sequence (past the row's
     last training target: its last token, a stand-in nothing reads)."""
-    query_index: torch.Tensor
-    """(S * Lq,) int64: the packed tokens of each of the S segments, padded to Lq with token 0."""
-    key_index: torch.Tensor
-    """(S * Lk,) int64: each segment's ancestors' tokens then its own, padded to Lk."""
-    attention_mask: torch.Tensor
-    """(S, 1, Lq, Lk) bool: what each query attends to; a padding query attends to key 0 (its
-    output is dropped; a query that attends to nothing would give NaN)."""
+    groups: tuple[AttentionGroup, ...]
+    """The segments, in groups attended one call each."""
     output_index: torch.Tensor
-    """(tokens,) int64: where each packed token's attention output is in the (S * Lq) outputs."""
+    """(tokens,) int64: where each packed token's attention output is in the groups' outputs
+    laid end to end (group g's S_g * Lq_g rows, segment by segment)."""
     segments: int
-    query_length: int
-    key_length: int
     tail: int = 0
     """Dead tokens after the tree, only there to round the length up: no token attends to
     them, their attention output is zero and nothing reads their hidden states."""
@@ -178,27 +200,34 @@ def pack_shared_prefix(
     for seg in segments:
         context.append([*context[seg.parent], seg.parent] if seg.parent >= 0 else [])
     ancestors = [sum(segments[a].length for a in chain) for chain in context]
-    n, lq = len(segments), max(s.length for s in segments)
-    lk = max(a + s.length for a, s in zip(ancestors, segments, strict=True))
+    n = len(segments)
+    queries = [s.length for s in segments]
+    keys = [a + s.length for a, s in zip(ancestors, segments, strict=True)]
 
     packed_ids = np.zeros(tokens + tail, dtype=np.int64)
     positions = np.zeros(tokens + tail, dtype=np.int64)
-    query = np.zeros((n, lq), dtype=np.int64)
-    key = np.zeros((n, lk), dtype=np.int64)
-    mask = np.zeros((n, lq, lk), dtype=bool)
-    for i, seg in enumerate(segments):
-        own = np.arange(starts[i], starts[i] + seg.length)
-        packed_ids[own] = ids[seg.row, seg.start : seg.start + seg.length]
-        positions[own] = np.arange(seg.start, seg.start + seg.length)
-        query[i, : seg.length] = own
-        chain = [np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]]
-        key[i, : ancestors[i] + seg.length] = np.concatenate([*chain, own])
-        # its query q sees every ancestor token and its own tokens up to itself
-        visible = ancestors[i] + np.arange(seg.length)  # (its length,): last key seen
-        mask[i, : seg.length] = np.arange(lk)[None, :] <= visible[:, None]
-        mask[i, seg.length :, 0] = True
-    seg_of = np.repeat(np.arange(n), [s.length for s in segments])
-    output = seg_of * lq + (np.arange(tokens) - starts[seg_of])
+    output = np.zeros(tokens, dtype=np.int64)
+    groups, base = [], 0  # base: where the group's outputs start in all groups' outputs
+    for members in attention_groups(queries, keys, ATTENTION_CALL_CELLS, MAX_ATTENTION_GROUPS):
+        lq, lk = max(queries[i] for i in members), max(keys[i] for i in members)
+        query = np.zeros((len(members), lq), dtype=np.int64)
+        key = np.zeros((len(members), lk), dtype=np.int64)
+        mask = np.zeros((len(members), lq, lk), dtype=bool)
+        for j, i in enumerate(members):
+            seg = segments[i]
+            own = np.arange(starts[i], starts[i] + seg.length)
+            packed_ids[own] = ids[seg.row, seg.start : seg.start + seg.length]
+            positions[own] = np.arange(seg.start, seg.start + seg.length)
+            output[own] = base + j * lq + np.arange(seg.length)
+            query[j, : seg.length] = own
+            chain = [np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]]
+            key[j, : keys[i]] = np.concatenate([*chain, own])
+            # its query q sees every ancestor token and its own tokens up to itself
+            visible = ancestors[i] + np.arange(seg.length)  # (its length,): last key seen
+            mask[j, : seg.length] = np.arange(lk)[None, :] <= visible[:, None]
+            mask[j, seg.length :, 0] = True
+        groups.append((query, key, mask, len(members), lq, lk))
+        base += len(members) * lq
 
     prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
     where = starts[owner] + offset  # (B, T); -1 owners are past a row's end
@@ -218,15 +247,65 @@ def pack_shared_prefix(
         input_ids=tensor(packed_ids)[None],
         position_ids=tensor(positions)[None],
         row_positions=tensor(where),
-        query_index=tensor(query.reshape(-1)),
-        key_index=tensor(key.reshape(-1)),
-        attention_mask=tensor(mask)[:, None],
+        groups=tuple(
+            AttentionGroup(
+                query_index=tensor(query.reshape(-1)),
+                key_index=tensor(key.reshape(-1)),
+                attention_mask=tensor(mask)[:, None],
+                segments=count,
+                query_length=lq,
+                key_length=lk,
+            )
+            for query, key, mask, count, lq, lk in groups
+        ),
         output_index=tensor(output),
         segments=n,
-        query_length=lq,
-        key_length=lk,
         tail=tail,
     )
+
+
+def attention_groups(
+    queries: list[int],
+    keys: list[int],
+    call_cells: int = ATTENTION_CALL_CELLS,
+    max_groups: int = MAX_ATTENTION_GROUPS,
+) -> list[list[int]]:
+    """The segments (``queries[i]`` tokens over ``keys[i]`` keys each) split into at most
+    ``max_groups`` groups that minimise the attention cells computed, each group padded to its
+    longest segment and context, plus ``call_cells`` per group for its call.
+
+    Segments sorted by query length are cut into contiguous runs by dynamic programming: a
+    preference batch's segments come in few shapes (the shared header, prompts, answers, the
+    one-token forks between them), which such runs separate.
+    """
+    order = sorted(range(len(queries)), key=lambda i: (queries[i], keys[i]))
+    n = len(order)
+    # cost[a][b]: order[a:b] as one group (its longest queries are its last segment's)
+    cost = [[0] * (n + 1) for _ in range(n + 1)]
+    for a in range(n):
+        longest_keys = 0
+        for b in range(a + 1, n + 1):
+            longest_keys = max(longest_keys, keys[order[b - 1]])
+            cost[a][b] = (b - a) * queries[order[b - 1]] * longest_keys + call_cells
+    # best[g][b]: the cheapest split of order[:b] into g + 1 groups, as (cells, last cut)
+    inf = (float("inf"), 0)
+    best = [[inf] + [(cost[0][b], 0) for b in range(1, n + 1)]]
+    for _ in range(1, min(max_groups, n)):
+        prev = best[-1]
+        best.append(
+            [inf]
+            + [
+                min(((prev[a][0] + cost[a][b], a) for a in range(1, b)), default=inf)
+                for b in range(1, n + 1)
+            ]
+        )
+    last = min(range(len(best)), key=lambda g: best[g][n][0])
+    groups, b = [], n
+    for g in range(last, -1, -1):
+        a = best[g][b][1]
+        groups.append(order[a:b])
+        b = a
+    return groups[::-1]
 
 
 def pad_rows(batch: Batch, row_multiple: int) -> Batch:
