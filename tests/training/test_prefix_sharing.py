@@ -18,6 +18,8 @@ from tunelab.training.prefix_sharing import (
     attention_groups,
     can_share_prefix,
     completion_loss_of,
+    decoder_hidden,
+    decoder_hidden_at,
     pack_shared_prefix,
     pad_rows,
     row_lengths,
@@ -290,3 +292,57 @@ def test_grouped_attention_gives_the_rows_loss_and_gradients(
     for name, ref in ref_grads.items():
         assert relative_error(grads[name], one_grads[name]) < 1e-5, name
         assert relative_error(grads[name], ref) < tolerance, name
+
+
+def last_targets(batch):
+    return torch.as_tensor(row_lengths(batch.loss_mask)) - 1
+
+
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["packed", "unpacked"])
+def test_hidden_at_gives_the_states_and_gradients_read_from_every_token(
+    tiny_model_dir, batch, share_prefix
+):
+    """A reward model reads one final hidden state a row: computing the last layer for those
+    tokens only gives the same states and gradients as computing every token and picking."""
+    reference = lora_model(tiny_model_dir)
+    with torch.no_grad():  # B at zero would leave the adapter out of the comparison
+        for name, param in reference.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    fused.train()
+    at = last_targets(batch) - torch.tensor([0, 2, 1])  # not only the rows' last tokens
+    weight = torch.randn(fused.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def states_and_grads(states):
+        (states @ weight).square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in fused.named_parameters() if p.requires_grad}
+        fused.zero_grad(set_to_none=True)
+        return states.detach(), grads
+
+    hidden, p = decoder_hidden(fused, batch.input_ids, batch.loss_mask, share_prefix)
+    assert p > 0 if share_prefix else p == 0
+    ref_states, ref_grads = states_and_grads(hidden[torch.arange(len(at)), at - p])
+    mlp_rows = []
+    last = fused.get_decoder().layers[-1].mlp
+    handle = last.register_forward_pre_hook(lambda _m, args: mlp_rows.append(args[0].shape[1]))
+    states, grads = states_and_grads(
+        decoder_hidden_at(fused, batch.input_ids, batch.loss_mask, at, share_prefix)
+    )
+    handle.remove()
+
+    assert states.shape == (len(at), fused.config.hidden_size)
+    assert relative_error(states, ref_states) < 1e-5
+    for name, ref in ref_grads.items():
+        assert ref.abs().max() > 0, name
+        assert relative_error(grads[name], ref) < 1e-5, name
+    if share_prefix:  # the last layer's MLP saw the kept tokens only
+        assert mlp_rows == [len(at)]
+
+
+def test_hidden_at_refuses_a_token_past_its_rows_last_target(batch):
+    at = last_targets(batch)
+    assert pack_shared_prefix(batch, at=at).keep.positions.shape == (len(at),)
+    with pytest.raises(ValueError, match="at or before its row's last training target"):
+        pack_shared_prefix(batch, at=at + torch.tensor([0, 1, 0]))

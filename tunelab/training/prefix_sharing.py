@@ -81,6 +81,18 @@ class AttentionGroup:
 
 
 @dataclass(frozen=True)
+class KeptTokens:
+    """The tokens whose final hidden states are read, one per row: the last decoder layer
+    computes its attention, output projection and MLP for these only (the keys and values it
+    reads are every token's), each token attending to its row's tokens up to itself."""
+
+    positions: torch.Tensor
+    """(K,) int64: their places in the packed sequence."""
+    attention: AttentionGroup
+    """K segments of one query each: the tokens, over their rows' tokens up to themselves."""
+
+
+@dataclass(frozen=True)
 class PackedBatch:
     """A batch as the segments of its prefix tree, and the index maps attention and the loss
     read it through. ``L``: packed tokens (``tokens``) plus the dead ``tail``."""
@@ -105,6 +117,8 @@ class PackedBatch:
     laid end to end (group g's S_g * Lq_g rows, segment by segment)."""
     segments: int
     tail: int = 0
+    keep: KeptTokens | None = None
+    """Set when only some tokens' final hidden states are read (:func:`decoder_hidden_at`)."""
     """Dead tokens after the tree, only there to round the length up: no token attends to
     them, their attention output is zero and nothing reads their hidden states."""
 
@@ -179,11 +193,15 @@ def _prefix_tree(ids: np.ndarray, lengths: np.ndarray, minimum: int):
 
 
 def pack_shared_prefix(
-    batch: Batch, minimum: int = MIN_SHARED_TOKENS, row_multiple: int = 1
+    batch: Batch,
+    minimum: int = MIN_SHARED_TOKENS,
+    row_multiple: int = 1,
+    at: torch.Tensor | None = None,
 ) -> PackedBatch | None:
     """The batch packed as its prefix tree, or None when its rows share too little (no run of
     tokens whose sharing saves ``minimum`` token computations); its length rounded up to a
-    multiple of ``row_multiple`` with dead tokens."""
+    multiple of ``row_multiple`` with dead tokens. ``at`` (B,): when given, only the final
+    hidden states of row b's token ``at[b]`` are read (``keep``)."""
     rows, length = batch.input_ids.shape
     if rows < 2:
         return None
@@ -240,6 +258,43 @@ def pack_shared_prefix(
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+    keep = None
+    if at is not None:
+        at = at.cpu().numpy()
+        if at.shape != (rows,) or (at < 0).any() or (at >= lengths).any():
+            raise ValueError(
+                f"decoder_hidden_at: positions {at.tolist()} must be one per row, each at or "
+                f"before its row's last training target (row lengths {lengths.tolist()})"
+            )
+        # Row b's token at[b] attends to its segment's ancestors, then its own segment up to it.
+        owners, offsets = owner[np.arange(rows), at], offset[np.arange(rows), at]
+        contexts = [
+            np.concatenate(
+                [
+                    *(np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]),
+                    np.arange(starts[i], starts[i] + o + 1),
+                ]
+            )
+            for i, o in zip(owners, offsets, strict=True)
+        ]
+        lk = max(len(c) for c in contexts)
+        key = np.zeros((rows, lk), dtype=np.int64)
+        mask = np.zeros((rows, 1, lk), dtype=bool)
+        for b, c in enumerate(contexts):
+            key[b, : len(c)] = c
+            mask[b, 0, : len(c)] = True
+        keep = KeptTokens(
+            positions=tensor(starts[owners] + offsets),
+            attention=AttentionGroup(
+                query_index=tensor(starts[owners] + offsets),
+                key_index=tensor(key.reshape(-1)),
+                attention_mask=tensor(mask)[:, None],
+                segments=rows,
+                query_length=1,
+                key_length=lk,
+            ),
+        )
+
     return PackedBatch(
         prefix=prefix,
         rows=rows,
@@ -261,6 +316,7 @@ def pack_shared_prefix(
         output_index=tensor(output),
         segments=n,
         tail=tail,
+        keep=keep,
     )
 
 
@@ -374,6 +430,34 @@ def decoder_hidden(
     # gradients of a shared token into its one copy.
     rows = gather_rows(out.last_hidden_state[0], packed.row_positions.reshape(-1))
     return rows.view(*packed.row_positions.shape, -1), packed.prefix
+
+
+def decoder_hidden_at(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    at: torch.Tensor,
+    share_prefix: bool,
+    row_multiple: int = 1,
+) -> torch.Tensor:
+    """(B, C): the final hidden state of each row's token ``at[b]`` (at or before its last
+    training target), as :func:`decoder_hidden` computes it. Packed, the last decoder layer
+    computes only these tokens (tunelab.training.fused_lora): a reward model reads one state a
+    row, and every other token of that layer (attention, output projection, MLP) would be
+    computed for nothing."""
+    batch = Batch(input_ids, loss_mask, tokens=0)
+    packed = None
+    if share_prefix:
+        packed = pack_shared_prefix(batch, MIN_SHARED_TOKENS, row_multiple, at=at)
+    if packed is None:
+        hidden, offset = decoder_hidden(model, input_ids, loss_mask, False, row_multiple)
+        return hidden[torch.arange(len(at), device=hidden.device), at - offset]
+    with sharing_prefix(model, packed):
+        out = model.get_decoder()(input_ids=packed.input_ids, position_ids=packed.position_ids)
+    hidden = out.last_hidden_state[0]  # (B, C): the last layer computed the kept tokens only
+    if hidden.shape[0] != len(at):  # (L, C): a last layer without the fused forward; L > B
+        hidden = gather_rows(hidden, packed.keep.positions)
+    return hidden
 
 
 def completion_loss_of(
