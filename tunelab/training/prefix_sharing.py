@@ -19,10 +19,10 @@ to all of their ancestor segments and causally to their own segment. Segments ar
 few groups of similar shape (:func:`attention_groups`), each padded only to its own longest
 segment and context: one batch of segments padded to the longest of all computed ~2.8x the
 attention cells a preference batch needs (a 1-token segment padded to a 27-token answer's
-queries over its 70 keys). The shared segments' keys
-and values are gathered into every row that reads them, so the backward sums those rows'
-gradients into the one copy: the loss and every gradient are those of the unpacked batch, up
-to float summation order (tests/training/test_prefix_sharing.py).
+queries over its 70 keys). The shared segments' keys and values are gathered into every row
+that reads them, so the backward sums those rows' gradients into the one copy: the loss and
+every gradient are those of the unpacked batch, up to float summation order
+(tests/training/test_prefix_sharing.py).
 
 The training forward hands back every row's hidden states as a ``(B, T - p, C)`` tensor (each
 row's tokens gathered from the segments that hold them), from ``p``, the prefix every row shares
@@ -117,10 +117,10 @@ class PackedBatch:
     laid end to end (group g's S_g * Lq_g rows, segment by segment)."""
     segments: int
     tail: int = 0
-    keep: KeptTokens | None = None
-    """Set when only some tokens' final hidden states are read (:func:`decoder_hidden_at`)."""
     """Dead tokens after the tree, only there to round the length up: no token attends to
     them, their attention output is zero and nothing reads their hidden states."""
+    keep: KeptTokens | None = None
+    """Set when only some tokens' final hidden states are read (:func:`decoder_hidden_at`)."""
 
 
 def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
