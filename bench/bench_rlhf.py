@@ -1,7 +1,8 @@
 """The RLHF and DPO stages against TRL's trainers, on the same model, data, steps and CPU.
 
     python bench/bench_rlhf.py [--reward-steps 20] [--rl-steps 10] [--dpo-steps 20] \
-        [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32]
+        [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32] \
+        [--only RUN ...] [--threads N]
 
 Up to nine runs, one after the other, each in a fresh subprocess (so that peak RSS is its own):
 
@@ -28,7 +29,8 @@ slower than fp32; ``*/trl-bf16`` keeps it where it is native), and ``save_strate
 (no checkpoints, which favours TRL: ours write theirs every 10 steps).
 
 Measured per run: wall seconds of the whole run (model loading and data preparation included),
-seconds inside the training steps (for our DPO, plus the one pass computing the reference
+its CPU seconds (all threads; with ``--threads 1`` the work each side does, which a busy machine
+disturbs less than wall time), seconds inside the training steps (for our DPO, plus the one pass computing the reference
 log-probabilities, which TRL does inside its steps), and peak RSS. Each run also prints what
 it learned (the final train loss; RL: mean reward-model score of the last steps), to show that
 both sides did the same job. On a shared machine trust the ratios more than the absolute numbers; ``others``
@@ -382,9 +384,17 @@ WORKERS = {
 def worker(args) -> None:
     global TRL_BF16
     TRL_BF16 = args.worker.endswith("-bf16")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = WORKERS[args.worker](args)
-    result.update(wall_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
+    result.update(
+        wall_seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu,
+        peak_rss_mb=peak_rss_mb(),
+    )
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -403,6 +413,8 @@ def spawn(name: str, args, tmp: Path) -> dict:
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--samples-per-prompt", str(args.samples_per_prompt)]
     command += ["--target-length", str(args.target_length), "--base", args.base]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     print(f"... {name}", flush=True)
     busy, children, start = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     with open(log, "w") as out:
@@ -438,6 +450,12 @@ def main() -> None:
     parser.add_argument("--samples-per-prompt", type=int, default=4)
     parser.add_argument("--target-length", type=int, default=32)
     parser.add_argument("--base", default="smollm2-135m-instruct", help="base model")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads in every run (default: torch's, one per core); 1 compares the "
+        "sides' CPU work on a machine other processes share",
+    )
     parser.add_argument("--only", nargs="*", choices=RUNS, help="run only these")
     parser.add_argument(
         "--reward-model-dir",
@@ -459,7 +477,8 @@ def main() -> None:
 
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{os.cpu_count()} cores, torch {torch.__version__} "
+        f"({args.threads or torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}"
     )
     pairs = args.batch_size
@@ -486,7 +505,10 @@ def main() -> None:
 
 def report(results: dict) -> None:
     print()
-    print(f"{'run':<16}{'wall s':>9}{'train s':>9}{'peak RSS MB':>13}{'others':>8}  learned")
+    print(
+        f"{'run':<16}{'wall s':>9}{'CPU s':>9}{'train s':>9}{'peak RSS MB':>13}{'others':>8}"
+        "  learned"
+    )
     for name, r in results.items():
         learned = (
             f"reward {r['first_reward']:.2f} -> {r['final_reward']:.2f}"
@@ -496,7 +518,7 @@ def report(results: dict) -> None:
             else ""
         )
         print(
-            f"{name:<16}{r['wall_seconds']:>9.1f}{r['train_seconds']:>9.1f}"
+            f"{name:<16}{r['wall_seconds']:>9.1f}{r['cpu_seconds']:>9.1f}{r['train_seconds']:>9.1f}"
             f"{r['peak_rss_mb']:>13.0f}{r['others_busy']:>8.0%}  {learned}"
         )
     print()

@@ -15,8 +15,11 @@ from tunelab.losses.lm import completion_loss
 from tunelab.training import prefix_sharing
 from tunelab.training.fused_lora import fuse_lora_for_training
 from tunelab.training.prefix_sharing import (
+    attention_groups,
     can_share_prefix,
     completion_loss_of,
+    decoder_hidden,
+    decoder_hidden_at,
     pack_shared_prefix,
     pad_rows,
     row_lengths,
@@ -225,3 +228,121 @@ def test_a_deep_tree_with_repeated_rows_gives_the_rows_loss_and_gradients(
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for name, ref in ref_grads.items():
         assert relative_error(grads[name], ref) < 1e-5, name
+
+
+def test_segments_are_attended_in_groups_of_similar_shape():
+    """A preference batch's segments come in a few shapes (header, prompts, one-token forks,
+    answers): grouped, each padded only to its own, far fewer cells are computed than with
+    every segment padded to the longest."""
+    queries = [25, 2, 19, 1, 25, 17, 1, 26, 17, 1, 26, 17, 1, 26, 20, 1, 22, 19, 1, 27]
+    keys = [25, 27, 46, 47, 71, 44, 45, 70, 44, 45, 70, 44, 45, 70, 47, 48, 69, 44, 45, 71]
+
+    def cells(groups):
+        return sum(len(g) * max(queries[i] for i in g) * max(keys[i] for i in g) for g in groups)
+
+    groups = attention_groups(queries, keys, call_cells=1024, max_groups=4)
+    assert sorted(i for g in groups for i in g) == list(range(len(queries)))
+    assert 2 <= len(groups) <= 4
+    one = [list(range(len(queries)))]
+    assert cells(groups) + 1024 * len(groups) < cells(one) + 1024
+    assert cells(groups) < 0.6 * cells(one)
+    assert attention_groups(queries, keys, max_groups=1) == [
+        sorted(one[0], key=lambda i: (queries[i], keys[i]))
+    ]
+    # a call costing more than any saving: one group
+    assert len(attention_groups(queries, keys, call_cells=10**9)) == 1
+    assert attention_groups([3], [5]) == [[0]]
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_grouped_attention_gives_the_rows_loss_and_gradients(
+    tiny_model_dir, tokenizer, monkeypatch, precision
+):
+    """Free calls: every segment shape its own group (up to the limit); the loss and gradients
+    stay those of the single-group packing and of the unpacked batch."""
+    batch = chat_batch(
+        tokenizer,
+        [
+            ("Colour?", "red"),
+            ("Colour?", "red and green and blue, all three"),
+            ("Which size would fit a small dog best?", "big"),
+            ("Which size would fit a small dog best?", "the small one, surely"),
+        ],
+    )
+    monkeypatch.setattr(prefix_sharing, "ATTENTION_CALL_CELLS", 0)
+    packed = pack_shared_prefix(batch, minimum=1)
+    assert len(packed.groups) > 1
+    assert sum(g.segments for g in packed.groups) == packed.segments
+    assert_rows_map_back(batch, packed)
+
+    reference = lora_model(tiny_model_dir)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused, precision)
+    monkeypatch.setattr(prefix_sharing, "MIN_SHARED_TOKENS", 1)
+    loss, correct, count, grads = shared_loss_and_grads(fused, batch)
+    monkeypatch.setattr(prefix_sharing, "ATTENTION_CALL_CELLS", 10**9)  # one group
+    assert len(pack_shared_prefix(batch, minimum=1).groups) == 1
+    one_loss, one_correct, one_count, one_grads = shared_loss_and_grads(fused, batch)
+    ref_loss, ref_correct, ref_count, ref_grads = peft_loss_and_grads(reference, batch)
+
+    assert (correct, count) == (one_correct, one_count) == (ref_correct, ref_count)
+    assert loss == pytest.approx(one_loss, rel=1e-6)
+    tolerance = 1e-5 if precision == torch.float32 else 0.05
+    assert loss == pytest.approx(ref_loss, rel=tolerance if precision == torch.float32 else 1e-2)
+    for name, ref in ref_grads.items():
+        assert relative_error(grads[name], one_grads[name]) < 1e-5, name
+        assert relative_error(grads[name], ref) < tolerance, name
+
+
+def last_targets(batch):
+    return torch.as_tensor(row_lengths(batch.loss_mask)) - 1
+
+
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["packed", "unpacked"])
+def test_hidden_at_gives_the_states_and_gradients_read_from_every_token(
+    tiny_model_dir, batch, share_prefix
+):
+    """A reward model reads one final hidden state a row: computing the last layer for those
+    tokens only gives the same states and gradients as computing every token and picking."""
+    reference = lora_model(tiny_model_dir)
+    with torch.no_grad():  # B at zero would leave the adapter out of the comparison
+        for name, param in reference.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_for_training(fused)
+    fused.train()
+    at = last_targets(batch) - torch.tensor([0, 2, 1])  # not only the rows' last tokens
+    weight = torch.randn(fused.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def states_and_grads(states):
+        (states @ weight).square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in fused.named_parameters() if p.requires_grad}
+        fused.zero_grad(set_to_none=True)
+        return states.detach(), grads
+
+    hidden, p = decoder_hidden(fused, batch.input_ids, batch.loss_mask, share_prefix)
+    assert p > 0 if share_prefix else p == 0
+    ref_states, ref_grads = states_and_grads(hidden[torch.arange(len(at)), at - p])
+    mlp_rows = []
+    last = fused.get_decoder().layers[-1].mlp
+    handle = last.register_forward_pre_hook(lambda _m, args: mlp_rows.append(args[0].shape[1]))
+    states, grads = states_and_grads(
+        decoder_hidden_at(fused, batch.input_ids, batch.loss_mask, at, share_prefix)
+    )
+    handle.remove()
+
+    assert states.shape == (len(at), fused.config.hidden_size)
+    assert relative_error(states, ref_states) < 1e-5
+    for name, ref in ref_grads.items():
+        assert ref.abs().max() > 0, name
+        assert relative_error(grads[name], ref) < 1e-5, name
+    if share_prefix:  # the last layer's MLP saw the kept tokens only
+        assert mlp_rows == [len(at)]
+
+
+def test_hidden_at_refuses_a_token_past_its_rows_last_target(batch):
+    at = last_targets(batch)
+    assert pack_shared_prefix(batch, at=at).keep.positions.shape == (len(at),)
+    with pytest.raises(ValueError, match="at or before its row's last training target"):
+        pack_shared_prefix(batch, at=at + torch.tensor([0, 1, 0]))

@@ -15,7 +15,8 @@ Why our own loop rather than TRL's ``RewardTrainer`` (bench/bench_rlhf.py measur
 same reasons as supervised tuning (length-grouped batches, no attention mask under right
 padding, no activation checkpointing, the fused LoRA forward in bf16 where the CPU is fast at it,
 the prompt prefix the batch shares computed once), one forward pass for the chosen and rejected
-answers of a batch, and checkpoints in safetensors, where TRL pickles the optimizer state.
+answers of a batch whose last layer computes only the answers' last tokens (the only states the
+head reads), and checkpoints in safetensors, where TRL pickles the optimizer state.
 The head and its bundle file are tunelab.models.reward_head's.
 """
 
@@ -33,7 +34,7 @@ from tunelab.configs.rlhf import RewardModelConfig
 from tunelab.data.preference import EncodedPair, collate_pairs, load_preference, pair_lengths
 from tunelab.losses.reward import pairwise_accuracy, pairwise_loss
 from tunelab.models.device import to_device
-from tunelab.models.reward_head import new_head, rewards_at, save_head, score
+from tunelab.models.reward_head import new_head, save_head, score
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
@@ -95,8 +96,9 @@ def train_reward_model(
     for step in run.steps():
         indices = run.local_batch(step)  # this rank's share of the step's pairs
         batch = run.batch(collate_pairs([train[i] for i in indices], pad_id, end_id))  # (2B, T)
-        hidden, p = fast.hidden(batch.input_ids, batch.response_mask)  # from the shared prefix p
-        chosen, rejected = rewards_at(head, hidden, batch.lengths - 1 - p).chunk(2)  # (B,), (B,)
+        # the final hidden state at each answer's last token: (2B, C), nothing else is read
+        last = fast.hidden_at(batch.input_ids, batch.response_mask, batch.lengths - 1)
+        chosen, rejected = head(last).squeeze(-1).chunk(2)  # (B,), (B,)
         loss = pairwise_loss(chosen, rejected)
         run.backward_and_step(
             loss,

@@ -21,7 +21,11 @@ import torch
 from tunelab.training.fused_lora import fuse_lora_for_training, is_fused
 from tunelab.training.output_head import Bf16OutputHead
 from tunelab.training.precision import matmul_row_multiple
-from tunelab.training.prefix_sharing import can_share_prefix, decoder_hidden
+from tunelab.training.prefix_sharing import (
+    can_share_prefix,
+    decoder_hidden,
+    decoder_hidden_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +71,25 @@ class FastPath:
     def hidden(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Final hidden states (B, T - offset, C) from ``offset`` on: see
         :func:`tunelab.training.prefix_sharing.decoder_hidden`. fp32 whatever the precision."""
-        if self.fused and not is_fused(self.model):
-            # Without this a run would silently train through PEFT's forward, in fp32 whatever
-            # its precision says (transformers' kernelization on .train() did exactly that).
-            logger.warning("the fused LoRA forward was replaced by the model's own; reinstalling")
-            fuse_lora_for_training(self.model, _compute_dtype(self.precision))
+        self._check_fused()
         with self.autocast():
             hidden, offset = decoder_hidden(
                 self.model, input_ids, loss_mask, self.share_prefix, self.row_multiple
             )
         return hidden.float(), offset
+
+    def hidden_at(
+        self, input_ids: torch.Tensor, loss_mask: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, C) final hidden states of each row's token ``at[b]`` (at or before its last
+        training target), fp32, as :meth:`hidden` computes them; packed, the last layer computes
+        those tokens only (:func:`tunelab.training.prefix_sharing.decoder_hidden_at`)."""
+        self._check_fused()
+        with self.autocast():
+            hidden = decoder_hidden_at(
+                self.model, input_ids, loss_mask, at, self.share_prefix, self.row_multiple
+            )
+        return hidden.float()
 
     @torch.no_grad()
     def hidden_no_grad(
@@ -96,6 +109,13 @@ class FastPath:
         finally:
             if self.model.training != training:
                 self.model.train(training)
+
+    def _check_fused(self) -> None:
+        if self.fused and not is_fused(self.model):
+            # Without this a run would silently train through PEFT's forward, in fp32 whatever
+            # its precision says (transformers' kernelization on .train() did exactly that).
+            logger.warning("the fused LoRA forward was replaced by the model's own; reinstalling")
+            fuse_lora_for_training(self.model, _compute_dtype(self.precision))
 
 
 def _compute_dtype(precision: str) -> torch.dtype:

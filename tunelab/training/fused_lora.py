@@ -338,12 +338,23 @@ class _FusedAttentionForward:
         """Attention over a batch packed as its prefix tree (see
         tunelab.training.prefix_sharing): q (L, H, D), k and v (L, Hkv, D) of the packed
         tokens -> (1, L, H*D). Each segment's queries and keys (its ancestors' tokens, then its
-        own) are gathered into one padded batch of segments, attended under the segments' masks
-        in one call, and the outputs put back in packed order. A shared token's key and value
+        own) are gathered into padded batches of segments, a few groups of similar shapes
+        (tunelab.training.prefix_sharing.attention_groups), each attended under its segments'
+        masks in one call, and the outputs put back in packed order. A shared token's key and value
         are gathered into every segment below it, so the backward sums their gradients into
         the one copy: the same sums as separate copies per row."""
         packed = self.shared_prefix
-        n, lq, lk = packed.segments, packed.query_length, packed.key_length
+        outs = [self._attend_group(q, k, v, group) for group in packed.groups]
+        out = gather_rows(torch.cat(outs) if len(outs) > 1 else outs[0], packed.output_index)
+        if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
+            out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
+        return out[None]
+
+    def _attend_group(self, q, k, v, group):
+        """One group of segments (tunelab.training.prefix_sharing.AttentionGroup), each padded
+        to the group's Lq queries and Lk keys: q (L, H, D), k and v (L, Hkv, D) of the packed
+        tokens -> (S * Lq, H*D), segment by segment."""
+        n, lq, lk = group.segments, group.query_length, group.key_length
 
         def gather(t, index, length):  # (L, h, D) -> (n, h, length, D)
             return gather_rows(t, index).view(n, length, *t.shape[1:]).transpose(1, 2)
@@ -351,20 +362,53 @@ class _FusedAttentionForward:
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
         # copy (and its backward) that made the rows' attention ~30% slower on CPU.
-        dropout = self.attn.attention_dropout if self.attn.training else 0.0
         out = F.scaled_dot_product_attention(
-            gather(q, packed.query_index, lq),
-            gather(k, packed.key_index, lk),
-            gather(v, packed.key_index, lk),
-            attn_mask=packed.attention_mask,
-            dropout_p=dropout,
+            gather(q, group.query_index, lq),
+            gather(k, group.key_index, lk),
+            gather(v, group.key_index, lk),
+            attn_mask=group.attention_mask,
+            dropout_p=self.attn.attention_dropout if self.attn.training else 0.0,
             scale=self.attn.scaling,
             enable_gqa=True,
         )  # (n, H, Lq, D)
-        out = gather_rows(out.transpose(1, 2).reshape(n * lq, -1), packed.output_index)
-        if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
-            out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
-        return out[None]
+        return out.transpose(1, 2).reshape(n * lq, -1)
+
+    def kept(self, hidden_states, position_embeddings, kept):
+        """The attention output (1, K, C) of the K ``kept`` tokens only
+        (tunelab.training.prefix_sharing.KeptTokens): keys and values from every packed token
+        of ``hidden_states`` (1, L, C), queries from the kept ones."""
+        attn = self.attn
+        hidden_shape = (*hidden_states.shape[:-1], -1, attn.head_dim)
+        qkv = self.qkv(hidden_states)
+        compute_dtype = qkv.dtype
+        cos, sin = (t.float() for t in position_embeddings)
+        qk, v = qkv.split(self.qkv_widths, dim=-1)
+        qk = _Rotary.apply(qk.float().view(hidden_shape), cos, sin)
+        q, k = qk.split(self.qk_heads, dim=2)
+        out = self._attend_group(q[0], k[0], v[0].float().view(k.shape[1:]), kept.attention)
+        return self.o(out.to(compute_dtype))[None]
+
+
+class _FusedLastLayerForward:
+    """Replaces the last decoder layer's forward: while a packed batch asks for the final
+    hidden states of a few tokens only (``KeptTokens``: a reward model reads one a row), the
+    layer computes attention queries, output projection, residual and MLP for those tokens
+    alone and returns (1, K, C); the layer's own forward otherwise."""
+
+    def __init__(self, layer: torch.nn.Module, attention: _FusedAttentionForward):
+        self.layer, self.attention = layer, attention
+        self.original = layer.forward
+
+    def __call__(self, hidden_states, *args, **kwargs):
+        packed = self.attention.shared_prefix
+        if packed is None or packed.keep is None or self.attention.qkv.bypassed():
+            return self.original(hidden_states, *args, **kwargs)
+        layer, kept = self.layer, packed.keep
+        normed = layer.input_layernorm(hidden_states)
+        attended = self.attention.kept(normed, kwargs["position_embeddings"], kept)
+        residual = gather_rows(hidden_states[0], kept.positions)[None]  # (1, K, C)
+        hidden = residual + attended
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 class _FusedMLPForward:
@@ -431,6 +475,8 @@ def fuse_lora_for_training(
         layer.mlp.forward = _FusedMLPForward(layer.mlp)
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
             norm.forward = _FusedNormForward(norm, compute_dtype)
+    last = decoder.layers[-1]
+    last.forward = _FusedLastLayerForward(last, last.self_attn.forward)
     decoder.norm.forward = _FusedNormForward(decoder.norm, torch.float32)
     return True
 

@@ -15,10 +15,14 @@ start two answers share) is one segment, and so is each row's own rest. Every to
 own position id, and no padding is packed: per-token layers (linear layers, norms, MLP, rotary)
 run on the tree's tokens instead of rows x longest row. Attention, which has to know the layout,
 is computed by the fused LoRA path (tunelab.training.fused_lora): each segment's tokens attend
-to all of their ancestor segments and causally to their own segment. The shared segments' keys
-and values are gathered into every row that reads them, so the backward sums those rows'
-gradients into the one copy: the loss and every gradient are those of the unpacked batch, up
-to float summation order (tests/training/test_prefix_sharing.py).
+to all of their ancestor segments and causally to their own segment. Segments are attended in a
+few groups of similar shape (:func:`attention_groups`), each padded only to its own longest
+segment and context: one batch of segments padded to the longest of all computed ~2.8x the
+attention cells a preference batch needs (a 1-token segment padded to a 27-token answer's
+queries over its 70 keys). The shared segments' keys and values are gathered into every row
+that reads them, so the backward sums those rows' gradients into the one copy: the loss and
+every gradient are those of the unpacked batch, up to float summation order
+(tests/training/test_prefix_sharing.py).
 
 The training forward hands back every row's hidden states as a ``(B, T - p, C)`` tensor (each
 row's tokens gathered from the segments that hold them), from ``p``, the prefix every row shares
@@ -52,6 +56,42 @@ MIN_SHARED_TOKENS = 8
 the packing cost."""
 
 
+ATTENTION_CALL_CELLS = 1024
+"""What one more attention call costs, in attention cells (query x key pairs per head): its
+fixed costs (the call, three gathers, the mask) measured against its per-cell cost at a 135M
+model's head size on a CPU. :func:`attention_groups` splits segments into another group only
+when that saves more cells than this."""
+MAX_ATTENTION_GROUPS = 4
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """S segments attended in one call, each padded to the group's Lq queries and Lk keys."""
+
+    query_index: torch.Tensor
+    """(S * Lq,) int64: the packed tokens of each segment, padded to Lq with token 0."""
+    key_index: torch.Tensor
+    """(S * Lk,) int64: each segment's ancestors' tokens then its own, padded to Lk."""
+    attention_mask: torch.Tensor
+    """(S, 1, Lq, Lk) bool: what each query attends to; a padding query attends to key 0 (its
+    output is dropped; a query that attends to nothing would give NaN)."""
+    segments: int
+    query_length: int
+    key_length: int
+
+
+@dataclass(frozen=True)
+class KeptTokens:
+    """The tokens whose final hidden states are read, one per row: the last decoder layer
+    computes its attention, output projection and MLP for these only (the keys and values it
+    reads are every token's), each token attending to its row's tokens up to itself."""
+
+    positions: torch.Tensor
+    """(K,) int64: their places in the packed sequence."""
+    attention: AttentionGroup
+    """K segments of one query each: the tokens, over their rows' tokens up to themselves."""
+
+
 @dataclass(frozen=True)
 class PackedBatch:
     """A batch as the segments of its prefix tree, and the index maps attention and the loss
@@ -70,21 +110,17 @@ class PackedBatch:
     row_positions: torch.Tensor
     """(B, T - p) int64: where row b's token p + t sits in the packed sequence (past the row's
     last training target: its last token, a stand-in nothing reads)."""
-    query_index: torch.Tensor
-    """(S * Lq,) int64: the packed tokens of each of the S segments, padded to Lq with token 0."""
-    key_index: torch.Tensor
-    """(S * Lk,) int64: each segment's ancestors' tokens then its own, padded to Lk."""
-    attention_mask: torch.Tensor
-    """(S, 1, Lq, Lk) bool: what each query attends to; a padding query attends to key 0 (its
-    output is dropped; a query that attends to nothing would give NaN)."""
+    groups: tuple[AttentionGroup, ...]
+    """The segments, in groups attended one call each."""
     output_index: torch.Tensor
-    """(tokens,) int64: where each packed token's attention output is in the (S * Lq) outputs."""
+    """(tokens,) int64: where each packed token's attention output is in the groups' outputs
+    laid end to end (group g's S_g * Lq_g rows, segment by segment)."""
     segments: int
-    query_length: int
-    key_length: int
     tail: int = 0
     """Dead tokens after the tree, only there to round the length up: no token attends to
     them, their attention output is zero and nothing reads their hidden states."""
+    keep: KeptTokens | None = None
+    """Set when only some tokens' final hidden states are read (:func:`decoder_hidden_at`)."""
 
 
 def shared_prefix_length(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -157,11 +193,15 @@ def _prefix_tree(ids: np.ndarray, lengths: np.ndarray, minimum: int):
 
 
 def pack_shared_prefix(
-    batch: Batch, minimum: int = MIN_SHARED_TOKENS, row_multiple: int = 1
+    batch: Batch,
+    minimum: int = MIN_SHARED_TOKENS,
+    row_multiple: int = 1,
+    at: torch.Tensor | None = None,
 ) -> PackedBatch | None:
     """The batch packed as its prefix tree, or None when its rows share too little (no run of
     tokens whose sharing saves ``minimum`` token computations); its length rounded up to a
-    multiple of ``row_multiple`` with dead tokens."""
+    multiple of ``row_multiple`` with dead tokens. ``at`` (B,): when given, only the final
+    hidden states of row b's token ``at[b]`` are read (``keep``)."""
     rows, length = batch.input_ids.shape
     if rows < 2:
         return None
@@ -178,27 +218,34 @@ def pack_shared_prefix(
     for seg in segments:
         context.append([*context[seg.parent], seg.parent] if seg.parent >= 0 else [])
     ancestors = [sum(segments[a].length for a in chain) for chain in context]
-    n, lq = len(segments), max(s.length for s in segments)
-    lk = max(a + s.length for a, s in zip(ancestors, segments, strict=True))
+    n = len(segments)
+    queries = [s.length for s in segments]
+    keys = [a + s.length for a, s in zip(ancestors, segments, strict=True)]
 
     packed_ids = np.zeros(tokens + tail, dtype=np.int64)
     positions = np.zeros(tokens + tail, dtype=np.int64)
-    query = np.zeros((n, lq), dtype=np.int64)
-    key = np.zeros((n, lk), dtype=np.int64)
-    mask = np.zeros((n, lq, lk), dtype=bool)
-    for i, seg in enumerate(segments):
-        own = np.arange(starts[i], starts[i] + seg.length)
-        packed_ids[own] = ids[seg.row, seg.start : seg.start + seg.length]
-        positions[own] = np.arange(seg.start, seg.start + seg.length)
-        query[i, : seg.length] = own
-        chain = [np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]]
-        key[i, : ancestors[i] + seg.length] = np.concatenate([*chain, own])
-        # its query q sees every ancestor token and its own tokens up to itself
-        visible = ancestors[i] + np.arange(seg.length)  # (its length,): last key seen
-        mask[i, : seg.length] = np.arange(lk)[None, :] <= visible[:, None]
-        mask[i, seg.length :, 0] = True
-    seg_of = np.repeat(np.arange(n), [s.length for s in segments])
-    output = seg_of * lq + (np.arange(tokens) - starts[seg_of])
+    output = np.zeros(tokens, dtype=np.int64)
+    groups, base = [], 0  # base: where the group's outputs start in all groups' outputs
+    for members in attention_groups(queries, keys, ATTENTION_CALL_CELLS, MAX_ATTENTION_GROUPS):
+        lq, lk = max(queries[i] for i in members), max(keys[i] for i in members)
+        query = np.zeros((len(members), lq), dtype=np.int64)
+        key = np.zeros((len(members), lk), dtype=np.int64)
+        mask = np.zeros((len(members), lq, lk), dtype=bool)
+        for j, i in enumerate(members):
+            seg = segments[i]
+            own = np.arange(starts[i], starts[i] + seg.length)
+            packed_ids[own] = ids[seg.row, seg.start : seg.start + seg.length]
+            positions[own] = np.arange(seg.start, seg.start + seg.length)
+            output[own] = base + j * lq + np.arange(seg.length)
+            query[j, : seg.length] = own
+            chain = [np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]]
+            key[j, : keys[i]] = np.concatenate([*chain, own])
+            # its query q sees every ancestor token and its own tokens up to itself
+            visible = ancestors[i] + np.arange(seg.length)  # (its length,): last key seen
+            mask[j, : seg.length] = np.arange(lk)[None, :] <= visible[:, None]
+            mask[j, seg.length :, 0] = True
+        groups.append((query, key, mask, len(members), lq, lk))
+        base += len(members) * lq
 
     prefix = shared_prefix_length(batch.input_ids, batch.loss_mask)
     where = starts[owner] + offset  # (B, T); -1 owners are past a row's end
@@ -211,6 +258,43 @@ def pack_shared_prefix(
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+    keep = None
+    if at is not None:
+        at = at.cpu().numpy()
+        if at.shape != (rows,) or (at < 0).any() or (at >= lengths).any():
+            raise ValueError(
+                f"decoder_hidden_at: positions {at.tolist()} must be one per row, each at or "
+                f"before its row's last training target (row lengths {lengths.tolist()})"
+            )
+        # Row b's token at[b] attends to its segment's ancestors, then its own segment up to it.
+        owners, offsets = owner[np.arange(rows), at], offset[np.arange(rows), at]
+        contexts = [
+            np.concatenate(
+                [
+                    *(np.arange(starts[a], starts[a] + segments[a].length) for a in context[i]),
+                    np.arange(starts[i], starts[i] + o + 1),
+                ]
+            )
+            for i, o in zip(owners, offsets, strict=True)
+        ]
+        lk = max(len(c) for c in contexts)
+        key = np.zeros((rows, lk), dtype=np.int64)
+        mask = np.zeros((rows, 1, lk), dtype=bool)
+        for b, c in enumerate(contexts):
+            key[b, : len(c)] = c
+            mask[b, 0, : len(c)] = True
+        keep = KeptTokens(
+            positions=tensor(starts[owners] + offsets),
+            attention=AttentionGroup(
+                query_index=tensor(starts[owners] + offsets),
+                key_index=tensor(key.reshape(-1)),
+                attention_mask=tensor(mask)[:, None],
+                segments=rows,
+                query_length=1,
+                key_length=lk,
+            ),
+        )
+
     return PackedBatch(
         prefix=prefix,
         rows=rows,
@@ -218,15 +302,66 @@ def pack_shared_prefix(
         input_ids=tensor(packed_ids)[None],
         position_ids=tensor(positions)[None],
         row_positions=tensor(where),
-        query_index=tensor(query.reshape(-1)),
-        key_index=tensor(key.reshape(-1)),
-        attention_mask=tensor(mask)[:, None],
+        groups=tuple(
+            AttentionGroup(
+                query_index=tensor(query.reshape(-1)),
+                key_index=tensor(key.reshape(-1)),
+                attention_mask=tensor(mask)[:, None],
+                segments=count,
+                query_length=lq,
+                key_length=lk,
+            )
+            for query, key, mask, count, lq, lk in groups
+        ),
         output_index=tensor(output),
         segments=n,
-        query_length=lq,
-        key_length=lk,
         tail=tail,
+        keep=keep,
     )
+
+
+def attention_groups(
+    queries: list[int],
+    keys: list[int],
+    call_cells: int = ATTENTION_CALL_CELLS,
+    max_groups: int = MAX_ATTENTION_GROUPS,
+) -> list[list[int]]:
+    """The segments (``queries[i]`` tokens over ``keys[i]`` keys each) split into at most
+    ``max_groups`` groups that minimise the attention cells computed, each group padded to its
+    longest segment and context, plus ``call_cells`` per group for its call.
+
+    Segments sorted by query length are cut into contiguous runs by dynamic programming: a
+    preference batch's segments come in few shapes (the shared header, prompts, answers, the
+    one-token forks between them), which such runs separate.
+    """
+    order = sorted(range(len(queries)), key=lambda i: (queries[i], keys[i]))
+    n = len(order)
+    # cost[a][b]: order[a:b] as one group (its longest queries are its last segment's)
+    cost = [[0] * (n + 1) for _ in range(n + 1)]
+    for a in range(n):
+        longest_keys = 0
+        for b in range(a + 1, n + 1):
+            longest_keys = max(longest_keys, keys[order[b - 1]])
+            cost[a][b] = (b - a) * queries[order[b - 1]] * longest_keys + call_cells
+    # best[g][b]: the cheapest split of order[:b] into g + 1 groups, as (cells, last cut)
+    inf = (float("inf"), 0)
+    best = [[inf] + [(cost[0][b], 0) for b in range(1, n + 1)]]
+    for _ in range(1, min(max_groups, n)):
+        prev = best[-1]
+        best.append(
+            [inf]
+            + [
+                min(((prev[a][0] + cost[a][b], a) for a in range(1, b)), default=inf)
+                for b in range(1, n + 1)
+            ]
+        )
+    last = min(range(len(best)), key=lambda g: best[g][n][0])
+    groups, b = [], n
+    for g in range(last, -1, -1):
+        a = best[g][b][1]
+        groups.append(order[a:b])
+        b = a
+    return groups[::-1]
 
 
 def pad_rows(batch: Batch, row_multiple: int) -> Batch:
@@ -295,6 +430,34 @@ def decoder_hidden(
     # gradients of a shared token into its one copy.
     rows = gather_rows(out.last_hidden_state[0], packed.row_positions.reshape(-1))
     return rows.view(*packed.row_positions.shape, -1), packed.prefix
+
+
+def decoder_hidden_at(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    at: torch.Tensor,
+    share_prefix: bool,
+    row_multiple: int = 1,
+) -> torch.Tensor:
+    """(B, C): the final hidden state of each row's token ``at[b]`` (at or before its last
+    training target), as :func:`decoder_hidden` computes it. Packed, the last decoder layer
+    computes only these tokens (tunelab.training.fused_lora): a reward model reads one state a
+    row, and every other token of that layer (attention, output projection, MLP) would be
+    computed for nothing."""
+    batch = Batch(input_ids, loss_mask, tokens=0)
+    packed = None
+    if share_prefix:
+        packed = pack_shared_prefix(batch, MIN_SHARED_TOKENS, row_multiple, at=at)
+    if packed is None:
+        hidden, offset = decoder_hidden(model, input_ids, loss_mask, False, row_multiple)
+        return hidden[torch.arange(len(at), device=hidden.device), at - offset]
+    with sharing_prefix(model, packed):
+        out = model.get_decoder()(input_ids=packed.input_ids, position_ids=packed.position_ids)
+    hidden = out.last_hidden_state[0]  # (B, C): the last layer computed the kept tokens only
+    if hidden.shape[0] != len(at):  # (L, C): a last layer without the fused forward; L > B
+        hidden = gather_rows(hidden, packed.keep.positions)
+    return hidden
 
 
 def completion_loss_of(
