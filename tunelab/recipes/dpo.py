@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Unpack
 
@@ -46,6 +47,7 @@ from tunelab.models.device import to_device
 from tunelab.training.atomic import write_bytes
 from tunelab.training.fast_path import FastPath
 from tunelab.training.lora import adapter_model, lora_model
+from tunelab.training.metrics import plot_loss_curve
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -162,6 +164,7 @@ def train_dpo(
         model,
         tokenizer,
         title=f"DPO on {base.ref}",
+        plot=partial(plot_loss_curve, loss_label="DPO loss"),
         datasets={"preference": report, "validation": val_report},
         init_adapter=str(init_adapter_dir) if init_adapter_dir else None,
         evaluation=evaluation,

@@ -24,6 +24,7 @@ a low-rank update there is little to regularise, and it keeps the run a function
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -40,6 +41,7 @@ from tunelab.embeddings.model import (
 )
 from tunelab.training.atomic import write_json
 from tunelab.training.lora import ENCODER_LORA_TARGETS, with_lora
+from tunelab.training.metrics import plot_loss_curve
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 
@@ -130,6 +132,7 @@ def train_embedding(
         datasets=data.sha256,
         data_stats=data.stats(),
         title=f"Embedding tuning of {base_ref}",
+        plot=partial(plot_loss_curve, loss_label="in-batch contrastive loss"),
     )
     return EmbeddingResult(trainable_parameters=n_trainable, **run.result(adapter_dir))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Unpack
 
@@ -36,6 +37,7 @@ from tunelab.losses.reward import pairwise_accuracy, pairwise_loss
 from tunelab.models.device import to_device
 from tunelab.models.reward_head import new_head, save_head, score
 from tunelab.training.lora import lora_model
+from tunelab.training.metrics import plot_loss_curve
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
 
 
@@ -122,6 +124,9 @@ def train_reward_model(
         datasets={"preference": report, "eval": eval_report},
         data_stats={"train_pairs": len(train), "eval_pairs": len(held_out)},
         title=f"Reward model on {base.ref}",
+        plot=partial(
+            plot_loss_curve, loss_label="pairwise loss, -log sigmoid(r_chosen - r_rejected)"
+        ),
         eval_pairs=len(held_out),
         pairwise_accuracy=final.get("eval_accuracy"),
         eval_reward_margin=final.get("eval_reward_margin"),

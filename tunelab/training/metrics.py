@@ -39,8 +39,14 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
 
 
-def plot_loss_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Train loss (raw and smoothed) and eval loss against step, as a PNG."""
+def plot_loss_curve(
+    rows: list[dict[str, Any]],
+    path: Path,
+    title: str,
+    loss_label: str = "cross-entropy on model turns",
+) -> None:
+    """Train loss (raw and smoothed) and eval loss against step, as a PNG; ``loss_label`` names
+    the method's loss on the y axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -57,7 +63,7 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         steps, losses = zip(*evals, strict=True)
         ax.plot(steps, losses, "o-", color="#e6550d", linewidth=2, label="eval loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy on model turns")
+    ax.set_ylabel(loss_label)
     save_figure(fig, ax, path, title)
 
 
