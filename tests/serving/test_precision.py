@@ -217,13 +217,36 @@ def test_thread_tuner_keeps_the_faster_count_and_probes_again(monkeypatch):
 
     def run(steps):
         for _ in range(steps):
-            tuner.before_step()
+            tuner.before_step(4)
             tuner.after_step(cost[applied[-1]] * 4, rows=4)
 
     run(4)  # the probe: two steps at each count
-    assert applied == [1, 2] and tuner.current == 1
+    assert applied == [1, 2] and tuner.current_for(4) == 1
     run(6)  # the rest of the period, at one thread
     assert applied == [1, 2, 1]
     cost.update({1: 0.02, 2: 0.01})  # the other work has ended
     run(4 + 1)  # a new probe, then a step at the count it chose
-    assert tuner.current == 2 and applied == [1, 2, 1, 2]
+    assert tuner.current_for(4) == 2 and applied == [1, 2, 1, 2]
+
+
+def test_thread_tuner_chooses_for_one_row_apart_from_batches(monkeypatch):
+    """A probe run on a batch does not set the single stream's count: one row's products are
+    too small to share between threads while a batch's are not."""
+    applied = []
+    monkeypatch.setattr(torch, "set_num_threads", applied.append)
+    tuner = ThreadTuner([1, 2], period=100, trial=2)
+    cost = {(1, 9): 0.09, (2, 9): 0.05, (1, 1): 0.02, (2, 1): 0.03, (2, 12): 0.06}  # seconds per step
+
+    def run(steps, rows):
+        for _ in range(steps):
+            tuner.before_step(rows)
+            tuner.after_step(cost[applied[-1], rows], rows=rows)
+
+    run(4, rows=9)  # a 9-row batch's probe: two threads win
+    assert tuner.current_for(9) == 2 and tuner.current_for(16) == 2
+    run(4, rows=1)  # the single stream gets its own probe: one thread wins there
+    assert tuner.current_for(1) == 1 and tuner.current_for(9) == 2
+    run(3, rows=1)
+    assert applied[-1] == 1
+    run(1, rows=12)  # a batch again: back to its own count, no new probe
+    assert applied[-1] == 2

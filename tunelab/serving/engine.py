@@ -376,8 +376,9 @@ class Engine:
                         break
                     if self._rows:
                         self.runner.drop(lambda row: row.group.owner.cancelled)
-                        self.threads.before_step()
-                        start, rows = time.perf_counter(), len(self._rows)
+                        rows = len(self._rows)
+                        self.threads.before_step(rows)
+                        start = time.perf_counter()
                         stepped = self.runner.step()
                         self.threads.after_step(time.perf_counter() - start, rows)
                         self._publish(stepped)

@@ -6,7 +6,7 @@ a 2-core VM at a load average of ~20, a (1, 576) x (576, 1536) product took 1.4 
 thread and 25.6 ms on two; on the same machine idle, two threads are ~1.7x faster on a batch of
 16. Neither count is right all the time, so the engine measures: every ``period`` steps it
 runs ``trial`` steps at each candidate count and keeps the one with the least wall time per
-row-step until the next probe.
+row-step until the next probe, for each class of batch size on its own (:data:`ROW_CLASSES`).
 
 ``torch.set_num_threads`` is per calling thread under OpenMP, so this sets the engine thread's
 count only (a tuning worker in the same process keeps its own).
@@ -22,42 +22,79 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+ROW_CLASSES = (1, 2, 5)
+"""Batch sizes that get their own thread count: 1 row, 2-4 rows, 5 rows and more. One row's
+products are too small to share well between threads (on an idle Intel Xeon with AMX, a bf16
+single-stream step was slower on two threads than on one) while 16 rows gain ~1.7x from two;
+one count for all sizes let whichever size ran the probe decide for the others (the serving
+bench's 9-row warm-up chose 2 threads for the single stream after it)."""
+
+
+def row_class(rows: int) -> int:
+    """The index in :data:`ROW_CLASSES` of the class a batch of ``rows`` falls in."""
+    return max(i for i, low in enumerate(ROW_CLASSES) if rows >= low or i == 0)
+
+
+class _Choice:
+    """One batch-size class's count, its probe and its samples."""
+
+    def __init__(self, choices: list[int], period: int):
+        self.current = choices[-1]
+        self.probe: list[int] = []  # counts still to try, one per trial window
+        self.samples: dict[int, list[float]] = {}
+        self.steps = period  # probe first
+
+
 class ThreadTuner:
-    """Call :meth:`before_step` before each decode step and :meth:`after_step` after it."""
+    """Call :meth:`before_step` before each decode step and :meth:`after_step` after it, with
+    the step's batch rows; each class of batch size (:data:`ROW_CLASSES`) is measured and
+    chosen on its own."""
 
     def __init__(self, choices: list[int], *, period: int = 256, trial: int = 4):
         if not choices or any(c < 1 for c in choices):
             raise ValueError("thread counts must be at least 1")
         self.choices = sorted(set(choices))
         self.period, self.trial = period, trial
-        self.current = self.choices[-1]
-        self._probe: list[int] = []  # counts still to try, one per trial window
-        self._samples: dict[int, list[float]] = {}
-        self._steps = period  # probe first
+        self._classes = [_Choice(self.choices, period) for _ in ROW_CLASSES]
         self._applied: int | None = None
 
-    def before_step(self) -> None:
-        if len(self.choices) > 1 and not self._probe and self._steps >= self.period:
-            self._probe = [c for c in self.choices for _ in range(self.trial)]
-            self._samples = {c: [] for c in self.choices}
-            self._steps = 0
-        want = self._probe[0] if self._probe else self.current
+    def current_for(self, rows: int) -> int:
+        """The count chosen for batches of ``rows`` (outside a probe)."""
+        return self._classes[row_class(rows)].current
+
+    def before_step(self, rows: int) -> None:
+        c = self._classes[row_class(rows)]
+        if len(self.choices) > 1 and not c.probe and c.steps >= self.period:
+            c.probe = [n for n in self.choices for _ in range(self.trial)]
+            c.samples = {n: [] for n in self.choices}
+            c.steps = 0
+        want = c.probe[0] if c.probe else c.current
         if want != self._applied:
             torch.set_num_threads(want)
             self._applied = want
 
     def after_step(self, seconds: float, rows: int) -> None:
-        self._steps += 1
-        if not self._probe:
+        c = self._classes[row_class(rows)]
+        c.steps += 1
+        if not c.probe:
             return
-        self._samples[self._probe.pop(0)].append(seconds / max(rows, 1))
-        if not self._probe:
-            best = min(self._samples, key=lambda c: statistics.median(self._samples[c]))
-            if best != self.current:
+        c.samples[c.probe.pop(0)].append(seconds / max(rows, 1))
+        if not c.probe:
+            best = min(c.samples, key=lambda n: statistics.median(c.samples[n]))
+            if best != c.current:
                 logger.info(
-                    "decode threads %d -> %d (seconds per row-step: %s)",
-                    self.current,
+                    "decode threads for %s rows: %d -> %d (seconds per row-step: %s)",
+                    describe_class(row_class(rows)),
+                    c.current,
                     best,
-                    {c: round(statistics.median(v), 5) for c, v in self._samples.items()},
+                    {n: round(statistics.median(v), 5) for n, v in c.samples.items()},
                 )
-            self.current = best
+            c.current = best
+
+
+def describe_class(index: int) -> str:
+    low = ROW_CLASSES[index]
+    if index + 1 == len(ROW_CLASSES):
+        return f"{low}+"
+    high = ROW_CLASSES[index + 1] - 1
+    return str(low) if high == low else f"{low}-{high}"
