@@ -235,7 +235,13 @@ def test_thread_tuner_chooses_for_one_row_apart_from_batches(monkeypatch):
     applied = []
     monkeypatch.setattr(torch, "set_num_threads", applied.append)
     tuner = ThreadTuner([1, 2], period=100, trial=2)
-    cost = {(1, 9): 0.09, (2, 9): 0.05, (1, 1): 0.02, (2, 1): 0.03, (2, 12): 0.06}  # seconds per step
+    cost = {
+        (1, 9): 0.09,
+        (2, 9): 0.05,
+        (1, 1): 0.02,
+        (2, 1): 0.03,
+        (2, 12): 0.06,
+    }  # seconds per step
 
     def run(steps, rows):
         for _ in range(steps):
