@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 ROW_CLASSES = (1, 2, 5)
 """Batch sizes that get their own thread count: 1 row, 2-4 rows, 5 rows and more. One row's
-products are too small to share well between threads (on an idle Intel Xeon with AMX, a bf16
-single-stream step was slower on two threads than on one) while 16 rows gain ~1.7x from two;
+products are too small to share well between threads (on a loaded Intel Xeon with AMX a
+single-stream step was much slower on two threads than on one) while 16 rows gain ~1.7x from two;
 one count for all sizes let whichever size ran the probe decide for the others (the serving
 bench's 9-row warm-up chose 2 threads for the single stream after it)."""
 
