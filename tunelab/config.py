@@ -92,29 +92,25 @@ def get_settings() -> Settings:
 
 
 def _hours(name: str, default: float) -> float:
-    """A number of hours from the environment; a value that is not one is refused by name
-    (a typo must not silently mean "keep forever" or "delete at once")."""
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        hours = float(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a number of hours (0: never)") from None
-    if not hours >= 0 or hours == float("inf"):
-        raise ValueError(f"{name}={text!r}: expected a number of hours >= 0 (0: never)")
-    return hours
+    """A number of hours from the environment (0: never)."""
+    return _amount(name, default, "a number of hours", "never")
 
 
 def _gigabytes(name: str, default: float) -> float:
-    """A size in GB from the environment, refused by name when it is not one (0: no cap)."""
+    """A size in GB from the environment (0: no cap)."""
+    return _amount(name, default, "a size in GB", "no cap")
+
+
+def _amount(name: str, default: float, what: str, zero: str) -> float:
+    """A finite number >= 0 from the environment, ``default`` when unset; a value that is not
+    one is refused by name (a typo must not silently mean "keep forever" or "delete at once")."""
     text = os.environ.get(name)
     if not text:
         return default
     try:
-        size = float(text)
+        amount = float(text)
     except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a size in GB (0: no cap)") from None
-    if not size >= 0 or size == float("inf"):
-        raise ValueError(f"{name}={text!r}: expected a size in GB >= 0 (0: no cap)")
-    return size
+        raise ValueError(f"{name}={text!r}: expected {what} (0: {zero})") from None
+    if not amount >= 0 or amount == float("inf"):
+        raise ValueError(f"{name}={text!r}: expected {what} >= 0 (0: {zero})")
+    return amount

@@ -72,19 +72,9 @@ def test_prepacked_greedy_tokens_equal_the_unpacked_ones(tiny_model_dir, precisi
     tok = load_tokenizer(tiny_model_dir)
     greedy = GenerationParams(temperature=0, max_output_tokens=16)
     questions = ["what colour is the sky?", "name a bird", "two plus two", "hello"]
-    groups = [
-        RowGroup(prompt_ids(tok, [{"role": "user", "content": q}]), greedy) for q in questions
-    ]
-    answers = []
-    for prepack in (False, True):
-        model = apply_precision(
-            load_causal_lm(tiny_model_dir).eval(), precision, dense_rows=2, prepack=prepack
-        )
-        runner = ModelRunner(model, tok)
-        answers.append(
-            [r.token_ids for r in runner.generate(groups)]
-            + [r.token_ids for r in runner.generate(groups[:1])]
-        )
+    answers = _greedy_plain_and_packed(
+        tiny_model_dir, tok, questions, greedy, precision, dense_rows=2
+    )
     assert answers[0] == answers[1]
     assert sum(len(t) for a in answers[0] for t in a) > 5 * 4
 
@@ -116,16 +106,25 @@ def test_real_model_prepacked_bf16_tokens_equal_the_unpacked_ones(default_model_
         "Write two sentences about the water cycle.",
         "Route this ticket to billing, technical, account or shipping: my parcel is late.",
     ]
+    answers = _greedy_plain_and_packed(default_model_dir, tok, questions, greedy, "bf16")
+    assert answers[0] == answers[1]
+    assert sum(len(t) for a in answers[0] for t in a) > 3 * 10
+
+
+def _greedy_plain_and_packed(model_dir, tok, questions, params, precision, **precision_kw):
+    """The token ids of ``questions`` batched, then of the first alone, from the model in
+    ``precision`` unpacked and prepacked: [plain, packed]."""
     groups = [
-        RowGroup(prompt_ids(tok, [{"role": "user", "content": q}]), greedy) for q in questions
+        RowGroup(prompt_ids(tok, [{"role": "user", "content": q}]), params) for q in questions
     ]
     answers = []
     for prepack in (False, True):
-        model = apply_precision(load_causal_lm(default_model_dir).eval(), "bf16", prepack=prepack)
+        model = apply_precision(
+            load_causal_lm(model_dir).eval(), precision, prepack=prepack, **precision_kw
+        )
         runner = ModelRunner(model, tok)
         answers.append(
             [r.token_ids for r in runner.generate(groups)]
             + [r.token_ids for r in runner.generate(groups[:1])]
         )
-    assert answers[0] == answers[1]
-    assert sum(len(t) for a in answers[0] for t in a) > 3 * 10
+    return answers
