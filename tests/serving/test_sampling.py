@@ -106,3 +106,70 @@ def test_rows_of_a_batch_are_independent():
         return [sample_batch(batch, params, gens)[0] for _ in range(30)]
 
     assert run(0) == run(5)
+
+
+def reference_draws(logits, params, seeds, count):
+    """The straightforward sampler: filter the whole row (filter_logits), then inverse-CDF
+    over the vocabulary with the row's uniform draw, as sample_batch did before it filtered
+    with a batched topk."""
+    gens = [make_generator(s) for s in seeds]
+    out = []
+    for _ in range(count):
+        row = []
+        for x, p, g in zip(logits, params, gens, strict=True):
+            scaled = filter_logits(x.float() / p.temperature, p.top_k, p.top_p)
+            cdf = torch.softmax(scaled, dim=-1).double().cumsum(-1)
+            u = torch.rand(1, generator=g, dtype=torch.float64)
+            row.append(int(torch.searchsorted(cdf, u * cdf[-1:], right=True).clamp(max=len(x) - 1)))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        [(0.2, 40, 0.8)] * 4,  # the API's defaults
+        [(0.7, 0, 0.95), (1.0, 5, 1.0), (1.3, 0, 0.5), (0.9, 300, 0.9)],
+        [(1.0, 0, 1.0), (0.5, 40, 0.8), (0.0, 0, 1.0), (2.0, 0, 0.99)],  # full, greedy, flat
+    ],
+)
+def test_batched_filters_draw_what_filtering_the_whole_row_draws(settings):
+    """The batched top-k/top-p path keeps the same tokens and draws the same token for the
+    same uniform as filtering every row whole, including a greedy row, a row without filters
+    and a flat one whose top-p nucleus reaches past the candidates."""
+    torch.manual_seed(0)
+    vocab = 3000
+    logits = torch.randn(len(settings), vocab) * torch.tensor([3.0, 1.0, 0.2, 2.0])[:, None]
+    params = [RowSampling(t, k, p) for t, k, p in settings]
+    seeds = [101, 102, 103, 104]
+    gens = [make_generator(s) for s in seeds]
+    ours = [sample_batch(logits, params, gens) for _ in range(200)]
+    sampled = [j for j, p in enumerate(params) if not p.greedy]
+    expected = reference_draws(
+        logits[sampled], [params[j] for j in sampled], [seeds[j] for j in sampled], 200
+    )
+    assert [[row[j] for j in sampled] for row in ours] == expected
+    for j, p in enumerate(params):
+        if p.greedy:
+            assert {row[j] for row in ours} == {int(logits[j].argmax())}
+
+
+def test_a_tied_top_k_boundary_keeps_every_tied_token():
+    """filter_logits keeps every token equal to the k-th largest; the batched path hands such
+    a row over to it rather than cutting the tie at k."""
+    logits = torch.tensor([5.0, 1.0, 1.0, 1.0, 0.0, -2.0])
+    gen = make_generator(5)
+    seen = {sample_row(logits, RowSampling(3.0, top_k=2), gen) for _ in range(400)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_a_nucleus_wider_than_the_candidates_is_drawn_from_the_whole_row():
+    """A flat row whose top-p nucleus holds more tokens than every candidate tier (256, then
+    4096) falls back to sorting the row, and still draws what the whole-row filter draws."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 6000) * torch.tensor([[0.01], [4.0]])
+    params = [RowSampling(1.0, 0, 0.99), RowSampling(0.8, 0, 0.9)]
+    gens = [make_generator(7), make_generator(8)]
+    ours = [sample_batch(logits, params, gens) for _ in range(60)]
+    assert ours == reference_draws(logits, params, [7, 8], 60)
+    assert len({row[0] for row in ours}) > 50  # the flat row really spreads over the vocabulary
