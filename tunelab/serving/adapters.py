@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 
 from tunelab.bundle import BundleIntegrityError, NotABundleError, verify_adapter_bundle
+from tunelab.serving.prepacked import PACKED_MAX_ROWS, pack
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,10 @@ class _Factors:
     scale: float
 
 
+FOLD_B = True
+"""Fold decode steps' B products into the base product on prepacked bf16 layers
+(:meth:`_LayerLora.fold`); False: the fp32 B product and add after it."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -188,6 +193,7 @@ class _LayerLora:
 
     def __init__(self, owner: AdapterCache, module: torch.nn.Linear):
         self.owner = owner
+        self.module = module
         self.factors: dict[str, _Factors] = {}
         # Stored transposed and contiguous: x @ At and h @ Bt are the fastest forms of these
         # skinny products on CPU (1.5x faster than F.linear's transposed views here); in the
@@ -205,6 +211,16 @@ class _LayerLora:
         are one tensor and multiplied at once; None: on its own."""
         self.group_cols = (0, 0)
         """This layer's columns in the group's A: (offset, width)."""
+        self.foldable = (
+            FOLD_B
+            and getattr(module, "packed", None) is not None
+            and module.weight.dtype != owner.lora_dtype
+            and module.weight.device.type == "cpu"
+        )
+        """Decode steps fold the B product into the base product (:meth:`fold`): a layer
+        whose bf16 weight is prepacked for oneDNN (``prepacked.py``, ``quantize.py``)."""
+        self._folded_for: torch.Tensor | None = None  # the Bt that module.lora_packed packs
+        self._full_mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask)
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -216,6 +232,8 @@ class _LayerLora:
         else:
             self.At, self.Bt = self.At[:, :0], self.Bt[:0]
         self.group, self.group_cols = None, (0, 0)  # the cache groups the siblings again
+        if self.foldable:  # packed again at the next decode step that folds (not per load)
+            self.module.lora_packed, self._folded_for = None, None
         self.blocks, at = {}, 0
         for k in keys:
             f = self.factors[k]
@@ -233,9 +251,71 @@ class _LayerLora:
             f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
         self._work = None
 
+    def fold(self, module, args):
+        """Forward pre-hook: for a decode step of a prepacked bf16 layer, the input becomes
+        ``[x | h]`` with ``h = (x A) * mask`` over all of this layer's adapter columns, and
+        the layer multiplies it by its weight packed as ``[W | B_cat]`` (``lora_packed``):
+        ``y = x W^T + h B^T`` in one oneDNN product, instead of an fp32 B product and a
+        mixed-dtype add after the base product (see the module doc). None: no fold."""
+        owner = self.owner
+        if owner._rows is None or not self.blocks or not self.foldable:
+            return None
+        x = args[0]
+        rows = x.numel() // x.shape[-1]
+        if (
+            rows >= MANY_ROWS
+            or rows > PACKED_MAX_ROWS
+            or rows < getattr(module, "dense_rows", 1)  # int8+bf16: the int8 kernel's rows
+            or x.dtype != module.weight.dtype
+            or x.dim() != 3
+        ):
+            return None
+        threads = torch.get_num_threads()
+        if threads > 1:  # the A product: one thread (see __call__); the folded product: all
+            torch.set_num_threads(1)
+        try:
+            h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        if h is None:
+            return None
+        if self._folded_for is not self.Bt:
+            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
+            module.lora_packed = pack(weight.contiguous())
+            self._folded_for = self.Bt
+        return (torch.cat([x, h.to(x.dtype)], dim=-1),)
+
+    def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(x A_cat) * mask`` over all of this layer's columns, 0 on the adapters no row
+        uses; None when the batch's adapters span under half of the columns (then the masked
+        products of the used columns only, in :meth:`__call__`)."""
+        owner = self.owner
+        if self.group is not None:
+            h = self.group.product(owner, x)
+            if h is None:
+                return None
+            at, width = self.group_cols
+            return h[..., at : at + width]
+        if self._full_mask is None or self._full_mask[0] != owner._version:
+            plan = owner._plan_for(self.layout)
+            full = None
+            if plan is not None and 2 * (plan[1] - plan[0]) >= self.At.shape[1]:
+                lo, hi, part = plan
+                full = part.new_zeros((part.shape[0], 1, self.At.shape[1]))
+                full[:, :, lo:hi] = part
+            self._full_mask = (owner._version, full)
+        mask = self._full_mask[1]
+        if mask is None:
+            return None
+        h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
+        return h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+
     def __call__(self, module, args, output):
         owner = self.owner
         if owner._rows is None or not self.blocks:
+            return None
+        if args[0].shape[-1] != module.in_features:  # folded into the base product (fold)
             return None
         work = self._work
         if work is None or work[0] != owner._version:  # first call since the rows changed
@@ -489,6 +569,8 @@ class AdapterCache:
             if layer is None:
                 layer = self._layers[name] = _LayerLora(self, self._modules[name])
                 self._modules[name].register_forward_hook(layer)
+                if layer.foldable:
+                    self._modules[name].register_forward_pre_hook(layer.fold)
             layer.factors[key] = f
             layer.rebuild()
         self._regroup(factors)
