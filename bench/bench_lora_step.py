@@ -117,7 +117,7 @@ def hooks_only(cache, keys: list, clock, steps: int) -> float:
     # A shared A product is kept for the next sibling called on the same input tensor; these
     # inputs are the same tensors every step, so each step forgets it, as a new step's fresh
     # inputs would (else every step after the first skips the q/k/v and gate/up A products).
-    groups = {id(g): g for g, in ((layer.group,) for layer, *_ in calls) if g is not None}
+    groups = {id(layer.group): layer.group for layer, *_ in calls if layer.group is not None}
     cache.select(keys)
     with torch.inference_mode():
         for _ in range(2):  # warm-up: masks and plans built

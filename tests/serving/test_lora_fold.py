@@ -113,7 +113,7 @@ def test_eviction_repacks_with_the_adapters_loaded_now(tiny_model_dir, bundles, 
     assert module.lora_packed is not None and module.lora_packed is not old
     for b in (0, 3):
         row = ids[b : b + 1]
-        effect = (peft_logits(tiny_model_dir, fresh, row) - peft_logits(tiny_model_dir, None, row))
+        effect = peft_logits(tiny_model_dir, fresh, row) - peft_logits(tiny_model_dir, None, row)
         reference = peft_logits(tiny_model_dir, fresh, row)[0]
         assert (folded[b] - reference).abs().max() < effect.abs().max() / 3
 
