@@ -29,7 +29,28 @@ factors in one tensor, and a decode step multiplies that input once for all of t
 (:class:`_SharedInput`). In place, the cost is mostly per call (~15 us each, ~1,000 a step),
 not arithmetic: grouping the rows by adapter to skip the mask's zeros (gather, two batched
 products over each row's own block, scatter: 1/8 of the arithmetic at 8 adapters) measured
-5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06).
+5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06; measured again
+in the real step: 28 ms of hooks against 23).
+
+Folding B into the base product (:meth:`_LayerLora.fold`). Where the base layer is a bf16 weight
+prepacked for oneDNN (``bf16``, and ``int8+bf16`` from its dense rows; ``prepacked.py``), a
+decode step does not run an fp32 B product and a mixed-dtype add after the base product: a
+forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
+layer's adapter columns, rounded to bf16) and the layer multiplies it by ``[W | B_cat]``, packed
+once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
+on one thread), in one AMX product on the engine's threads. Measured in the real decode step
+(16 rows over 8 adapters, bf16, one thread): 24 ms of LoRA hooks became <1 ms of hooks plus a
+few ms of longer base products; the base layers' extra K columns (R = 64 beside 576 or 1536)
+cost little on AMX. Why the cost was calls and conversions, not bytes: with every layer's
+factors made the same tensors (1/30 of the bytes, hot in cache), the real step was only ~5 ms
+faster of the ~26 ms the LoRA added. Why bf16 here is safe: h and B lose bits beyond bf16's 8
+(~0.4% of each), accumulated in fp32 by the kernel, on a LoRA term that is itself small next to
+the base output; the term stays within 2% of the fp32 factors' (tests/serving/
+test_lora_fold.py), and logits within a fraction of the adapter's own effect of PEFT's fp32
+ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
+for SmolLM2-135M with adapters on every projection). Greedy fp32 serving never folds (its
+layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
+rows, or a batch whose adapters span under half of a layer's columns.
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
