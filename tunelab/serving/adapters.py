@@ -309,11 +309,11 @@ class _LayerLora:
 
     def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(x A_cat) * mask`` over all of this layer's columns, 0 on the adapters no row
-        uses; None when the batch's adapters span under half of the columns (then the masked
+        uses (a group's in ``x``'s dtype, converted once for its members); None when the batch's adapters span under half of the columns (then the masked
         products of the used columns only, in :meth:`__call__`)."""
         owner = self.owner
         if self.group is not None:
-            h = self.group.product(owner, x)
+            h = self.group.product(owner, x, x.dtype)
             if h is None:
                 return None
             at, width = self.group_cols
@@ -425,10 +425,23 @@ class _SharedInput:
             at += width
         self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
+        self._converted: tuple | None = None  # (h, dtype, h in dtype)
 
-    def product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
+    def product(
+        self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
-        tensor; None when the shared product does not pay (:meth:`_group_mask`)."""
+        tensor; None when the shared product does not pay (:meth:`_group_mask`). ``dtype``:
+        the product converted to it (once for all members: the folded B products' input)."""
+        h = self._product(owner, x)
+        if h is None or dtype is None or dtype == h.dtype:
+            return h
+        converted = self._converted
+        if converted is None or converted[0] is not h or converted[1] != dtype:
+            converted = self._converted = (h, dtype, h.to(dtype))
+        return converted[2]
+
+    def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
