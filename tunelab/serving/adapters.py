@@ -38,11 +38,12 @@ decode step does not run an fp32 B product and a mixed-dtype add after the base 
 forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
 layer's adapter columns, rounded to bf16) and the layer multiplies it by ``[W | B_cat]``, packed
 once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
-on one thread), in one AMX product on the engine's threads. Measured in the real decode step
-(16 rows over 8 adapters, bf16, one thread): 24 ms of LoRA hooks became <1 ms of hooks plus a
-few ms of longer base products; the base layers' extra K columns (R = 64 beside 576 or 1536)
-cost little on AMX. Why the cost was calls and conversions, not bytes: with every layer's
-factors made the same tensors (1/30 of the bytes, hot in cache), the real step was only ~5 ms
+on one thread), in one AMX product on the engine's threads. Measured (bench_lora_step.py, 16
+rows over 8 adapters, one thread, thread CPU, loaded machine): a decode step 80 -> 72 ms
+against 55-57 ms base only (int8+bf16 and bf16 alike); the hooks that remain (A product, mask,
+``[x | h]``) ~10 ms instead of ~17.5, and the base layers' extra K columns (R = 64 beside 576
+or 1536) cost little on AMX. Why the cost was calls and conversions more than bytes: with
+every layer's factors made the same tensors (1/30 of the bytes, hot in cache), the real step was only ~5 ms
 faster of the ~26 ms the LoRA added. Why bf16 here is safe: h and B lose bits beyond bf16's 8
 (~0.4% of each), accumulated in fp32 by the kernel, on a LoRA term that is itself small next to
 the base output; the term stays within 2% of the fp32 factors' (tests/serving/
