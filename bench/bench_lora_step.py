@@ -132,13 +132,13 @@ def hooks_only(cache, keys: list, clock, steps: int) -> float:
     with torch.inference_mode():
         for _ in range(2):  # warm-up: masks and plans built
             for g in groups.values():
-                g._last = None
+                g._last = g._last_low = None
             for layer, module, x, out in calls:
                 layer(module, fold(layer, module, x), out)
         start = clock()
         for _ in range(steps):
             for g in groups.values():
-                g._last = None
+                g._last = g._last_low = None
             for layer, module, x, out in calls:
                 layer(module, fold(layer, module, x), out)
         return (clock() - start) / steps * 1e3

@@ -84,7 +84,7 @@ from pathlib import Path
 import torch
 
 from tunelab.bundle import BundleIntegrityError, NotABundleError, verify_adapter_bundle
-from tunelab.serving.prepacked import PACKED_MAX_ROWS, pack
+from tunelab.serving.prepacked import PACKED_MAX_ROWS, pack, packed_linear
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,10 @@ FOLD_B = True
 """Fold decode steps' B products into the base product on prepacked bf16 layers
 (:meth:`_LayerLora.fold`); False: the fp32 B product and add after it."""
 
+PACKED_A = True
+"""Folded decode steps multiply A in bf16 by oneDNN, on A packed once (half the bytes of the
+fp32 factors, no conversions of x and h); False: the fp32 A product, converted to bf16."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -242,7 +246,8 @@ class _LayerLora:
         """Decode steps fold the B product into the base product (:meth:`fold`): a layer
         whose bf16 weight is prepacked for oneDNN (``prepacked.py``, ``quantize.py``)."""
         self._folded_for: torch.Tensor | None = None  # the Bt that module.lora_packed packs
-        self._full_mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask)
+        self._full_mask: tuple | None = None  # (version, mask, mask in bf16)
+        self._packed_A: tuple | None = None  # (the At it packs, At^T in bf16 packed)
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -306,12 +311,14 @@ class _LayerLora:
             weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
             module.lora_packed = pack(weight.contiguous())
             self._folded_for = self.Bt
-        return (torch.cat([x, h.to(x.dtype)], dim=-1),)
+        return (torch.cat([x, h], dim=-1),)
 
     def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(x A_cat) * mask`` over all of this layer's columns, 0 on the adapters no row
-        uses (a group's in ``x``'s dtype, converted once for its members); None when the batch's adapters span under half of the columns (then the masked
-        products of the used columns only, in :meth:`__call__`)."""
+        uses, in ``x``'s dtype (bf16); None when the batch's adapters span under half of the
+        columns (then the masked products of the used columns only, in :meth:`__call__`).
+        With :data:`PACKED_A` the product is a oneDNN bf16 one on A packed once (a group's
+        once for its members), else fp32 on the fp32 factors and converted."""
         owner = self.owner
         if self.group is not None:
             h = self.group.product(owner, x, x.dtype)
@@ -326,12 +333,17 @@ class _LayerLora:
                 lo, hi, part = plan
                 full = part.new_zeros((part.shape[0], 1, self.At.shape[1]))
                 full[:, :, lo:hi] = part
-            self._full_mask = (owner._version, full)
+            low = None if full is None else full.to(x.dtype)
+            self._full_mask = (owner._version, full, low)
         mask = self._full_mask[1]
         if mask is None:
             return None
+        if PACKED_A:
+            if self._packed_A is None or self._packed_A[0] is not self.At:
+                self._packed_A = (self.At, pack(self.At.t().to(x.dtype).contiguous()))
+            return packed_linear(x, self._packed_A[1], None).mul_(self._full_mask[2])
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
-        return h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+        return h.view(x.shape[0], x.shape[1], -1).mul_(mask).to(x.dtype)
 
     def __call__(self, module, args, output):
         owner = self.owner
@@ -427,6 +439,9 @@ class _SharedInput:
         self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
         self._converted: tuple | None = None  # (h, dtype, h in dtype)
+        self._packed_A: torch.Tensor | None = None  # A^T in bf16, packed (PACKED_A)
+        self._low_mask: tuple | None = None  # (mask, mask in bf16)
+        self._last_low: tuple | None = None  # (x, version, bf16 h)
 
     def product(
         self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype | None = None
@@ -434,6 +449,8 @@ class _SharedInput:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
         tensor; None when the shared product does not pay (:meth:`_group_mask`). ``dtype``:
         the product converted to it (once for all members: the folded B products' input)."""
+        if PACKED_A and dtype is not None and dtype != self.A.dtype:
+            return self._packed_product(owner, x, dtype)
         h = self._product(owner, x)
         if h is None or dtype is None or dtype == h.dtype:
             return h
@@ -441,6 +458,27 @@ class _SharedInput:
         if converted is None or converted[0] is not h or converted[1] != dtype:
             converted = self._converted = (h, dtype, h.to(dtype))
         return converted[2]
+
+    def _packed_product(
+        self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The masked product in ``dtype`` (bf16) by oneDNN on A packed once (``PACKED_A``)."""
+        version = owner._version
+        last = self._last_low
+        if last is not None and last[0] is x and last[1] == version:
+            return last[2]
+        if self._mask is None or self._mask[0] != version:
+            self._mask = (version, self._group_mask(owner))
+        mask = self._mask[1]
+        if mask is None or x.dim() != 3:
+            return None
+        if self._low_mask is None or self._low_mask[0] is not mask:
+            self._low_mask = (mask, mask.to(dtype))
+        if self._packed_A is None:
+            self._packed_A = pack(self.A.t().to(dtype).contiguous())
+        h = packed_linear(x, self._packed_A, None).mul_(self._low_mask[1])
+        self._last_low = (x, version, h)
+        return h
 
     def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
