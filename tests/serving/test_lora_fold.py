@@ -1,6 +1,6 @@
 """Decode steps of a prepacked bf16 layer (``bf16``, and ``int8+bf16`` from its dense rows) fold
 the LoRA B product into the base product: ``[x | h] [W | B_cat]^T`` in one oneDNN product, with
-h and B rounded to bf16. Each row still gets its own adapter's output: within a small bound of
+A, h and B in bf16 (h by a oneDNN product on A packed once). Each row still gets its own adapter's output: within a small bound of
 the fp32 factors' LoRA term at one layer, and of PEFT's fp32 logits (as the unfolded path),
 through loads, evictions and batches that change."""
 
@@ -46,7 +46,7 @@ def test_folded_layer_is_the_fp32_lora_term_within_bf16_rounding(
 ):
     """One layer, a decode step's input: the folded output minus the base output equals the
     LoRA term computed in fp32 from the fp32 factors, up to 2% of its size (bf16 keeps 8 bits
-    of mantissa: the rounding of h and B is ~0.4% each, accumulated in fp32)."""
+    of mantissa: the rounding of A, h and B is ~0.4% each, accumulated in fp32)."""
     cache = served(tiny_model_dir, bundles, precision)
     module = cache._modules[LAYER]
     layer = cache._layers[LAYER]

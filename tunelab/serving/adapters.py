@@ -36,20 +36,25 @@ Folding B into the base product (:meth:`_LayerLora.fold`). Where the base layer 
 prepacked for oneDNN (``bf16``, and ``int8+bf16`` from its dense rows; ``prepacked.py``), a
 decode step does not run an fp32 B product and a mixed-dtype add after the base product: a
 forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
-layer's adapter columns, rounded to bf16) and the layer multiplies it by ``[W | B_cat]``, packed
+layer's adapter columns, in bf16 by oneDNN on A packed once: :data:`PACKED_A`; a group's once
+for its members) and the layer multiplies it by ``[W | B_cat]``, packed
 once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
 on one thread), in one AMX product on the engine's threads. Measured (bench_lora_step.py, 16
 rows over 8 adapters, one thread, thread CPU, loaded machine): a decode step 80 -> 72 ms
-against 55-57 ms base only (int8+bf16 and bf16 alike); the hooks that remain (A product, mask,
-``[x | h]``) ~10 ms instead of ~17.5, and the base layers' extra K columns (R = 64 beside 576
-or 1536) cost little on AMX. Why the cost was calls and conversions more than bytes: with
+against 55-57 ms base only (int8+bf16 and bf16 alike) with the A product still in fp32, and
+with it in bf16 (in one process, best of 3-4 rounds) bf16 85.2 -> 74.9 -> 68.4 ms against
+58.0 base, int8+bf16 78.5 -> 71.2 -> 63.8 against 53.2 (0.83-0.85x). The fp32 A products had
+been ~9 ms of the remaining ~11 ms of hooks: at 77 us a call in the real step against ~30 us
+for the packed bf16 ones, the fp32 factors' bytes (38 MB a step on the A side) being read
+from memory; the base layers' extra K columns (R = 64 beside 576 or 1536) cost little on AMX. Why the cost was calls and conversions more than bytes: with
 every layer's factors made the same tensors (1/30 of the bytes, hot in cache), the real step was only ~5 ms
-faster of the ~26 ms the LoRA added. Why bf16 here is safe: h and B lose bits beyond bf16's 8
-(~0.4% of each), accumulated in fp32 by the kernel, on a LoRA term that is itself small next to
-the base output; the term stays within 2% of the fp32 factors' (tests/serving/
+faster of the ~26 ms the LoRA added (the A products, whose factors were then read in fp32,
+turned out to be where bytes mattered). Why bf16 here is safe: A, h and B lose bits beyond
+bf16's 8 (~0.4% of each), accumulated in fp32 by the kernel, on a LoRA term that is itself
+small next to the base output; the term stays within 2% of the fp32 factors' (tests/serving/
 test_lora_fold.py), and logits within a fraction of the adapter's own effect of PEFT's fp32
 ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
-for SmolLM2-135M with adapters on every projection). Greedy fp32 serving never folds (its
+for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
 layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
 rows, or a batch whose adapters span under half of a layer's columns.
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
