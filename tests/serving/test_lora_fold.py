@@ -59,7 +59,7 @@ def test_folded_layer_is_the_fp32_lora_term_within_bf16_rounding(
         base = module(x).float()
         cache.select(keys)
         folded = module(x).float()
-    assert module.lora_packed is not None  # the fold ran
+    assert module.lora_packed is not None and layer._packed_A is not None  # the fold ran
     expected = torch.zeros_like(base)
     for b, key in enumerate(keys):
         if key is not None:
