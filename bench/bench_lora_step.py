@@ -95,11 +95,21 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
     return out
 
 
+def fold(layer, module, x) -> tuple:
+    """The layer's input after its LoRA pre-hook where it folds the B product into the base
+    product (``_LayerLora.fold``: its A product and ``[x | h]``; the B product then runs inside
+    the base product, which :func:`hooks_only` does not time), else ``(x,)``."""
+    if getattr(layer, "foldable", False):  # a checkout without the fold: plain hooks
+        return layer.fold(module, (x,)) or (x,)
+    return (x,)
+
+
 def hooks_only(cache, keys: list, clock, steps: int) -> float:
     """Milliseconds of CPU time per decode step of the LoRA hooks alone: every hooked layer's
     hook called in model order on a decode step's shapes (one token per row; siblings of one
     block get one input tensor, as the model calls them), without the base products around
-    them: the LoRA cost with less of the noise of a shared machine."""
+    them: the LoRA cost with less of the noise of a shared machine. Where the B products are
+    folded into the base products, only the A side is counted here: compare the steps."""
     import torch
 
     rows = len(keys)
@@ -114,15 +124,23 @@ def hooks_only(cache, keys: list, clock, steps: int) -> float:
             inputs[key] = torch.randn(rows, 1, module.in_features).to(module.weight.dtype)
         out = torch.zeros(rows, 1, module.out_features, dtype=module.weight.dtype)
         calls.append((layer, module, inputs[key], out))
+    # A shared A product is kept for the next sibling called on the same input tensor; these
+    # inputs are the same tensors every step, so each step forgets it, as a new step's fresh
+    # inputs would (else every step after the first skips the q/k/v and gate/up A products).
+    groups = {id(layer.group): layer.group for layer, *_ in calls if layer.group is not None}
     cache.select(keys)
     with torch.inference_mode():
         for _ in range(2):  # warm-up: masks and plans built
+            for g in groups.values():
+                g._last = g._last_low = None
             for layer, module, x, out in calls:
-                layer(module, (x,), out)
+                layer(module, fold(layer, module, x), out)
         start = clock()
         for _ in range(steps):
+            for g in groups.values():
+                g._last = g._last_low = None
             for layer, module, x, out in calls:
-                layer(module, (x,), out)
+                layer(module, fold(layer, module, x), out)
         return (clock() - start) / steps * 1e3
 
 

@@ -29,7 +29,34 @@ factors in one tensor, and a decode step multiplies that input once for all of t
 (:class:`_SharedInput`). In place, the cost is mostly per call (~15 us each, ~1,000 a step),
 not arithmetic: grouping the rows by adapter to skip the mask's zeros (gather, two batched
 products over each row's own block, scatter: 1/8 of the arithmetic at 8 adapters) measured
-5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06).
+5-8 ms a step slower than the masked products (bench/RESULTS.md, 2026-12-06; measured again
+in the real step: 28 ms of hooks against 23).
+
+Folding B into the base product (:meth:`_LayerLora.fold`). Where the base layer is a bf16 weight
+prepacked for oneDNN (``bf16``, and ``int8+bf16`` from its dense rows; ``prepacked.py``), a
+decode step does not run an fp32 B product and a mixed-dtype add after the base product: a
+forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
+layer's adapter columns, in bf16 by oneDNN on A packed once: :data:`PACKED_A`; a group's once
+for its members) and the layer multiplies it by ``[W | B_cat]``, packed
+once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
+on one thread), in one AMX product on the engine's threads. Measured (bench_lora_step.py, 16
+rows over 8 adapters, one thread, thread CPU, loaded machine): a decode step 80 -> 72 ms
+against 55-57 ms base only (int8+bf16 and bf16 alike) with the A product still in fp32, and
+with it in bf16 (in one process, best of 3-4 rounds) bf16 85.2 -> 74.9 -> 68.4 ms against
+58.0 base, int8+bf16 78.5 -> 71.2 -> 63.8 against 53.2 (0.83-0.85x). The fp32 A products had
+been ~9 ms of the remaining ~11 ms of hooks: at 77 us a call in the real step against ~30 us
+for the packed bf16 ones, the fp32 factors' bytes (38 MB a step on the A side) being read
+from memory; the base layers' extra K columns (R = 64 beside 576 or 1536) cost little on AMX. Why the cost was calls and conversions more than bytes: with
+every layer's factors made the same tensors (1/30 of the bytes, hot in cache), the real step was only ~5 ms
+faster of the ~26 ms the LoRA added (the A products, whose factors were then read in fp32,
+turned out to be where bytes mattered). Why bf16 here is safe: A, h and B lose bits beyond
+bf16's 8 (~0.4% of each), accumulated in fp32 by the kernel, on a LoRA term that is itself
+small next to the base output; the term stays within 2% of the fp32 factors' (tests/serving/
+test_lora_fold.py), and logits within a fraction of the adapter's own effect of PEFT's fp32
+ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
+for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
+layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
+rows, or a batch whose adapters span under half of a layer's columns.
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
@@ -62,6 +89,7 @@ from pathlib import Path
 import torch
 
 from tunelab.bundle import BundleIntegrityError, NotABundleError, verify_adapter_bundle
+from tunelab.serving.prepacked import PACKED_MAX_ROWS, pack, packed_linear
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +190,14 @@ class _Factors:
     scale: float
 
 
+FOLD_B = True
+"""Fold decode steps' B products into the base product on prepacked bf16 layers
+(:meth:`_LayerLora.fold`); False: the fp32 B product and add after it."""
+
+PACKED_A = True
+"""Folded decode steps multiply A in bf16 by oneDNN, on A packed once (half the bytes of the
+fp32 factors, no conversions of x and h); False: the fp32 A product, converted to bf16."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -188,6 +224,7 @@ class _LayerLora:
 
     def __init__(self, owner: AdapterCache, module: torch.nn.Linear):
         self.owner = owner
+        self.module = module
         self.factors: dict[str, _Factors] = {}
         # Stored transposed and contiguous: x @ At and h @ Bt are the fastest forms of these
         # skinny products on CPU (1.5x faster than F.linear's transposed views here); in the
@@ -205,6 +242,17 @@ class _LayerLora:
         are one tensor and multiplied at once; None: on its own."""
         self.group_cols = (0, 0)
         """This layer's columns in the group's A: (offset, width)."""
+        self.foldable = (
+            FOLD_B
+            and getattr(module, "packed", None) is not None
+            and module.weight.dtype != owner.lora_dtype
+            and module.weight.device.type == "cpu"
+        )
+        """Decode steps fold the B product into the base product (:meth:`fold`): a layer
+        whose bf16 weight is prepacked for oneDNN (``prepacked.py``, ``quantize.py``)."""
+        self._folded_for: torch.Tensor | None = None  # the Bt that module.lora_packed packs
+        self._full_mask: tuple | None = None  # (version, mask, mask in bf16)
+        self._packed_A: tuple | None = None  # (the At it packs, At^T in bf16 packed)
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -216,6 +264,8 @@ class _LayerLora:
         else:
             self.At, self.Bt = self.At[:, :0], self.Bt[:0]
         self.group, self.group_cols = None, (0, 0)  # the cache groups the siblings again
+        if self.foldable:  # packed again at the next decode step that folds (not per load)
+            self.module.lora_packed, self._folded_for = None, None
         self.blocks, at = {}, 0
         for k in keys:
             f = self.factors[k]
@@ -233,9 +283,78 @@ class _LayerLora:
             f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
         self._work = None
 
+    def fold(self, module, args):
+        """Forward pre-hook: for a decode step of a prepacked bf16 layer, the input becomes
+        ``[x | h]`` with ``h = (x A) * mask`` over all of this layer's adapter columns, and
+        the layer multiplies it by its weight packed as ``[W | B_cat]`` (``lora_packed``):
+        ``y = x W^T + h B^T`` in one oneDNN product, instead of an fp32 B product and a
+        mixed-dtype add after the base product (see the module doc). None: no fold."""
+        owner = self.owner
+        if owner._rows is None or not self.blocks or not self.foldable:
+            return None
+        x = args[0]
+        rows = x.numel() // x.shape[-1]
+        if (
+            rows >= MANY_ROWS
+            or rows > PACKED_MAX_ROWS
+            or rows < getattr(module, "dense_rows", 1)  # int8+bf16: the int8 kernel's rows
+            or x.dtype != module.weight.dtype
+            or x.dim() != 3
+        ):
+            return None
+        threads = torch.get_num_threads()
+        if threads > 1:  # the A product: one thread (see __call__); the folded product: all
+            torch.set_num_threads(1)
+        try:
+            h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        if h is None:
+            return None
+        if self._folded_for is not self.Bt:
+            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
+            module.lora_packed = pack(weight.contiguous())
+            self._folded_for = self.Bt
+        return (torch.cat([x, h], dim=-1),)
+
+    def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(x A_cat) * mask`` over all of this layer's columns, 0 on the adapters no row
+        uses, in ``x``'s dtype (bf16); None when the batch's adapters span under half of the
+        columns (then the masked products of the used columns only, in :meth:`__call__`).
+        With :data:`PACKED_A` the product is a oneDNN bf16 one on A packed once (a group's
+        once for its members), else fp32 on the fp32 factors and converted."""
+        owner = self.owner
+        if self.group is not None:
+            h = self.group.product(owner, x, x.dtype)
+            if h is None:
+                return None
+            at, width = self.group_cols
+            return h[..., at : at + width]
+        if self._full_mask is None or self._full_mask[0] != owner._version:
+            plan = owner._plan_for(self.layout)
+            full = None
+            if plan is not None and 2 * (plan[1] - plan[0]) >= self.At.shape[1]:
+                lo, hi, part = plan
+                full = part.new_zeros((part.shape[0], 1, self.At.shape[1]))
+                full[:, :, lo:hi] = part
+            low = None if full is None else full.to(x.dtype)
+            self._full_mask = (owner._version, full, low)
+        mask = self._full_mask[1]
+        if mask is None:
+            return None
+        if PACKED_A:
+            if self._packed_A is None or self._packed_A[0] is not self.At:
+                self._packed_A = (self.At, pack(self.At.t().to(x.dtype).contiguous()))
+            return packed_linear(x, self._packed_A[1], None).mul_(self._full_mask[2])
+        h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
+        return h.view(x.shape[0], x.shape[1], -1).mul_(mask).to(x.dtype)
+
     def __call__(self, module, args, output):
         owner = self.owner
         if owner._rows is None or not self.blocks:
+            return None
+        if args[0].shape[-1] != module.in_features:  # folded into the base product (fold)
             return None
         work = self._work
         if work is None or work[0] != owner._version:  # first call since the rows changed
@@ -324,10 +443,49 @@ class _SharedInput:
             at += width
         self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
+        self._converted: tuple | None = None  # (h, dtype, h in dtype)
+        self._packed_A: torch.Tensor | None = None  # A^T in bf16, packed (PACKED_A)
+        self._low_mask: tuple | None = None  # (mask, mask in bf16)
+        self._last_low: tuple | None = None  # (x, version, bf16 h)
 
-    def product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
+    def product(
+        self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
-        tensor; None when the shared product does not pay (:meth:`_group_mask`)."""
+        tensor; None when the shared product does not pay (:meth:`_group_mask`). ``dtype``:
+        the product converted to it (once for all members: the folded B products' input)."""
+        if PACKED_A and dtype is not None and dtype != self.A.dtype:
+            return self._packed_product(owner, x, dtype)
+        h = self._product(owner, x)
+        if h is None or dtype is None or dtype == h.dtype:
+            return h
+        converted = self._converted
+        if converted is None or converted[0] is not h or converted[1] != dtype:
+            converted = self._converted = (h, dtype, h.to(dtype))
+        return converted[2]
+
+    def _packed_product(
+        self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The masked product in ``dtype`` (bf16) by oneDNN on A packed once (``PACKED_A``)."""
+        version = owner._version
+        last = self._last_low
+        if last is not None and last[0] is x and last[1] == version:
+            return last[2]
+        if self._mask is None or self._mask[0] != version:
+            self._mask = (version, self._group_mask(owner))
+        mask = self._mask[1]
+        if mask is None or x.dim() != 3:
+            return None
+        if self._low_mask is None or self._low_mask[0] is not mask:
+            self._low_mask = (mask, mask.to(dtype))
+        if self._packed_A is None:
+            self._packed_A = pack(self.A.t().to(dtype).contiguous())
+        h = packed_linear(x, self._packed_A, None).mul_(self._low_mask[1])
+        self._last_low = (x, version, h)
+        return h
+
+    def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
@@ -489,6 +647,8 @@ class AdapterCache:
             if layer is None:
                 layer = self._layers[name] = _LayerLora(self, self._modules[name])
                 self._modules[name].register_forward_hook(layer)
+                if layer.foldable:
+                    self._modules[name].register_forward_pre_hook(layer.fold)
             layer.factors[key] = f
             layer.rebuild()
         self._regroup(factors)

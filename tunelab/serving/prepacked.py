@@ -66,6 +66,8 @@ class PrepackedLinear(torch.nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters
         self.packed = pack(self.weight)
+        self.lora_packed: torch.Tensor | None = None
+        """``[W | B_cat]`` packed by the adapter cache, for inputs ``[x | h]`` (adapters.py)."""
 
     @torch.no_grad()
     def repack(self) -> None:
@@ -73,6 +75,8 @@ class PrepackedLinear(torch.nn.Linear):
         self.packed = pack(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:  # [x | h]: LoRA folded in by the adapter cache
+            return packed_linear(x, self.lora_packed, self.bias)
         if use_packed(x, self.packed, self.in_features):
             return packed_linear(x, self.packed, self.bias)
         return F.linear(x, self.weight, self.bias)

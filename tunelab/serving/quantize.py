@@ -98,6 +98,8 @@ class Int8Linear(torch.nn.Linear):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(act_dtype), False)
         self.packed: torch.Tensor | None = None
         """The kept bf16 weight also in oneDNN's layout (:meth:`prepack`)."""
+        self.lora_packed: torch.Tensor | None = None
+        """``[W | B_cat]`` packed by the adapter cache, for inputs ``[x | h]`` (adapters.py)."""
 
     @torch.no_grad()
     def prepack(self) -> bool:
@@ -121,6 +123,8 @@ class Int8Linear(torch.nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Called ~210 times per decode step: no op that is not needed (each costs ~1-2 us of
         # dispatch; a single-stream step's int8 product is ~20-150 us).
+        if x.shape[-1] != self.in_features:  # [x | h]: LoRA folded in by the adapter cache
+            return packed_linear(x, self.lora_packed, self.bias)
         if x.dtype != self.scales.dtype:
             x = x.to(self.scales.dtype)
         x2 = x.reshape(-1, self.in_features)  # (N, in): a view of a contiguous x
