@@ -1,5 +1,7 @@
 """Fixtures shared by the whole test suite."""
 
+import contextlib
+
 import pytest
 
 
@@ -76,15 +78,20 @@ def tiny_model_dir(tmp_path_factory, default_model_dir):
     return folder
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    """A fresh, empty database: SQLite in a file, or a new database on the PostgreSQL server
-    that .ci/run starts (skipped locally without one; a failure in CI, where it is required)."""
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+"""The database backends a store test runs on (the ``db_url`` and ``module_db_url`` params)."""
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, folder):
+    """A fresh, empty database's URL: SQLite in a file in ``folder``, or a new database on the
+    PostgreSQL server that .ci/run starts (skipped locally without one; a failure in CI, where
+    it is required), dropped on the way out."""
     import os
     import uuid
 
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tunelab.db'}"
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'tunelab.db'}"
         return
     server = os.environ.get("TUNELAB_TEST_POSTGRES_URL")
     if not server:
@@ -99,15 +106,68 @@ def db_url(request, tmp_path):
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield server.rsplit("/", 1)[0] + "/" + name
-    from tunelab.db.engine import _open
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        from tunelab.db.engine import _open
 
-    db = _open.pop(server.rsplit("/", 1)[0] + "/" + name, None)
-    if db is not None:
-        db.engine.dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+        db = _open.pop(server.rsplit("/", 1)[0] + "/" + name, None)
+        if db is not None:
+            db.engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A fresh, empty database for a test, on each backend (:func:`fresh_database`)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_db_url(tmp_path_factory):
+    """The database of :func:`module_home`: SQLite. A module whose tests share a home but must
+    run on both backends overrides it with :func:`module_db_url_on_each_backend`."""
+    with fresh_database("sqlite", tmp_path_factory.mktemp("module-db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url_on_each_backend(request, tmp_path_factory):
+    """:func:`module_db_url` on SQLite and on PostgreSQL, one module-wide database each."""
+    with fresh_database(request.param, tmp_path_factory.mktemp("module-db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory, module_db_url):
+    """One home (database, artifacts, operator bases) for a module whose tests share a server
+    or a trained model, so it is trained once per module, not per test. Such a module also
+    overrides the suite's per-test ``tunelab_home`` with this one (the server reads it at each
+    request)::
+
+        @pytest.fixture(autouse=True)
+        def tunelab_home(module_home):
+            return module_home / "tunelab-home"
+    """
+    root = tmp_path_factory.mktemp("module-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELAB_HOME", str(root / "tunelab-home"))
+        mp.setenv("TUNELAB_DATABASE_URL", module_db_url)
+        mp.setenv("TUNELAB_ARTIFACTS_URL", str(root / "artifacts"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def module_services(module_home):
+    """Services and an admin key over :func:`module_home`: (services, key)."""
+    from tunelab.auth import create_key
+    from tunelab.services import open_services
+
+    services = open_services()
+    return services, create_key(services.db, "tests").secret
 
 
 @pytest.fixture

@@ -76,34 +76,6 @@ def tuned_server(services, api_key, tmp_path, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def module_home(tmp_path_factory):
-    """One home (database, artifacts, operator bases) for a module whose tests share a server,
-    so what it serves is trained once per module, not per test. Such a module also overrides
-    the suite's per-test ``tunelab_home`` with this one (the server reads it at each request)::
-
-        @pytest.fixture(autouse=True)
-        def tunelab_home(module_home):
-            return module_home / "tunelab-home"
-    """
-    root = tmp_path_factory.mktemp("module-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNELAB_HOME", str(root / "tunelab-home"))
-        mp.setenv("TUNELAB_DATABASE_URL", f"sqlite:///{root / 'tunelab.db'}")
-        mp.setenv("TUNELAB_ARTIFACTS_URL", str(root / "artifacts"))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def module_services(module_home):
-    """Services and an admin key over :func:`module_home`: (services, key)."""
-    from tunelab.auth import create_key
-    from tunelab.services import open_services
-
-    services = open_services()
-    return services, create_key(services.db, "tests").secret
-
-
-@pytest.fixture(scope="module")
 def module_tuned_server(module_home, module_services, tiny_model_dir):
     """:func:`tuned_server`, made once for a module whose tests only read it."""
     services, api_key = module_services

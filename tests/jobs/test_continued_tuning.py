@@ -25,11 +25,30 @@ def run(services, config, name, **datasets):
     return done
 
 
+@pytest.fixture(scope="module")
+def module_db_url(module_db_url_on_each_backend):
+    """Continued tuning reads the registry and the jobs store: both backends."""
+    return module_db_url_on_each_backend
+
+
+@pytest.fixture(autouse=True)
+def tunelab_home(module_home):
+    """The module's home: the parent model below is trained once per backend, not per test."""
+    return module_home / "tunelab-home"
+
+
 @pytest.fixture
-def parent(services, tmp_path, tiny_model_dir):
-    """colors@1: SFT with a validation set; its bundle holds the best-eval adapter."""
-    train = write_jsonl(tmp_path / "train.jsonl", color_rows(48))
-    val = write_jsonl(tmp_path / "val.jsonl", color_rows(16, offset=1000))
+def services(module_services):
+    return module_services[0]
+
+
+@pytest.fixture(scope="module")
+def parent(module_home, module_services, tiny_model_dir):
+    """colors@1: SFT with a validation set; its bundle holds the best-eval adapter. The tests
+    only read it (their own runs are new names or new versions, never its default)."""
+    services, _ = module_services
+    train = write_jsonl(module_home / "train.jsonl", color_rows(48))
+    val = write_jsonl(module_home / "val.jsonl", color_rows(16, offset=1000))
     config = SFTConfig(
         base_model=str(tiny_model_dir),
         train_steps=12,
@@ -102,6 +121,7 @@ def test_dpo_chains_from_the_supervised_model(services, parent, tmp_path, tiny_m
 
 def test_bad_continuations_are_refused_at_submit(services, parent, tmp_path):
     val = parent[1]
+    jobs_before = len(store.list_jobs(services.db))
     with pytest.raises(ContinuationError, match="give one of them"):
         submit_job(
             services.db,
@@ -120,7 +140,7 @@ def test_bad_continuations_are_refused_at_submit(services, parent, tmp_path):
             name="x",
             datasets={"preference": val, "prompts": val},
         )
-    assert len(store.list_jobs(services.db)) == 1  # only the parent's job: nothing queued
+    assert len(store.list_jobs(services.db)) == jobs_before  # nothing queued
 
 
 def test_rest_refuses_an_impossible_chain_with_the_field(services, parent):

@@ -223,3 +223,29 @@ def test_usage_is_recorded(services, tmp_path, tiny_model_dir, monkeypatch, pric
         assert usage["estimated_cost"] == pytest.approx(usage["billable_tokens"] / 1000 * 0.008)
     else:
         assert usage["estimated_cost"] is None
+
+
+def test_a_cancel_between_claim_and_start_cancels_the_job_and_the_worker_goes_on(
+    services, tmp_path, tiny_model_dir
+):
+    """A cancel that lands after a worker claimed a job (PENDING -> CANCELLING) but before the
+    job started running ends it CANCELLED; the worker used to raise out of its loop on the
+    illegal CANCELLING -> RUNNING move, leaving the job CANCELLING and the queue unserved."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input_text": "a", "output_text": "b"}] * 4)
+    job, _ = submit_job(
+        services.db,
+        services.artifacts,
+        config=SFTConfig(base_model=str(tiny_model_dir), train_steps=1),
+        name="cancelled-early",
+        datasets={"train": train},
+    )
+    worker = Worker(services.db, services.artifacts)
+    claimed = store.claim(services.db, worker.id, worker.lease_seconds, job_id=job.id)
+    assert claimed.state == "PENDING"
+    assert store.request_cancel(services.db, job.id).state == "CANCELLING"
+    outcome = worker.run_claimed(claimed)
+    assert outcome.state == "CANCELLED"
+    assert store.get_job(services.db, job.id).state == "CANCELLED"
+    assert not store.steps_of(services.db, job.id) or all(
+        s.state != "RUNNING" for s in store.steps_of(services.db, job.id)
+    )

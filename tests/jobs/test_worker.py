@@ -90,6 +90,11 @@ def env(services, tunelab_home, monkeypatch):
     return {**os.environ}
 
 
+KILL_RUN_STEPS = 60
+"""The killed job's length: killed past step 25 (last checkpoint 20), it resumes for 40 more,
+and the kill still lands mid-run with 35 steps to spare (the test polls every 50 ms)."""
+
+
 def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(
     services, env, tunelab_home, tmp_path, tiny_model_dir
 ):
@@ -97,7 +102,7 @@ def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(
     reference, _ = submit_job(
         services.db,
         services.artifacts,
-        config=config(tiny_model_dir, 120),
+        config=config(tiny_model_dir, KILL_RUN_STEPS),
         name="reference",
         datasets={"train": train},
     )
@@ -106,7 +111,7 @@ def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(
     job, _ = submit_job(
         services.db,
         services.artifacts,
-        config=config(tiny_model_dir, 120),
+        config=config(tiny_model_dir, KILL_RUN_STEPS),
         name="killed",
         datasets={"train": train},
     )
@@ -126,7 +131,7 @@ def test_sigkilled_worker_is_resumed_by_the_next_to_the_same_adapter(
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
     steps = [r["step"] for r in store.metrics_of(services.db, job.id) if "train_loss" in r]
-    assert steps == list(range(1, 121))
+    assert steps == list(range(1, KILL_RUN_STEPS + 1))
 
 
 def test_sigterm_requeues_cancel_is_fast_pause_and_resume_continue(

@@ -26,7 +26,7 @@ from tunelab.jobs.errors import classify
 from tunelab.jobs.methods import pipeline_for
 from tunelab.jobs.pipeline import StepContext, StopRequested
 from tunelab.jobs.retention import REMOVED_WHEN, prune_workdirs, remove_workdir
-from tunelab.jobs.states import JobState
+from tunelab.jobs.states import IllegalTransition, JobState
 from tunelab.registry.artifacts import ArtifactStore
 from tunelab.training.metrics import MetricsLog
 
@@ -103,9 +103,16 @@ class Worker:
         if job.state == S.CANCELLING:  # its previous worker died while cancelling
             return self._finish(job.id, S.CANCELLED, message="cancelled")
         pipeline = pipeline_for(job.method)
-        store.transition(
-            self.db, job.id, S.RUNNING, by_worker=self.id, message=f"running on {self.id}"
-        )
+        try:
+            store.transition(
+                self.db, job.id, S.RUNNING, by_worker=self.id, message=f"running on {self.id}"
+            )
+        except IllegalTransition:
+            # Cancelled between the claim and now (PENDING -> CANCELLING): nothing ran yet.
+            # Raising here would end run_forever and leave the job CANCELLING for good.
+            if store.get_job(self.db, job.id).state != S.CANCELLING:
+                raise
+            return self._finish(job.id, S.CANCELLED, message="cancelled before it started")
         workdir = get_settings().work / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         done = {s.name: s for s in store.steps_of(self.db, job.id)}
