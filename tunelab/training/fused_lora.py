@@ -237,7 +237,7 @@ class _FusedGroup:
             return None
         parts = [part.detach() for part in parts]
         if len(parts) == 1:
-            return parts[0].to(dtype)  # the layer's own tensor in its own dtype: no copy
+            return parts[0].to(dtype)  # in the layer's own dtype: its own tensor, no copy
         stacked = parts[0].new_empty((sum(self.outs), *parts[0].shape[1:]), dtype=dtype)
         row = 0
         for base, part, out in zip(self.bases, parts, self.outs, strict=True):

@@ -50,8 +50,9 @@ def import_plotting_in_background() -> None:
     """Start importing matplotlib (about 0.6 CPU-s) in a background thread, once per process,
     so that the curve drawn at the end of a run does not wait for it.
 
-    A run calls this when its steps begin: they leave a core idle most of the time (torch on
-    one thread, or Python between kernels), so the import costs the run almost no wall time.
+    A run calls this when its steps begin: they leave a core idle much of the time (all of it
+    when torch computes on one thread of two cores; between kernels otherwise), so the import
+    costs the run little wall time there, where at the end it would add all of it.
     Drawing still imports matplotlib itself; Python's import lock makes it wait for this import
     if it has not finished, and if it failed the drawing's own import reports why.
     """
