@@ -206,3 +206,20 @@ def test_frozen_weights_are_stacked_per_compute_dtype_when_first_used(tiny_model
     for name, param in model.named_parameters():
         if "base_layer" in name:
             assert torch.equal(param, originals[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_first_pass_in_inference_mode_leaves_training_possible(tiny_model_dir, batch, dtype):
+    """The stacked weights are made by the first pass at their dtype: when that pass runs in
+    inference mode (RFT's rollouts, an evaluation), they must still be normal tensors that a
+    later training step can save for its backward."""
+    reference = lora_model(tiny_model_dir)
+    model = copy.deepcopy(reference)
+    assert fuse_lora_for_training(model, dtype)
+    model.train()  # the mode in which the norms hand the blocks the compute dtype
+    with torch.inference_mode():
+        model.get_decoder()(input_ids=batch.input_ids)
+    loss, grads = loss_and_grads(model, batch)  # raised "Inference tensors cannot be saved"
+    ref_loss, _ = loss_and_grads(reference, batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert all(g.abs().max() > 0 for g in grads.values())

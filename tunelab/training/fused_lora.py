@@ -228,7 +228,12 @@ class _FusedGroup:
     def weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of the group in ``dtype``; made once."""
         if dtype not in self.frozen:
-            self.frozen[dtype] = (self._stacked("weight", dtype), self._stacked("bias", dtype))
+            # Normal tensors whatever mode the first caller runs in: made under inference mode
+            # (a rollout, an evaluation) they could not be saved for a later step's backward,
+            # nor hold the base weights that become views into them.
+            with torch.inference_mode(False), torch.no_grad():
+                weight, bias = self._stacked("weight", dtype), self._stacked("bias", dtype)
+            self.frozen[dtype] = (weight, bias)
         return self.frozen[dtype]
 
     def _stacked(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
