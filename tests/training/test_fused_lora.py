@@ -172,3 +172,54 @@ def test_bf16_training_leaves_evaluation_and_generation_in_fp32(tiny_model_dir, 
         expected_generated = reference.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # exact: fp32 in eval mode
     assert torch.equal(generated, expected_generated)
+
+
+def frozen_groups(model):
+    for layer in model.get_decoder().layers:
+        attention, mlp = layer.self_attn.forward, layer.mlp.forward
+        yield from (attention.qkv, attention.o, mlp.gate_up, mlp.down)
+
+
+def test_frozen_weights_are_stacked_per_compute_dtype_when_first_used(tiny_model_dir, batch):
+    """A bf16 training step makes the bf16 stacks only (no fp32 copy of every frozen weight);
+    the fp32 stacks, made by an fp32 (evaluation) pass, hold the base weights themselves (the
+    originals become views: no second copy) and equal them, as the bf16 ones equal them
+    rounded."""
+    model = lora_model(tiny_model_dir)
+    originals = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    assert fuse_lora_for_training(model, torch.bfloat16)
+    assert all(not group.frozen for group in frozen_groups(model))  # nothing made up front
+    train_loss(model, batch).backward()
+    assert all(list(group.frozen) == [torch.bfloat16] for group in frozen_groups(model))
+
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=batch.input_ids)
+    for group in frozen_groups(model):
+        assert set(group.frozen) == {torch.bfloat16, torch.float32}
+        fp32, bf16 = group.frozen[torch.float32][0], group.frozen[torch.bfloat16][0]
+        torch.testing.assert_close(bf16, fp32.to(torch.bfloat16), rtol=0, atol=0)
+        row = 0
+        for base, out in zip(group.bases, group.outs, strict=True):
+            assert base.weight.data_ptr() == fp32[row : row + out].data_ptr()  # a view
+            row += out
+    for name, param in model.named_parameters():
+        if "base_layer" in name:
+            assert torch.equal(param, originals[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_first_pass_in_inference_mode_leaves_training_possible(tiny_model_dir, batch, dtype):
+    """The stacked weights are made by the first pass at their dtype: when that pass runs in
+    inference mode (RFT's rollouts, an evaluation), they must still be normal tensors that a
+    later training step can save for its backward."""
+    reference = lora_model(tiny_model_dir)
+    model = copy.deepcopy(reference)
+    assert fuse_lora_for_training(model, dtype)
+    model.train()  # the mode in which the norms hand the blocks the compute dtype
+    with torch.inference_mode():
+        model.get_decoder()(input_ids=batch.input_ids)
+    loss, grads = loss_and_grads(model, batch)  # raised "Inference tensors cannot be saved"
+    ref_loss, _ = loss_and_grads(reference, batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert all(g.abs().max() > 0 for g in grads.values())

@@ -8,8 +8,9 @@ share of the step (bench/profile_sft_step.py times it against PEFT's). This modu
 work without changing what is learnt:
 
 - q, k and v read the same input, as do gate and up: their frozen weights are stored as one
-  matrix each (the original weights become views into it, so no memory is added), and one
-  larger matmul replaces two or three smaller ones, at better efficiency;
+  matrix each, made in the compute dtype when first used (in the weights' own dtype the
+  original weights become views into it, so no memory is added), and one larger matmul
+  replaces two or three smaller ones, at better efficiency;
 - their LoRA ``A`` matrices are stacked, so ``x @ A.T`` is one matmul for the group too;
 - the LoRA term is added inside the base GEMM's output (``addmm_`` with ``beta=1``, scaling as
   ``alpha``), so no full-size scaling or add pass exists, forward or backward;
@@ -211,22 +212,45 @@ class _FusedGroup:
     """k LoRA-wrapped ``nn.Linear`` layers that read the same input, computed as one."""
 
     def __init__(self, layers: Sequence[torch.nn.Module]):
-        bases = [layer.base_layer for layer in layers]
-        fused = torch.cat([base.weight.detach() for base in bases])  # (sum out_i, in)
-        row = 0
-        for base in bases:  # the originals become views: no second copy of the weights
-            out = base.weight.shape[0]
-            base.weight.data = fused[row : row + out]
-            row += out
-        self.weight = fused
-        self.bias = None
-        if bases[0].bias is not None:
-            self.bias = torch.cat([base.bias.detach() for base in bases])
-        # The frozen weights in each compute dtype in use; a bf16 copy is made once, when a
-        # bf16 input first arrives (the fp32 ones stay for PEFT's forward and evaluation).
-        self.frozen = {fused.dtype: (fused, self.bias)}
-        self.outs = [base.weight.shape[0] for base in bases]
+        self.bases = [layer.base_layer for layer in layers]
+        self.outs = [base.weight.shape[0] for base in self.bases]
         self.layers = list(layers)
+        self.frozen: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        """The frozen (sum out_i, in) weight and bias in each compute dtype in use, made when an
+        input of that dtype first arrives: a bf16 run without evaluation never makes the fp32
+        one (a copy of every frozen weight of the model, a third of a second at 135M)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base layers' own dtype (what PEFT's forward computes in)."""
+        return self.bases[0].weight.dtype
+
+    def weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the group in ``dtype``; made once."""
+        if dtype not in self.frozen:
+            # Normal tensors whatever mode the first caller runs in: made under inference mode
+            # (a rollout, an evaluation) they could not be saved for a later step's backward,
+            # nor hold the base weights that become views into them.
+            with torch.inference_mode(False), torch.no_grad():
+                weight, bias = self._stacked("weight", dtype), self._stacked("bias", dtype)
+            self.frozen[dtype] = (weight, bias)
+        return self.frozen[dtype]
+
+    def _stacked(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        parts = [getattr(base, name) for base in self.bases]
+        if parts[0] is None:
+            return None
+        parts = [part.detach() for part in parts]
+        if len(parts) == 1:
+            return parts[0].to(dtype)  # in the layer's own dtype: its own tensor, no copy
+        stacked = parts[0].new_empty((sum(self.outs), *parts[0].shape[1:]), dtype=dtype)
+        row = 0
+        for base, part, out in zip(self.bases, parts, self.outs, strict=True):
+            stacked[row : row + out].copy_(part)  # converts to dtype in the same pass
+            if dtype == part.dtype:  # the original becomes a view: no second copy of it
+                getattr(base, name).data = stacked[row : row + out]
+            row += out
+        return stacked
 
     def adapter(self) -> str | None:
         """The one adapter the layers compute (``default``, or another one switched on with
@@ -257,10 +281,7 @@ class _FusedGroup:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., sum out_i): the layers' outputs side by side."""
         flat = x.reshape(-1, x.shape[-1])
-        if flat.dtype not in self.frozen:
-            bias = None if self.bias is None else self.bias.to(flat.dtype)
-            self.frozen[flat.dtype] = (self.weight.to(flat.dtype), bias)
-        weight, bias = self.frozen[flat.dtype]
+        weight, bias = self.weights(flat.dtype)
         name = self.adapter()
         if name is None:  # the base model alone (the RL stage's reference)
             y = F.linear(flat, weight, bias)
@@ -297,7 +318,7 @@ class _FusedAttentionForward:
         cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
         if cached or self.qkv.bypassed():
             # PEFT's forward computes in the weights' dtype (a bf16 input is a training norm's)
-            hidden_states = hidden_states.to(self.qkv.weight.dtype)
+            hidden_states = hidden_states.to(self.qkv.dtype)
             return self.original(hidden_states, position_embeddings, attention_mask, **kwargs)
         attn = self.attn
         input_shape = hidden_states.shape[:-1]
@@ -426,7 +447,7 @@ class _FusedMLPForward:
 
     def __call__(self, x):
         if self.gate_up.bypassed():
-            return self.original(x.to(self.gate_up.weight.dtype))
+            return self.original(x.to(self.gate_up.dtype))
         gate_up = self.gate_up(x)
         if self.swiglu_half is not None:
             return self.down(_SwiGLU.apply(gate_up, self.swiglu_half))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from tunelab.training.atomic import write_bytes
+
+logger = logging.getLogger(__name__)
+
+_plotting_import: threading.Thread | None = None
 
 
 class MetricsLog:
@@ -37,6 +44,34 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+def import_plotting_in_background() -> None:
+    """Start importing matplotlib (about 0.6 CPU-s) in a background thread, once per process,
+    so that the curve drawn at the end of a run does not wait for it.
+
+    A run calls this when its steps begin: they leave a core idle much of the time (all of it
+    when torch computes on one thread of two cores; between kernels otherwise), so the import
+    costs the run little wall time there, where at the end it would add all of it.
+    Drawing still imports matplotlib itself; Python's import lock makes it wait for this import
+    if it has not finished, and if it failed the drawing's own import reports why.
+    """
+    global _plotting_import
+    if _plotting_import is None and "matplotlib.pyplot" not in sys.modules:
+        _plotting_import = threading.Thread(
+            target=_import_plotting, name="tunelab-import-matplotlib", daemon=True
+        )
+        _plotting_import.start()
+
+
+def _import_plotting() -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on servers
+        import matplotlib.pyplot  # noqa: F401
+    except Exception:  # noqa: BLE001 - the drawing imports it again and reports the error
+        logger.debug("importing matplotlib in the background failed", exc_info=True)
 
 
 def plot_loss_curve(

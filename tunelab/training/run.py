@@ -70,7 +70,7 @@ from tunelab.training.checkpoint import (
 from tunelab.training.early_stopping import record_eval
 from tunelab.training.fast_path import FastPath
 from tunelab.training.lora import adamw
-from tunelab.training.metrics import MetricsLog, plot_loss_curve
+from tunelab.training.metrics import MetricsLog, import_plotting_in_background, plot_loss_curve
 from tunelab.training.precision import resolve_precision
 from tunelab.training.progress import Progress, ProgressCallback, no_progress
 
@@ -360,6 +360,8 @@ class TrainingRun:
         requests, periodic checkpoints and progress."""
         state = self.state
         timer_start, timer_step = time.perf_counter(), state.step
+        if self.world.is_main and state.step < self.total_steps:
+            import_plotting_in_background()  # for the bundle's curve, while the steps run
         while state.step < self.total_steps and not state.stopped_early:
             if self._stop_requested():
                 self.checkpoint()
