@@ -472,10 +472,8 @@ class _SharedInput:
         last = self._last_low
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        if self._mask is None or self._mask[0] != version:
-            self._mask = (version, self._group_mask(owner))
-        mask = self._mask[1]
-        if mask is None or x.dim() != 3:
+        mask = self._current_mask(owner, x)
+        if mask is None:
             return None
         if self._low_mask is None or self._low_mask[0] is not mask:
             self._low_mask = (mask, mask.to(dtype))
@@ -485,15 +483,21 @@ class _SharedInput:
         self._last_low = (x, version, h)
         return h
 
+    def _current_mask(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
+        """The mask of the rows selected now (built once per selection), or None when the
+        shared product does not pay (:meth:`_group_mask`) or ``x`` is not (B, T, in)."""
+        if self._mask is None or self._mask[0] != owner._version:
+            self._mask = (owner._version, self._group_mask(owner))
+        mask = self._mask[1]
+        return None if mask is None or x.dim() != 3 else mask
+
     def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        if self._mask is None or self._mask[0] != version:
-            self._mask = (version, self._group_mask(owner))
-        mask = self._mask[1]
-        if mask is None or x.dim() != 3:
+        mask = self._current_mask(owner, x)
+        if mask is None:
             return None
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.A.dtype), self.A)
         h = h.view(x.shape[0], x.shape[1], -1).mul_(mask)
