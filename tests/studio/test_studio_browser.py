@@ -7,7 +7,6 @@ Screenshots of every page at laptop (1280 px) and wide (1920 px) widths go to
 ``TUNELAB_REQUIRE_BROWSER=1`` (CI), where they fail instead.
 """
 
-import contextlib
 import json
 import os
 import subprocess
@@ -64,10 +63,9 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'tunelab.db'}"
 
 
-@contextlib.contextmanager
-def running_studio(services, tiny_model_dir):
-    """The real app (API + Studio) with an inference pool and a worker thread, on loopback:
-    yields (server, admin key, the tiny base's name)."""
+@pytest.fixture
+def studio(services, tiny_model_dir):
+    """The real app (API + Studio) with an inference pool and a worker thread, on loopback."""
     from tunelab.api.app import create_app
     from tunelab.auth import create_key
     from tunelab.jobs.worker import Worker
@@ -81,20 +79,11 @@ def running_studio(services, tiny_model_dir):
     worker = Worker(services.db, services.artifacts)
     thread = threading.Thread(target=worker.run_forever, kwargs={"poll_seconds": 0.2}, daemon=True)
     thread.start()
-    try:
-        with LiveServer(create_app(services, inference=pool)) as server:
-            yield server, key, "tiny-llama"
-    finally:
-        worker.shutdown.set()
-        thread.join(30)
-        pool.close()
-
-
-@pytest.fixture
-def studio(services, tiny_model_dir):
-    """:func:`running_studio` for one test."""
-    with running_studio(services, tiny_model_dir) as running:
-        yield running
+    with LiveServer(create_app(services, inference=pool)) as server:
+        yield server, key, "tiny-llama"
+    worker.shutdown.set()
+    thread.join(30)
+    pool.close()
 
 
 @pytest.fixture

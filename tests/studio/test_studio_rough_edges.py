@@ -2,9 +2,7 @@
 laptop (1280 px) and a phone (390 px) width, with no console errors and no failed requests.
 
 Jobs are submitted over REST (the wizard itself is covered by test_studio_browser.py) and run
-by the worker thread of the ``studio`` fixture on the tiny model. One server, worker and home
-serve the whole module: each test adds jobs and versions under names of its own (a width in
-the name where a test runs per width) and reads only those.
+by the worker thread of the ``studio`` fixture on the tiny model.
 """
 
 # ruff: noqa: F811  (pytest fixtures imported from test_studio_browser, then requested by name)
@@ -20,30 +18,15 @@ from support import preference_rows, write_jsonl
 from test_studio_browser import (  # noqa: F401  (fixtures)
     ARTIFACTS,
     browser,
+    db_url,
     log_in,
     rows,
     run_snippet,
-    running_studio,
+    studio,
 )
 
 pytestmark = pytest.mark.browser
 PHONE, LAPTOP = 390, 1280
-
-
-@pytest.fixture(autouse=True)
-def tunelab_home(module_home):
-    return module_home / "tunelab-home"
-
-
-@pytest.fixture
-def services(module_services):
-    return module_services[0]
-
-
-@pytest.fixture(scope="module")
-def studio(module_services, tiny_model_dir):
-    with running_studio(module_services[0], tiny_model_dir) as running:
-        yield running
 
 
 @pytest.fixture(params=[LAPTOP, PHONE], ids=["1280px", "390px"])
@@ -211,24 +194,21 @@ def test_create_page_no_404s_dpo_defaults_base_model_error_and_validation_advice
     assert page.problems == []
 
 
-@pytest.fixture(scope="module")
-def finished_jobs(studio, module_home):
-    """An SFT job with a validation set and a DPO job with one, run to the end once for both
-    widths (the pages show the same jobs at each): (their files' folder, SFT job id, SFT job,
-    DPO job id, DPO job). The SFT job's progress bar never went backwards."""
+def test_job_and_models_pages_read_right(studio, page, tmp_path):
+    """An SFT job with a validation set and a DPO job, run to the end: progress never went
+    backwards; the job page has no "Attempts 0", consistent token counts, named charts; the
+    models page shows DPO's evaluation as a table; every page fits the width."""
     server, key, tiny = studio
-    folder = module_home / "edges-jobs"
-    folder.mkdir()
     sft = submit(
         server.url,
         key,
         "sft",
         {
-            "train": write_jsonl(folder / "t.jsonl", rows(24)),
-            "validation": write_jsonl(folder / "v.jsonl", rows(8, seed=2)),
+            "train": write_jsonl(tmp_path / "t.jsonl", rows(24)),
+            "validation": write_jsonl(tmp_path / "v.jsonl", rows(8, seed=2)),
         },
         {"base_model": tiny, "train_steps": 6, "eval_every_steps": 2, "batch_size": 4},
-        "edges-sft",
+        f"edges-sft-{page.width}",
     )
     job, seen = wait_done(server.url, key, sft)
     assert job["state"] == "SUCCEEDED", job.get("error")
@@ -238,23 +218,14 @@ def finished_jobs(studio, module_home):
         key,
         "dpo",
         {
-            "preference": write_jsonl(folder / "p.jsonl", preference_rows(16)),
-            "validation": write_jsonl(folder / "pv.jsonl", preference_rows(8, offset=50)),
+            "preference": write_jsonl(tmp_path / "p.jsonl", preference_rows(16)),
+            "validation": write_jsonl(tmp_path / "pv.jsonl", preference_rows(8, offset=50)),
         },
         {"base_model": tiny, "train_steps": 2, "batch_size": 4},
-        "edges-dpo",
+        f"edges-dpo-{page.width}",
     )
     done_dpo, _ = wait_done(server.url, key, dpo)
     assert done_dpo["state"] == "SUCCEEDED", done_dpo.get("error")
-    return folder, sft, job, dpo, done_dpo
-
-
-def test_job_and_models_pages_read_right(studio, finished_jobs, page):
-    """An SFT job with a validation set and a DPO job, run to the end: progress never went
-    backwards; the job page has no "Attempts 0", consistent token counts, named charts; the
-    models page shows DPO's evaluation as a table; every page fits the width."""
-    server, key, tiny = studio
-    folder, sft, job, dpo, done_dpo = finished_jobs
 
     log_in(page, server.url, key)
     page.goto(f"{server.url}/#/jobs/{sft}")
@@ -340,7 +311,7 @@ def test_job_and_models_pages_read_right(studio, finished_jobs, page):
         code = page.text_content(f"#job-snippet-{snippet}")
         argv = [sys.executable, "-c", code] if snippet == "python" else ["bash", "-c", code]
         env = {**os.environ, "TUNELAB_API_KEY": key}
-        done = subprocess.run(argv, env=env, cwd=folder, capture_output=True, text=True)
+        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, (snippet, done.stderr)
         again = done.stdout.strip().splitlines()[-1]
         twin = httpx.get(f"{server.url}/v1/tuningJobs/{again}", headers=auth).json()
@@ -358,15 +329,17 @@ def test_job_and_models_pages_read_right(studio, finished_jobs, page):
         "document.querySelector('#overlay-chart').getAttribute('aria-label').split(';').length == 2"
     )
     label = page.get_attribute("#overlay-chart", "aria-label")
-    assert "edges-sft" in label and "edges-dpo" in label
+    assert f"edges-sft-{page.width}" in label and f"edges-dpo-{page.width}" in label
     shot(page, "jobs-overlay")
 
     for hash_ in ("#/jobs", "#/models"):
         page.goto(server.url + "/" + hash_)
         page.wait_for_timeout(300)
         assert_fits(page)
-    page.wait_for_selector("[data-model='edges-dpo'] [data-testid=metrics-evaluation]")
-    card = page.inner_text("[data-model='edges-dpo']")
+    page.wait_for_selector(
+        f"[data-model='edges-dpo-{page.width}'] [data-testid=metrics-evaluation]"
+    )
+    card = page.inner_text(f"[data-model='edges-dpo-{page.width}']")
     assert "[object Object]" not in card and "Reward accuracy" in card
     shot(page, "models-dpo")
     assert page.problems == []
