@@ -90,6 +90,7 @@ import torch
 
 from tunelab.bundle import BundleIntegrityError, NotABundleError, verify_adapter_bundle
 from tunelab.serving.prepacked import PACKED_MAX_ROWS, pack, packed_linear
+from tunelab.serving.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -302,14 +303,8 @@ class _LayerLora:
             or x.dim() != 3
         ):
             return None
-        threads = torch.get_num_threads()
-        if threads > 1:  # the A product: one thread (see __call__); the folded product: all
-            torch.set_num_threads(1)
-        try:
+        with one_thread():  # the A product; the folded product runs on all the threads
             h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
         if h is None:
             return None
         if self._folded_for is not self.Bt:
@@ -373,13 +368,7 @@ class _LayerLora:
                 At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
             _add_lora(x, out2, At, Bt, mask)
             return output
-        threads = torch.get_num_threads()
-        if threads > 1:
-            # A decode step's products are too small to share between threads: on two threads
-            # they took 2x the CPU time of one (the second spins in OpenMP's barrier), and far
-            # longer when another process holds a core. Setting the count costs ~0.1 us.
-            torch.set_num_threads(1)
-        try:
+        with one_thread():  # a decode step's products are too small to share between threads
             h = None if self.group is None else self.group.product(owner, x)
             if h is not None:  # this layer's used columns of the shared product, masked
                 at = self.group_cols[0] + lo
@@ -387,9 +376,6 @@ class _LayerLora:
                 _add_product(out2, h2, Bt)
             else:
                 _add_lora(x, out2, At, Bt, mask)
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
         return output
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from tunelab.serving import prepacked
 from tunelab.serving.quantize import CHOICES, Int8Linear
+from tunelab.serving.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -237,27 +238,22 @@ def time_products(n_in: int, n_out: int, repeats: int = 7) -> Timings:
     else:
         bf16_product = F.linear
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     samples: dict[tuple[str, int], list[float]] = {}
-    try:
-        with torch.inference_mode():
-            inputs = {rows: torch.randn(rows, n_in, generator=gen) for rows in PROBE_ROWS}
-            calls = {
-                "fp32": lambda x: [F.linear(x, w) for w in fp32],
-                "bf16": lambda x: [bf16_product(x, w) for w in bf16],
-                "int8": lambda x: [q(x) for q in int8],
-            }
-            for repeat in range(repeats + 1):  # the first round warms up: not counted
-                for rows, x in inputs.items():
-                    for fmt, call in calls.items():
-                        arg = x if fmt == "fp32" else x.bfloat16()
-                        start = time.thread_time()
-                        call(arg)
-                        if repeat:
-                            samples.setdefault((fmt, rows), []).append(
-                                (time.thread_time() - start) / copies
-                            )
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread(), torch.inference_mode():
+        inputs = {rows: torch.randn(rows, n_in, generator=gen) for rows in PROBE_ROWS}
+        calls = {
+            "fp32": lambda x: [F.linear(x, w) for w in fp32],
+            "bf16": lambda x: [bf16_product(x, w) for w in bf16],
+            "int8": lambda x: [q(x) for q in int8],
+        }
+        for repeat in range(repeats + 1):  # the first round warms up: not counted
+            for rows, x in inputs.items():
+                for fmt, call in calls.items():
+                    arg = x if fmt == "fp32" else x.bfloat16()
+                    start = time.thread_time()
+                    call(arg)
+                    if repeat:
+                        samples.setdefault((fmt, rows), []).append(
+                            (time.thread_time() - start) / copies
+                        )
     return {k: statistics.median(v) for k, v in samples.items()}

@@ -47,6 +47,7 @@ from tunelab.serving.adapters import AdapterCache
 from tunelab.serving.fast_decode import KVCache, LeanDecoder, causal_lm_core
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.sampling import RowSampling, make_generator, sample_batch
+from tunelab.serving.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -459,17 +460,11 @@ class ModelRunner:
         # Drawn on the CPU with each row's own CPU generator: a seed gives the same tokens on
         # every device (the copy of (B, V) logits is a no-op on a CPU).
         logits = logits.cpu()
-        threads = torch.get_num_threads()
-        if threads > 1:
-            # Sampling is a few passes over (B, 49k) logits: too small to share between
-            # threads. On two, a sampled single stream served 25 tok/s against 38 greedy
-            # (bench_serving.py --sampling defaults), its step being ~2.5 ms longer on one.
-            torch.set_num_threads(1)
-        try:
+        # Sampling is a few passes over (B, 49k) logits: too small to share between threads.
+        # On two, a sampled single stream served 25 tok/s against 38 greedy (bench_serving.py
+        # --sampling defaults), its step being ~2.5 ms longer on one.
+        with one_thread():
             tokens = sample_batch(logits, [r.sampling for r in rows], [r.generator for r in rows])
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
         for row, token in zip(rows, tokens, strict=True):
             self._accept(row, token)
 
