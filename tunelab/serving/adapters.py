@@ -327,12 +327,7 @@ class _LayerLora:
             at, width = self.group_cols
             return h[..., at : at + width]
         if self._full_mask is None or self._full_mask[0] != owner._version:
-            plan = owner._plan_for(self.layout)
-            full = None
-            if plan is not None and 2 * (plan[1] - plan[0]) >= self.At.shape[1]:
-                lo, hi, part = plan
-                full = part.new_zeros((part.shape[0], 1, self.At.shape[1]))
-                full[:, :, lo:hi] = part
+            full = _columns_mask(owner, [(self.layout, 0)], self.At)
             low = None if full is None else full.to(x.dtype)
             self._full_mask = (owner._version, full, low)
         mask = self._full_mask[1]
@@ -492,20 +487,28 @@ class _SharedInput:
         return h
 
     def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
-        """Each member's mask over its used columns, 0 over the others; None when the used
-        columns are under half of the group's (then the shared product would mostly multiply
-        by adapters no row uses, e.g. one stream's adapter among eight loaded)."""
-        plans = [owner._plan_for(m.layout) for m in self.members]
-        if any(p is None for p in plans):
-            return None
-        if 2 * sum(hi - lo for lo, hi, _ in plans) < self.A.shape[1]:
-            return None
-        mask = torch.zeros((len(owner._rows), 1, self.A.shape[1]), dtype=self.A.dtype)
-        mask = mask.to(self.A.device)
-        for m, (lo, hi, part) in zip(self.members, plans, strict=True):
-            at = m.group_cols[0]
-            mask[:, :, at + lo : at + hi] = part
-        return mask
+        """Each member's mask over its used columns, 0 over the others (:func:`_columns_mask`)."""
+        members = [(m.layout, m.group_cols[0]) for m in self.members]
+        return _columns_mask(owner, members, self.A)
+
+
+def _columns_mask(
+    owner: AdapterCache, members: list[tuple[tuple, int]], A: torch.Tensor
+) -> torch.Tensor | None:
+    """The (B, 1, R) mask over all of ``A``'s columns for the selected rows: each member's
+    (layout, first column in A) block holds its rows' scales on their adapter's columns, 0
+    elsewhere. None when a member has no used columns or the used columns are under half of
+    A's (then a product over all of them would mostly multiply by adapters no row uses, e.g.
+    one stream's adapter among eight loaded)."""
+    plans = [owner._plan_for(layout) for layout, _ in members]
+    if any(p is None for p in plans):
+        return None
+    if 2 * sum(hi - lo for lo, hi, _ in plans) < A.shape[1]:
+        return None
+    mask = torch.zeros((len(owner._rows), 1, A.shape[1]), dtype=A.dtype, device=A.device)
+    for (_, at), (lo, hi, part) in zip(members, plans, strict=True):
+        mask[:, :, at + lo : at + hi] = part
+    return mask
 
 
 @dataclass
