@@ -136,17 +136,37 @@ def trained_steps(home: Path, job_id: str) -> int:
 
 
 def ray_train_workers() -> list:
-    """The Ray Train worker processes of the cluster this test process started."""
+    """The Ray Train worker processes of the cluster this test process started.
+
+    A process a worker forks (a library running a command) carries the worker's title until it
+    execs: it is not a worker, so processes whose parent is a worker do not count. CI once saw
+    three here for a moment, with the run itself on two."""
     import psutil
+
+    def titled(proc) -> bool:
+        return "RayTrainWorker" in " ".join(proc.cmdline())
 
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if "RayTrainWorker" in " ".join(proc.cmdline()):
+            if titled(proc) and not titled(proc.parent()):
                 found.append(proc)
-        except psutil.Error:
+        except (psutil.Error, AttributeError):  # gone meanwhile; parent() None once orphaned
             continue
     return found
+
+
+def describe(processes) -> str:
+    """Each process's pid, parent and command line, for an assertion's message."""
+    import psutil
+
+    lines = []
+    for proc in processes:
+        try:
+            lines.append(f"{proc.pid} (parent {proc.ppid()}): {' '.join(proc.cmdline())[:160]}")
+        except psutil.Error:
+            lines.append(f"{proc.pid}: gone")
+    return "\n".join(lines)
 
 
 def assert_same_adapter(services, name, reference_dir: Path) -> None:
@@ -199,17 +219,19 @@ def test_a_rest_job_trains_on_two_ray_workers_to_the_one_process_adapter(
         stderr=subprocess.STDOUT,
     )
     # Watched while it runs: the training processes are the cluster's Ray Train workers.
-    seen = 0
+    seen, seen_at_most = 0, ""
     deadline = time.monotonic() + 600
     try:
         while worker.poll() is None and time.monotonic() < deadline:
-            seen = max(seen, len(ray_train_workers()))
+            workers = ray_train_workers()
+            if len(workers) > seen:
+                seen, seen_at_most = len(workers), describe(workers)
             time.sleep(0.1)  # polling interval while the worker runs the job
     finally:
         if worker.poll() is None:
             worker.kill()
     assert worker.wait(10) == 0, log.read_text()[-3000:]
-    assert seen == 2
+    assert seen == 2, seen_at_most
 
     job = http.get(f"/v1/tuningJobs/{job_id}").json()
     assert job["state"] == "SUCCEEDED", job["error"]
