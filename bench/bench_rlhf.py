@@ -2,7 +2,7 @@
 
     python bench/bench_rlhf.py [--reward-steps 20] [--rl-steps 10] [--dpo-steps 20] \
         [--batch-size 8] [--prompts-per-step 4] [--samples-per-prompt 4] [--target-length 32] \
-        [--only RUN ...] [--threads N]
+        [--only RUN ...] [--threads N] [--rounds N]
 
 Up to nine runs, one after the other, each in a fresh subprocess (so that peak RSS is its own):
 
@@ -34,7 +34,9 @@ disturbs less than wall time), seconds inside the training steps (for our DPO, p
 log-probabilities, which TRL does inside its steps), and peak RSS. Each run also prints what
 it learned (the final train loss; RL: mean reward-model score of the last steps), to show that
 both sides did the same job. On a shared machine trust the ratios more than the absolute numbers; ``others``
-is the share of the cores other processes used while the run ran.
+is the share of the cores other processes used while the run ran. ``--rounds N`` runs the
+selected runs N times in turn, and gives each stage's ratio per round and their median: on a
+shared host the same run's time moved by up to 35% within twenty minutes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -458,6 +461,12 @@ def main() -> None:
     )
     parser.add_argument("--only", nargs="*", choices=RUNS, help="run only these")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the selected runs this many times in turn; the ratios' median is reported",
+    )
+    parser.add_argument(
         "--reward-model-dir",
         help="an existing reward-model bundle for the RL runs (skips training one)",
     )
@@ -489,52 +498,69 @@ def main() -> None:
         f"candidates <= {args.target_length} tokens"
     )
     runs = args.only or [r for r in RUNS if native_bf16() or not r.endswith("-bf16")]
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for name in runs:
-            if (
-                name.startswith("rl/")
-                and not args.reward_model_dir
-                and "reward/tunelab" not in results
-            ):
-                results["reward/tunelab"] = spawn("reward/tunelab", args, Path(tmp))
-            if name not in results:
-                results[name] = spawn(name, args, Path(tmp))
-    report(results)
+        for round_ in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_} of {args.rounds}", flush=True)
+            results = {}
+            for name in runs:
+                # The RL runs need a reward model: the first round's serves the later ones.
+                if (
+                    name.startswith("rl/")
+                    and not args.reward_model_dir
+                    and not any("reward/tunelab" in done for done in [*rounds, results])
+                ):
+                    results["reward/tunelab"] = spawn("reward/tunelab", args, Path(tmp))
+                if name not in results:
+                    results[name] = spawn(name, args, Path(tmp))
+            rounds.append(results)
+    report(rounds)
 
 
-def report(results: dict) -> None:
+def report(rounds: list[dict]) -> None:
     print()
     print(
-        f"{'run':<16}{'wall s':>9}{'CPU s':>9}{'train s':>9}{'peak RSS MB':>13}{'others':>8}"
+        f"{'run':<20}{'wall s':>9}{'CPU s':>9}{'train s':>9}{'peak RSS MB':>13}{'others':>8}"
         "  learned"
     )
-    for name, r in results.items():
-        learned = (
-            f"reward {r['first_reward']:.2f} -> {r['final_reward']:.2f}"
-            if "final_reward" in r
-            else f"final loss {r['final_loss']:.3f}"
-            if r.get("final_loss") is not None
-            else ""
-        )
-        print(
-            f"{name:<16}{r['wall_seconds']:>9.1f}{r['cpu_seconds']:>9.1f}{r['train_seconds']:>9.1f}"
-            f"{r['peak_rss_mb']:>13.0f}{r['others_busy']:>8.0%}  {learned}"
-        )
+    for n, results in enumerate(rounds, 1):
+        for name, r in results.items():
+            learned = (
+                f"reward {r['first_reward']:.2f} -> {r['final_reward']:.2f}"
+                if "final_reward" in r
+                else f"final loss {r['final_loss']:.3f}"
+                if r.get("final_loss") is not None
+                else ""
+            )
+            label = f"{name} #{n}" if len(rounds) > 1 else name
+            print(
+                f"{label:<20}{r['wall_seconds']:>9.1f}{r['cpu_seconds']:>9.1f}"
+                f"{r['train_seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}{r['others_busy']:>8.0%}"
+                f"  {learned}"
+            )
     print()
     for stage in ("reward", "rl", "dpo"):
-        ours = results.get(f"{stage}/tunelab")
-        trl = [name for name in (f"{stage}/trl", f"{stage}/trl-bf16") if name in results]
-        if not ours or not trl:
-            continue
-        fastest = min(trl, key=lambda name: results[name]["train_seconds"])
-        theirs = results[fastest]
-        print(
-            f"{stage}: TuneLab {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x faster "
-            f"(wall), {theirs['train_seconds'] / ours['train_seconds']:.2f}x (train steps) than "
-            f"TRL's faster run ({fastest}), peak RSS {ours['peak_rss_mb']:.0f} vs "
-            f"{theirs['peak_rss_mb']:.0f} MB"
-        )
+        walls, steps = [], []
+        for results in rounds:
+            ours = results.get(f"{stage}/tunelab")
+            trl = [name for name in (f"{stage}/trl", f"{stage}/trl-bf16") if name in results]
+            if not ours or not trl:
+                continue
+            fastest = min(trl, key=lambda name: results[name]["train_seconds"])
+            theirs = results[fastest]
+            walls.append(theirs["wall_seconds"] / ours["wall_seconds"])
+            steps.append(theirs["train_seconds"] / ours["train_seconds"])
+            print(
+                f"{stage}: TuneLab {walls[-1]:.2f}x faster (wall), {steps[-1]:.2f}x (train "
+                f"steps) than TRL's faster run ({fastest}), peak RSS {ours['peak_rss_mb']:.0f} "
+                f"vs {theirs['peak_rss_mb']:.0f} MB"
+            )
+        if len(walls) > 1:
+            print(
+                f"{stage}: median of {len(walls)} rounds {statistics.median(walls):.2f}x (wall), "
+                f"{statistics.median(steps):.2f}x (train steps)"
+            )
 
 
 if __name__ == "__main__":
