@@ -108,11 +108,14 @@ def _parse_text(obj: dict[str, Any], line: int) -> Parsed:
 # --- Gemini messages and OpenAI chat (both under "messages") --------------------------------
 
 
-def _parse_messages(obj: dict[str, Any], line: int) -> Parsed:
-    problems: list[Problem] = []
-    messages = _list(obj, "messages", "messages", problems)
-    if messages is None:
-        return problems
+def _message_turns(
+    messages: list[Any], problems: list[Problem]
+) -> tuple[list[Turn], list[tuple[str, Role]], bool, bool]:
+    """The turns of a ``messages`` list, in Gemini's roles (OpenAI's ``assistant`` read as
+    ``model``; one of the two per example), with each valid role's path for the order check,
+    whether every message had a valid role (else the order is not checked: a missing turn
+    would be reported twice), and whether the roles were OpenAI's. Problems go to
+    ``problems``."""
     roles_used = {
         m.get("role") for m in messages if isinstance(m, dict) and isinstance(m.get("role"), str)
     }
@@ -146,6 +149,15 @@ def _parse_messages(obj: dict[str, Any], line: int) -> Parsed:
         roles.append((f"{path}.role", role))
         if content is not None:
             turns.append(Turn(role, content))
+    return turns, roles, roles_ok, openai
+
+
+def _parse_messages(obj: dict[str, Any], line: int) -> Parsed:
+    problems: list[Problem] = []
+    messages = _list(obj, "messages", "messages", problems)
+    if messages is None:
+        return problems
+    turns, roles, roles_ok, openai = _message_turns(messages, problems)
     if roles_ok:
         _check_order(roles, "messages", problems)
     if problems:

@@ -49,6 +49,7 @@ from tunelab.data.formats import (
     _contents_turns,
     _is_object,
     _list,
+    _message_turns,
     _string,
     _unknown_role,
     _wrong_type,
@@ -219,35 +220,7 @@ def _prompt_messages(obj: dict[str, Any], problems: list[Problem]) -> tuple[Turn
     messages = _list(obj, "messages", "messages", problems)
     if messages is None:
         return ()
-    roles_used = {
-        m.get("role") for m in messages if isinstance(m, dict) and isinstance(m.get("role"), str)
-    }
-    openai = "assistant" in roles_used
-    if openai and "model" in roles_used:
-        problems.append(
-            Problem("mixed_roles", "messages", "both 'assistant' and 'model' roles; use one")
-        )
-    allowed = ("system", "user", "assistant") if openai else ("system", "user", "model")
-    turns: list[Turn] = []
-    roles: list[tuple[str, Role]] = []
-    roles_ok = True
-    for i, message in enumerate(messages):
-        path = f"messages[{i}]"
-        if not _is_object(message, path, problems):
-            roles_ok = False
-            continue
-        role = _string(message, "role", f"{path}.role", problems)
-        if role is not None and role not in ("system", "user", "model", "assistant"):
-            problems.append(_unknown_role(role, f"{path}.role", allowed))
-            role = None
-        content = _string(message, "content", f"{path}.content", problems)
-        if role is None:
-            roles_ok = False
-            continue
-        role = "model" if role == "assistant" else role
-        roles.append((f"{path}.role", role))
-        if content is not None:
-            turns.append(Turn(role, content))
+    turns, roles, roles_ok, _ = _message_turns(messages, problems)
     if roles_ok:
         _check_prompt_order(roles, "messages", problems)
     return tuple(turns)
