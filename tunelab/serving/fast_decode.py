@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunelab.serving.quantize import Int8Linear, Int8Product
+from tunelab.serving.quantize import Int4Linear, Int8Linear, Int8Product
 
 _SUPPORTED = {"llama", "mistral", "qwen2"}
 _GROW = 64
@@ -210,7 +210,7 @@ def _plain_products(core: torch.nn.Module) -> _PlainProducts | None:
             [mlp.gate_proj, mlp.up_proj],
             [mlp.down_proj],
         ]
-        if any(type(m) is not Int8Linear for group in parts for m in group):
+        if any(type(m) not in (Int8Linear, Int4Linear) for group in parts for m in group):
             return None
         layers.append(parts)
     head = Int8Product.of([core.lm_head])
