@@ -11,7 +11,7 @@ from tunelab.data.template import prompt_ids
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.serving.adapters import AdapterCache
 from tunelab.serving.generation import GenerationParams
-from tunelab.serving.quantize import Int8Linear, Int8Product, apply_precision
+from tunelab.serving.quantize import Int4Linear, Int8Linear, Int8Product, apply_precision
 from tunelab.serving.runner import ModelRunner, RowGroup
 
 QUESTIONS = ["hi", "what colour is the sky?", "a long question about owls and cats"]
@@ -124,3 +124,43 @@ def test_steps_with_an_adapter_apply_it_through_the_layers(tiny_model_dir, tok, 
     # Without the fused path the base row's tokens are the same.
     runner._lean.fuse = False
     assert runner.generate([RowGroup(prompts[1], greedy)])[0].token_ids == base
+
+
+def test_fused_int4_product_equals_the_separate_layers():
+    torch.manual_seed(0)
+    layers = [Int4Linear(torch.nn.Linear(64, n, bias=False)) for n in (128, 64, 64)]
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    separate = [m(x) for m in layers]
+    fused = Int8Product(layers)
+    assert torch.equal(fused(x), torch.cat(separate, dim=-1))
+    assert all(torch.equal(m(x), e) for m, e in zip(layers, separate, strict=True))
+    base = fused.qweight.untyped_storage().data_ptr()
+    assert all(m.qweight.untyped_storage().data_ptr() == base for m in layers)
+    # The packed int4 weight holds channels in blocks of 64: a 32-channel member cannot be a
+    # view of a fused one, so such siblings stay separate.
+    small = [Int4Linear(torch.nn.Linear(64, n, bias=False)) for n in (64, 32)]
+    assert Int8Product.of(small) is None
+    assert Int8Product.of([Int8Linear(torch.nn.Linear(64, 64)), layers[1]]) is None  # kinds
+
+
+def test_int4_plain_steps_give_the_tokens_of_the_layer_by_layer_steps(tiny_model_dir, tok, prompts):
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_key_value_heads = 4  # k/v of 64 channels: whole int4 blocks, fused
+    torch.manual_seed(2)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.2)
+    model = apply_precision(model, "int4+bf16")
+    plain, layered = ModelRunner(model, tok), ModelRunner(model, tok)
+    layered._lean.fuse = False
+    assert plain._lean._plain is not None
+    greedy = GenerationParams(temperature=0, max_output_tokens=24)
+    groups = [RowGroup(p, greedy) for p in prompts[:2]]
+    expected = [r.token_ids for r in layered.generate(groups)]
+    q_calls = count_calls(model.model.layers[0].self_attn.q_proj)
+    assert [r.token_ids for r in plain.generate(groups)] == expected
+    assert q_calls[0] == 1  # the prefill only
