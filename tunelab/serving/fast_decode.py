@@ -3,9 +3,10 @@
 Why: a decode step of SmolLM2-135M at batch 1 is ~210 small matmuls. Through transformers'
 ``forward`` each step also builds a fresh attention mask, runs the output-capturing and
 deprecation wrappers of every module, and grows every layer's cache with ``torch.cat`` (a copy
-of the whole cache per layer per token). This step keeps only the arithmetic: the same modules
-are called (so LoRA hooks and PEFT wrappers on the linear layers still apply), in the order and
-with the operations of ``LlamaDecoderLayer`` / ``LlamaAttention`` / transformers' SDPA path for
+of the whole cache per layer per token). This step keeps only the arithmetic: the same linear
+modules are called (so LoRA hooks and PEFT wrappers on them still apply; a step without
+adapters over int8/int4 layers calls their kernels directly, :class:`LeanDecoder`), in the
+order and with the operations of ``LlamaDecoderLayer`` / ``LlamaAttention`` / transformers' SDPA path for
 one query token (grouped-query heads packed as in ``pack_gqa``), so its greedy tokens equal
 the reference forward's (``tests/serving/test_fast_decode.py``).
 
