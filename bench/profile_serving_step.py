@@ -4,10 +4,13 @@
         [--variants bf16,bf16:plain,int8+bf16,int8+bf16:plain,fp32] [--profile bf16]
 
 Every variant is built in this one process (``PREC`` prepacked as the engine serves it,
-``PREC:plain`` without oneDNN prepacking: the code before prepacking) and their decode steps
+``PREC:plain`` without oneDNN prepacking: the code before prepacking; ``PREC:unfused`` with
+every decode step calling the layers one by one, as a step where a row has an adapter does:
+the code before ``LeanDecoder``'s fused int8 products) and their decode steps
 alternate, one step of each in turn, so a machine whose load changes slows all of them alike.
 Reported: the median and minimum CPU time of the engine thread per step (``time.thread_time``),
-which other processes' load changes far less than wall time. ``--profile VARIANT`` also prints
+which other processes' load changes far less than wall time, and the median wall time (the
+figure that counts with ``--threads 2``, whose second thread's CPU the first does not see). ``--profile VARIANT`` also prints
 torch.profiler's self-CPU table of 10 steps of that variant, grouped by operator and shape.
 """
 
@@ -29,17 +32,19 @@ PROMPT = "Write a short poem about owls in the night forest."
 
 def build(model_dir, tokenizer, variant: str) -> ModelRunner:
     precision, _, option = variant.partition(":")
-    if option not in ("", "plain"):
-        raise SystemExit(f"variant {variant!r}: the option after ':' can only be 'plain'")
+    if option not in ("", "plain", "unfused"):
+        raise SystemExit(f"variant {variant!r}: the option after ':' is 'plain' or 'unfused'")
     model = apply_precision(load_causal_lm(model_dir).eval(), precision, prepack=option != "plain")
     runner = ModelRunner(model, tokenizer)
+    if option == "unfused" and runner._lean is not None:
+        runner._lean.fuse = False
     runner.eos_ids = frozenset()  # every step decodes: no row finishes early
     return runner
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="bf16,bf16:plain,int8+bf16,int8+bf16:plain")
+    parser.add_argument("--variants", default="int8+bf16,int8+bf16:unfused,bf16")
     parser.add_argument("--rows", type=int, default=1, help="rows of the batch (streams)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
@@ -58,17 +63,20 @@ def main() -> None:
         for _ in range(3):  # warm-up: oneDNN kernel generation, first-call dispatch
             runner.step()
     seconds: dict[str, list[float]] = {v: [] for v in variants}
+    walls: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.steps):
         for v, runner in runners.items():
-            start = time.thread_time()
+            start, wall = time.thread_time(), time.perf_counter()
             runner.step()
             seconds[v].append(time.thread_time() - start)
+            walls[v].append(time.perf_counter() - wall)
     print(f"{args.rows} row(s), {args.threads} thread(s), {args.steps} steps each, alternating:")
     for v, s in seconds.items():
         med = statistics.median(s)
         print(
             f"  {v:18s} {med * 1e3:7.2f} ms/step median ({min(s) * 1e3:.2f} min) thread CPU"
-            f"  = {args.rows / med:6.1f} tokens per CPU-second"
+            f"  = {args.rows / med:6.1f} tokens per CPU-second;"
+            f"  wall {statistics.median(walls[v]) * 1e3:7.2f} ms/step median"
         )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

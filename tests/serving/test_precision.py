@@ -7,12 +7,12 @@ import torch
 from lora_helpers import make_adapter_bundle
 
 from tunelab.data.template import prompt_ids
-from tunelab.models import load_tokenizer
+from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.serving import precision_choice, quantize
 from tunelab.serving.engine import Engine, GenerationRequest
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.precision_choice import choose_precision, decide, time_products
-from tunelab.serving.quantize import PRECISIONS, Int8Linear, apply_precision
+from tunelab.serving.quantize import PRECISIONS, Int4Linear, Int8Linear, apply_precision
 from tunelab.serving.threads import ThreadTuner
 
 
@@ -27,6 +27,35 @@ def test_int8_linear_is_close_to_the_float_layer():
     # Per-channel int8 of a uniform weight plus bf16 activations: ~1% of the output's scale.
     assert (got - expected).abs().max() < 0.03 * expected.abs().max()
     assert q.qweight.dtype == torch.int8 and q.qweight.shape == (48, 64)
+
+
+def test_int4_linear_is_close_to_the_float_layer_and_to_its_kept_bf16_weight():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    q = Int4Linear(linear, dense_rows=4)
+    x = torch.randn(1, 3, 64)
+    expected = linear(x)
+    few = q(x[:, :1]).float()  # 1 row: the int4 kernel
+    many = q(x).float()  # 3 rows... still the kernel; 4 or more: the kept bf16 weight
+    dense = q(x.repeat(1, 2, 1)).float()[:, :3]
+    assert q.qweight.dtype == torch.uint8 and q.weight.dtype == torch.bfloat16
+    # 16 levels per group of 32 inputs: a few % of the output's scale, and the kernel's
+    # product and the kept weight's are the same weights (bf16 rounding apart).
+    assert (many - expected).abs().max() < 0.1 * expected.abs().max()
+    assert (many - dense).abs().max() < 0.02 * expected.abs().max()
+    assert torch.allclose(few, many[:, :1], atol=1e-2)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Int4Linear(torch.nn.Linear(48, 64))
+
+
+def test_int4_precision_keeps_the_output_head_int8(tiny_model_dir):
+    model = apply_precision(load_causal_lm(tiny_model_dir), "int4+bf16", prepack=False)
+    assert type(model.lm_head) is Int8Linear and model.lm_head.weight.numel()  # int8, kept
+    layer = model.model.layers[0]
+    assert all(
+        type(m) is Int4Linear
+        for m in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.down_proj)
+    )
 
 
 def test_many_rows_use_bf16_products_on_the_dequantized_weight():
@@ -185,7 +214,7 @@ def test_apply_precision_converts_every_linear_layer(tiny_model_dir):
     assert layer.weight.shape == (layer.out_features, layer.in_features)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8", "int8+bf16", "auto"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8+bf16", "int4+bf16", "auto"])
 def test_adapters_apply_per_row_in_every_precision(tiny_model_dir, tmp_path, precision):
     tok = load_tokenizer(tiny_model_dir)
     bundle = make_adapter_bundle(tiny_model_dir, tmp_path / "a", seed=5)

@@ -149,7 +149,9 @@ def serve(
         "--precision",
         help="Base model weights when serving: fp32 (the reference), bf16 (fastest for "
         "batches on CPUs with AMX), int8 (weight-only; fastest for one stream), int8+bf16 "
-        "(int8 for steps of few rows, bf16 for many), auto (measured once on this machine, "
+        "(int8 for steps of few rows, bf16 for many), int4+bf16 (4-bit weights for few rows: "
+        "fastest for one stream; check its accuracy with bench_serving.py), auto (measured once "
+        "on this machine, "
         "cached in TUNELAB_HOME/precision_probe.json). See bench/RESULTS.md.",
     ),
     threads: int | None = typer.Option(

@@ -219,7 +219,7 @@ class Engine:
     ``max_adapter_bytes`` bound the adapters kept loaded (least recently used unloaded first);
     ``batch_window_ms`` is how long an idle engine waits after a first request for others to
     share its prefill. ``precision`` is the base model's number format (``quantize.py``: fp32,
-    bf16, int8 weight-only, int8+bf16, or auto: measured on this machine); ``threads`` the engine thread's torch threads (None: measured
+    bf16, int8 weight-only, int8+bf16, int4+bf16, or auto: measured on this machine); ``threads`` the engine thread's torch threads (None: measured
     and re-chosen as the machine's load changes, ``threads.py``).
     """
 

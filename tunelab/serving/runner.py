@@ -443,7 +443,9 @@ class ModelRunner:
         if self._lean is not None:
             if self.adapters is not None:
                 self.adapters.select(keys)
-            logits = self._lean(inputs, positions, mask, self._cache)  # (B, V); cache in place
+            logits = self._lean(  # (B, V); cache in place
+                inputs, positions, mask, self._cache, adapters=any(k is not None for k in keys)
+            )
         else:
             out = self._forward(inputs, mask, positions, self._cache, keys)  # over (B, L + 1)
             self._cache, logits = _cache_of(out), out.logits[:, -1, :]
