@@ -45,9 +45,11 @@ one run to the next.
 machine may be shared: compare figures of one run only). Quality: the exact-match accuracy of
 a tuned adapter on ``examples/ticket-routing-chat/test.jsonl`` served in each precision,
 greedy, against fp32 (target: within 1 point), and how many answers equal fp32's. The adapter
-is trained once by ``train_sft`` (``QUALITY_STEPS`` steps, fixed seed) and kept in TuneLab's
+is trained once by ``train_sft`` with TuneLab's defaults (3 epochs of the 320 examples, batch
+8, fixed seed), the tuned model a user gets from ``tunelab tune sft``, and kept in TuneLab's
 cache for later runs: the base model alone names the right label in 2 of 80 examples, which
-cannot resolve a point.
+cannot resolve a point. One answer is 1.25 points here: an adapter trained one epoch only left
+answers whose first token led its runner-up by 0.01 logit in fp32, a tie any rounding flips.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEST_SET = ROOT / "examples" / "ticket-routing-chat" / "test.jsonl"
 TRAIN_SET = TEST_SET.with_name("train.jsonl")
-QUALITY_STEPS = 40
-"""SFT steps of the quality guard's adapter (batch 8: one pass over the 320 examples)."""
+QUALITY_EPOCHS = 3
+"""Passes of the quality guard's adapter over the 320 training examples: SFTConfig's default."""
 TOPICS = [
     "the weather in spring",
     "how a bicycle works",
@@ -508,11 +510,11 @@ def tuned_adapter() -> Path:
     from tunelab.configs.sft import SFTConfig
     from tunelab.recipes.sft import train_sft
 
-    config = SFTConfig(base_model=MODEL, train_steps=QUALITY_STEPS, batch_size=8, seed=0)
+    config = SFTConfig(base_model=MODEL, epochs=QUALITY_EPOCHS, batch_size=8, seed=0)
     key = hashlib.sha256(TRAIN_SET.read_bytes() + config.model_dump_json().encode()).hexdigest()
     folder = get_settings().cache / "bench" / f"serving-quality-adapter-{key[:16]}"
     if not (folder / "manifest.json").is_file():
-        print(f"training the quality guard's adapter ({QUALITY_STEPS} SFT steps) ...", flush=True)
+        print(f"training the quality guard's adapter ({QUALITY_EPOCHS} SFT epochs) ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-serving-sft-") as tmp:
             trained = train_sft(config, TRAIN_SET, Path(tmp) / "run").adapter_dir
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -658,7 +660,7 @@ def main() -> None:
         print(line)
     if accuracy:
         print(
-            f"\nexact-match accuracy of a tuned adapter ({QUALITY_STEPS} SFT steps on "
+            f"\nexact-match accuracy of a tuned adapter ({QUALITY_EPOCHS} SFT epochs on "
             f"{TRAIN_SET.relative_to(ROOT)}) on {TEST_SET.relative_to(ROOT)}, greedy:"
         )
         for precision, q in accuracy.items():
