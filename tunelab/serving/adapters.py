@@ -252,8 +252,11 @@ class _LayerLora:
         """Decode steps fold the B product into the base product (:meth:`fold`): a layer
         whose bf16 weight is prepacked for oneDNN (``prepacked.py``, ``quantize.py``)."""
         self._folded_for: torch.Tensor | None = None  # the Bt that module.lora_packed packs
-        self._full_mask: tuple | None = None  # (version, mask, mask in bf16)
         self._packed_A: tuple | None = None  # (the At it packs, At^T in bf16 packed)
+        self._low: tuple | None = None
+        """(dtype, At, Bt) in the activations' dtype for prefills (:meth:`low_factors`)."""
+        self._full_masks: tuple | None = None  # (version, _Masks or None): a lone fold's
+        self._alone: tuple = ()  # ((layout, 0),): the members of a lone layer's mask
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -274,6 +277,7 @@ class _LayerLora:
             self.blocks[k] = (at, r, f.scale)
             at += r
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
+        self._alone = ((self.layout, 0),)
         self.rebind()
 
     def rebind(self) -> None:
@@ -282,7 +286,47 @@ class _LayerLora:
         for k, (at, r, _) in self.blocks.items():
             f = self.factors[k]
             f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
-        self._work = None
+        self._work = self._low = None  # the prefills' converted factors are of the old ones
+
+    def low_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(At, Bt)`` in ``dtype`` (a bf16 model's prefills, :data:`MANY_ROWS`), converted
+        once per load or eviction instead of at every prefill's call (2 conversions of the
+        layer's factors a call, ~420 a prefill); dropped by :meth:`rebind`."""
+        low = self._low
+        if low is None or low[0] != dtype:
+            low = self._low = (dtype, self.At.to(dtype), self.Bt.to(dtype))
+        return low[1], low[2]
+
+    def prepare(self) -> None:
+        """Pack now what a folded decode step multiplies (``[W | B_cat]``, and the A factors:
+        this layer's or its group's), if a load or an eviction made it stale: called by
+        :meth:`AdapterCache.select` at the first forward with adapters after loads, so that
+        the cost (~0.25 s of one thread for SmolLM2-135M's 210 layers) is paid by the batch
+        that loaded them, not by the next decode step that folds (measured: a mixed decode
+        step 265 ms of thread CPU instead of ~60 at the first fold after loads)."""
+        if not self.foldable or not self.blocks:
+            return
+        self._pack_fold()
+        dtype = self.module.weight.dtype
+        if PACKED_A:
+            if self.group is not None:
+                self.group.packed_A(dtype)
+            else:
+                self._lone_packed_A(dtype)
+
+    def _pack_fold(self) -> None:
+        """``module.lora_packed``: ``[W | B_cat]`` packed, after each load or eviction."""
+        if self._folded_for is not self.Bt:
+            module = self.module
+            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
+            module.lora_packed = pack(weight.contiguous())
+            self._folded_for = self.Bt
+
+    def _lone_packed_A(self, dtype: torch.dtype) -> torch.Tensor:
+        """This layer's A factors, ``At^T`` in ``dtype``, packed (a layer without group)."""
+        if self._packed_A is None or self._packed_A[0] is not self.At:
+            self._packed_A = (self.At, pack(self.At.t().to(dtype).contiguous()))
+        return self._packed_A[1]
 
     def fold(self, module, args):
         """Forward pre-hook: for a decode step of a prepacked bf16 layer, the input becomes
@@ -307,10 +351,8 @@ class _LayerLora:
             h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
         if h is None:
             return None
-        if self._folded_for is not self.Bt:
-            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
-            module.lora_packed = pack(weight.contiguous())
-            self._folded_for = self.Bt
+        if self._folded_for is not self.Bt:  # not prepared (select() packs after loads)
+            self._pack_fold()
         return (torch.cat([x, h], dim=-1),)
 
     def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -326,17 +368,16 @@ class _LayerLora:
                 return None
             at, width = self.group_cols
             return h[..., at : at + width]
-        if self._full_mask is None or self._full_mask[0] != owner._version:
-            full = _columns_mask(owner, [(self.layout, 0)], self.At)
-            low = None if full is None else full.to(x.dtype)
-            self._full_mask = (owner._version, full, low)
-        mask = self._full_mask[1]
-        if mask is None:
+        full = self._full_masks
+        if full is None or full[0] != owner._version:  # a layout's hash is not cached
+            full = self._full_masks = (owner._version, owner._columns_masks(self._alone, self.At))
+        masks = full[1]
+        if masks is None:
             return None
         if PACKED_A:
-            if self._packed_A is None or self._packed_A[0] is not self.At:
-                self._packed_A = (self.At, pack(self.At.t().to(x.dtype).contiguous()))
-            return packed_linear(x, self._packed_A[1], None).mul_(self._full_mask[2])
+            packed = self._lone_packed_A(x.dtype)
+            return packed_linear(x, packed, None).mul_(masks.low(x.dtype))
+        mask = masks.mask
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
         return h.view(x.shape[0], x.shape[1], -1).mul_(mask).to(x.dtype)
 
@@ -360,7 +401,10 @@ class _LayerLora:
         out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
         if out2.shape[0] >= MANY_ROWS:  # a prefill
             if out2.dtype != At.dtype:  # bf16 activations: bf16 products (AMX) beat fp32 ones
-                At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
+                At, Bt = self.low_factors(out2.dtype)
+                hi = lo + mask.shape[-1]
+                At, Bt = At[:, lo:hi], Bt[lo:hi]
+                mask = owner._plan_low(self.layout, out2.dtype)
             _add_lora(x, out2, At, Bt, mask)
             return output
         with one_thread():  # a decode step's products are too small to share between threads
@@ -425,15 +469,14 @@ class _SharedInput:
         self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
         self._converted: tuple | None = None  # (h, dtype, h in dtype)
-        self._packed_A: torch.Tensor | None = None  # A^T in bf16, packed (PACKED_A)
-        self._low_mask: tuple | None = None  # (mask, mask in bf16)
+        self._packed_A: tuple | None = None  # (dtype, A^T in it packed) (PACKED_A)
         self._last_low: tuple | None = None  # (x, version, bf16 h)
 
     def product(
         self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype | None = None
     ) -> torch.Tensor | None:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
-        tensor; None when the shared product does not pay (:meth:`_group_mask`). ``dtype``:
+        tensor; None when the shared product does not pay (:func:`_columns_mask`). ``dtype``:
         the product converted to it (once for all members: the folded B products' input)."""
         if PACKED_A and dtype is not None and dtype != self.A.dtype:
             return self._packed_product(owner, x, dtype)
@@ -453,47 +496,63 @@ class _SharedInput:
         last = self._last_low
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        mask = self._current_mask(owner, x)
-        if mask is None:
+        masks = self._current_masks(owner, x)
+        if masks is None:
             return None
-        if self._low_mask is None or self._low_mask[0] is not mask:
-            self._low_mask = (mask, mask.to(dtype))
-        if self._packed_A is None:
-            self._packed_A = pack(self.A.t().to(dtype).contiguous())
-        h = packed_linear(x, self._packed_A, None).mul_(self._low_mask[1])
+        h = packed_linear(x, self.packed_A(dtype), None).mul_(masks.low(dtype))
         self._last_low = (x, version, h)
         return h
 
-    def _current_mask(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
-        """The mask of the rows selected now (built once per selection), or None when the
-        shared product does not pay (:meth:`_group_mask`) or ``x`` is not (B, T, in)."""
+    def packed_A(self, dtype: torch.dtype) -> torch.Tensor:  # noqa: N802 - A as in the paper
+        """``A^T`` in ``dtype``, packed for oneDNN once (the group is made again after each
+        load or eviction, so this never goes stale)."""
+        if self._packed_A is None or self._packed_A[0] != dtype:
+            self._packed_A = (dtype, pack(self.A.t().to(dtype).contiguous()))
+        return self._packed_A[1]
+
+    def _current_masks(self, owner: AdapterCache, x: torch.Tensor) -> _Masks | None:
+        """The masks of the rows selected now (built once per selection and shared by the
+        groups of the same layouts), or None when the shared product does not pay
+        (:func:`_columns_mask`) or ``x`` is not (B, T, in)."""
         if self._mask is None or self._mask[0] != owner._version:
-            self._mask = (owner._version, self._group_mask(owner))
-        mask = self._mask[1]
-        return None if mask is None or x.dim() != 3 else mask
+            members = tuple((m.layout, m.group_cols[0]) for m in self.members)
+            self._mask = (owner._version, owner._columns_masks(members, self.A))
+        masks = self._mask[1]
+        return None if masks is None or x.dim() != 3 else masks
 
     def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        mask = self._current_mask(owner, x)
-        if mask is None:
+        masks = self._current_masks(owner, x)
+        if masks is None:
             return None
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.A.dtype), self.A)
-        h = h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+        h = h.view(x.shape[0], x.shape[1], -1).mul_(masks.mask)
         # Holding x keeps its id from being reused by another tensor while the entry lives.
         self._last = (x, version, h)
         return h
 
-    def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
-        """Each member's mask over its used columns, 0 over the others (:func:`_columns_mask`)."""
-        members = [(m.layout, m.group_cols[0]) for m in self.members]
-        return _columns_mask(owner, members, self.A)
+
+class _Masks:
+    """A (B, 1, R) mask (:func:`_columns_mask`) and its conversions, made once a selection."""
+
+    __slots__ = ("mask", "_low")
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self._low: tuple[torch.dtype, torch.Tensor] | None = None
+
+    def low(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask in ``dtype`` (a bf16 A product's)."""
+        if self._low is None or self._low[0] != dtype:
+            self._low = (dtype, self.mask.to(dtype))
+        return self._low[1]
 
 
 def _columns_mask(
-    owner: AdapterCache, members: list[tuple[tuple, int]], A: torch.Tensor
+    owner: AdapterCache, members: tuple[tuple[tuple, int], ...], A: torch.Tensor
 ) -> torch.Tensor | None:
     """The (B, 1, R) mask over all of ``A``'s columns for the selected rows: each member's
     (layout, first column in A) block holds its rows' scales on their adapter's columns, 0
@@ -544,7 +603,12 @@ class AdapterCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
         self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
+        self._low_plans: dict[tuple, torch.Tensor] = {}  # per (layout, dtype): plan's mask
+        self._masks: dict[tuple, _Masks | None] = {}  # per (members, columns): see _columns_masks
         self._version = 0  # changes with the selection and the loaded adapters
+        self._unprepared = False
+        """Adapters were loaded or evicted since the folded products' operands were last
+        packed: the next :meth:`select` of rows with adapters packs them (``prepare``)."""
         self.loads = 0
         self.evictions = 0
 
@@ -574,6 +638,8 @@ class AdapterCache:
         unchanged batch) keeps the masks already built."""
         if row_keys is not None and all(k is None for k in row_keys):
             row_keys = None
+        if self._unprepared and row_keys is not None:
+            self._prepare()
         if row_keys == self._rows:
             return
         if row_keys is not None:
@@ -581,8 +647,38 @@ class AdapterCache:
             if missing:
                 raise KeyError(f"adapters not loaded: {sorted(missing)}")
             row_keys = list(row_keys)  # the caller's list may change under us
-        self._rows, self._plans = row_keys, {}
+        self._rows = row_keys
+        self._changed()
+
+    def _changed(self) -> None:
+        """The selection or the loaded adapters changed: masks and plans are built again."""
+        self._plans, self._low_plans, self._masks = {}, {}, {}
         self._version += 1
+
+    def _prepare(self) -> None:
+        """Pack the folded decode steps' operands of every layer (:meth:`_LayerLora.prepare`)."""
+        self._unprepared = False
+        for layer in self._layers.values():
+            layer.prepare()
+
+    def _plan_low(self, layout: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """The mask of :meth:`_plan_for` (not None) in ``dtype``, converted once per layout."""
+        key = (layout, dtype)
+        low = self._low_plans.get(key)
+        if low is None:
+            low = self._low_plans[key] = self._plan_for(layout)[2].to(dtype)
+        return low
+
+    def _columns_masks(self, members: tuple[tuple[tuple, int], ...], A: torch.Tensor):
+        """:func:`_columns_mask` for these members over ``A``'s columns, as :class:`_Masks`
+        (or None), built once per selection for all the layers and groups of the same
+        layouts (most of a model's: every adapter on every projection gives one layout per
+        shape), not once per layer."""
+        key = (members, A.shape[1])
+        if key not in self._masks:
+            mask = _columns_mask(self, members, A)
+            self._masks[key] = None if mask is None else _Masks(mask)
+        return self._masks[key]
 
     def _plan_for(self, layout: tuple) -> tuple[int, int, torch.Tensor] | None:
         """For the selected rows and a layer's layout, ``(lo, hi, mask)``: the blocks of the
@@ -646,8 +742,8 @@ class AdapterCache:
             layer.rebuild()
         self._regroup(factors)
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
-        self._plans = {}
-        self._version += 1
+        self._changed()
+        self._unprepared = True
         self.loads += 1
         logger.info(
             "loaded adapter %s from %s (%.1f MB; %d loaded)",
@@ -676,8 +772,8 @@ class AdapterCache:
             layer.rebuild()
         self._regroup(entry.layers)
         del self._entries[key]
-        self._plans = {}
-        self._version += 1
+        self._changed()
+        self._unprepared = True
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
 
