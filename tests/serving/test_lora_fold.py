@@ -34,11 +34,17 @@ def served(tiny_model_dir, bundles, precision):
     return cache
 
 
-def input_widths(module) -> list[int]:
-    """The width of each input ``module`` multiplies from now on: wider than its features
-    where the LoRA pre-hook (registered before this one) made it ``[x | h]``."""
+def input_widths(layer) -> list[int]:
+    """The width of each input the layer's module multiplies from now on: wider than its
+    features where the LoRA fold made it ``[x | h]``."""
     widths: list[int] = []
-    module.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[-1]))
+    base_forward = layer._base_forward
+
+    def recorded(module, x):
+        widths.append(x.shape[-1])
+        return base_forward(module, x)
+
+    layer._base_forward = recorded
     return widths
 
 
@@ -132,7 +138,7 @@ def test_no_fold_for_prefills_plain_bf16_layers_or_one_adapter_of_many(tiny_mode
     layer's columns (the fold would multiply every loaded adapter's B)."""
     cache = served(tiny_model_dir, bundles, "bf16")
     module = cache._modules[LAYER]
-    widths = input_widths(module)
+    widths = input_widths(cache._layers[LAYER])
     width = adapters_module.MANY_ROWS // 2
     logits(cache, ["f0", "f1"], torch.randint(0, 1000, (2, width)))
     logits(cache, ["f1"], torch.randint(0, 1000, (1, 1)))

@@ -135,3 +135,30 @@ def test_groups_and_layers_of_one_layout_share_one_mask_per_selection(tiny_model
     run(cache, ["p2", "p1", "p0"], ids)
     second = cache._layers[Q.format(0)].group._mask[1]
     assert second is not first and not torch.equal(second.mask, first.mask)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_layers_take_torchs_call_path_without_hooks(tiny_model_dir, bundles, precision):
+    """The adapter cache routes a layer's calls through its own ``forward`` (no forward hooks,
+    whose call path costs more per call): rows without adapter get the class's forward
+    exactly, rows with one get the LoRA term added, and a base-only batch is the bare base."""
+    model = apply_precision(load_causal_lm(tiny_model_dir).eval(), precision)
+    cache = AdapterCache(model)
+    cache.ensure("p0", bundles[0])
+    module = cache._modules[LAYER]
+    assert not module._forward_hooks and not module._forward_pre_hooks
+    torch.manual_seed(5)
+    dtype = module.weight.dtype
+    x = torch.randn(3, 1, module.in_features).to(dtype)
+    with torch.inference_mode():
+        plain = type(module).forward(module, x)
+        cache.select(None)
+        assert torch.equal(module(x), plain)
+        cache.select(["p0", None, "p0"])
+        mixed = module(x)
+    if precision == "fp32":  # added after the product: the row without adapter is exact
+        assert torch.equal(mixed[1], plain[1])
+    else:  # folded: [x | 0] times [W | B], up to the longer product's rounding
+        torch.testing.assert_close(mixed[1], plain[1], rtol=0, atol=0.02)
+    for b in (0, 2):
+        assert (mixed[b] - plain[b]).abs().max() > 0.05 * plain[b].abs().max()

@@ -199,6 +199,14 @@ PACKED_A = True
 """Folded decode steps multiply A in bf16 by oneDNN, on A packed once (half the bytes of the
 fp32 factors, no conversions of x and h); False: the fp32 A product, converted to bf16."""
 
+FOLD_A_ONE_THREAD = True
+"""A folded decode step's A products run on one thread (:func:`one_thread`) whatever the
+engine's count; False: on the engine's threads. One thread measured ~2x less CPU for these
+small products on two threads (and no gain in thread CPU), but they are memory-bound (~19 MB
+of packed A factors a step at 8 adapters) and run serially beside a base product that two
+threads share: the wall-time trade-off at two threads is for a quiet machine to measure
+(``bench/bench_lora_step.py --against . --flag FOLD_A_ONE_THREAD=0 --threads 2 --wall``)."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -347,8 +355,11 @@ class _LayerLora:
             or x.dim() != 3
         ):
             return None
-        with one_thread():  # the A product; the folded product runs on all the threads
-            h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
+        if FOLD_A_ONE_THREAD:  # the A product; the folded product runs on all the threads
+            with one_thread():
+                h = self._full_h(x)  # (B, T, R) in the activations' dtype, or None
+        else:
+            h = self._full_h(x)
         if h is None:
             return None
         if self._folded_for is not self.Bt:  # not prepared (select() packs after loads)
@@ -380,6 +391,28 @@ class _LayerLora:
         mask = masks.mask
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
         return h.view(x.shape[0], x.shape[1], -1).mul_(mask).to(x.dtype)
+
+    def install(self) -> None:
+        """Route the layer's calls through :meth:`forward`: its ``forward`` becomes, on this
+        module only, the class's ``forward`` with the LoRA term around it. Why not forward
+        hooks: a module with hooks takes torch's slow call path, ~5 us more a call (measured:
+        a k_proj call of a folded decode step 51 -> 46 us), ~1 ms of a 16-row decode step's
+        210 calls; the hooks' semantics are kept (:meth:`fold` before, ``__call__`` after)."""
+        module = self.module
+        self._base_forward = type(module).forward
+        module.forward = self.forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``x`` with each selected row's LoRA term: folded into the
+        base product (:meth:`fold`) or added after it (``__call__``)."""
+        module = self.module
+        if self.foldable:
+            folded = self.fold(module, (x,))
+            if folded is not None:
+                return self._base_forward(module, folded[0])
+        out = self._base_forward(module, x)
+        self(module, (x,), out)  # adds in place
+        return out
 
     def __call__(self, module, args, output):
         owner = self.owner
@@ -735,9 +768,7 @@ class AdapterCache:
             layer = self._layers.get(name)
             if layer is None:
                 layer = self._layers[name] = _LayerLora(self, self._modules[name])
-                self._modules[name].register_forward_hook(layer)
-                if layer.foldable:
-                    self._modules[name].register_forward_pre_hook(layer.fold)
+                layer.install()
             layer.factors[key] = f
             layer.rebuild()
         self._regroup(factors)
