@@ -5,8 +5,9 @@ Each LoRA adapter adds to a linear layer ``y = W x`` the low-rank term ``s · B 
 al. 2021, "LoRA"), with A: (r, in), B: (out, r) and s = alpha / r (alpha / sqrt(r) with
 rsLoRA). Every targeted layer keeps the factors of all loaded adapters side by side, A_cat:
 (R, in) and B_cat: (out, R) with R the sum of their ranks (each adapter's own A and B are
-views into them, so the weights are held once), and a forward hook on the layer adds the term
-for the adapter each row selected, for a prefill and a decode step alike, in two products
+views into them, so the weights are held once), and the layer's ``forward``, wrapped on that
+module (:meth:`_LayerLora.install`; not a hook: torch's hook call path costs ~5 us more a
+call), adds the term for the adapter each row selected, for a prefill and a decode step alike, in two products
 whatever the mix of adapters:
 
     h = (A_u x) * mask       # (B, T, R_u); mask: the row's scale s on its adapter's block, else 0
@@ -35,11 +36,12 @@ in the real step: 28 ms of hooks against 23).
 Folding B into the base product (:meth:`_LayerLora.fold`). Where the base layer is a bf16 weight
 prepacked for oneDNN (``bf16``, and ``int8+bf16`` from its dense rows; ``prepacked.py``), a
 decode step does not run an fp32 B product and a mixed-dtype add after the base product: a
-forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
+decode step turns the input into ``[x | h]`` (h = the masked A product over all of the
 layer's adapter columns, in bf16 by oneDNN on A packed once: :data:`PACKED_A`; a group's once
 for its members) and the layer multiplies it by ``[W | B_cat]``, packed
-once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
-on one thread), in one AMX product on the engine's threads. Measured (bench_lora_step.py, 16
+once after each load or eviction (~0.25 s for SmolLM2-135M's 210 layers on one thread, at the
+first selection of adapter rows after them: :meth:`AdapterCache.select`), in one AMX product on
+the engine's threads. Measured (bench_lora_step.py, 16
 rows over 8 adapters, one thread, thread CPU, loaded machine): a decode step 80 -> 72 ms
 against 55-57 ms base only (int8+bf16 and bf16 alike) with the A product still in fp32, and
 with it in bf16 (in one process, best of 3-4 rounds) bf16 85.2 -> 74.9 -> 68.4 ms against
@@ -56,7 +58,19 @@ test_lora_fold.py), and logits within a fraction of the adapter's own effect of 
 ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
 for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
 layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
-rows, or a batch whose adapters span under half of a layer's columns.
+rows, or a batch whose adapters span under half of a layer's columns; but the packed copies are
+made after loads whatever the batch (the memory is held once adapters serve in these modes).
+
+Where the cost stands (2026-12-06, same command, thread CPU, one thread, 16 rows over 8
+adapters, loaded machine): a mixed decode step ~62-66 ms against ~54 base (0.82-0.86x, bf16 and
+int8+bf16 alike). That is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
+(A ~19, B ~20) read every step beside the base model's ~270 MB, ~14% more. Until then the first
+folded step after loads also packed every layer's operands (~265 ms of thread CPU instead of
+~60) and a serving benchmark whose warm-up ran one row per adapter (never folding) paid that
+inside its measured mixed run: ~0.25 s of a ~2.5 s run, most of bf16's 0.75x there. Prefills
+(16 prompts of ~20 tokens) cost ~30% more with 8 adapters, the masked products' arithmetic
+(every row multiplied by every adapter's columns), converted to bf16 once per load now.
+
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
@@ -229,7 +243,7 @@ def lora_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
 
 class _LayerLora:
     """The LoRA factors of every loaded adapter that targets one linear layer, side by side,
-    and the forward hook that applies them to a mixed batch."""
+    and the forward (:meth:`install`) that applies them to a mixed batch."""
 
     def __init__(self, owner: AdapterCache, module: torch.nn.Linear):
         self.owner = owner
@@ -337,7 +351,8 @@ class _LayerLora:
         return self._packed_A[1]
 
     def fold(self, module, args):
-        """Forward pre-hook: for a decode step of a prepacked bf16 layer, the input becomes
+        """Before the product (a pre-hook's signature): for a decode step of a prepacked bf16
+        layer, the input becomes
         ``[x | h]`` with ``h = (x A) * mask`` over all of this layer's adapter columns, and
         the layer multiplies it by its weight packed as ``[W | B_cat]`` (``lora_packed``):
         ``y = x W^T + h B^T`` in one oneDNN product, instead of an fp32 B product and a
