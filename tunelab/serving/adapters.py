@@ -7,8 +7,8 @@ rsLoRA). Every targeted layer keeps the factors of all loaded adapters side by s
 (R, in) and B_cat: (out, R) with R the sum of their ranks (each adapter's own A and B are
 views into them, so the weights are held once), and the layer's ``forward``, wrapped on that
 module (:meth:`_LayerLora.install`; not a hook: torch's hook call path costs ~5 us more a
-call), adds the term for the adapter each row selected, for a prefill and a decode step alike, in two products
-whatever the mix of adapters:
+call), adds the term for the adapter each row selected, for a prefill and a decode step
+alike, in two products whatever the mix of adapters:
 
     h = (A_u x) * mask       # (B, T, R_u); mask: the row's scale s on its adapter's block, else 0
     y = y + B_u h            # (B, T, out), accumulated in place
