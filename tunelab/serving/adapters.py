@@ -314,7 +314,7 @@ class _LayerLora:
         """``(At, Bt)`` in ``dtype`` (a bf16 model's prefills, :data:`MANY_ROWS`), converted
         once per load or eviction instead of at every prefill's call (2 conversions of the
         layer's factors a call, ~420 a prefill); dropped by :meth:`rebind`. Held: half the
-        fp32 factors' bytes (~20 MB for 8 rank-8 adapters on SmolLM2-135M's projections)."""
+        fp32 factors' bytes (~39 MB for 8 rank-8 adapters on SmolLM2-135M's projections)."""
         low = self._low
         if low is None or low[0] != dtype:
             low = self._low = (dtype, self.At.to(dtype), self.Bt.to(dtype))
