@@ -2,7 +2,7 @@
 base model only against rows spread over 4 and 8 LoRA adapters, old code against new.
 
     python bench/bench_lora_step.py [--precisions int8+bf16,bf16] [--threads 1] \
-        [--steps 16] [--rounds 3] [--against /work/main]
+        [--steps 16] [--rounds 3] [--against /work/main] [--wall] [--flag NAME=VALUE]
 
 Loads the default model in each precision with 8 random rank-8 adapters on every projection
 (as ``bench_serving.py`` makes them), then per scenario prefills ~20-token prompts and times
@@ -11,12 +11,20 @@ Loads the default model in each precision with 8 random rank-8 adapters on every
 the process's (``time.process_time``: every torch thread's, their spin-waits included). Scenarios: 16 rows base only, 16 rows
 over 4 adapters, 16 rows over 8 adapters (rows interleaved, as requests arrive), 1 row base,
 1 row with an adapter. ``prefill`` is the CPU time of prefilling the 16 prompts; ``LoRA hooks``
-the CPU time of a decode step's LoRA hooks alone (:func:`hooks_only`).
+the CPU time of a decode step's LoRA hooks alone (:func:`hooks_only`). Before the scenarios,
+one short request per adapter warms the runner up as ``bench_serving.py``'s engine is warmed
+up; ``first step`` is then the CPU time of a mixed scenario's first decode step (the first that
+folds the LoRA products into the base ones after the loads: where the fold's operands are
+packed then, not at the loads, this is where a serving benchmark's mixed run pays for it).
 
 ``--against PATH`` runs the same measurement with the ``tunelab`` package of another checkout
 (e.g. the main branch's) in alternating child processes, ``--rounds`` times each, and prints
 both side by side; each figure is the best round (the least disturbed by other processes).
-Without it, only this checkout is measured.
+Without it, only this checkout is measured. ``--flag NAME=VALUE`` sets a module constant of
+``tunelab.serving.adapters`` (an int) in this checkout's runs only: ``--against . --flag
+FOLD_A_ONE_THREAD=0`` measures a switch off against on in one command. ``--wall``: wall time
+instead of CPU time (for several threads on a quiet machine: CPU time counts the threads' spin
+in OpenMP's barriers, wall time is what a user waits).
 """
 
 from __future__ import annotations
@@ -40,8 +48,11 @@ SCENARIOS = {
 }
 
 
-def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[str, float]:
-    """Milliseconds of CPU time: per decode step, and per prefill, for each scenario."""
+def measure(
+    precision: str, threads: int, steps: int, adapters: Path, wall: bool = False
+) -> dict[str, float]:
+    """Milliseconds of CPU time (``wall``: wall time): per decode step, and per prefill, for
+    each scenario."""
     import torch
 
     from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
@@ -56,7 +67,7 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
     from tunelab.serving.runner import ModelRunner, RowGroup
 
     torch.set_num_threads(threads)
-    clock = time.thread_time if threads == 1 else time.process_time
+    clock = time.perf_counter if wall else time.thread_time if threads == 1 else time.process_time
     base = resolve_model("smollm2-135m-instruct")
     tokenizer = load_tokenizer(base.path)
     model = load_causal_lm(base.path).eval()
@@ -67,8 +78,14 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
     for folder in folders:
         cache.ensure(folder.name, folder)
     runner = ModelRunner(model, tokenizer, adapters=cache)
-    params = GenerationParams(temperature=0, max_output_tokens=steps + 8)
     out: dict[str, float] = {}
+    with torch.inference_mode():
+        # Warm up as bench_serving.py's engine does: one short request per adapter, then one
+        # without (a row of one adapter does not fold: see "first step" below).
+        short = GenerationParams(temperature=0, max_output_tokens=2)
+        for key in [f.name for f in folders] + [None]:
+            runner.generate([RowGroup([1, 2, 3], short, adapter_key=key)])
+    params = GenerationParams(temperature=0, max_output_tokens=steps + 8)
     with torch.inference_mode():
         for name, keys in SCENARIOS.items():
             groups = [
@@ -81,7 +98,10 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
             start = clock()
             runner.start(groups)
             prefill = clock() - start
-            for _ in range(3):  # warm-up: first calls of each shape
+            start = clock()
+            runner.step()
+            first = clock() - start
+            for _ in range(2):  # warm-up: first calls of each shape
                 runner.step()
             start = clock()
             for _ in range(steps):
@@ -89,6 +109,8 @@ def measure(precision: str, threads: int, steps: int, adapters: Path) -> dict[st
             out[f"{name} step"] = (clock() - start) / steps * 1e3
             if len(keys) > 1:
                 out[f"{name} prefill"] = prefill * 1e3
+            if "mixed" in name:
+                out[f"{name} first step"] = first * 1e3
             runner.reset()
             if "mixed" in name:
                 out[f"{name} LoRA hooks"] = hooks_only(cache, keys, clock, steps)
@@ -146,15 +168,21 @@ def hooks_only(cache, keys: list, clock, steps: int) -> float:
 
 def child(args) -> None:
     import tunelab
+    from tunelab.serving import adapters
 
+    for flag in args.flag:
+        name, _, value = flag.partition("=")
+        if not hasattr(adapters, name):
+            raise SystemExit(f"--flag {flag}: tunelab.serving.adapters has no {name}")
+        setattr(adapters, name, type(getattr(adapters, name))(int(value)))
     result = {
-        p: measure(p, args.threads, args.steps, Path(args.adapters))
+        p: measure(p, args.threads, args.steps, Path(args.adapters), args.wall)
         for p in args.precisions.split(",")
     }
     print(json.dumps({"tunelab": tunelab.__file__, "ms": result}))
 
 
-def run_child(args, pythonpath: Path, adapters: Path) -> dict:
+def run_child(args, pythonpath: Path, adapters: Path, flags: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
     cmd = [
         sys.executable,
@@ -168,6 +196,8 @@ def run_child(args, pythonpath: Path, adapters: Path) -> dict:
         str(args.threads),
         "--steps",
         str(args.steps),
+        *(["--wall"] if args.wall else []),
+        *(f"--flag={flag}" for flag in flags),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -182,6 +212,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout to measure in turn")
+    parser.add_argument("--wall", action="store_true", help="wall time, not CPU time")
+    parser.add_argument(
+        "--flag",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set tunelab.serving.adapters.NAME (an int) in this checkout's runs",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--adapters", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,7 +236,8 @@ def main() -> None:
         checkouts = {"old": args.against.resolve(), "new": ROOT}
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}  threads {args.threads}, {args.steps} steps, "
-        f"best of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}",
+        f"best of {args.rounds} rounds, {'wall' if args.wall else 'CPU'} time; new: "
+        f"{' '.join(args.flag) or 'as committed'}; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     best: dict[str, dict[str, dict[str, float]]] = {k: {} for k in checkouts}
@@ -208,7 +247,7 @@ def main() -> None:
         make_adapters(resolve_model("smollm2-135m-instruct").path, adapters, 8)
         for r in range(args.rounds):
             for label, path in checkouts.items():
-                got = run_child(args, path, adapters)
+                got = run_child(args, path, adapters, args.flag if label == "new" else [])
                 print(f"  round {r + 1} {label} ({got['tunelab']}): {got['ms']}", flush=True)
                 for precision, figures in got["ms"].items():
                     mine = best[label].setdefault(precision, {})

@@ -34,6 +34,20 @@ def served(tiny_model_dir, bundles, precision):
     return cache
 
 
+def input_widths(layer) -> list[int]:
+    """The width of each input the layer's module multiplies from now on: wider than its
+    features where the LoRA fold made it ``[x | h]``."""
+    widths: list[int] = []
+    base_forward = layer._base_forward
+
+    def recorded(module, x):
+        widths.append(x.shape[-1])
+        return base_forward(module, x)
+
+    layer._base_forward = recorded
+    return widths
+
+
 def logits(cache, keys, ids):
     cache.select(keys)
     with torch.inference_mode():
@@ -124,11 +138,13 @@ def test_no_fold_for_prefills_plain_bf16_layers_or_one_adapter_of_many(tiny_mode
     layer's columns (the fold would multiply every loaded adapter's B)."""
     cache = served(tiny_model_dir, bundles, "bf16")
     module = cache._modules[LAYER]
+    widths = input_widths(cache._layers[LAYER])
     width = adapters_module.MANY_ROWS // 2
     logits(cache, ["f0", "f1"], torch.randint(0, 1000, (2, width)))
-    assert module.lora_packed is None
     logits(cache, ["f1"], torch.randint(0, 1000, (1, 1)))
-    assert module.lora_packed is None
+    assert widths == [module.in_features] * 2  # the plain input both times: no [x | h]
+    logits(cache, ["f0", "f1"], torch.randint(0, 1000, (2, 1)))
+    assert widths[-1] > module.in_features  # a decode step spanning the adapters folds
     plain = AdapterCache(load_causal_lm(tiny_model_dir).to(torch.bfloat16), max_adapters=3)
     plain.ensure("f0", bundles[0])
     assert not any(layer.foldable for layer in plain._layers.values())

@@ -5,9 +5,10 @@ Each LoRA adapter adds to a linear layer ``y = W x`` the low-rank term ``s · B 
 al. 2021, "LoRA"), with A: (r, in), B: (out, r) and s = alpha / r (alpha / sqrt(r) with
 rsLoRA). Every targeted layer keeps the factors of all loaded adapters side by side, A_cat:
 (R, in) and B_cat: (out, R) with R the sum of their ranks (each adapter's own A and B are
-views into them, so the weights are held once), and a forward hook on the layer adds the term
-for the adapter each row selected, for a prefill and a decode step alike, in two products
-whatever the mix of adapters:
+views into them, so the weights are held once), and the layer's ``forward``, wrapped on that
+module (:meth:`_LayerLora.install`; not a hook: torch's hook call path costs ~5 us more a
+call), adds the term for the adapter each row selected, for a prefill and a decode step
+alike, in two products whatever the mix of adapters:
 
     h = (A_u x) * mask       # (B, T, R_u); mask: the row's scale s on its adapter's block, else 0
     y = y + B_u h            # (B, T, out), accumulated in place
@@ -35,11 +36,12 @@ in the real step: 28 ms of hooks against 23).
 Folding B into the base product (:meth:`_LayerLora.fold`). Where the base layer is a bf16 weight
 prepacked for oneDNN (``bf16``, and ``int8+bf16`` from its dense rows; ``prepacked.py``), a
 decode step does not run an fp32 B product and a mixed-dtype add after the base product: a
-forward pre-hook turns the input into ``[x | h]`` (h = the masked A product over all of the
+decode step turns the input into ``[x | h]`` (h = the masked A product over all of the
 layer's adapter columns, in bf16 by oneDNN on A packed once: :data:`PACKED_A`; a group's once
 for its members) and the layer multiplies it by ``[W | B_cat]``, packed
-once after each load or eviction (at the next such step: ~0.3 s for SmolLM2-135M's 210 layers
-on one thread), in one AMX product on the engine's threads. Measured (bench_lora_step.py, 16
+once after each load or eviction (~0.25 s for SmolLM2-135M's 210 layers on one thread, at the
+first selection of adapter rows after them: :meth:`AdapterCache.select`), in one AMX product on
+the engine's threads. Measured (bench_lora_step.py, 16
 rows over 8 adapters, one thread, thread CPU, loaded machine): a decode step 80 -> 72 ms
 against 55-57 ms base only (int8+bf16 and bf16 alike) with the A product still in fp32, and
 with it in bf16 (in one process, best of 3-4 rounds) bf16 85.2 -> 74.9 -> 68.4 ms against
@@ -56,7 +58,19 @@ test_lora_fold.py), and logits within a fraction of the adapter's own effect of 
 ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
 for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
 layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
-rows, or a batch whose adapters span under half of a layer's columns.
+rows, or a batch whose adapters span under half of a layer's columns; but the packed copies are
+made after loads whatever the batch (the memory is held once adapters serve in these modes).
+
+Where the cost stands (2026-12-06, same command, thread CPU, one thread, 16 rows over 8
+adapters, loaded machine): a mixed decode step ~62-66 ms against ~54 base (0.82-0.86x, bf16 and
+int8+bf16 alike). That is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
+(A ~19, B ~20) read every step beside the base model's ~270 MB, ~14% more. Until then the first
+folded step after loads also packed every layer's operands (~265 ms of thread CPU instead of
+~60) and a serving benchmark whose warm-up ran one row per adapter (never folding) paid that
+inside its measured mixed run: ~0.25 s of a ~2.5 s run, most of bf16's 0.75x there. Prefills
+(16 prompts of ~20 tokens) cost ~30% more with 8 adapters, the masked products' arithmetic
+(every row multiplied by every adapter's columns), converted to bf16 once per load now.
+
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
 8 adapters, a PEFT decode step took 0.53 s against 0.32 s for the base rows (0.6x), and the
@@ -199,6 +213,14 @@ PACKED_A = True
 """Folded decode steps multiply A in bf16 by oneDNN, on A packed once (half the bytes of the
 fp32 factors, no conversions of x and h); False: the fp32 A product, converted to bf16."""
 
+FOLD_A_ONE_THREAD = True
+"""A folded decode step's A products run on one thread (:func:`one_thread`) whatever the
+engine's count; False: on the engine's threads. One thread measured ~2x less CPU for these
+small products on two threads (and no gain in thread CPU), but they are memory-bound (~19 MB
+of packed A factors a step at 8 adapters) and run serially beside a base product that two
+threads share: the wall-time trade-off at two threads is for a quiet machine to measure
+(``bench/bench_lora_step.py --against . --flag FOLD_A_ONE_THREAD=0 --threads 2 --wall``)."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -221,7 +243,7 @@ def lora_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
 
 class _LayerLora:
     """The LoRA factors of every loaded adapter that targets one linear layer, side by side,
-    and the forward hook that applies them to a mixed batch."""
+    and the forward (:meth:`install`) that applies them to a mixed batch."""
 
     def __init__(self, owner: AdapterCache, module: torch.nn.Linear):
         self.owner = owner
@@ -252,8 +274,11 @@ class _LayerLora:
         """Decode steps fold the B product into the base product (:meth:`fold`): a layer
         whose bf16 weight is prepacked for oneDNN (``prepacked.py``, ``quantize.py``)."""
         self._folded_for: torch.Tensor | None = None  # the Bt that module.lora_packed packs
-        self._full_mask: tuple | None = None  # (version, mask, mask in bf16)
         self._packed_A: tuple | None = None  # (the At it packs, At^T in bf16 packed)
+        self._low: tuple | None = None
+        """(dtype, At, Bt) in the activations' dtype for prefills (:meth:`low_factors`)."""
+        self._full_masks: tuple | None = None  # (version, _Masks or None): a lone fold's
+        self._alone: tuple = ()  # ((layout, 0),): the members of a lone layer's mask
 
     def rebuild(self) -> None:
         """Concatenate the factors again (after a load or an eviction); each adapter's factors
@@ -274,6 +299,7 @@ class _LayerLora:
             self.blocks[k] = (at, r, f.scale)
             at += r
         self.layout = tuple((k, r, s) for k, (_, r, s) in self.blocks.items())
+        self._alone = ((self.layout, 0),)
         self.rebind()
 
     def rebind(self) -> None:
@@ -282,10 +308,52 @@ class _LayerLora:
         for k, (at, r, _) in self.blocks.items():
             f = self.factors[k]
             f.A, f.B = self.At[:, at : at + r].t(), self.Bt[at : at + r].t()
-        self._work = None
+        self._work = self._low = None  # the prefills' converted factors are of the old ones
+
+    def low_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(At, Bt)`` in ``dtype`` (a bf16 model's prefills, :data:`MANY_ROWS`), converted
+        once per load or eviction instead of at every prefill's call (2 conversions of the
+        layer's factors a call, ~420 a prefill); dropped by :meth:`rebind`. Held: half the
+        fp32 factors' bytes (~39 MB for 8 rank-8 adapters on SmolLM2-135M's projections)."""
+        low = self._low
+        if low is None or low[0] != dtype:
+            low = self._low = (dtype, self.At.to(dtype), self.Bt.to(dtype))
+        return low[1], low[2]
+
+    def prepare(self) -> None:
+        """Pack now what a folded decode step multiplies (``[W | B_cat]``, and the A factors:
+        this layer's or its group's), if a load or an eviction made it stale: called by
+        :meth:`AdapterCache.select` at the first forward with adapters after loads, so that
+        the cost (~0.25 s of one thread for SmolLM2-135M's 210 layers) is paid by the batch
+        that loaded them, not by the next decode step that folds (measured: a mixed decode
+        step 265 ms of thread CPU instead of ~60 at the first fold after loads)."""
+        if not self.foldable or not self.blocks:
+            return
+        self._pack_fold()
+        dtype = self.module.weight.dtype
+        if PACKED_A:
+            if self.group is not None:
+                self.group.packed_A(dtype)
+            else:
+                self._lone_packed_A(dtype)
+
+    def _pack_fold(self) -> None:
+        """``module.lora_packed``: ``[W | B_cat]`` packed, after each load or eviction."""
+        if self._folded_for is not self.Bt:
+            module = self.module
+            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
+            module.lora_packed = pack(weight.contiguous())
+            self._folded_for = self.Bt
+
+    def _lone_packed_A(self, dtype: torch.dtype) -> torch.Tensor:
+        """This layer's A factors, ``At^T`` in ``dtype``, packed (a layer without group)."""
+        if self._packed_A is None or self._packed_A[0] is not self.At:
+            self._packed_A = (self.At, pack(self.At.t().to(dtype).contiguous()))
+        return self._packed_A[1]
 
     def fold(self, module, args):
-        """Forward pre-hook: for a decode step of a prepacked bf16 layer, the input becomes
+        """Before the product (a pre-hook's signature): for a decode step of a prepacked bf16
+        layer, the input becomes
         ``[x | h]`` with ``h = (x A) * mask`` over all of this layer's adapter columns, and
         the layer multiplies it by its weight packed as ``[W | B_cat]`` (``lora_packed``):
         ``y = x W^T + h B^T`` in one oneDNN product, instead of an fp32 B product and a
@@ -303,14 +371,15 @@ class _LayerLora:
             or x.dim() != 3
         ):
             return None
-        with one_thread():  # the A product; the folded product runs on all the threads
-            h = self._full_h(x)  # (B, T, R) in the factors' dtype, or None
+        if FOLD_A_ONE_THREAD:  # the A product; the folded product runs on all the threads
+            with one_thread():
+                h = self._full_h(x)  # (B, T, R) in the activations' dtype, or None
+        else:
+            h = self._full_h(x)
         if h is None:
             return None
-        if self._folded_for is not self.Bt:
-            weight = torch.cat([module.weight, self.Bt.t().to(module.weight.dtype)], dim=1)
-            module.lora_packed = pack(weight.contiguous())
-            self._folded_for = self.Bt
+        if self._folded_for is not self.Bt:  # not prepared (select() packs after loads)
+            self._pack_fold()
         return (torch.cat([x, h], dim=-1),)
 
     def _full_h(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -326,19 +395,40 @@ class _LayerLora:
                 return None
             at, width = self.group_cols
             return h[..., at : at + width]
-        if self._full_mask is None or self._full_mask[0] != owner._version:
-            full = _columns_mask(owner, [(self.layout, 0)], self.At)
-            low = None if full is None else full.to(x.dtype)
-            self._full_mask = (owner._version, full, low)
-        mask = self._full_mask[1]
-        if mask is None:
+        full = self._full_masks
+        if full is None or full[0] != owner._version:  # a layout's hash is not cached
+            full = self._full_masks = (owner._version, owner._columns_masks(self._alone, self.At))
+        masks = full[1]
+        if masks is None:
             return None
         if PACKED_A:
-            if self._packed_A is None or self._packed_A[0] is not self.At:
-                self._packed_A = (self.At, pack(self.At.t().to(x.dtype).contiguous()))
-            return packed_linear(x, self._packed_A[1], None).mul_(self._full_mask[2])
+            packed = self._lone_packed_A(x.dtype)
+            return packed_linear(x, packed, None).mul_(masks.low(x.dtype))
+        mask = masks.mask
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.At.dtype), self.At)
         return h.view(x.shape[0], x.shape[1], -1).mul_(mask).to(x.dtype)
+
+    def install(self) -> None:
+        """Route the layer's calls through :meth:`forward`: its ``forward`` becomes, on this
+        module only, the class's ``forward`` with the LoRA term around it. Why not forward
+        hooks: a module with hooks takes torch's slow call path, ~5 us more a call (measured:
+        a k_proj call of a folded decode step 51 -> 46 us), ~1 ms of a 16-row decode step's
+        210 calls; the hooks' semantics are kept (:meth:`fold` before, ``__call__`` after)."""
+        module = self.module
+        self._base_forward = type(module).forward
+        module.forward = self.forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``x`` with each selected row's LoRA term: folded into the
+        base product (:meth:`fold`) or added after it (``__call__``)."""
+        module = self.module
+        if self.foldable:
+            folded = self.fold(module, (x,))
+            if folded is not None:
+                return self._base_forward(module, folded[0])
+        out = self._base_forward(module, x)
+        self(module, (x,), out)  # adds in place
+        return out
 
     def __call__(self, module, args, output):
         owner = self.owner
@@ -360,7 +450,10 @@ class _LayerLora:
         out2 = output.view(-1, output.shape[-1])  # (N, out), N = B * T
         if out2.shape[0] >= MANY_ROWS:  # a prefill
             if out2.dtype != At.dtype:  # bf16 activations: bf16 products (AMX) beat fp32 ones
-                At, Bt, mask = At.to(out2.dtype), Bt.to(out2.dtype), mask.to(out2.dtype)
+                At, Bt = self.low_factors(out2.dtype)
+                hi = lo + mask.shape[-1]
+                At, Bt = At[:, lo:hi], Bt[lo:hi]
+                mask = owner._plan_low(self.layout, out2.dtype)
             _add_lora(x, out2, At, Bt, mask)
             return output
         with one_thread():  # a decode step's products are too small to share between threads
@@ -425,15 +518,14 @@ class _SharedInput:
         self._mask: tuple[int, torch.Tensor | None] | None = None  # (version, mask or None)
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (x, version, h)
         self._converted: tuple | None = None  # (h, dtype, h in dtype)
-        self._packed_A: torch.Tensor | None = None  # A^T in bf16, packed (PACKED_A)
-        self._low_mask: tuple | None = None  # (mask, mask in bf16)
+        self._packed_A: tuple | None = None  # (dtype, A^T in it packed) (PACKED_A)
         self._last_low: tuple | None = None  # (x, version, bf16 h)
 
     def product(
         self, owner: AdapterCache, x: torch.Tensor, dtype: torch.dtype | None = None
     ) -> torch.Tensor | None:
         """``(x A_group) * mask`` (B, T, sum R) for the selected rows, computed once per input
-        tensor; None when the shared product does not pay (:meth:`_group_mask`). ``dtype``:
+        tensor; None when the shared product does not pay (:func:`_columns_mask`). ``dtype``:
         the product converted to it (once for all members: the folded B products' input)."""
         if PACKED_A and dtype is not None and dtype != self.A.dtype:
             return self._packed_product(owner, x, dtype)
@@ -453,47 +545,63 @@ class _SharedInput:
         last = self._last_low
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        mask = self._current_mask(owner, x)
-        if mask is None:
+        masks = self._current_masks(owner, x)
+        if masks is None:
             return None
-        if self._low_mask is None or self._low_mask[0] is not mask:
-            self._low_mask = (mask, mask.to(dtype))
-        if self._packed_A is None:
-            self._packed_A = pack(self.A.t().to(dtype).contiguous())
-        h = packed_linear(x, self._packed_A, None).mul_(self._low_mask[1])
+        h = packed_linear(x, self.packed_A(dtype), None).mul_(masks.low(dtype))
         self._last_low = (x, version, h)
         return h
 
-    def _current_mask(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
-        """The mask of the rows selected now (built once per selection), or None when the
-        shared product does not pay (:meth:`_group_mask`) or ``x`` is not (B, T, in)."""
+    def packed_A(self, dtype: torch.dtype) -> torch.Tensor:  # noqa: N802 - A as in the paper
+        """``A^T`` in ``dtype``, packed for oneDNN once (the group is made again after each
+        load or eviction, so this never goes stale)."""
+        if self._packed_A is None or self._packed_A[0] != dtype:
+            self._packed_A = (dtype, pack(self.A.t().to(dtype).contiguous()))
+        return self._packed_A[1]
+
+    def _current_masks(self, owner: AdapterCache, x: torch.Tensor) -> _Masks | None:
+        """The masks of the rows selected now (built once per selection and shared by the
+        groups of the same layouts), or None when the shared product does not pay
+        (:func:`_columns_mask`) or ``x`` is not (B, T, in)."""
         if self._mask is None or self._mask[0] != owner._version:
-            self._mask = (owner._version, self._group_mask(owner))
-        mask = self._mask[1]
-        return None if mask is None or x.dim() != 3 else mask
+            members = tuple((m.layout, m.group_cols[0]) for m in self.members)
+            self._mask = (owner._version, owner._columns_masks(members, self.A))
+        masks = self._mask[1]
+        return None if masks is None or x.dim() != 3 else masks
 
     def _product(self, owner: AdapterCache, x: torch.Tensor) -> torch.Tensor | None:
         version = owner._version
         last = self._last
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        mask = self._current_mask(owner, x)
-        if mask is None:
+        masks = self._current_masks(owner, x)
+        if masks is None:
             return None
         h = torch.mm(x.reshape(-1, x.shape[-1]).to(self.A.dtype), self.A)
-        h = h.view(x.shape[0], x.shape[1], -1).mul_(mask)
+        h = h.view(x.shape[0], x.shape[1], -1).mul_(masks.mask)
         # Holding x keeps its id from being reused by another tensor while the entry lives.
         self._last = (x, version, h)
         return h
 
-    def _group_mask(self, owner: AdapterCache) -> torch.Tensor | None:
-        """Each member's mask over its used columns, 0 over the others (:func:`_columns_mask`)."""
-        members = [(m.layout, m.group_cols[0]) for m in self.members]
-        return _columns_mask(owner, members, self.A)
+
+class _Masks:
+    """A (B, 1, R) mask (:func:`_columns_mask`) and its conversions, made once a selection."""
+
+    __slots__ = ("mask", "_low")
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self._low: tuple[torch.dtype, torch.Tensor] | None = None
+
+    def low(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask in ``dtype`` (a bf16 A product's)."""
+        if self._low is None or self._low[0] != dtype:
+            self._low = (dtype, self.mask.to(dtype))
+        return self._low[1]
 
 
 def _columns_mask(
-    owner: AdapterCache, members: list[tuple[tuple, int]], A: torch.Tensor
+    owner: AdapterCache, members: tuple[tuple[tuple, int], ...], A: torch.Tensor
 ) -> torch.Tensor | None:
     """The (B, 1, R) mask over all of ``A``'s columns for the selected rows: each member's
     (layout, first column in A) block holds its rows' scales on their adapter's columns, 0
@@ -544,7 +652,12 @@ class AdapterCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
         self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
+        self._low_plans: dict[tuple, torch.Tensor] = {}  # per (layout, dtype): plan's mask
+        self._masks: dict[tuple, _Masks | None] = {}  # per (members, columns): see _columns_masks
         self._version = 0  # changes with the selection and the loaded adapters
+        self._unprepared = False
+        """Adapters were loaded or evicted since the folded products' operands were last
+        packed: the next :meth:`select` of rows with adapters packs them (``prepare``)."""
         self.loads = 0
         self.evictions = 0
 
@@ -574,6 +687,8 @@ class AdapterCache:
         unchanged batch) keeps the masks already built."""
         if row_keys is not None and all(k is None for k in row_keys):
             row_keys = None
+        if self._unprepared and row_keys is not None:
+            self._prepare()
         if row_keys == self._rows:
             return
         if row_keys is not None:
@@ -581,8 +696,38 @@ class AdapterCache:
             if missing:
                 raise KeyError(f"adapters not loaded: {sorted(missing)}")
             row_keys = list(row_keys)  # the caller's list may change under us
-        self._rows, self._plans = row_keys, {}
+        self._rows = row_keys
+        self._changed()
+
+    def _changed(self) -> None:
+        """The selection or the loaded adapters changed: masks and plans are built again."""
+        self._plans, self._low_plans, self._masks = {}, {}, {}
         self._version += 1
+
+    def _prepare(self) -> None:
+        """Pack the folded decode steps' operands of every layer (:meth:`_LayerLora.prepare`)."""
+        self._unprepared = False
+        for layer in self._layers.values():
+            layer.prepare()
+
+    def _plan_low(self, layout: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """The mask of :meth:`_plan_for` (not None) in ``dtype``, converted once per layout."""
+        key = (layout, dtype)
+        low = self._low_plans.get(key)
+        if low is None:
+            low = self._low_plans[key] = self._plan_for(layout)[2].to(dtype)
+        return low
+
+    def _columns_masks(self, members: tuple[tuple[tuple, int], ...], A: torch.Tensor):
+        """:func:`_columns_mask` for these members over ``A``'s columns, as :class:`_Masks`
+        (or None), built once per selection for all the layers and groups of the same
+        layouts (most of a model's: every adapter on every projection gives one layout per
+        shape), not once per layer."""
+        key = (members, A.shape[1])
+        if key not in self._masks:
+            mask = _columns_mask(self, members, A)
+            self._masks[key] = None if mask is None else _Masks(mask)
+        return self._masks[key]
 
     def _plan_for(self, layout: tuple) -> tuple[int, int, torch.Tensor] | None:
         """For the selected rows and a layer's layout, ``(lo, hi, mask)``: the blocks of the
@@ -639,15 +784,13 @@ class AdapterCache:
             layer = self._layers.get(name)
             if layer is None:
                 layer = self._layers[name] = _LayerLora(self, self._modules[name])
-                self._modules[name].register_forward_hook(layer)
-                if layer.foldable:
-                    self._modules[name].register_forward_pre_hook(layer.fold)
+                layer.install()
             layer.factors[key] = f
             layer.rebuild()
         self._regroup(factors)
         self._entries[key] = _Entry(folder=folder, nbytes=nbytes, layers=list(factors))
-        self._plans = {}
-        self._version += 1
+        self._changed()
+        self._unprepared = True
         self.loads += 1
         logger.info(
             "loaded adapter %s from %s (%.1f MB; %d loaded)",
@@ -676,8 +819,8 @@ class AdapterCache:
             layer.rebuild()
         self._regroup(entry.layers)
         del self._entries[key]
-        self._plans = {}
-        self._version += 1
+        self._changed()
+        self._unprepared = True
         self.evictions += 1
         logger.info("unloaded adapter %s", key)
 
