@@ -60,7 +60,9 @@ def test_saved_tokenizer_lists_its_added_tokens_and_reloads_the_same(
         expected
     )
     assert after(expected)["input_ids"] == before(expected)["input_ids"]
-    assert after.decode(after(expected)["input_ids"]) == before.decode(before(expected)["input_ids"])
+    assert after.decode(after(expected)["input_ids"]) == before.decode(
+        before(expected)["input_ids"]
+    )
 
 
 def test_the_default_model_cache_is_at_the_current_conversion(default_model_dir, python_parsed):

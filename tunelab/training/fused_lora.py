@@ -373,10 +373,25 @@ class _FusedAttentionForward:
         (tunelab.training.prefix_sharing.attention_groups), each attended under its segments'
         masks in one call, and the outputs put back in packed order. A shared token's key and value
         are gathered into every segment below it, so the backward sums their gradients into
-        the one copy: the same sums as separate copies per row."""
+        the one copy: the same sums as separate copies per row.
+
+        q, k and v are each gathered once for all groups and cut into the groups' parts: a
+        gather per group and tensor would give each of q, k and v one gradient per group, each
+        as large as the tensor (zeros, then the group's rows added), summed by autograd."""
         packed = self.shared_prefix
-        outs = [self._attend_group(q, k, v, group) for group in packed.groups]
-        out = gather_rows(torch.cat(outs) if len(outs) > 1 else outs[0], packed.output_index)
+        groups = packed.groups
+        queries = gather_rows(q, packed.query_index)
+        keys, values = gather_rows(k, packed.key_index), gather_rows(v, packed.key_index)
+        if len(groups) > 1:
+            query_rows = [g.segments * g.query_length for g in groups]
+            key_rows = [g.segments * g.key_length for g in groups]
+            queries, keys = queries.split(query_rows), keys.split(key_rows)
+            values = values.split(key_rows)
+            outs = list(map(self._attend_gathered, queries, keys, values, groups))
+            out = torch.cat(outs)
+        else:
+            out = self._attend_gathered(queries, keys, values, groups[0])
+        out = gather_rows(out, packed.output_index)
         if packed.tail:  # dead tokens: nothing attends to them and they attend to nothing
             out = torch.cat([out, out.new_zeros(packed.tail, out.shape[-1])])
         return out[None]
@@ -385,18 +400,28 @@ class _FusedAttentionForward:
         """One group of segments (tunelab.training.prefix_sharing.AttentionGroup), each padded
         to the group's Lq queries and Lk keys: q (L, H, D), k and v (L, Hkv, D) of the packed
         tokens -> (S * Lq, H*D), segment by segment."""
+        return self._attend_gathered(
+            gather_rows(q, group.query_index),
+            gather_rows(k, group.key_index),
+            gather_rows(v, group.key_index),
+            group,
+        )
+
+    def _attend_gathered(self, q, k, v, group):
+        """:meth:`_attend_group` of the group's gathered rows: q (S * Lq, H, D), k and v
+        (S * Lk, Hkv, D) -> (S * Lq, H*D)."""
         n, lq, lk = group.segments, group.query_length, group.key_length
 
-        def gather(t, index, length):  # (L, h, D) -> (n, h, length, D)
-            return gather_rows(t, index).view(n, length, *t.shape[1:]).transpose(1, 2)
+        def batched(t, length):  # (n * length, h, D) -> (n, h, length, D)
+            return t.view(n, length, *t.shape[1:]).transpose(1, 2)
 
         # torch's SDPA directly, to read the grouped keys in place (enable_gqa): given a mask,
         # transformers' SDPA wrapper first copies every key and value head per query head, a
         # copy (and its backward) that made the rows' attention ~30% slower on CPU.
         out = F.scaled_dot_product_attention(
-            gather(q, group.query_index, lq),
-            gather(k, group.key_index, lk),
-            gather(v, group.key_index, lk),
+            batched(q, lq),
+            batched(k, lk),
+            batched(v, lk),
             attn_mask=group.attention_mask,
             dropout_p=self.attn.attention_dropout if self.attn.training else 0.0,
             scale=self.attn.scaling,
