@@ -104,12 +104,13 @@ class _RMSNorm(torch.autograd.Function):
     dx = rstd * g' - x * rstd^3 * dot / C.
 
     Each pass over the (tokens, C) activations costs about as much as the next, so both
-    directions are written in as few as the maths allows: forward, one reduction (sum of
-    squares) and two products, the second writing the compute dtype directly; backward, one
-    product with the weight (which also converts a bf16 gradient), one reduction and one fused
+    directions take as few as the maths allows: forward, the rows' sums of squares and two
+    products, the second writing the compute dtype directly; backward, one product with the
+    weight (which also converts a bf16 gradient), the rows' dot products and one fused
     multiply-add. torch's ``_fused_rms_norm`` on the CPU is the composite (square, mean, rsqrt,
-    two products, then a cast): ~1.3x the forward, and the eager backward ~2.4x this one at a
-    135M model's shapes.
+    two products), and a cast follows it. Alone, at (416, 576) on one thread, the old forward
+    took ~1.3x and the old backward ~2.4x these; inside a bf16 reward-model step, where the
+    activations come from memory rather than cache, the two save ~1% of the step.
     """
 
     @staticmethod
