@@ -196,3 +196,21 @@ def test_no_grad_pass_leaves_the_mode_it_found_and_computes_alike(models, pairs,
     in_eval, _ = fast.hidden_no_grad(batch.input_ids, batch.response_mask)
     assert not fused.training and not any(m.training for m in fused.modules())
     assert torch.equal(in_train, in_eval)
+
+
+def test_scores_read_at_the_last_token_without_a_graph(models, pairs, tokenizer):
+    """The RL stage scores each sample at its last token through ``hidden_at_no_grad`` (the
+    last layer computes those tokens alone): the states the full no-grad pass has there, every
+    real token of a row counted as the row's, and the model's mode as it was."""
+    plain, fused, fast = models
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    ids, lengths = batch.input_ids, batch.lengths
+    real = torch.arange(ids.shape[1]) < lengths[:, None]
+    fused.eval()
+    got = fast.hidden_at_no_grad(ids, real, lengths - 1)
+    assert not fused.training and not got.requires_grad and got.shape == (len(ids), 64)
+    with torch.no_grad():
+        expected = plain.eval().get_decoder()(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(
+        got, expected[torch.arange(len(ids)), lengths - 1], rtol=1e-4, atol=1e-4
+    )

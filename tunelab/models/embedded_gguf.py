@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 MARKER = "tunelab-conversion.json"
 """Written last inside a converted folder; its presence means the conversion completed."""
 
+CONVERSION_VERSION = 2
+"""Kept in the marker; a folder converted by an older version is converted again.
+2: ``tokenizer_config.json`` lists the added tokens (:func:`save_tokenizer`)."""
+
 
 @dataclass(frozen=True)
 class EmbeddedGGUF:
@@ -58,7 +62,31 @@ def is_converted(folder: Path, source: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     stat = source.stat()
-    return info.get("source_size") == stat.st_size and info.get("source_name") == source.name
+    return (
+        info.get("source_size") == stat.st_size
+        and info.get("source_name") == source.name
+        and info.get("version") == CONVERSION_VERSION
+    )
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """``tokenizer.save_pretrained(folder)``, with its added tokens in ``tokenizer_config.json``.
+
+    transformers 5 leaves them out for a tokenizers-backed tokenizer (``tokenizer.json`` holds
+    them too), and then every load of the folder takes its legacy path, which parses the whole
+    ``tokenizer.json`` (3.5 MB for SmolLM2) in Python for them: ~0.2 s per load, and a training
+    run loads the tokenizer once or twice. Listed in the config, they are read from there and
+    ``tokenizer.json`` is parsed by the Rust tokenizers library alone; the tokenizer is the same
+    (tests/models/test_embedded_gguf.py)."""
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if "added_tokens_decoder" not in config:
+        config["added_tokens_decoder"] = {
+            str(index): token.__getstate__()
+            for index, token in sorted(tokenizer.added_tokens_decoder.items())
+        }
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def convert_gguf(source: Path, target: Path) -> Path:
@@ -92,11 +120,16 @@ def convert_gguf(source: Path, target: Path) -> Path:
         config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         stat = source.stat()
         (tmp / MARKER).write_text(
             json.dumps(
-                {"source_name": source.name, "source_size": stat.st_size, "format": "safetensors"}
+                {
+                    "source_name": source.name,
+                    "source_size": stat.st_size,
+                    "format": "safetensors",
+                    "version": CONVERSION_VERSION,
+                }
             )
         )
         if target.exists():

@@ -68,7 +68,7 @@ from tunelab.losses.rl import (
 )
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.device import resolve_placement
-from tunelab.models.reward_head import load_head, rewards_at, score
+from tunelab.models.reward_head import load_head, score
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
@@ -161,11 +161,14 @@ def train_policy(
             sequence(p, ended(a, c, end_id))
             for p, a, c in zip(prompt_of, answers, cut, strict=True)
         ]
-        scored_batch = run.batch(collate(scored, pad_id))
+        scored_ids = run.batch(collate(scored, pad_id).input_ids)
         scored_lengths = torch.tensor([len(s.input_ids) for s in scored], device=run.device)
+        # Each score is read at its row's last token, the only state the head reads: every
+        # real token counts as the row's, and the last layer computes that one alone.
+        real = torch.arange(scored_ids.shape[1], device=run.device) < scored_lengths[:, None]
         with active_adapter(model, REWARD):
-            hidden, p = fast.hidden_no_grad(scored_batch.input_ids, scored_batch.loss_mask)
-        scores = rewards_at(reward_head, hidden, scored_lengths - 1 - p)  # (N,)
+            last_hidden = fast.hidden_at_no_grad(scored_ids, real, scored_lengths - 1)  # (N, C)
+        scores = reward_head(last_hidden).squeeze(-1).float()  # (N,)
         reference = None
         if config.kl_coeff > 0:
             with model.disable_adapter(), torch.no_grad():

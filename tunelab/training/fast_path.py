@@ -98,6 +98,21 @@ class FastPath:
         """:meth:`hidden` without a graph, computed as a training step computes it (precision
         and packing): for the passes inside a run whose numbers meet the steps' own, the
         reference log-probabilities (DPO, RLOO) and the reward model's scores (RLOO)."""
+        with self._as_a_step_computes():
+            return self.hidden(input_ids, loss_mask)
+
+    @torch.no_grad()
+    def hidden_at_no_grad(
+        self, input_ids: torch.Tensor, loss_mask: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`hidden_at` without a graph, computed as a training step computes it: the
+        reward model's scores in the RL stage, read at one token a row, as the reward model's
+        own steps read them (its last layer computes those tokens only)."""
+        with self._as_a_step_computes():
+            return self.hidden_at(input_ids, loss_mask, at)
+
+    @contextlib.contextmanager
+    def _as_a_step_computes(self):
         training = self.model.training
         # Train mode is what makes the fused norms hand the blocks the compute dtype (eval
         # mode computes fp32, as evaluation must); the fused path has no dropout it would
@@ -105,7 +120,7 @@ class FastPath:
         if training != self.fused:  # Module.train walks every module: only when it changes
             self.model.train(self.fused)
         try:
-            return self.hidden(input_ids, loss_mask)
+            yield
         finally:
             if self.model.training != training:
                 self.model.train(training)

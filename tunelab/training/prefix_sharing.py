@@ -112,6 +112,10 @@ class PackedBatch:
     last training target: its last token, a stand-in nothing reads)."""
     groups: tuple[AttentionGroup, ...]
     """The segments, in groups attended one call each."""
+    query_index: torch.Tensor
+    """The groups' ``query_index`` laid end to end: every group's queries in one gather."""
+    key_index: torch.Tensor
+    """The groups' ``key_index`` laid end to end: every group's keys (values) in one gather."""
     output_index: torch.Tensor
     """(tokens,) int64: where each packed token's attention output is in the groups' outputs
     laid end to end (group g's S_g * Lq_g rows, segment by segment)."""
@@ -302,6 +306,8 @@ def pack_shared_prefix(
         input_ids=tensor(packed_ids)[None],
         position_ids=tensor(positions)[None],
         row_positions=tensor(where),
+        query_index=tensor(np.concatenate([query.reshape(-1) for query, *_ in groups])),
+        key_index=tensor(np.concatenate([key.reshape(-1) for _, key, *_ in groups])),
         groups=tuple(
             AttentionGroup(
                 query_index=tensor(query.reshape(-1)),
