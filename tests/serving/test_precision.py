@@ -124,6 +124,29 @@ def test_auto_picks_from_the_measured_products(tiny_model_dir, measured, expecte
     )
 
 
+def test_auto_takes_int4_only_for_a_clear_gain_over_int8_at_one_row():
+    fp32, bf16 = [161, 200, 280, 400, 538], [190] * 5
+    int8 = [139, 160, 200, 280, 500]
+
+    def with_int4(int4):
+        t = timings(fp32, bf16, int8)
+        t.update({("int4", r): s for r, s in zip(precision_choice.PROBE_ROWS, int4, strict=True)})
+        return t
+
+    # Half the bytes streamed, as measured on a Xeon with AMX: int4+bf16, bf16 from 4 rows.
+    choice = decide(with_int4([64, 90, 230, 300, 520]))
+    assert (choice.precision, choice.dense_rows) == ("int4+bf16", 4)
+    assert "int4 " in choice.reason
+    # Within noise of int8 (5% faster): int8's weights stay, whichever way the noise fell.
+    assert decide(with_int4([132, 150, 230, 300, 520])).precision == "int8+bf16"
+    # int4 faster than bf16 even at 16 rows: the bf16 copy still serves prefills.
+    assert decide(with_int4([40, 45, 50, 60, 80])).dense_rows == quantize.DEQUANTIZE_ROWS
+    # A machine without a bf16 gain for batches stays fp32, int4 or not.
+    slow_bf16 = timings(fp32, [900] * 5, int8)
+    slow_bf16.update({("int4", r): 10e-6 for r in precision_choice.PROBE_ROWS})
+    assert decide(slow_bf16).precision == "fp32"
+
+
 def test_the_switch_to_bf16_rows_needs_a_clear_margin_so_noise_does_not_move_it():
     """bf16 and int8 within a few percent at 4 rows (noise, run to run): the switch stays at
     8 rows, where bf16 is clearly faster, whichever way the noise fell."""
@@ -185,7 +208,8 @@ def test_a_corrupt_cache_is_measured_over(tiny_model_dir, tunelab_home, caplog):
 
 def test_the_real_probe_times_every_format_at_every_row_count():
     t = time_products(64, 96, repeats=2)
-    assert set(t) == {(f, r) for f in ("fp32", "bf16", "int8") for r in precision_choice.PROBE_ROWS}
+    formats = ("fp32", "bf16", "int8", "int4")  # 64 inputs: whole int4 groups
+    assert set(t) == {(f, r) for f in formats for r in precision_choice.PROBE_ROWS}
     assert all(s >= 0 for s in t.values())
 
 

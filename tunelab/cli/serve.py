@@ -141,8 +141,8 @@ def serve(
         None, "--devices", help="CUDA device to serve on, as an index with a comma (1,)."
     ),
     # fp32 stays the default: it is what `tunelab predict` and `tunelab eval` compute in, so a
-    # served answer equals theirs. bf16/int8 held quality (a tuned adapter's accuracy on the
-    # example test set equal to fp32's, 2 of 80 greedy answers different; bench_serving.py)
+    # served answer equals theirs. bf16, int8+bf16 and int4+bf16 held quality (a tuned
+    # adapter's 80 greedy answers on the example test set all as fp32's; bench_serving.py)
     # and `auto` picks the fastest for this CPU: opt in for speed.
     precision: str = typer.Option(
         "fp32",

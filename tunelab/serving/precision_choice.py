@@ -1,15 +1,23 @@
 """``--precision auto``: which serving precision (``quantize.py``) this machine is fastest in.
 
 A CPU is timed once: one linear layer of the model's shape, in fp32, bf16 (prepacked, as
-``bf16`` serves it) and int8 weight-only, at 1 to 16 rows (~0.5 s). The decision
+``bf16`` serves it), int8 and int4 weight-only, at 1 to 16 rows (~0.5 s). The decision
 (:func:`decide`) reads those timings with margins, so that timing noise does not pick a format:
 
 - bf16 at 16 rows at least :data:`BF16_MIN_SPEEDUP` x faster than fp32 (AMX, AVX512-BF16):
   batches in bf16, else ``fp32``;
-- int8 at 1 row at least :data:`INT8_MIN_SPEEDUP` x faster than the best float format (a single
-  stream is bound by streaming the weights' bytes): ``int8+bf16``, with bf16 from the first row
-  count where it measured :data:`DENSE_MARGIN` x faster than int8 (plain ``int8`` if none up
-  to 16); otherwise ``bf16``.
+- the few-row format: int4 where it is at least :data:`INT4_MIN_SPEEDUP` x faster than int8 at
+  1 row (a single stream is bound by streaming the weights' bytes, and int4 streams half of
+  int8's), else int8;
+- that format at 1 row at least :data:`INT8_MIN_SPEEDUP` x faster than the best float format:
+  ``int4+bf16`` or ``int8+bf16``, with bf16 from the first row count where it measured
+  :data:`DENSE_MARGIN` x faster (plain ``int8`` if int8 wins up to 16 rows; ``int4+bf16``
+  then keeps bf16 for prefills only); otherwise ``bf16``.
+
+Why ``auto`` may pick 4 bits: on the quality guard of bench/bench_serving.py (a tuned adapter
+on the example test set, greedy) ``int4+bf16`` answered as fp32 on all 80 examples, as
+``int8+bf16`` and ``bf16`` did, and on 40 chat texts its top-1 next token agreed with fp32's
+more often than per-channel int8's (``quantize.INT4_GROUP``); the output head stays int8.
 
 Why a cache: timed at every start, the row count from which ``int8+bf16`` switches to bf16
 came out 4 on one run and 8 on the next on the same machine (the two are within noise of each
@@ -43,13 +51,14 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.serving import prepacked
-from tunelab.serving.quantize import CHOICES, Int8Linear
+from tunelab.serving.quantize import CHOICES, DEQUANTIZE_ROWS, Int4Linear, Int8Linear
 from tunelab.serving.threads import one_thread
 
 logger = logging.getLogger(__name__)
 
 Timings = dict[tuple[str, int], float]
-"""Seconds of one product per (format, rows): formats ``fp32``, ``bf16``, ``int8``."""
+"""Seconds of one product per (format, rows): formats ``fp32``, ``bf16``, ``int8`` and, where
+the layer's shape allows int4 groups, ``int4``."""
 
 PROBE_ROWS = (1, 2, 4, 8, 16)
 """Row counts the probe times: one stream up to a full default batch."""
@@ -67,6 +76,11 @@ a weight against 2 + 2) and runs batches as fast. Measured on a Xeon with AMX, o
 576 -> 1536 layer: int8 1.13-1.15x prepacked bf16 at 1 row over four probes (1.3 before
 prepacking was a threshold the measurement sat on), a whole decode step 1.14-1.32x."""
 
+INT4_MIN_SPEEDUP = 1.1
+"""``auto`` serves int4 rather than int8 few-row products only for a clear gain at 1 row: the
+two compute with different weights, so noise must not decide between them. Measured on a Xeon
+with AMX, one thread, 150 distinct 1536 x 576 weights in turn: int8 139 us, int4 64 us."""
+
 DENSE_MARGIN = 1.1
 """``int8+bf16`` switches to bf16 products from the first row count where bf16 is this much
 faster than int8, not merely as fast: near the crossing the two are within noise."""
@@ -80,7 +94,7 @@ PROBE_COPIES = 32
 by bytes, whatever their number (and the probe must stay well under a second)."""
 
 CACHE_FILE = "precision_probe.json"
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 """Part of the cache key: a change to what the probe measures invalidates older entries."""
 
 
@@ -89,7 +103,8 @@ class PrecisionChoice:
     precision: str
     """One of ``quantize.PRECISIONS``."""
     dense_rows: int | None = None
-    """``int8+bf16``: the measured row count from which bf16 is faster (None: the default)."""
+    """``int8+bf16``, ``int4+bf16``: the measured row count from which bf16 is faster (None:
+    the default)."""
     reason: str = ""
 
 
@@ -124,19 +139,24 @@ def choose_precision(
 
 def decide(t: Timings) -> PrecisionChoice:
     """The precision the timings ``t`` (every format at every row count of
-    :data:`PROBE_ROWS`) call for; see the module doc."""
+    :data:`PROBE_ROWS`; ``int4`` optional) call for; see the module doc."""
+    few = "int8"
+    if ("int4", 1) in t and t["int4", 1] * INT4_MIN_SPEEDUP <= t["int8", 1]:
+        few = "int4"
     batch_gain = t["fp32", 16] / t["bf16", 16]
-    stream_gain = min(t["fp32", 1], t["bf16", 1]) / t["int8", 1]
+    stream_gain = min(t["fp32", 1], t["bf16", 1]) / t[few, 1]
     timings = ", ".join(f"{fmt}x{rows} {s * 1e6:.0f}us" for (fmt, rows), s in sorted(t.items()))
     reason = (
-        f"bf16 {batch_gain:.2f}x fp32 at 16 rows, int8 {stream_gain:.2f}x the best float at "
+        f"bf16 {batch_gain:.2f}x fp32 at 16 rows, {few} {stream_gain:.2f}x the best float at "
         f"1 row ({timings})"
     )
     if batch_gain < BF16_MIN_SPEEDUP:
         return PrecisionChoice("fp32", reason=reason)
     if stream_gain < INT8_MIN_SPEEDUP:
         return PrecisionChoice("bf16", reason=reason)
-    dense_rows = next((r for r in PROBE_ROWS if t["bf16", r] * DENSE_MARGIN <= t["int8", r]), None)
+    dense_rows = next((r for r in PROBE_ROWS if t["bf16", r] * DENSE_MARGIN <= t[few, r]), None)
+    if few == "int4":  # no plain int4: the bf16 copy serves prefills at least
+        return PrecisionChoice("int4+bf16", dense_rows or DEQUANTIZE_ROWS, reason)
     if dense_rows is None:  # int8 wins even at 16 rows: no use for a bf16 copy
         return PrecisionChoice("int8", reason=reason)
     return PrecisionChoice("int8+bf16", dense_rows, reason)
@@ -222,7 +242,7 @@ def time_products(n_in: int, n_out: int, repeats: int = 7) -> Timings:
     of the weight taken in turn so that each product reads its weight from memory."""
     gen = torch.Generator().manual_seed(0)  # the probe must not move the global RNG
     copies = min(PROBE_COPIES, max(2, math.ceil(PROBE_BYTES / (2 * n_in * n_out))))
-    fp32, bf16, int8 = [], [], []
+    fp32, bf16, int8, int4 = [], [], [], []
     for _ in range(copies):
         layer = torch.nn.Linear(n_in, n_out, bias=False)
         with torch.no_grad():
@@ -231,6 +251,8 @@ def time_products(n_in: int, n_out: int, repeats: int = 7) -> Timings:
         w16 = layer.weight.detach().bfloat16()
         bf16.append(prepacked.pack(w16) if prepacked.available() else w16)
         int8.append(Int8Linear(layer, dense_rows=1 << 30))  # always the int8 kernel
+        if Int4Linear.fits(layer):
+            int4.append(Int4Linear(layer, dense_rows=1 << 30))
     if prepacked.available():
 
         def bf16_product(x, w):
@@ -246,6 +268,8 @@ def time_products(n_in: int, n_out: int, repeats: int = 7) -> Timings:
             "bf16": lambda x: [bf16_product(x, w) for w in bf16],
             "int8": lambda x: [q(x) for q in int8],
         }
+        if int4:
+            calls["int4"] = lambda x: [q(x) for q in int4]
         for repeat in range(repeats + 1):  # the first round warms up: not counted
             for rows, x in inputs.items():
                 for fmt, call in calls.items():

@@ -1,4 +1,5 @@
-"""Serving precisions of the base model: fp32, bf16, int8 weight-only, int8+bf16, and auto.
+"""Serving precisions of the base model: fp32, bf16, int8 weight-only, int8+bf16, int4+bf16,
+and auto.
 
 A decode step reads every weight of the model once per step, so at small batches its time is
 the time to stream the weights from memory: halving their bytes halves it. Measured on an
@@ -26,11 +27,10 @@ is the fastest, 190 us against 538 us in fp32 and 500 us for int8. So:
                  ``bf16``;
 - ``int4+bf16``  ``int8+bf16`` with the attention and MLP layers' few-row weights in 4 bits
                  (:class:`Int4Linear`, group-wise scales and zeros like llama.cpp's Q4_1); the
-                 output head stays int8. Half the bytes of a single-stream step's products.
-                 Only on request: ``auto`` does not pick it, since its quality is checked by
-                 bench/bench_serving.py's accuracy guard, not by this module;
-- ``auto``       measures this CPU once and picks one of the first four
-                 (``precision_choice.py``).
+                 output head stays int8. Half the bytes of a single-stream step's products;
+                 quality: bench/bench_serving.py's accuracy guard (a tuned adapter answered as
+                 in fp32 on all 80 examples) and ``INT4_GROUP``'s measure;
+- ``auto``       measures this CPU once and picks one of these (``precision_choice.py``).
 
 LoRA adapters still apply per row: an :class:`Int8Linear` is an ``nn.Linear`` to the adapter
 cache (same features, a ``weight`` that carries the dtype), and the LoRA term is added to its
