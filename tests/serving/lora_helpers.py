@@ -1,5 +1,5 @@
-"""Helpers for the serving tests: LoRA adapter bundles with random weights, and PEFT's own
-greedy generation as the reference the engine must reproduce."""
+"""Helpers for the serving tests: LoRA adapter bundles with random weights, PEFT's own
+greedy generation as the reference the engine must reproduce, and a tiny model that rambles."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from pathlib import Path
 import torch
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def rambling_model(model_dir: Path) -> torch.nn.Module:
+    """The (tiny) model at ``model_dir`` in fp32 with wider random weights: it rambles in
+    varied tokens, never ending, so every decode step of a test runs."""
+    from tunelab.models import load_causal_lm
+
+    model = load_causal_lm(model_dir).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.2)
+    return model
 
 
 def make_adapter_bundle(

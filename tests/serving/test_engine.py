@@ -9,8 +9,6 @@ import pytest
 from lora_helpers import make_adapter_bundle, peft_greedy
 from support import write_jsonl
 
-from tunelab.data.template import prompt_ids
-from tunelab.models import load_tokenizer
 from tunelab.serving.adapters import AdapterError
 from tunelab.serving.engine import (
     Engine,
@@ -30,16 +28,6 @@ QUESTIONS = [
 
 def greedy(n: int = 16) -> GenerationParams:
     return GenerationParams(temperature=0, max_output_tokens=n)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    return [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
 
 
 @pytest.fixture(scope="module")

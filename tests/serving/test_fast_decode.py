@@ -4,7 +4,7 @@ per-row LoRA adapters."""
 
 import pytest
 import torch
-from lora_helpers import TARGETS
+from lora_helpers import TARGETS, rambling_model
 
 from tunelab.data.template import prompt_ids
 from tunelab.models import load_causal_lm, load_tokenizer
@@ -15,25 +15,9 @@ from tunelab.serving.runner import ModelRunner, RowGroup
 QUESTIONS = ["hi", "what colour is the sky?", "x", "a long question about owls and cats", "ok"]
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    return [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
-
-
 def rambling(tiny_model_dir, dtype):
     """The tiny model with wider random weights: it rambles in varied tokens, never ending."""
-    model = load_causal_lm(tiny_model_dir).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.2)
-    return model.to(dtype)
+    return rambling_model(tiny_model_dir).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -5,10 +5,8 @@ the layers, so their LoRA hooks apply."""
 
 import pytest
 import torch
-from lora_helpers import make_adapter_bundle
+from lora_helpers import make_adapter_bundle, rambling_model
 
-from tunelab.data.template import prompt_ids
-from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.serving.adapters import AdapterCache
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.quantize import Int4Linear, Int8Linear, Int8Product, apply_precision
@@ -17,25 +15,9 @@ from tunelab.serving.runner import ModelRunner, RowGroup
 QUESTIONS = ["hi", "what colour is the sky?", "a long question about owls and cats"]
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    return [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
-
-
 def rambling_int8(tiny_model_dir, precision="int8+bf16"):
     """The tiny model with wider random weights (it rambles, never ending), quantized."""
-    model = load_causal_lm(tiny_model_dir).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.2)
-    return apply_precision(model, precision)
+    return apply_precision(rambling_model(tiny_model_dir), precision)
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:

@@ -9,8 +9,7 @@ import torch
 from lora_helpers import make_adapter_bundle, peft_greedy
 from test_adapter_cache import peft_logits
 
-from tunelab.data.template import prompt_ids
-from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.models import load_causal_lm
 from tunelab.serving.adapters import MANY_ROWS, AdapterCache
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, RowGroup
@@ -22,16 +21,6 @@ QUESTIONS = ["hello there", "what colour is the sky?", "x", "a long question abo
 def bundles(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("mixed-lora")
     return [make_adapter_bundle(tiny_model_dir, root / f"m{i}", seed=40 + i) for i in range(3)]
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    return [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
 
 
 def loaded(model, bundles, **kw) -> AdapterCache:

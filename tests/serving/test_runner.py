@@ -3,10 +3,9 @@ flags, continuous batching equal to one batch, a live model's weight changes see
 
 import pytest
 import torch
-from lora_helpers import TARGETS
+from lora_helpers import TARGETS, rambling_model
 
-from tunelab.data.template import prompt_ids
-from tunelab.models import load_causal_lm, load_tokenizer
+from tunelab.models import load_causal_lm
 from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, RowGroup, sample_answers
 
@@ -15,25 +14,9 @@ QUESTIONS = ["hi", "what colour is the sky?", "x", "a long question about owls a
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def runner(tiny_model_dir, tok):
     """Over the tiny model with wider random weights: it rambles in varied tokens."""
-    model = load_causal_lm(tiny_model_dir).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.2)
-    return ModelRunner(model, tok)
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    return [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    return ModelRunner(rambling_model(tiny_model_dir), tok)
 
 
 def test_rollout_answers_end_with_their_eos_and_cut_marks_the_budget(runner, prompts):
