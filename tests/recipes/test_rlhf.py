@@ -10,9 +10,14 @@ from safetensors.torch import load_file
 from support import preference_rows, write_jsonl
 
 from tunelab.configs.rlhf import RLHFConfig
+from tunelab.data.preference import load_prompts
+from tunelab.models import load_tokenizer
+from tunelab.models.reward_head import load_head
 from tunelab.recipes.reward_model import train_reward_model
-from tunelab.recipes.rlhf import evaluate_policy, train_policy
+from tunelab.recipes.rlhf import REWARD, answers_and_scores, evaluate_policy, train_policy
+from tunelab.training.lora import lora_model
 from tunelab.training.run import TrainingInterrupted
+from tunelab.training.sampling_policy import rollout_params
 
 
 def rl_config(model_dir, **overrides):
@@ -169,6 +174,31 @@ def test_evaluation_against_the_base_model(tmp_path, tiny_model_dir, setup):
     ].keys()
     scores = [e["reward_tuned"] > e["reward_base"] for e in report["examples"]]
     assert all(isinstance(s, bool) for s in scores)
+
+
+def test_sampled_answers_and_scores_do_not_depend_on_the_batch_size(tiny_model_dir, setup):
+    """What bench_rlhf.py judges any trainer's policy with: seeded samples from the policy or
+    the base model under it, each scored by the reward model, the same in any chunking."""
+    rm_dir, prompts_file = setup
+    tokenizer = load_tokenizer(tiny_model_dir)
+    prompts, _ = load_prompts(prompts_file, tokenizer)
+    model = lora_model(tiny_model_dir, 4, 8)  # a fresh policy: its LoRA B is zero
+    model.load_adapter(rm_dir, adapter_name=REWARD, is_trainable=False)
+    model.eval()
+    judge = {"head": load_head(rm_dir), "tokenizer": tokenizer, "samples": 3}
+    params = rollout_params(1.0, 6, seed=5)
+    answers, scores = answers_and_scores(model, prompts, params, batch_size=16, **judge)
+    chunked, chunked_scores = answers_and_scores(model, prompts, params, batch_size=5, **judge)
+    base, base_scores = answers_and_scores(model, prompts, params, policy=False, **judge)
+
+    assert len(answers) == len(scores) == 3 * len(prompts)
+    assert [a.tolist() for a in chunked] == [a.tolist() for a in answers]
+    torch.testing.assert_close(chunked_scores, scores)
+    # A fresh policy is its base model: same draws, same scores.
+    assert [a.tolist() for a in base] == [a.tolist() for a in answers]
+    torch.testing.assert_close(base_scores, scores)
+    assert len({tuple(a.tolist()) for a in answers[:3]}) > 1  # three draws, not one
+    assert scores.std() > 0
 
 
 def test_reward_model_on_another_base_is_refused(

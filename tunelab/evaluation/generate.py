@@ -72,15 +72,41 @@ def greedy_answers(
     marks one stopped by ``max_output_tokens``) from a PEFT ``model`` with its active adapter,
     or, with ``adapter=False``, from the base model under it: how the RL recipes compare a
     tuned policy with its base on held-out prompts. ``batch_size`` prompts at a time."""
-    greedy = GenerationParams.model_construct(  # unchecked: the caller's config bounds it
+    greedy = greedy_params(max_output_tokens)
+    return policy_answers(model, tokenizer, prompts, greedy, batch_size, adapter=adapter)
+
+
+def greedy_params(max_output_tokens: int) -> GenerationParams:
+    """Greedy decoding up to ``max_output_tokens``; unchecked: the caller's config bounds it."""
+    return GenerationParams.model_construct(
         temperature=0.0, top_k=0, top_p=1.0, max_output_tokens=max_output_tokens
     )
+
+
+def policy_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[EncodedPrompt],
+    params: GenerationParams,
+    batch_size: int,
+    *,
+    samples: int = 1,
+    adapter: bool = True,
+) -> tuple[list[np.ndarray], list[bool]]:
+    """``samples`` answers to each prompt drawn with ``params``, prompt-major, as
+    :func:`greedy_answers` returns them. A seeded draw does not depend on ``batch_size``: prompt
+    i's candidates draw with seed ``params.seed + i * samples + j`` whichever chunk it is in."""
     answers: list[np.ndarray] = []
     cut: list[bool] = []
     with nullcontext() if adapter else model.disable_adapter():
         for start in range(0, len(prompts), batch_size):
             chunk = [p.input_ids for p in prompts[start : start + batch_size]]
-            a, c = sample_answers(ModelRunner(model, tokenizer), chunk, 1, greedy)
+            chunk_params = (
+                params
+                if params.seed is None
+                else params.model_copy(update={"seed": params.seed + start * samples})
+            )
+            a, c = sample_answers(ModelRunner(model, tokenizer), chunk, samples, chunk_params)
             answers += a
             cut += c
     return answers, cut

@@ -57,8 +57,8 @@ import torch
 from tunelab.bundle import read_tuning_config, verify_adapter_bundle
 from tunelab.configs.rlhf import RLHFConfig
 from tunelab.data.batching import collate
-from tunelab.data.preference import ended, load_prompts, sequence
-from tunelab.evaluation.generate import greedy_answers
+from tunelab.data.preference import EncodedPrompt, ended, load_prompts, sequence
+from tunelab.evaluation.generate import greedy_params, policy_answers
 from tunelab.losses.rl import (
     kl_penalty,
     penalized_rewards,
@@ -69,6 +69,7 @@ from tunelab.losses.rl import (
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.models.reward_head import load_head, score
+from tunelab.serving.generation import GenerationParams
 from tunelab.serving.runner import ModelRunner, sample_answers
 from tunelab.training.lora import lora_model
 from tunelab.training.run import BatchOrder, RunHooks, RunResult, TrainingRun
@@ -274,32 +275,11 @@ def evaluate_policy(
     model.set_adapter(POLICY, inference_mode=True)
     model.eval().to(device)
     head = load_head(reward_model_dir).to(device)
-    end_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
-    def answer_and_score(use_policy: bool) -> tuple[list[np.ndarray], torch.Tensor]:
-        answers, cut = greedy_answers(
-            model, tokenizer, prompts, config.target_sequence_length, batch_size, adapter=use_policy
-        )
-        scores = []
-        with active_adapter(model, REWARD):
-            for start in range(0, len(prompts), batch_size):
-                seqs = [
-                    sequence(p.input_ids, ended(a, c, end_id))
-                    for p, a, c in zip(
-                        prompts[start : start + batch_size],
-                        answers[start : start + batch_size],
-                        cut[start : start + batch_size],
-                        strict=True,
-                    )
-                ]
-                lengths = torch.tensor([len(s.input_ids) for s in seqs], device=device)
-                ids = collate(seqs, pad_id).input_ids.to(device)
-                scores.append(score(model, head, ids, lengths))
-        model.set_adapter(POLICY, inference_mode=True)
-        return answers, torch.cat(scores)
-
-    base_answers, base_scores = answer_and_score(use_policy=False)
-    tuned_answers, tuned_scores = answer_and_score(use_policy=True)
+    greedy = greedy_params(config.target_sequence_length)
+    judge = {"head": head, "tokenizer": tokenizer, "batch_size": batch_size}
+    base_answers, base_scores = answers_and_scores(model, prompts, greedy, policy=False, **judge)
+    tuned_answers, tuned_scores = answers_and_scores(model, prompts, greedy, **judge)
 
     def text(ids: np.ndarray) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -331,6 +311,49 @@ def evaluate_policy(
             )
         ],
     }
+
+
+@torch.no_grad()
+def answers_and_scores(
+    model,
+    prompts: list[EncodedPrompt],
+    params: GenerationParams,
+    *,
+    head: torch.nn.Module,
+    tokenizer,
+    samples: int = 1,
+    batch_size: int = 16,
+    policy: bool = True,
+) -> tuple[list[np.ndarray], torch.Tensor]:
+    """``samples`` answers to each prompt (prompt-major) from the policy adapter of ``model``
+    (a PEFT model holding the adapters ``POLICY`` and ``REWARD``), or with ``policy=False``
+    from the base model under it, and the reward model's score of each: how a tuned policy is
+    judged against its base, by :func:`evaluate_policy` and by bench/bench_rlhf.py for any
+    trainer's adapter."""
+    model.set_adapter(POLICY, inference_mode=True)
+    answers, cut = policy_answers(
+        model, tokenizer, prompts, params, batch_size, samples=samples, adapter=policy
+    )
+    prompt_of = [p for p in prompts for _ in range(samples)]
+    end_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    device = head.weight.device
+    scores = []
+    with active_adapter(model, REWARD):
+        for start in range(0, len(answers), batch_size):
+            seqs = [
+                sequence(p.input_ids, ended(a, c, end_id))
+                for p, a, c in zip(
+                    prompt_of[start : start + batch_size],
+                    answers[start : start + batch_size],
+                    cut[start : start + batch_size],
+                    strict=True,
+                )
+            ]
+            lengths = torch.tensor([len(s.input_ids) for s in seqs], device=device)
+            ids = collate(seqs, pad_id).input_ids.to(device)
+            scores.append(score(model, head, ids, lengths))
+    model.set_adapter(POLICY, inference_mode=True)
+    return answers, torch.cat(scores)
 
 
 def _config_fields(saved: dict[str, Any]) -> dict[str, Any]:
