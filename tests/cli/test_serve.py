@@ -177,3 +177,15 @@ def test_serving_precisions_are_checked_before_anything_loads(fake_uvicorn):
     assert "int8+bf16" in refused.output and "auto" in refused.output
     for precision in ("auto", "int8+bf16"):
         assert serve("--precision", precision).exit_code == 0
+
+
+def test_the_default_precision_is_the_measured_fastest_and_fp32_is_one_flag_away(monkeypatch):
+    """auto by default (held-out quality holds in every precision auto may pick); fp32, the
+    precision predict and eval compute in, when asked."""
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    assert serve().exit_code == 0 and serve("--precision", "fp32").exit_code == 0
+    chosen = [app.state.inference.engine_options["precision"] for app in apps]
+    assert chosen == ["auto", "fp32"]

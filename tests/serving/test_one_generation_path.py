@@ -1,7 +1,7 @@
 """One request, one answer, whatever face asks: ``tunelab predict``, ``tunelab eval``, an RLHF
-rollout and the HTTP server (``/v1/chat/completions`` on a real uvicorn server on loopback) all
-generate through the model runner, so for the same prompt and adapter they give the same
-tokens, greedy and seeded alike."""
+rollout and the HTTP server in fp32 (``/v1/chat/completions`` on a real uvicorn server on
+loopback, as ``tunelab serve --precision fp32`` runs it) all generate through the model runner,
+so for the same prompt and adapter they give the same tokens, greedy and seeded alike."""
 
 import httpx
 import pytest
@@ -66,7 +66,7 @@ def server(services, tiny_model_dir):
     add_base(TINY_BASE, str(tiny_model_dir))
 
     api_key = create_key(services.db, "tests").secret
-    pool = InferencePool(services)
+    pool = InferencePool(services, precision="fp32")  # `tunelab serve --precision fp32`
     with (
         LiveServer(create_app(services, inference=pool)) as live,
         httpx.Client(

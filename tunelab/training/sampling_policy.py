@@ -29,7 +29,7 @@ layer (~0.1 s for SmolLM2-135M on one core) plus a repack of it (~0.1 s).
 
 An fp32 run keeps decoding the live model through PEFT: a merged fp32 copy measured no faster
 (the LoRA terms are a small share of an fp32 step) and would hold 4 bytes a parameter more,
-and fp32 rollouts stay token for token what every other face (predict, eval, the server)
+and fp32 rollouts stay token for token what every other face (predict, eval, the server in fp32)
 draws for the same adapter. So does a model this module cannot merge exactly (DoRA, a LoRA
 bias, transposed weights): it is decoded live, as before, and logged.
 """
