@@ -327,33 +327,50 @@ def answers_and_scores(
 ) -> tuple[list[np.ndarray], torch.Tensor]:
     """``samples`` answers to each prompt (prompt-major) from the policy adapter of ``model``
     (a PEFT model holding the adapters ``POLICY`` and ``REWARD``), or with ``policy=False``
-    from the base model under it, and the reward model's score of each: how a tuned policy is
-    judged against its base, by :func:`evaluate_policy` and by bench/bench_rlhf.py for any
-    trainer's adapter."""
+    from the base model under it, and the reward model's score of each: how
+    :func:`evaluate_policy` judges a tuned policy against its base."""
     model.set_adapter(POLICY, inference_mode=True)
     answers, cut = policy_answers(
         model, tokenizer, prompts, params, batch_size, samples=samples, adapter=policy
     )
-    prompt_of = [p for p in prompts for _ in range(samples)]
+    with active_adapter(model, REWARD):
+        scores = reward_scores(model, head, tokenizer, prompts, answers, cut, batch_size)
+    model.set_adapter(POLICY, inference_mode=True)
+    return answers, scores
+
+
+@torch.no_grad()
+def reward_scores(
+    scorer,
+    head: torch.nn.Module,
+    tokenizer,
+    prompts: list[EncodedPrompt],
+    answers: list[np.ndarray],
+    cut: list[bool],
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """The reward model's score of each answer, as the RL steps score them (the end-of-sequence
+    token kept where the answer drew it). ``answers`` are prompt-major, the same number for
+    every prompt; ``scorer`` computes as the reward model (its adapter active, or merged in)."""
+    per_prompt = len(answers) // len(prompts)
+    prompt_of = [p for p in prompts for _ in range(per_prompt)]
     end_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     device = head.weight.device
     scores = []
-    with active_adapter(model, REWARD):
-        for start in range(0, len(answers), batch_size):
-            seqs = [
-                sequence(p.input_ids, ended(a, c, end_id))
-                for p, a, c in zip(
-                    prompt_of[start : start + batch_size],
-                    answers[start : start + batch_size],
-                    cut[start : start + batch_size],
-                    strict=True,
-                )
-            ]
-            lengths = torch.tensor([len(s.input_ids) for s in seqs], device=device)
-            ids = collate(seqs, pad_id).input_ids.to(device)
-            scores.append(score(model, head, ids, lengths))
-    model.set_adapter(POLICY, inference_mode=True)
-    return answers, torch.cat(scores)
+    for start in range(0, len(answers), batch_size):
+        seqs = [
+            sequence(p.input_ids, ended(a, c, end_id))
+            for p, a, c in zip(
+                prompt_of[start : start + batch_size],
+                answers[start : start + batch_size],
+                cut[start : start + batch_size],
+                strict=True,
+            )
+        ]
+        lengths = torch.tensor([len(s.input_ids) for s in seqs], device=device)
+        ids = collate(seqs, pad_id).input_ids.to(device)
+        scores.append(score(scorer, head, ids, lengths))
+    return torch.cat(scores)
 
 
 def _config_fields(saved: dict[str, Any]) -> dict[str, Any]:
