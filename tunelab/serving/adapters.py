@@ -57,19 +57,41 @@ small next to the base output; the term stays within 2% of the fp32 factors' (te
 test_lora_fold.py), and logits within a fraction of the adapter's own effect of PEFT's fp32
 ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
 for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
-layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
-rows, or a batch whose adapters span under half of a layer's columns; but the packed copies are
-made after loads whatever the batch (the memory is held once adapters serve in these modes).
+layers are not prepacked), nor do the int8 kernel's few rows, or a batch whose adapters span
+under half of a layer's columns; but the packed copies are made after loads whatever the batch
+(the memory is held once adapters serve in these modes). Prefills fold too
+(:data:`FOLD_PREFILL`): the same packed operands at any row count. A row without adapter in a
+folded batch gets ``[x | 0] [W | B_cat]^T``: its base output up to the longer product's
+rounding (exactly, in the decode steps measured; ~1e-2 at a prefill's row counts, where
+oneDNN blocks K differently), as any change of batch shape already moves a bf16 product's last
+bits.
+
+A lean decode step (``fast_decode.LeanDecoder``) does not call the folded layers' modules: it
+asks :meth:`AdapterCache.decode_folds` once per selection for each block's inputs' folded
+products (:class:`FoldedInput`: the A product, the mask, and each layer's ``[x | h]`` product,
+the same operations on the same operands as :meth:`_LayerLora.fold`, bit for bit) and calls
+them directly, without the ~15 us of checks, lookups and module calls a layer took.
 
 Where the cost stands (2026-12-06, same command, thread CPU, one thread, 16 rows over 8
 adapters, loaded machine): a mixed decode step ~62-66 ms against ~54 base (0.82-0.86x, bf16 and
-int8+bf16 alike). That is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
+int8+bf16 alike). Profiled then (int8+bf16, one thread): of the ~12 ms a mixed step added, the
+120 packed A products ~4 ms (34 us a call in model order, ~17 us of it per call whatever the
+size), B's extra K columns in the base products ~1.7 ms, the 210 ``[x | h]`` concatenations
+~0.6 ms, the masks ~0.4 ms, and ~4-5 ms the Python of the per-layer path (``forward``,
+``fold``, the group lookups): the direct folds took the step 75.5 -> 65.8 ms against 57-58 base
+(0.76 -> 0.89x, bench_lora_step.py --against the code before, best of 2 rounds, loaded
+machine), and the folded prefill 332 -> 289 ms against 252-262 base. Not kept: int8 A factors
+(``_weight_int8pack_mm`` took 58 us for a (16, 576) x (576, 192) product against 25-30 us for
+the packed bf16 one), q/k/v as one folded product (the zero blocks of a fused ``[W | B]``
+cost as much as the two calls they save, and it would be another copy of the weights), the
+LoRA mask as oneDNN's ``mul`` post-op (36 us a call against 21 for the product and ``mul_``).
+What is left is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
 (A ~19, B ~20) read every step beside the base model's ~270 MB, ~14% more. Until then the first
 folded step after loads also packed every layer's operands (~265 ms of thread CPU instead of
 ~60) and a serving benchmark whose warm-up ran one row per adapter (never folding) paid that
 inside its measured mixed run: ~0.25 s of a ~2.5 s run, most of bf16's 0.75x there. Prefills
-(16 prompts of ~20 tokens) cost ~30% more with 8 adapters, the masked products' arithmetic
-(every row multiplied by every adapter's columns), converted to bf16 once per load now.
+(16 prompts of ~20 tokens) cost ~30% more with 8 adapters unfolded (the ``addmm_`` of B into
+the bf16 output ~0.3 ms a call), ~10-15% folded.
 
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
