@@ -96,8 +96,10 @@ class LeanDecoder:
     same weights), every product a direct kernel call, no module calls. Measured (SmolLM2-135M,
     int8+bf16, one row, one thread, thread CPU; bench/profile_serving_step.py) the int8
     products were ~23 ms of a ~34 ms step and most of the rest per-op dispatch; the plain path
-    took the step from 32.9 to 30.0 ms. Other steps call the modules, so LoRA hooks and PEFT
-    wrappers apply. Both paths compute the same operations in the same order as transformers'
+    took the step from 32.9 to 30.0 ms. A step with adapter rows whose LoRA folds into the
+    prepacked bf16 products calls the adapter cache's folded products (``folds``,
+    ``AdapterCache.decode_folds``: per input, the same operations as the modules' path).
+    Other steps call the modules, so LoRA hooks and PEFT wrappers apply. Both paths compute the same operations in the same order as transformers'
     layers; only how many calls they take differs.
     """
 
