@@ -17,6 +17,11 @@ up; ``first step`` is then the CPU time of a mixed scenario's first decode step 
 folds the LoRA products into the base ones after the loads: where the fold's operands are
 packed then, not at the loads, this is where a serving benchmark's mixed run pays for it).
 
+Switches of ``serving/adapters.py`` worth a side by side (``--against . --flag NAME=0``):
+``DIRECT_FOLDS`` (lean decode steps call the folded products directly, not through each
+layer's module), ``FOLD_PREFILL`` (prefills fold into the packed ``[W | B_cat]`` products),
+``FOLD_A_ONE_THREAD`` (the A products on one thread; with ``--threads 2 --wall``).
+
 ``--against PATH`` runs the same measurement with the ``tunelab`` package of another checkout
 (e.g. the main branch's) in alternating child processes, ``--rounds`` times each, and prints
 both side by side; each figure is the best round (the least disturbed by other processes).
@@ -131,7 +136,9 @@ def hooks_only(cache, keys: list, clock, steps: int) -> float:
     hook called in model order on a decode step's shapes (one token per row; siblings of one
     block get one input tensor, as the model calls them), without the base products around
     them: the LoRA cost with less of the noise of a shared machine. Where the B products are
-    folded into the base products, only the A side is counted here: compare the steps."""
+    folded into the base products, only the A side is counted here, through each layer's
+    module path (a lean decode step calls the same products directly, without that path's
+    Python: ``AdapterCache.decode_folds``): compare the steps."""
     import torch
 
     rows = len(keys)

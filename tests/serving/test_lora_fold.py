@@ -132,19 +132,56 @@ def test_eviction_repacks_with_the_adapters_loaded_now(tiny_model_dir, bundles, 
         assert (folded[b] - reference).abs().max() < effect.abs().max() / 3
 
 
-def test_no_fold_for_prefills_plain_bf16_layers_or_one_adapter_of_many(tiny_model_dir, bundles):
-    """Not folded: a prefill of at least MANY_ROWS tokens (plain weight, bf16 products), a bf16
-    model whose layers are not prepacked, and a batch whose adapters span under half of the
-    layer's columns (the fold would multiply every loaded adapter's B)."""
+def test_no_fold_for_plain_bf16_layers_one_adapter_of_many_or_prefills_when_off(
+    tiny_model_dir, bundles, monkeypatch
+):
+    """Not folded: a batch whose adapters span under half of the layer's columns (the fold
+    would multiply every loaded adapter's B), a bf16 model whose layers are not prepacked, and
+    a prefill with ``FOLD_PREFILL`` off (plain weight, masked bf16 products after it). Folded:
+    a decode step spanning the adapters, and a prefill of at least MANY_ROWS tokens."""
     cache = served(tiny_model_dir, bundles, "bf16")
     module = cache._modules[LAYER]
     widths = input_widths(cache._layers[LAYER])
     width = adapters_module.MANY_ROWS // 2
-    logits(cache, ["f0", "f1"], torch.randint(0, 1000, (2, width)))
+    prefill = torch.randint(0, 1000, (2, width))
+    monkeypatch.setattr(adapters_module, "FOLD_PREFILL", False)
+    logits(cache, ["f0", "f1"], prefill)
     logits(cache, ["f1"], torch.randint(0, 1000, (1, 1)))
     assert widths == [module.in_features] * 2  # the plain input both times: no [x | h]
     logits(cache, ["f0", "f1"], torch.randint(0, 1000, (2, 1)))
     assert widths[-1] > module.in_features  # a decode step spanning the adapters folds
+    monkeypatch.setattr(adapters_module, "FOLD_PREFILL", True)
+    logits(cache, ["f0", "f1"], prefill)
+    assert widths[-1] > module.in_features  # and a prefill, now
     plain = AdapterCache(load_causal_lm(tiny_model_dir).to(torch.bfloat16), max_adapters=3)
     plain.ensure("f0", bundles[0])
     assert not any(layer.foldable for layer in plain._layers.values())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8+bf16"])
+def test_folded_prefill_matches_the_unfolded_one_and_peft(
+    tiny_model_dir, bundles, precision, monkeypatch
+):
+    """A prefill of mixed rows (more than MANY_ROWS tokens), folded into the packed
+    ``[W | B_cat]`` products, against the same prefill unfolded (base product on the plain
+    weight, bf16 LoRA products added after it) and PEFT's fp32 logits: each row with an
+    adapter within a fraction of the adapter's own effect; the row without one is the base
+    output up to the packed, longer product's rounding."""
+    cache = served(tiny_model_dir, bundles, precision)
+    keys = ["f0", "f2", "f1", None, "f0", "f2"]
+    ids = torch.randint(0, 1000, (len(keys), 16), generator=torch.Generator().manual_seed(6))
+    assert ids.numel() >= adapters_module.MANY_ROWS
+    widths = input_widths(cache._layers[LAYER])
+    folded = logits(cache, keys, ids)[:, -1]
+    assert widths[-1] > cache._modules[LAYER].in_features  # the prefill folded
+    monkeypatch.setattr(adapters_module, "FOLD_PREFILL", False)
+    unfolded = logits(cache, keys, ids)[:, -1]
+    bases = logits(cache, [None] * len(keys), ids)[:, -1]
+    for b, key in enumerate(keys):
+        if key is None:
+            torch.testing.assert_close(folded[b], bases[b], rtol=0, atol=0.05)
+            continue
+        effect = (unfolded[b] - bases[b]).abs().max()
+        assert (folded[b] - unfolded[b]).abs().max() < effect / 5
+        reference = peft_logits(tiny_model_dir, bundles[int(key[1])], ids[b : b + 1])[0, -1]
+        assert (folded[b] - reference).abs().max() < effect / 3

@@ -70,11 +70,13 @@ def test_loads_pack_the_folded_operands_at_the_next_selection_once(
 
 
 def test_prefill_factors_are_converted_once_per_load_and_dropped_on_eviction(
-    tiny_model_dir, bundles
+    tiny_model_dir, bundles, monkeypatch
 ):
-    """A bf16 prefill converts a layer's fp32 factors to bf16 at its first call and reuses
-    them at the next prefills; evicting an adapter drops them, and the next prefill converts
-    the factors loaded then (the evicted adapter's columns are gone)."""
+    """A bf16 prefill that does not fold (``FOLD_PREFILL`` off; layers not prepacked) converts
+    a layer's fp32 factors to bf16 at its first call and reuses them at the next prefills;
+    evicting an adapter drops them, and the next prefill converts the factors loaded then (the
+    evicted adapter's columns are gone)."""
+    monkeypatch.setattr(adapters_module, "FOLD_PREFILL", False)
     cache = bf16_cache(tiny_model_dir, bundles)
     layer = cache._layers[LAYER]
     rows = adapters_module.MANY_ROWS
@@ -96,11 +98,12 @@ def test_prefill_factors_are_converted_once_per_load_and_dropped_on_eviction(
 
 @pytest.mark.parametrize("keys", [["p0", "p2", None], ["p1", "p1", "p1"], ["p2", "p0", "p1"]])
 def test_prefill_with_cached_factors_is_bit_equal_to_converting_each_call(
-    tiny_model_dir, bundles, keys
+    tiny_model_dir, bundles, keys, monkeypatch
 ):
-    """One layer, a prefill's rows: the LoRA term from the cached bf16 factors (sliced to the
-    batch's columns) and masks equals, bit for bit, the old per-call conversion of the
-    batch's columns of the fp32 factors."""
+    """One layer, a prefill's rows, unfolded (``FOLD_PREFILL`` off): the LoRA term from the
+    cached bf16 factors (sliced to the batch's columns) and masks equals, bit for bit, the old
+    per-call conversion of the batch's columns of the fp32 factors."""
+    monkeypatch.setattr(adapters_module, "FOLD_PREFILL", False)
     cache = bf16_cache(tiny_model_dir, bundles)
     module, layer = cache._modules[LAYER], cache._layers[LAYER]
     torch.manual_seed(3)

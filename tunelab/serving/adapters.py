@@ -57,19 +57,41 @@ small next to the base output; the term stays within 2% of the fp32 factors' (te
 test_lora_fold.py), and logits within a fraction of the adapter's own effect of PEFT's fp32
 ones. Cost: the packed ``[W | B_cat]`` is one more bf16 copy of each targeted weight (~+210 MB
 for SmolLM2-135M with adapters on every projection), the packed A ~+20 MB for 8 adapters. Greedy fp32 serving never folds (its
-layers are not prepacked), nor do prefills of :data:`MANY_ROWS` rows, the int8 kernel's few
-rows, or a batch whose adapters span under half of a layer's columns; but the packed copies are
-made after loads whatever the batch (the memory is held once adapters serve in these modes).
+layers are not prepacked), nor do the int8 kernel's few rows, or a batch whose adapters span
+under half of a layer's columns; but the packed copies are made after loads whatever the batch
+(the memory is held once adapters serve in these modes). Prefills fold too
+(:data:`FOLD_PREFILL`): the same packed operands at any row count. A row without adapter in a
+folded batch gets ``[x | 0] [W | B_cat]^T``: its base output up to the longer product's
+rounding (exactly, in the decode steps measured; ~1e-2 at a prefill's row counts, where
+oneDNN blocks K differently), as any change of batch shape already moves a bf16 product's last
+bits.
+
+A lean decode step (``fast_decode.LeanDecoder``) does not call the folded layers' modules: it
+asks :meth:`AdapterCache.decode_folds` once per selection for each block's inputs' folded
+products (:class:`FoldedInput`: the A product, the mask, and each layer's ``[x | h]`` product,
+the same operations on the same operands as :meth:`_LayerLora.fold`, bit for bit) and calls
+them directly, without the ~15 us of checks, lookups and module calls a layer took.
 
 Where the cost stands (2026-12-06, same command, thread CPU, one thread, 16 rows over 8
 adapters, loaded machine): a mixed decode step ~62-66 ms against ~54 base (0.82-0.86x, bf16 and
-int8+bf16 alike). That is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
+int8+bf16 alike). Profiled then (int8+bf16, one thread): of the ~12 ms a mixed step added, the
+120 packed A products ~4 ms (34 us a call in model order, ~17 us of it per call whatever the
+size), B's extra K columns in the base products ~1.7 ms, the 210 ``[x | h]`` concatenations
+~0.6 ms, the masks ~0.4 ms, and ~4-5 ms the Python of the per-layer path (``forward``,
+``fold``, the group lookups): the direct folds took the step 75.5 -> 65.8 ms against 57-58 base
+(0.76 -> 0.89x, bench_lora_step.py --against the code before, best of 2 rounds, loaded
+machine), and the folded prefill 332 -> 289 ms against 252-262 base. Not kept: int8 A factors
+(``_weight_int8pack_mm`` took 58 us for a (16, 576) x (576, 192) product against 25-30 us for
+the packed bf16 one), q/k/v as one folded product (the zero blocks of a fused ``[W | B]``
+cost as much as the two calls they save, and it would be another copy of the weights), the
+LoRA mask as oneDNN's ``mul`` post-op (36 us a call against 21 for the product and ``mul_``).
+What is left is near what the bytes allow: the 8 adapters' factors are ~39 MB in bf16
 (A ~19, B ~20) read every step beside the base model's ~270 MB, ~14% more. Until then the first
 folded step after loads also packed every layer's operands (~265 ms of thread CPU instead of
 ~60) and a serving benchmark whose warm-up ran one row per adapter (never folding) paid that
 inside its measured mixed run: ~0.25 s of a ~2.5 s run, most of bf16's 0.75x there. Prefills
-(16 prompts of ~20 tokens) cost ~30% more with 8 adapters, the masked products' arithmetic
-(every row multiplied by every adapter's columns), converted to bf16 once per load now.
+(16 prompts of ~20 tokens) cost ~30% more with 8 adapters unfolded (the ``addmm_`` of B into
+the bf16 output ~0.3 ms a call), ~10-15% folded.
 
 Why not PEFT's own mixed batches (``adapter_names=[...]``): they gather and multiply per
 adapter per layer and register hooks on every module at each call; on this model, batch 16,
@@ -221,6 +243,20 @@ of packed A factors a step at 8 adapters) and run serially beside a base product
 threads share: the wall-time trade-off at two threads is for a quiet machine to measure
 (``bench/bench_lora_step.py --against . --flag FOLD_A_ONE_THREAD=0 --threads 2 --wall``)."""
 
+FOLD_PREFILL = True
+"""Prefills fold too (:meth:`_LayerLora.fold` at any row count): ``[x | h] [W | B_cat]^T`` on
+the packed operands the decode steps use, instead of the base product on the plain weight
+plus a bf16 A product, mask and ``addmm_`` of B into the output. Measured (SmolLM2-135M,
+int8+bf16, one thread, the 210 hooked layers of a prefill of 16 prompts of ~22 tokens over 8
+adapters, in model order): 136 -> 103 ms against 89 ms for the base products alone; the
+``addmm_`` of B into a bf16 output was ~0.3 ms a call. False: the masked products after the
+base product (:data:`MANY_ROWS`)."""
+
+DIRECT_FOLDS = True
+"""A lean decode step (``fast_decode.LeanDecoder``) calls the folded products directly
+(:meth:`AdapterCache.decode_folds`) instead of through each layer's module and
+:meth:`_LayerLora.forward`; False: through the modules (the same operations)."""
+
 MANY_ROWS = 64
 """LoRA products of at least this many rows (prefills) run in the model's dtype when it is not
 the factors' (bf16 activations, fp32 factors), on all threads: measured (one thread, Xeon with
@@ -363,15 +399,15 @@ class _LayerLora:
             return None
         x = args[0]
         rows = x.numel() // x.shape[-1]
+        decode = rows <= PACKED_MAX_ROWS and rows < MANY_ROWS
         if (
-            rows >= MANY_ROWS
-            or rows > PACKED_MAX_ROWS
+            (not decode and not FOLD_PREFILL)
             or rows < getattr(module, "dense_rows", 1)  # int8+bf16: the int8 kernel's rows
             or x.dtype != module.weight.dtype
             or x.dim() != 3
         ):
             return None
-        if FOLD_A_ONE_THREAD:  # the A product; the folded product runs on all the threads
+        if FOLD_A_ONE_THREAD and decode:  # the A product; the folded one runs on all threads
             with one_thread():
                 h = self._full_h(x)  # (B, T, R) in the activations' dtype, or None
         else:
@@ -584,6 +620,51 @@ class _SharedInput:
         return h
 
 
+_LINEAR = getattr(getattr(torch.ops.mkldnn, "_linear_pointwise", None), "default", None)
+"""oneDNN's packed bf16 product, the overload itself (``prepacked.packed_linear`` without the
+overload lookup of each call)."""
+
+
+class FoldedInput:
+    """A folded decode step's products for the layers called on one input (a group's siblings,
+    or one layer), for the rows selected: ``h = (x A) * mask`` once, then each layer's
+    ``[x | h_layer] [W | B_cat]^T``; the operations :meth:`_LayerLora.fold` and the layer's
+    ``forward`` run, in the same order on the same packed operands (so the same outputs),
+    without their per-call checks, lookups and module calls (~15 us a layer, ~3 ms of a
+    16-row decode step's 210 layers). Made by :meth:`AdapterCache.decode_folds`."""
+
+    __slots__ = ("A", "mask", "members")
+
+    def __init__(self, A: torch.Tensor, mask: torch.Tensor, members: list[tuple]):  # noqa: N803
+        self.A = A  # A^T of the members' adapters, packed: (sum R, in)
+        self.mask = mask  # (B, 1, sum R) in the activations' dtype
+        self.members = members  # per layer: (packed [W | B_cat], bias, first, end column of h)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` (B, 1, in) -> each member's output (B, 1, out), LoRA term included."""
+        if FOLD_A_ONE_THREAD:
+            with one_thread():
+                h = _LINEAR(x, self.A, None, "none", [], "").mul_(self.mask)  # (B, 1, sum R)
+        else:
+            h = _LINEAR(x, self.A, None, "none", [], "").mul_(self.mask)
+        return [
+            _LINEAR(torch.cat([x, h[..., at:end]], dim=-1), w, bias, "none", [], "")
+            for w, bias, at, end in self.members
+        ]
+
+
+class _ModuleCalls:
+    """The layers called one by one on the input (what does not fold as a whole)."""
+
+    __slots__ = ("modules",)
+
+    def __init__(self, modules: tuple[torch.nn.Module, ...]):
+        self.modules = modules
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [m(x) for m in self.modules]
+
+
 class _Masks:
     """A (B, 1, R) mask (:func:`_columns_mask`) and its conversions, made once a selection."""
 
@@ -649,12 +730,14 @@ class AdapterCache:
         self.lora_dtype = lora_dtype(next(model.parameters()).dtype, self._device)
         """The factors' dtype: see :func:`lora_dtype`."""
         self._layers: dict[str, _LayerLora] = {}  # module name -> its factors, hooked
+        self._by_module: dict[int, _LayerLora] = {}  # id of the module -> the same
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, LRU first
         self._rows: list[str | None] | None = None  # adapter of each row of the next forwards
         self._plans: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per layout
         self._low_plans: dict[tuple, torch.Tensor] = {}  # per (layout, dtype): plan's mask
         self._masks: dict[tuple, _Masks | None] = {}  # per (members, columns): see _columns_masks
         self._version = 0  # changes with the selection and the loaded adapters
+        self._folds: tuple | None = None  # (version, slots, dtype, decode_folds' plan)
         self._unprepared = False
         """Adapters were loaded or evicted since the folded products' operands were last
         packed: the next :meth:`select` of rows with adapters packs them (``prepare``)."""
@@ -709,6 +792,63 @@ class AdapterCache:
         self._unprepared = False
         for layer in self._layers.values():
             layer.prepare()
+
+    def decode_folds(self, slots: list[tuple[tuple[torch.nn.Module, ...], ...]], dtype):
+        """For a decode step (one token a row) of the selected rows, per block of ``slots``
+        (per block, the layers called on one input each: (q, k, v), (o,), (gate, up),
+        (down,)), a callable per input returning its layers' outputs: a
+        :class:`FoldedInput` where all of them fold as one (one group, or one layer, of
+        prepacked bf16 layers whose batch spans enough of their columns), else the modules
+        called one by one (which fold or add their LoRA term themselves). None when no row
+        has an adapter or nothing folds. ``dtype``: the activations'. Built once per
+        selection: its operands are the ones :meth:`select` packed."""
+        if self._rows is None or _LINEAR is None or not DIRECT_FOLDS:
+            return None
+        cached = self._folds
+        if cached is not None and cached[0] == self._version and cached[1] is slots:
+            return cached[3] if cached[2] == dtype else None
+        plan = [tuple(self._fold_of(modules, dtype) for modules in block) for block in slots]
+        if not any(isinstance(f, FoldedInput) for block in plan for f in block):
+            plan = None
+        self._folds = (self._version, slots, dtype, plan)
+        return plan
+
+    def _fold_of(self, modules: tuple[torch.nn.Module, ...], dtype) -> FoldedInput | _ModuleCalls:
+        """:meth:`decode_folds`'s callable for layers called on one input."""
+        calls = _ModuleCalls(modules)
+        layers = [self._by_module.get(id(m)) for m in modules]
+        if any(layer is None or not layer.foldable or not layer.blocks for layer in layers):
+            return calls
+        rows = len(self._rows)
+        if any(
+            rows > PACKED_MAX_ROWS
+            or rows >= MANY_ROWS
+            or rows < getattr(m, "dense_rows", 1)
+            or m.weight.dtype != dtype
+            for m in modules
+        ):
+            return calls
+        group = layers[0].group
+        if group is not None:
+            if group.members != layers:  # the input's layers are not exactly one group
+                return calls
+            masks = self._columns_masks(tuple((m.layout, m.group_cols[0]) for m in layers), group.A)
+            packed_A = group.packed_A(dtype)  # noqa: N806 - A as in the paper
+        elif len(layers) == 1:
+            layer = layers[0]
+            masks = self._columns_masks(layer._alone, layer.At)
+            packed_A = layer._lone_packed_A(dtype)  # noqa: N806
+        else:
+            return calls
+        if masks is None:
+            return calls
+        members = []
+        for layer in layers:
+            layer._pack_fold()  # a no-op once select() packed them
+            at, width = layer.group_cols if group is not None else (0, layer.At.shape[1])
+            module = layer.module
+            members.append((module.lora_packed, module.bias, at, at + width))
+        return FoldedInput(packed_A, masks.low(dtype), members)
 
     def _plan_low(self, layout: tuple, dtype: torch.dtype) -> torch.Tensor:
         """The mask of :meth:`_plan_for` (not None) in ``dtype``, converted once per layout."""
@@ -784,6 +924,7 @@ class AdapterCache:
             layer = self._layers.get(name)
             if layer is None:
                 layer = self._layers[name] = _LayerLora(self, self._modules[name])
+                self._by_module[id(layer.module)] = layer
                 layer.install()
             layer.factors[key] = f
             layer.rebuild()

@@ -96,8 +96,10 @@ class LeanDecoder:
     same weights), every product a direct kernel call, no module calls. Measured (SmolLM2-135M,
     int8+bf16, one row, one thread, thread CPU; bench/profile_serving_step.py) the int8
     products were ~23 ms of a ~34 ms step and most of the rest per-op dispatch; the plain path
-    took the step from 32.9 to 30.0 ms. Other steps call the modules, so LoRA hooks and PEFT
-    wrappers apply. Both paths compute the same operations in the same order as transformers'
+    took the step from 32.9 to 30.0 ms. A step with adapter rows whose LoRA folds into the
+    prepacked bf16 products calls the adapter cache's folded products (``folds``,
+    ``AdapterCache.decode_folds``: per input, the same operations as the modules' path).
+    Other steps call the modules, so LoRA hooks and PEFT wrappers apply. Both paths compute the same operations in the same order as transformers'
     layers; only how many calls they take differs.
     """
 
@@ -118,6 +120,12 @@ class LeanDecoder:
         """Per layer (q|k|v, o, gate|up, down) weight-only products, and the head's; None
         when the model's layers are not all plain int8/int4 layers (then every step calls the
         modules)."""
+        self.dtype = self.inner.embed_tokens.weight.dtype
+        """The activations' dtype (the embeddings')."""
+        self.slots = _input_slots(core)
+        """Per layer, the linear modules called on one input each ((q, k, v), (o,), (gate,
+        up), (down,)): what an adapter cache's folded products are planned over
+        (``AdapterCache.decode_folds``); None when an MLP is not SiLU-gated."""
 
     def __call__(
         self,
@@ -127,10 +135,14 @@ class LeanDecoder:
         cache: KVCache,
         *,
         adapters: bool = False,
+        folds: list[tuple] | None = None,
     ) -> torch.Tensor:
         """Logits (B, V) of the next token. ``ids``, ``positions``: (B, 1); ``mask``: (B, L + 1),
         1 where a column holds a real token (the new one last). ``adapters``: whether a row of
-        the batch has a LoRA adapter (then every product goes through its module's hooks)."""
+        the batch has a LoRA adapter (then every product goes through its module's hooks).
+        ``folds``: per layer of :attr:`slots`, a callable per input returning its layers'
+        outputs, LoRA included (``AdapterCache.decode_folds``), called instead of the
+        modules."""
         cache.reserve()
         at = cache.length
         b = ids.shape[0]
@@ -153,7 +165,13 @@ class LeanDecoder:
         for i, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
             x = _rms_norm(layer.input_layernorm, h)
-            if plain is not None:
+            if folds is not None:
+                fold_qkv, fold_o, fold_gate_up, fold_down = folds[i]
+                q, k, v = fold_qkv(x)
+                q = _rope(q.view(b, heads, d), cos, sin, half)
+                k = _rope(k.view(b, kv_heads, d), cos, sin, half)
+                v = v.view(b, kv_heads, d)
+            elif plain is not None:
                 qkv, o_proj, gate_up, down = plain.layers[i]
                 y = qkv(x.view(b, -1))  # (B, (H + 2 Hkv) D)
                 qk = _rope(y[:, :qk_width].view(b, heads + kv_heads, d), cos, sin, half)
@@ -174,7 +192,12 @@ class LeanDecoder:
                 attn_mask=attn_mask,
                 scale=self.scaling,
             )  # (B, Hkv, groups, D): heads in order, as (B, 1, H * D)
-            if plain is not None:
+            if folds is not None:
+                h = h + fold_o(o.reshape(b, 1, -1))[0]
+                x = _rms_norm(layer.post_attention_layernorm, h)
+                gate, up = fold_gate_up(x)
+                h = h + fold_down(F.silu(gate) * up)[0]
+            elif plain is not None:
                 h = h + o_proj(o.reshape(b, -1)).view(b, 1, -1)
                 x = _rms_norm(layer.post_attention_layernorm, h)
                 gu = gate_up(x.view(b, -1))  # (B, 2 I): [gate | up]
@@ -225,6 +248,30 @@ def _plain_products(core: torch.nn.Module) -> _PlainProducts | None:
     dense_rows = min([head.dense_rows] + [p.dense_rows for parts in products for p in parts])
     return _PlainProducts(products, head, dense_rows)  # type: ignore[arg-type]
 
+
+def _input_slots(core: torch.nn.Module) -> list[tuple[tuple[torch.nn.Module, ...], ...]] | None:
+    """:attr:`LeanDecoder.slots`: per layer ((q, k, v), (o,), (gate, up), (down,)), or None
+    unless every layer's MLP is ``down(silu(gate(x)) * up(x))`` (transformers' Llama MLP)."""
+    slots = []
+    for layer in core.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if type(mlp).__name__ not in _GATED_MLPS:
+            return None
+        if type(getattr(mlp, "act_fn", None)).__name__ not in _SILU:
+            return None
+        slots.append(
+            (
+                (attn.q_proj, attn.k_proj, attn.v_proj),
+                (attn.o_proj,),
+                (mlp.gate_proj, mlp.up_proj),
+                (mlp.down_proj,),
+            )
+        )
+    return slots
+
+
+_GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP"}
+"""transformers' MLPs whose forward is ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
 
 _SILU = {"SiLU", "SiLUActivation"}
 """torch's and transformers' SiLU modules: ``F.silu`` of their input."""

@@ -441,10 +441,18 @@ class ModelRunner:
         start = time.perf_counter()
         keys = [r.group.adapter_key for r in rows]
         if self._lean is not None:
+            folds = None
             if self.adapters is not None:
                 self.adapters.select(keys)
+                if self._lean.slots is not None:  # the folded products, called directly
+                    folds = self.adapters.decode_folds(self._lean.slots, self._lean.dtype)
             logits = self._lean(  # (B, V); cache in place
-                inputs, positions, mask, self._cache, adapters=any(k is not None for k in keys)
+                inputs,
+                positions,
+                mask,
+                self._cache,
+                adapters=any(k is not None for k in keys),
+                folds=folds,
             )
         else:
             out = self._forward(inputs, mask, positions, self._cache, keys)  # over (B, L + 1)
