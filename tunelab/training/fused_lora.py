@@ -13,7 +13,10 @@ work without changing what is learnt:
   replaces two or three smaller ones, at better efficiency;
 - their LoRA ``A`` matrices are stacked, so ``x @ A.T`` is one matmul for the group too;
 - the LoRA term is added inside the base GEMM's output (``addmm_`` with ``beta=1``, scaling as
-  ``alpha``), so no full-size scaling or add pass exists, forward or backward;
+  ``alpha``), so no full-size scaling pass exists, forward or backward; in a bf16 run q|k|v,
+  gate|up and o go further, one matmul over a widened contraction that adds no pass at all
+  (:class:`_AugmentedLoraLinear`), from bf16 copies of the adapter rewritten only when it
+  changes;
 - the backward is written by hand (:class:`_LoraLinear`): 5 matmuls per group, the input
   gradient skipped where autograd does not need it (the first block's attention input);
 - RMSNorm and the rotary embedding, a dozen small elementwise ops each in eager autograd, get a
