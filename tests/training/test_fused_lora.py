@@ -14,7 +14,7 @@ from tunelab.losses.lm import completion_loss
 from tunelab.models import load_causal_lm
 from tunelab.training import fused_lora
 from tunelab.training.fused_lora import fuse_lora_for_training
-from tunelab.training.lora import LORA_TARGETS
+from tunelab.training.lora import LORA_TARGETS, adamw
 
 
 def lora_model(model_dir, dropout=0.0):
@@ -262,3 +262,90 @@ def test_a_first_pass_in_inference_mode_leaves_training_possible(tiny_model_dir,
     ref_loss, _ = loss_and_grads(reference, batch)
     assert loss == pytest.approx(ref_loss, rel=1e-2 if dtype == torch.bfloat16 else 1e-5)
     assert all(g.abs().max() > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "no-input-grad"])
+def test_the_widened_bf16_matmul_computes_the_lora_linear(input_grad):
+    """[x | x A^T | 0] [W | s B | 0]^T in one matmul (q|k|v's shapes, three layers of rank 4):
+    the output and every gradient as the two-matmul form computes them, within bf16's
+    rounding; a lost or misplaced LoRA block is off by far more."""
+    torch.manual_seed(0)
+    bf16, n, width, outs, rank, scaling = torch.bfloat16, 40, 64, [64, 32, 32], 4, 2.0
+    weight = (torch.randn(sum(outs), width) * 0.1).to(bf16)
+    a = [torch.randn(rank, width, requires_grad=True) for _ in outs]
+    b = [torch.randn(out, rank, requires_grad=True) for out in outs]
+    x = torch.randn(n, width).to(bf16).requires_grad_(input_grad)
+    grad_y = torch.randn(n, sum(outs)).to(bf16)
+
+    def run(fn, *args):
+        y = fn.apply(x, *args, scaling, *a, *b)
+        y.backward(grad_y)
+        grads = [t.grad.clone() for t in (*a, *b)] + ([x.grad.clone()] if input_grad else [])
+        for t in (*a, *b, x):
+            t.grad = None
+        return [y.float(), *(g.float() for g in grads)]
+
+    columns = 32 - width % 32 + 32  # room for k r = 12 LoRA columns, width kept a multiple of 32
+    wide = torch.zeros(sum(outs), width + columns, dtype=bf16)
+    wide[:, :width] = weight
+    wide[:, width : width + 3 * rank] = torch.block_diag(*b).detach().mul(scaling).to(bf16)
+    stacked_a = torch.cat(a).detach().to(bf16)
+    expected = run(fused_lora._LoraLinear, weight, None)
+    got = run(fused_lora._AugmentedLoraLinear, wide, stacked_a, None)
+    for g, e in zip(got, expected, strict=True):
+        assert relative_error(g, e) < 2e-2
+
+
+def test_bf16_lora_copies_follow_steps_adapter_switches_and_disabling(
+    tiny_model_dir, batch, tmp_path
+):
+    """The widened bf16 matmul keeps bf16 copies of the active adapter's weights, rewritten
+    when they change: after an optimizer step (whose fused kernel does not bump the weights'
+    version counters: tunelab's adamw does), with another adapter switched on (the RL stage's
+    reward adapter; here of 4x the rank, loaded after the copies were made: q|k|v's copy gets
+    wider) and with the adapters disabled (its reference), the model computes what a copy of it
+    with no copies made yet computes."""
+    torch.manual_seed(1)
+    config = LoraConfig(r=16, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    other = get_peft_model(load_causal_lm(tiny_model_dir), config)
+    with torch.no_grad():
+        for name, param in other.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    other.save_pretrained(tmp_path / "other", safe_serialization=True)
+    model = lora_model(tiny_model_dir)
+    assert fuse_lora_for_training(model, torch.bfloat16)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    train_loss(model, batch).backward()  # makes the bf16 copies of ``default``
+    assert any(torch.bfloat16 in group.wide for group in frozen_groups(model))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.load_adapter(tmp_path / "other", adapter_name="reward", is_trainable=False)
+    model.set_adapter("default")
+
+    fresh = copy.deepcopy(model)
+    for group in frozen_groups(fresh):
+        group.frozen.clear(), group.wide.clear(), group.lora.clear()
+
+    def hidden(m):
+        m.train()  # the norms hand the blocks bf16 in training mode only (load_adapter evals)
+        return m.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+
+    def same(got, expected):  # a wider copy's zero columns may change the summing order
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        after_step = hidden(model)
+        same(after_step, hidden(fresh))
+        for m in (model, fresh):
+            m.set_adapter("reward")
+        scored = hidden(model)
+        same(scored, hidden(fresh))
+        assert not torch.allclose(scored, after_step, atol=1e-2)
+        with model.disable_adapter(), fresh.disable_adapter():
+            same(hidden(model), hidden(fresh))
+        for m in (model, fresh):
+            m.set_adapter("default")
+        same(hidden(model), after_step)
+    widths = [g.wide[torch.bfloat16].shape[1] - g.width for g in frozen_groups(model) if g.wide]
+    assert 32 in widths and 64 in widths  # q|k|v's copy was widened for the rank-16 adapter

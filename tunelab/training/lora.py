@@ -65,4 +65,9 @@ def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
     """AdamW without weight decay; the fused kernel (one pass over all parameters instead of a
     dozen small ops per tensor) wherever torch has one for the parameters' device."""
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
+    # The fused kernel writes the parameters without bumping their version counters, which
+    # every other in-place write does; the fused LoRA forward keeps compute-dtype copies of
+    # the LoRA weights and knows they changed by those counters (fused_lora._FusedGroup).
+    optimizer.register_step_post_hook(lambda *_: torch.autograd.graph.increment_version(params))
+    return optimizer
