@@ -273,13 +273,33 @@ def test_thread_tuner_keeps_the_faster_count_and_probes_again(monkeypatch):
             tuner.before_step(4)
             tuner.after_step(cost[applied[-1]] * 4, rows=4)
 
-    run(4)  # the probe: two steps at each count
+    run(3)  # the probe: two steps at one thread, one at two (5x slower: not tried again)
     assert applied == [1, 2] and tuner.current_for(4) == 1
-    run(6)  # the rest of the period, at one thread
+    run(7)  # the rest of the period, at one thread
     assert applied == [1, 2, 1]
     cost.update({1: 0.02, 2: 0.01})  # the other work has ended
     run(4 + 1)  # a new probe, then a step at the count it chose
     assert tuner.current_for(4) == 2 and applied == [1, 2, 1, 2]
+
+
+def test_thread_tuner_moves_only_for_a_clear_gain(monkeypatch):
+    """Two counts within noise of each other: the probe keeps the count it has (all threads at
+    first) instead of following a few percent either way."""
+    applied = []
+    monkeypatch.setattr(torch, "set_num_threads", applied.append)
+    tuner = ThreadTuner([1, 2], period=8, trial=2)
+    cost = {1: 0.0544, 2: 0.0576}  # what one probe of the serving bench measured, 16 rows
+
+    def run(steps):
+        for _ in range(steps):
+            tuner.before_step(16)
+            tuner.after_step(cost[applied[-1]], rows=16)
+
+    run(8)
+    assert tuner.current_for(16) == 2 and applied[-1] == 2
+    cost[1] = 0.04  # now one thread is clearly faster
+    run(8)
+    assert tuner.current_for(16) == 1
 
 
 def test_thread_tuner_chooses_for_one_row_apart_from_batches(monkeypatch):

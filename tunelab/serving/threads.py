@@ -8,6 +8,15 @@ thread and 25.6 ms on two; on the same machine idle, two threads are ~1.7x faste
 runs ``trial`` steps at each candidate count and keeps the one with the least wall time per
 row-step until the next probe, for each class of batch size on its own (:data:`ROW_CLASSES`).
 
+Two rules keep probing cheap and the choice steady. A count whose first trial step is
+:data:`ABANDON_FACTOR` x slower per row than the best seen in the probe is not tried further
+(on a loaded machine a two-thread step can cost ~18x a one-thread one, so four of them every
+period would cost more than the probe saves), which lets probes come often (``period`` 64 steps,
+~3 s of a 16-row batch) and a server follow load that comes and goes. And a probe changes the
+count only for a :data:`SWITCH_MARGIN` gain: at the serving bench's first probe, one thread
+measured 6% faster than two within noise, and that choice then held a 16-row batch at 1 thread
+(~270 tok/s instead of ~360) for the next 256 steps.
+
 ``torch.set_num_threads`` is per calling thread under OpenMP, so this sets the engine thread's
 count only (a tuning worker in the same process keeps its own).
 """
@@ -43,6 +52,12 @@ class one_thread:  # noqa: N801 - used as a function: ``with one_thread(): ...``
             torch.set_num_threads(self.threads)
 
 
+SWITCH_MARGIN = 1.1
+"""A probe moves to another count only if it measured at least this much faster per row-step."""
+
+ABANDON_FACTOR = 2.0
+"""A count whose first trial step is this much slower than the probe's best so far is dropped."""
+
 ROW_CLASSES = (1, 2, 5)
 """Batch sizes that get their own thread count: 1 row, 2-4 rows, 5 rows and more. One row's
 products are too small to share well between threads (on a loaded Intel Xeon with AMX a
@@ -71,7 +86,7 @@ class ThreadTuner:
     the step's batch rows; each class of batch size (:data:`ROW_CLASSES`) is measured and
     chosen on its own."""
 
-    def __init__(self, choices: list[int], *, period: int = 256, trial: int = 4):
+    def __init__(self, choices: list[int], *, period: int = 64, trial: int = 4):
         if not choices or any(c < 1 for c in choices):
             raise ValueError("thread counts must be at least 1")
         self.choices = sorted(set(choices))
@@ -99,18 +114,26 @@ class ThreadTuner:
         c.steps += 1
         if not c.probe:
             return
-        c.samples[c.probe.pop(0)].append(seconds / max(rows, 1))
+        count, per_row = c.probe.pop(0), seconds / max(rows, 1)
+        others = [min(v) for n, v in c.samples.items() if v and n != count]
+        first = not c.samples[count]
+        c.samples[count].append(per_row)
+        if first and others and per_row > ABANDON_FACTOR * min(others):
+            c.probe = [n for n in c.probe if n != count]  # clearly slower: no more steps at it
         if not c.probe:
-            best = min(c.samples, key=lambda n: statistics.median(c.samples[n]))
-            if best != c.current:
+            medians = {n: statistics.median(v) for n, v in c.samples.items() if v}
+            best = min(medians, key=medians.__getitem__)
+            if best != c.current and medians[best] * SWITCH_MARGIN <= medians.get(
+                c.current, float("inf")
+            ):
                 logger.info(
                     "decode threads for %s rows: %d -> %d (seconds per row-step: %s)",
                     describe_class(row_class(rows)),
                     c.current,
                     best,
-                    {n: round(statistics.median(v), 5) for n, v in c.samples.items()},
+                    {n: round(m, 5) for n, m in medians.items()},
                 )
-            c.current = best
+                c.current = best
 
 
 def describe_class(index: int) -> str:
