@@ -514,7 +514,7 @@ def spawn(name: str, args, tmp: Path, seed: int | None = None) -> dict:
 
 def warm_file_cache(base: str) -> None:
     """Read the base model's files once before the runs, so that the first run does not pay
-    the disk reads alone (the first reward/tunelab of a bench took 19.9 s wall, the next eight
+    the disk reads alone (the first reward/tunelab of a bench took 19.9 s wall, thirteen later
     runs of it 14.2-18.3 s; likely cause, not proven)."""
     from tunelab.models import resolve_model
 
