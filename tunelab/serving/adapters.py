@@ -264,6 +264,13 @@ AMX, 64 adapter columns) fp32 and bf16 cost the same at 64 rows, bf16 is 1.5-7x 
 128-320 rows and fp32 2-4x faster at 16. Fewer rows (decode steps): fp32, one thread."""
 
 
+def _decode_rows(rows: int) -> bool:
+    """Whether a product of ``rows`` rows is a decode step's for the fold: few enough for the
+    packed product and under :data:`MANY_ROWS` (what :meth:`_LayerLora.fold` folds without
+    :data:`FOLD_PREFILL`, and what :meth:`AdapterCache.decode_folds` calls directly)."""
+    return rows <= PACKED_MAX_ROWS and rows < MANY_ROWS
+
+
 def lora_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the adapter factors are held and multiplied in.
 
@@ -399,7 +406,7 @@ class _LayerLora:
             return None
         x = args[0]
         rows = x.numel() // x.shape[-1]
-        decode = rows <= PACKED_MAX_ROWS and rows < MANY_ROWS
+        decode = _decode_rows(rows)
         if (
             (not decode and not FOLD_PREFILL)
             or rows < getattr(module, "dense_rows", 1)  # int8+bf16: the int8 kernel's rows
@@ -821,10 +828,7 @@ class AdapterCache:
             return calls
         rows = len(self._rows)
         if any(
-            rows > PACKED_MAX_ROWS
-            or rows >= MANY_ROWS
-            or rows < getattr(m, "dense_rows", 1)
-            or m.weight.dtype != dtype
+            not _decode_rows(rows) or rows < getattr(m, "dense_rows", 1) or m.weight.dtype != dtype
             for m in modules
         ):
             return calls
