@@ -267,16 +267,23 @@ def rl_tunelab(args) -> dict:
     }
 
 
+def merged_model(base_path: Path, adapter_dir: Path):
+    """The base causal LM with a PEFT adapter folder (ours or TRL's) merged into its weights."""
+    from peft import PeftModel
+
+    from tunelab.models import load_causal_lm
+
+    return PeftModel.from_pretrained(load_causal_lm(base_path), adapter_dir).merge_and_unload()
+
+
 def export_reward_model(rm_dir: Path, base_path: Path, tokenizer):
     """Our reward model (LoRA merged into the base, head as ``score``) as the sequence-
     classification model TRL expects; HF pools it at the last non-padding token as we do."""
-    from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from tunelab.models import load_causal_lm
     from tunelab.models.reward_head import load_head
 
-    merged = PeftModel.from_pretrained(load_causal_lm(base_path), rm_dir).merge_and_unload()
+    merged = merged_model(base_path, rm_dir)
     config = AutoConfig.from_pretrained(base_path, num_labels=1)
     config.pad_token_id = tokenizer.pad_token_id
     scorer = AutoModelForSequenceClassification.from_config(config)
@@ -353,7 +360,6 @@ def judge_policy(policy_dir: Path, args) -> dict:
     answer a prompt, what a user gets at temperature 0. Sampled: JUDGE_SAMPLES a prompt at
     temperature 1, fixed seeds: the expected reward RL maximises."""
     import torch
-    from peft import PeftModel
 
     from tunelab.data.preference import load_prompts
     from tunelab.evaluation.generate import greedy_params, policy_answers
@@ -383,13 +389,12 @@ def judge_policy(policy_dir: Path, args) -> dict:
         prepack_linears(model)
         return model
 
-    def merged(adapter_dir: Path):  # merged weights: no LoRA products per token
-        return ready(
-            PeftModel.from_pretrained(load_causal_lm(base.path), adapter_dir).merge_and_unload()
-        )
-
-    models = {"base": ready(load_causal_lm(base.path)), "tuned": merged(policy_dir)}
-    scorer = merged(Path(args.reward_model))
+    # Adapters merged into the weights: no LoRA products per token.
+    models = {
+        "base": ready(load_causal_lm(base.path)),
+        "tuned": ready(merged_model(base.path, policy_dir)),
+    }
+    scorer = ready(merged_model(base.path, Path(args.reward_model)))
     head = load_head(Path(args.reward_model)).to(dtype)
     greedy = greedy_params(config.target_sequence_length)
     sampled = rollout_params(1.0, config.target_sequence_length, seed=0)
